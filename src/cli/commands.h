@@ -1,0 +1,19 @@
+// Each `dsq <subcommand>` lives in its own cmd_<name>.cpp and registers itself on the
+// CLI11 app through one of these functions; main.cpp only wires them together.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace dsq::cli {
+
+// Options every subcommand shares.
+struct CommonOptions {
+  int threads = 0;  // 0: hardware concurrency
+};
+
+// Adds --threads to a subcommand.
+void add_threads_option(CLI::App* cmd, CommonOptions* common);
+// Applies the common options before a subcommand runs.
+void apply_common(const CommonOptions& common);
+
+}  // namespace dsq::cli

@@ -1,0 +1,36 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <vector>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+
+namespace dsq {
+namespace {
+
+TEST(ThreadPool, CoversRangeExactlyOnce) {
+  set_num_threads(4);
+  std::vector<std::atomic<int>> hits(1000);
+  parallel_for(1000, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) hits[i]++;
+  });
+  for (auto& h : hits) EXPECT_EQ(h.load(), 1);
+}
+
+TEST(ThreadPool, PropagatesErrors) {
+  set_num_threads(3);
+  EXPECT_THROW(parallel_for(100, 1, [&](int64_t b, int64_t) {
+                 if (b > 0) throw error("boom");
+               }),
+               Error);
+  // The pool still works afterwards, and nested calls run inline.
+  std::atomic<int> total{0};
+  parallel_for(10, 1, [&](int64_t b, int64_t e) {
+    parallel_for(e - b, 1, [&](int64_t b2, int64_t e2) { total += int(e2 - b2); });
+  });
+  EXPECT_EQ(total.load(), 10);
+}
+
+}  // namespace
+}  // namespace dsq

@@ -1,0 +1,30 @@
+// Where tests find their inputs: ../shared beside the project (reference models, tokenizer
+// fixtures, data) and the build directory (the dsq binary for CLI tests).
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include "core/error.h"
+
+namespace dsq::test {
+
+// A path under ../shared; throws (failing the test loudly) when it does not exist, so a
+// missing fixture can never make a test pass or skip silently.
+inline std::string shared_path(const std::string& relative) {
+  const std::filesystem::path p = std::filesystem::path(DSQ_SHARED_DIR) / relative;
+  DSQ_CHECK(std::filesystem::exists(p), "test fixture missing: ", p.string(),
+            " (the tests need ../shared beside the project)");
+  return p.string();
+}
+
+inline std::string project_path(const std::string& relative) {
+  return (std::filesystem::path(DSQ_PROJECT_DIR) / relative).string();
+}
+
+inline std::string dsq_binary() { return (std::filesystem::path(DSQ_BINARY_DIR) / "dsq").string(); }
+
+// A fresh empty directory under the system temp dir, unique per call.
+std::string make_temp_dir(const std::string& tag);
+
+}  // namespace dsq::test
