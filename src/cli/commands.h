@@ -16,4 +16,8 @@ void add_threads_option(CLI::App* cmd, CommonOptions* common);
 // Applies the common options before a subcommand runs.
 void apply_common(const CommonOptions& common);
 
+// Subcommand registration, one function per cmd_<name>.cpp. Each adds its subcommand to
+// `app` with a callback that runs it (errors are thrown as dsq::Error).
+// (Add new subcommands here and in main.cpp, one line each.)
+
 }  // namespace dsq::cli

@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "dsq 0.1.0");
   dsq::cli::CommonOptions common;
-  (void)common;
+  // Subcommands, in the order --help lists them (one line each).
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
