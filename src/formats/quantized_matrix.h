@@ -10,9 +10,15 @@
 //              scales [out, in/group] bf16/f16/f32; W = (q) * s[o][i/group], q in [-8, 7]
 //   Mxfp4      values: i8/u8 [out, in/2] (low nibble = even input index); scales f8_e8m0
 //              [out, in/32]; W = e2m1(nibble) * 2^(e-127)
+//
+// "Exact" means: the value compressed-tensors' decompression (and vLLM's kernels) would
+// produce from the same bytes. The product value * scale is computed in the scale's dtype,
+// as compressed-tensors does: a bf16 scale gives bf16(q * s), an f32 scale gives the f32
+// product, an E8M0 scale is a power of two and the product is exact.
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "core/tensor.h"
 
@@ -41,5 +47,11 @@ struct QuantizedMatrix {
   // Bytes of the stored values and scales.
   size_t stored_bytes() const;
 };
+
+// compressed-tensors pack-quantized nibble order for one row of int4 codes q in [-8, 7]:
+// element i goes to word i/8, bits 4*(i%8)..+3, stored unsigned as q + 8. `n` must be a
+// multiple of 8.
+void int4_pack_row(const int8_t* codes, int64_t n, int32_t* words);
+void int4_unpack_row(const int32_t* words, int64_t n, int8_t* codes);
 
 }  // namespace dsq
