@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   cmake g++ make pkg-config
   libpcre2-dev nlohmann-json3-dev libcli11-dev libcpp-httplib-dev
-  libgtest-dev libbenchmark-dev
+  libgtest-dev libbenchmark-dev libyaml-dev
   clang libclang-rt-14-dev   # libFuzzer + sanitizers for the fuzz targets
 )
 
