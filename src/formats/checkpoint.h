@@ -14,7 +14,8 @@ namespace dsq {
 
 class Checkpoint {
  public:
-  // Opens <dir>: reads config.json and indexes all safetensors files.
+  // Opens <dir>: reads config.json and indexes all safetensors files. Throws if two
+  // checkpoint tensors map to the same native name.
   static Checkpoint open(const std::string& dir);
 
   const std::string& directory() const { return store_.directory(); }
@@ -30,7 +31,10 @@ class Checkpoint {
   Tensor get_checked(const std::string& native_name, const Shape& shape) const;
   // The file and spelling a native name came from, for messages.
   std::string describe(const std::string& native_name) const;
-  std::vector<std::string> native_names() const;
+  std::vector<std::string> native_names() const;  // sorted
+  // Checkpoint tensors the name table does not know (rotary buffers, foreign tensors); they
+  // are kept out of the native index.
+  const std::vector<std::string>& unrecognized_names() const { return unrecognized_; }
 
  private:
   struct Source {
@@ -38,10 +42,14 @@ class Checkpoint {
     bool fused = false;
     int expert = 0;
     int part = 0;
+    bool split_rows = false;  // gate_up_proj: part 0 is the first half of the rows, 1 the second
   };
+  void add(const std::string& native_name, Source source);
+
   ModelConfig config_;
   TensorStore store_;
   std::map<std::string, Source> sources_;
+  std::vector<std::string> unrecognized_;
 };
 
 }  // namespace dsq

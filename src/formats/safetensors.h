@@ -4,9 +4,19 @@
 // File layout: u64 little-endian header length N, N bytes of JSON
 // {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}, then the
 // data section. The reader validates everything before handing out a view: header length
-// within the file, JSON well-formed, known dtype, offsets inside the data section,
-// byte size = numel * dtype size, no two tensors overlapping. Each problem throws
-// dsq::Error with the file path and tensor name in the message.
+// within the file, JSON well-formed (no duplicate names), entries with exactly dtype/shape/
+// data_offsets, known dtype, non-negative integer shape, begin <= end inside the data
+// section, byte size = numel * dtype size, no two tensors overlapping, no unowned bytes
+// (the reference implementation, which vLLM and transformers load with, rejects holes and
+// trailing bytes), and `__metadata__` mapping strings to strings. Each problem throws one
+// dsq::Error line "<path>: <problem> (tensor <name>)".
+//
+// Alignment (a dsq decision): a tensor's offset inside the data section must be a multiple of
+// its element size, so views can be read as typed arrays. Every file the reference writer
+// produces satisfies this (it lays tensors out by decreasing element size); a hand-made file
+// that does not is rejected. A file whose header length leaves the data section itself
+// unaligned (old writers did not pad the header) is accepted: get() then copies the tensor
+// into an aligned buffer instead of returning a view.
 #pragma once
 
 #include <map>
@@ -30,8 +40,9 @@ class SafetensorsFile {
  public:
   // Maps and validates `path`. Throws dsq::Error("<path>: <problem>") on any defect.
   static std::shared_ptr<const SafetensorsFile> open(const std::string& path);
-  // Validates a header held in memory (for fuzzing and tests): `file_size` is the
-  // size the whole file would have. Returns the tensors in header order.
+  // Validates the header of a safetensors file held in memory (for fuzzing and tests):
+  // `data`/`size` are the whole file's bytes; offsets are checked against them. `path` only
+  // names the file in messages. Returns the tensors in header order.
   static std::vector<TensorInfo> parse_header(const std::string& path, const void* data, size_t size,
                                               std::map<std::string, std::string>* metadata);
   ~SafetensorsFile();
@@ -82,9 +93,13 @@ struct NamedTensor {
   Tensor tensor;
 };
 
-// Writes one safetensors file atomically: to "<path>.tmp-<pid>", fsync, rename. Tensors
-// are written in the given order, each aligned to 8 bytes. Packed dtypes (I4, FP4) are
-// rejected: callers store them in their on-disk container type (I32 / U8).
+// Writes one safetensors file atomically (core/atomic_file.h: temporary, fsync, rename).
+// The header lists the tensors in the given order and is padded with spaces so the data
+// section starts 8-byte aligned. The data section has no holes (the reference reader rejects
+// them), so to keep every tensor aligned to its element size the bytes are laid out by
+// decreasing element size, keeping the given order among tensors of equal element size.
+// Duplicate names and packed dtypes (I4, FP4) are rejected: callers store packed values in
+// their on-disk container type (I32 / U8).
 void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
