@@ -35,6 +35,9 @@ class Tokenizer {
   static Tokenizer load(const std::string& path);
 
   std::vector<int32_t> encode(std::string_view text) const;
+  // encode() spread over the thread pool (core/thread_pool.h); same ids. See
+  // parallel_encode.cpp for where the text is cut.
+  std::vector<int32_t> encode_parallel(std::string_view text) const;
   // Throws dsq::Error for an id outside [0, vocab_size()).
   std::string decode(std::span<const int32_t> ids, bool skip_special = false) const;
 

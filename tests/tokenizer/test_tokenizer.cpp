@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "fixture_tokenizers.h"
+#include "core/thread_pool.h"
 #include "support/paths.h"
 #include "tokenizer/byte_level.h"
 
@@ -130,6 +131,22 @@ TEST(DeepSeekV3Tokenizer, ConcurrentEncodesAgree) {
   for (auto& r : results) threads.emplace_back([&] { r = deepseek_v3_tokenizer().encode(part); });
   for (auto& t : threads) t.join();
   for (const auto& r : results) EXPECT_EQ(r, reference);
+}
+
+TEST(DeepSeekV3Tokenizer, ParallelEncodeMatchesSerialEncode) {
+  const Tokenizer& tok = deepseek_v3_tokenizer();
+  set_num_threads(2);
+  // The Brown corpus, and the fixture cases (whitespace runs, CRLF, CJK, added tokens)
+  // joined by newlines and repeated until the text is long enough to be cut into chunks.
+  const auto& corpus = deepseek_v3_fixture().at("corpus");
+  const std::string brown = test::read_file(test::shared_path(corpus.at("file").get<std::string>()));
+  EXPECT_EQ(tok.encode_parallel(brown), tok.encode(brown));
+  std::string mixed;
+  while (mixed.size() < 1'000'000) {
+    for (const auto& c : deepseek_v3_fixture().at("cases")) mixed += c.at("text").get<std::string>() + "\n";
+    mixed += "\n \n\t\r\n";
+  }
+  EXPECT_EQ(tok.encode_parallel(mixed), tok.encode(mixed));
 }
 
 TEST(TinyBrownTokenizer, LoadsFromModelDirAndRoundTripsABrownParagraph) {
