@@ -1,0 +1,20 @@
+// The Lightning indexer (spec §2.9): scores of one query against the indexer keys and the
+// causal top-k selection of compressed entries.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace dsq::cpu {
+
+// score[s] = Σ_h weights[h] · ReLU(q[h] · keys[s]) · head_dim^(−1/2) · n_heads^(−1/2)
+// q: [n_heads, head_dim] (already rotated); weights: [n_heads]; keys: [n_keys, head_dim].
+void indexer_scores(const float* q, const float* weights, int64_t n_heads, int64_t head_dim,
+                    const float* keys, int64_t n_keys, float* scores);
+
+// Entries chosen for a query whose visibility threshold is `visible` (= ⌊(p+1)/m⌋):
+// scores at s >= visible become −∞, the top min(topk, n) are taken over the whole row with
+// torch's tie rule (topk.h), and picks >= visible are dropped. `scores` is modified.
+std::vector<int64_t> indexer_select(float* scores, int64_t n, int64_t topk, int64_t visible);
+
+}  // namespace dsq::cpu

@@ -1,0 +1,55 @@
+// ForwardPass: one forward call over a batch of sequences, exposed step by step, so that
+// callers (the quantizer's calibration) can run the model layer by layer and look at or
+// change the residual streams between layers.
+//
+//   ForwardPass pass(model, batch, observer);   // embeds the tokens into streams
+//   for (int i = 0; i < L; ++i) pass.run_layer(i);  // in order; updates the states' layer i
+//   Tensor logits = pass.logits(LogitRows::All);    // hc_head, final norm, head
+//   pass.commit();                                  // advances every state's position
+//
+// run_layer(i) updates layer i of each sequence's state (window, compressor, indexer) as
+// it goes; commit() must follow once all layers have run, before the states are used
+// again. Model::forward does exactly this sequence.
+#pragma once
+
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/model.h"
+
+namespace dsq::model {
+
+class ForwardPass {
+ public:
+  ForwardPass(const Model& model, std::vector<SequenceInput> batch, LinearObserver* observer = nullptr);
+
+  int64_t num_tokens() const { return int64_t(tokens_.size()); }
+  // Absolute position and token id of each new token, in batch order.
+  const std::vector<int64_t>& positions() const { return positions_; }
+  const std::vector<int64_t>& tokens() const { return tokens_; }
+  // First token of sequence b in batch order (size B + 1).
+  const std::vector<int64_t>& sequence_offsets() const { return offsets_; }
+
+  // The residual streams, [num_tokens, N·H] f32 (stream-major per token).
+  float* streams() { return streams_.data(); }
+  const float* streams() const { return streams_.data(); }
+
+  // Runs decoder layer `layer`; layers must run in order 0, 1, …
+  void run_layer(int layer);
+  int layers_done() const { return next_layer_; }
+  // hc_head + final norm + head on the current streams.
+  Tensor logits(LogitRows rows) const;
+  // Advances each sequence's position by its token count (all layers must have run).
+  void commit();
+
+ private:
+  const Model& model_;
+  std::vector<SequenceInput> batch_;
+  LinearObserver* observer_;
+  std::vector<int64_t> tokens_, positions_, offsets_;
+  std::vector<float> streams_;
+  int next_layer_ = 0;
+  bool committed_ = false;
+};
+
+}  // namespace dsq::model
