@@ -1,0 +1,365 @@
+// dsq_gemm_bench: achieved throughput of the CUDA backend's linear ops on DeepSeek-V4-Flash
+// shapes, each next to a limit measured in the same run on the same device:
+//   decode  (M = 1..64 tokens):      GB/s of weights + activations moved, vs the
+//                                    device-to-device copy bandwidth;
+//   prefill (M = 512..16384 tokens): TFLOP/s, vs cuBLAS's BF16 GEMM rate (BF16 and INT4
+//                                    ops) or cuBLASLt's per-tensor FP8 GEMM rate (FP8 ops).
+// Decode inputs rotate over enough weight copies (> 5x the L2) that every call reads
+// its weights from memory. Times are the median over repeats of back-to-back batches.
+//
+// Usage: dsq_gemm_bench [--quick] [--out FILE]   (prints a markdown table; FILE gets a copy)
+#include <algorithm>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+
+#include "backend/cuda/bf16_linear.h"
+#include "backend/cuda/fp8_block_linear.h"
+#include "backend/cuda/gpu_context.h"
+#include "backend/cuda/int4_linear.h"
+
+namespace dsq::cuda {
+namespace {
+
+constexpr size_t kRotateBytes = size_t(256) << 20;  // ~5x the H100/H200 L2
+
+// ---- device fills (random, non-zero, finite) ----
+
+__device__ uint32_t mix(uint64_t i, uint32_t seed) {
+  uint64_t z = i * 0x9E3779B97F4A7C15ull + seed;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return uint32_t(z ^ (z >> 31));
+}
+__global__ void fill_bf16_kernel(__nv_bfloat16* p, size_t n, uint32_t seed, float scale) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const float u = (float(mix(i, seed) & 0xFFFFFF) / 16777216.0f - 0.5f) * 2.0f;
+    p[i] = __float2bfloat16(scale * (u == 0.0f ? 0.5f : u));
+  }
+}
+void fill_bf16(__nv_bfloat16* p, size_t n, uint32_t seed, float scale = 1.0f) {
+  fill_bf16_kernel<<<1024, 256>>>(p, n, seed, scale);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+std::vector<uint8_t> random_fp8(size_t n, uint32_t seed) {
+  std::vector<uint8_t> v(n);
+  uint64_t s = seed * 2654435761ull + 1;
+  for (auto& b : v) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    uint8_t x = uint8_t(s >> 56);
+    if ((x & 0x7f) == 0x7f || (x & 0x7f) == 0) x = 0x38;  // no NaN, no zero
+    b = x;
+  }
+  return v;
+}
+
+// ---- timing ----
+
+struct Timing {
+  cudaEvent_t a, b;
+  Timing() {
+    DSQ_CUDA_CHECK(cudaEventCreate(&a));
+    DSQ_CUDA_CHECK(cudaEventCreate(&b));
+  }
+  ~Timing() {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+  // Seconds per call: median over `repeats` batches of `batch` calls (call(i) gets the
+  // call index, for rotating inputs), after one warm-up batch.
+  double seconds(const GpuContext& ctx, const std::function<void(int)>& call, int batch, int repeats = 5) {
+    for (int i = 0; i < batch; ++i) call(i);
+    ctx.synchronize();
+    std::vector<double> t;
+    for (int r = 0; r < repeats; ++r) {
+      DSQ_CUDA_CHECK(cudaEventRecord(a, ctx.stream()));
+      for (int i = 0; i < batch; ++i) call(r * batch + i);
+      DSQ_CUDA_CHECK(cudaEventRecord(b, ctx.stream()));
+      DSQ_CUDA_CHECK(cudaEventSynchronize(b));
+      float ms = 0;
+      DSQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+      t.push_back(ms * 1e-3 / batch);
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  }
+};
+
+// ---- output ----
+
+std::string g_table;
+void emit(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void emit(const char* fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  std::fputs(buf, stdout);
+  std::fflush(stdout);
+  g_table += buf;
+}
+
+// ---- the limits ----
+
+double copy_bandwidth(const GpuContext& ctx, Timing& tm) {
+  const size_t bytes = size_t(2) << 30;
+  DeviceBuffer<unsigned char> src(bytes), dst(bytes);
+  DSQ_CUDA_CHECK(cudaMemset(src.get(), 1, bytes));
+  const double s = tm.seconds(ctx, [&](int) {
+    DSQ_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice, ctx.stream()));
+  }, 5);
+  return 2.0 * bytes / s;  // read + write
+}
+
+double bf16_peak(const GpuContext& ctx, Timing& tm) {
+  const int64_t n = 8192;
+  DeviceBuffer<__nv_bfloat16> a(n * n), b(n * n), c(n * n);
+  fill_bf16(a.get(), a.size(), 1);
+  fill_bf16(b.get(), b.size(), 2);
+  const double s = tm.seconds(ctx, [&](int) { bf16_linear(ctx, a.get(), b.get(), c.get(), n, n, n); }, 10);
+  return 2.0 * n * n * n / s;
+}
+
+// cuBLASLt FP8 GEMM with one scale per tensor (the fastest FP8 mode Hopper has).
+double fp8_tensorwise_peak(const GpuContext& ctx, Timing& tm) {
+  const int64_t n = 8192;
+  auto host = random_fp8(size_t(n * n), 3);
+  auto a = DeviceBuffer<uint8_t>::from_host(host), b = DeviceBuffer<uint8_t>::from_host(host);
+  DeviceBuffer<__nv_bfloat16> c(n * n);
+  cublasLtMatmulDesc_t op;
+  cublasLtMatrixLayout_t la, lb, lc;
+  DSQ_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  DSQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+  DSQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+  DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, n, n, n));
+  DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, n, n, n));
+  DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, n, n, n));
+  cublasLtMatmulPreference_t pref;
+  DSQ_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const size_t ws = ctx.workspace_bytes();
+  DSQ_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+  cublasLtMatmulHeuristicResult_t res{};
+  int found = 0;
+  DSQ_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.blas_lt(), op, la, lb, lc, lc, pref, 1, &res, &found));
+  DSQ_CHECK(found > 0, "bench: cuBLASLt has no FP8 algorithm for 8192^3");
+  const float alpha = 1.0f, beta = 0.0f;
+  const double s = tm.seconds(ctx, [&](int) {
+    DSQ_CUBLAS_CHECK(cublasLtMatmul(ctx.blas_lt(), op, &alpha, a.get(), la, b.get(), lb, &beta, c.get(), lc,
+                                    c.get(), lc, &res.algo, ctx.workspace(), ws, ctx.stream()));
+  }, 10);
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatrixLayoutDestroy(lc);
+  cublasLtMatrixLayoutDestroy(lb);
+  cublasLtMatrixLayoutDestroy(la);
+  cublasLtMatmulDescDestroy(op);
+  return 2.0 * n * n * n / s;
+}
+
+struct Limits {
+  double copy_bps, bf16_flops, fp8_flops;
+};
+
+void report(const char* op, int64_t M, double seconds, double bytes, double flops, const Limits& lim,
+            bool decode, bool fp8) {
+  if (decode) {
+    const double bps = bytes / seconds;
+    emit("| %-34s | %6lld | %9.1f | %8.0f GB/s | %5.1f %% of copy |\n", op, (long long)M, seconds * 1e6,
+         bps / 1e9, 100.0 * bps / lim.copy_bps);
+  } else {
+    const double fps = flops / seconds;
+    const double peak = fp8 ? lim.fp8_flops : lim.bf16_flops;
+    emit("| %-34s | %6lld | %9.1f | %7.0f TFLOP/s | %5.1f %% of %s |\n", op, (long long)M, seconds * 1e6,
+         fps / 1e12, 100.0 * fps / peak, fp8 ? "FP8 peak" : "BF16 peak");
+  }
+}
+
+// ---- FP8 block-scaled attention projections ----
+
+struct Fp8Op {
+  const char* name;
+  int64_t N, K, groups;  // groups > 1: `groups` independent [N, K] GEMMs on slices of x
+};
+
+void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op& op,
+               const std::vector<int64_t>& Ms, bool decode) {
+  const size_t wbytes = size_t(op.N * op.K + ((op.N + 127) / 128) * (op.K / 128) * 4);
+  const int copies = decode ? int(std::clamp<size_t>(kRotateBytes / (wbytes * op.groups) + 1, 2, 64)) : 1;
+  const auto values = random_fp8(size_t(op.N * op.K), 7);
+  std::vector<float> scales(size_t(((op.N + 127) / 128) * (op.K / 128)));
+  std::mt19937 rng(8);
+  std::uniform_real_distribution<float> sd(2e-4f, 8e-4f);
+  for (auto& s : scales) s = sd(rng);
+  std::vector<std::unique_ptr<Fp8BlockLinear>> w;
+  for (int i = 0; i < copies * op.groups; ++i)
+    w.push_back(std::make_unique<Fp8BlockLinear>(values.data(), scales.data(), op.N, op.K, op.name));
+  const int64_t maxM = *std::max_element(Ms.begin(), Ms.end());
+  DeviceBuffer<__nv_bfloat16> x(size_t(maxM * op.K * op.groups)), y(size_t(maxM * op.N * op.groups));
+  fill_bf16(x.get(), x.size(), 9);
+  DeviceBuffer<unsigned char> ws(Fp8BlockLinear::workspace_bytes(maxM * op.groups, op.K));
+  for (int64_t M : Ms) {
+    const double s = tm.seconds(ctx, [&](int call) {
+      const int c = call % copies;
+      for (int64_t gi = 0; gi < op.groups; ++gi) {
+        // Group gi reads columns [gi*K, (gi+1)*K) of x[M, groups*K]: contiguous per group
+        // only when groups == 1, so grouped inputs are laid out group-major here.
+        w[size_t(c * op.groups + gi)]->run(ctx, x.get() + gi * M * op.K, M, y.get() + gi * M * op.N, ws.get());
+      }
+    }, decode ? 50 : 3);
+    const double bytes = double(wbytes) * op.groups + double(M) * op.K * op.groups * 2 + double(M) * op.N * op.groups * 2;
+    const double flops = 2.0 * M * op.N * op.K * op.groups;
+    report(op.name, M, s, bytes, flops, lim, decode, true);
+  }
+}
+
+// ---- BF16 shared expert ----
+
+void bench_bf16(const GpuContext& ctx, Timing& tm, const Limits& lim, const char* name, int64_t N, int64_t K,
+                const std::vector<int64_t>& Ms, bool decode) {
+  const size_t wbytes = size_t(N * K * 2);
+  const int copies = decode ? int(std::clamp<size_t>(kRotateBytes / wbytes + 1, 2, 64)) : 1;
+  std::vector<DeviceBuffer<__nv_bfloat16>> w;
+  for (int i = 0; i < copies; ++i) {
+    w.emplace_back(size_t(N * K));
+    fill_bf16(w.back().get(), w.back().size(), 20 + i, 0.05f);
+  }
+  const int64_t maxM = *std::max_element(Ms.begin(), Ms.end());
+  DeviceBuffer<__nv_bfloat16> x(size_t(maxM * K)), y(size_t(maxM * N));
+  fill_bf16(x.get(), x.size(), 11);
+  for (int64_t M : Ms) {
+    const double s = tm.seconds(ctx, [&](int call) { bf16_linear(ctx, x.get(), w[size_t(call % copies)].get(), y.get(), M, N, K); },
+                                decode ? 50 : 3);
+    report(name, M, s, double(wbytes) + double(M) * (K + N) * 2, 2.0 * M * N * K, lim, decode, false);
+  }
+}
+
+// ---- INT4 routed experts (grouped) ----
+
+// Rows per expert when `tokens` tokens each pick `top_k` distinct experts of E at random.
+std::vector<int64_t> route(int64_t tokens, int64_t E, int top_k, std::mt19937& rng) {
+  std::vector<int64_t> count(static_cast<size_t>(E), 0);
+  std::vector<int> ids(static_cast<size_t>(E));
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int i = 0; i < int(E); ++i) ids[size_t(i)] = i;
+    for (int k = 0; k < top_k; ++k) {
+      std::uniform_int_distribution<int> d(k, int(E) - 1);
+      std::swap(ids[size_t(k)], ids[size_t(d(rng))]);
+      ++count[size_t(ids[size_t(k)])];
+    }
+  }
+  std::vector<int64_t> offsets(1, 0);
+  for (int64_t c : count) offsets.push_back(offsets.back() + c);
+  return offsets;
+}
+
+void bench_int4(const GpuContext& ctx, Timing& tm, const Limits& lim, const char* name, int64_t E, int64_t N,
+                int64_t K, const std::vector<int64_t>& Ms, bool decode) {
+  std::vector<int32_t> packed(size_t(E * N * K / 8));
+  uint64_t s = 12345;
+  for (auto& p : packed) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    p = int32_t(s >> 32);
+  }
+  std::vector<uint16_t> scales(size_t(E * N * K / 128), 0x3C00);  // bf16 0.0078125
+  const Int4ExpertWeights w(packed.data(), scales.data(), E, N, K, name);
+  packed = {};
+  const int kTopK = 6;
+  const int64_t maxM = *std::max_element(Ms.begin(), Ms.end());
+  DeviceBuffer<__nv_bfloat16> x(size_t(maxM * kTopK * K));
+  DeviceBuffer<float> y(size_t(maxM * kTopK * N));
+  DeviceBuffer<__nv_bfloat16> scratch(size_t(N * K));
+  fill_bf16(x.get(), x.size(), 13);
+  std::mt19937 rng(14);
+  for (int64_t M : Ms) {
+    std::vector<std::vector<int64_t>> routes;
+    for (int r = 0; r < 16; ++r) routes.push_back(route(M, E, kTopK, rng));
+    double active = 0;
+    for (const auto& o : routes)
+      for (int64_t e = 0; e < E; ++e) active += o[size_t(e + 1)] > o[size_t(e)];
+    active /= double(routes.size());
+    const double sec = tm.seconds(ctx, [&](int call) {
+      int4_grouped_linear(ctx, w, x.get(), routes[size_t(call) % routes.size()], y.get(),
+                          decode ? nullptr : scratch.get());
+    }, decode ? 32 : 2);
+    const double rows = double(M) * kTopK;
+    const double bytes = active * double(w.expert_bytes()) + rows * K * 2 + rows * N * 4;
+    report(name, M, sec, bytes, 2.0 * rows * N * K, lim, decode, false);
+  }
+}
+
+int run(int argc, char** argv) {
+  bool quick = false;
+  std::string out_path;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
+    else throw dsq::error("dsq_gemm_bench: unknown argument ", argv[i], " (usage: [--quick] [--out FILE])");
+  }
+  if (!gpu_available()) {
+    std::printf("no GPU: nothing to benchmark\n");
+    return 0;
+  }
+  GpuContext ctx;
+  Timing tm;
+  cudaDeviceProp prop{};
+  DSQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  emit("Device: %s, %d SMs, %.0f MB L2\n\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
+  Limits lim{};
+  lim.copy_bps = copy_bandwidth(ctx, tm);
+  lim.bf16_flops = bf16_peak(ctx, tm);
+  lim.fp8_flops = fp8_tensorwise_peak(ctx, tm);
+  emit("Limits measured in this run: device-to-device copy %.0f GB/s (read+write); cuBLAS BF16 GEMM "
+       "8192^3 %.0f TFLOP/s; cuBLASLt FP8 (per-tensor scale) 8192^3 %.0f TFLOP/s\n\n",
+       lim.copy_bps / 1e9, lim.bf16_flops / 1e12, lim.fp8_flops / 1e12);
+
+  const std::vector<int64_t> dec = quick ? std::vector<int64_t>{1, 64} : std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64};
+  const std::vector<int64_t> pre = quick ? std::vector<int64_t>{512} : std::vector<int64_t>{512, 2048, 8192, 16384};
+  const Fp8Op fp8_ops[] = {{"fp8 wq_a [1024,4096]", 1024, 4096, 1},
+                           {"fp8 wq_b [32768,1024]", 32768, 1024, 1},
+                           {"fp8 wkv [512,4096]", 512, 4096, 1},
+                           {"fp8 wo_a 8x[1024,4096]", 1024, 4096, 8},
+                           {"fp8 wo_b [4096,8192]", 4096, 8192, 1}};
+  for (int phase = 0; phase < 2; ++phase) {
+    const bool decode = phase == 0;
+    emit(decode ? "### Decode (memory-bound): GB/s moved, vs copy bandwidth\n\n"
+                : "\n### Prefill (compute-bound): TFLOP/s, vs the GEMM peaks above\n\n");
+    emit("| op | M | time (us) | achieved | of limit |\n|---|---:|---:|---:|---:|\n");
+    const auto& Ms = decode ? dec : pre;
+    bench_int4(ctx, tm, lim, "int4 experts w1+w3 256x[4096,4096]", 256, 4096, 4096, Ms, decode);
+    bench_int4(ctx, tm, lim, "int4 experts w2 256x[4096,2048]", 256, 4096, 2048, Ms, decode);
+    for (const Fp8Op& op : fp8_ops) bench_fp8(ctx, tm, lim, op, Ms, decode);
+    bench_bf16(ctx, tm, lim, "bf16 shared w1+w3 [4096,4096]", 4096, 4096, Ms, decode);
+    bench_bf16(ctx, tm, lim, "bf16 shared w2 [4096,2048]", 4096, 2048, Ms, decode);
+  }
+  emit("\nINT4 rows: M tokens x top-6 of 256 experts, random routing (16 routings rotated); bytes = "
+       "active experts' int4+scales + activations + fp32 output. Decode uses the tensor-core W4A16 "
+       "kernel, prefill the dequantize + cuBLAS path.\n");
+  if (!out_path.empty()) {
+    FILE* f = std::fopen(out_path.c_str(), "w");
+    DSQ_CHECK(f, "dsq_gemm_bench: cannot write ", out_path);
+    std::fputs(g_table.c_str(), f);
+    std::fclose(f);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace dsq::cuda
+
+int main(int argc, char** argv) {
+  try {
+    return dsq::cuda::run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,40 @@
+// GpuContext: what every CUDA op of dsq runs with — one stream, the cuBLAS and cuBLASLt
+// handles bound to it, and the cuBLASLt workspace. Create one per device and thread.
+//
+// gpu_available() answers, without throwing, whether a usable CUDA device is present;
+// tests and tools ask it first so that a machine without a GPU skips cleanly.
+#pragma once
+
+#include <cstddef>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_buffer.h"
+
+namespace dsq::cuda {
+
+bool gpu_available();
+
+class GpuContext {
+ public:
+  GpuContext();
+  ~GpuContext();
+  GpuContext(const GpuContext&) = delete;
+  GpuContext& operator=(const GpuContext&) = delete;
+
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t blas() const { return blas_; }
+  cublasLtHandle_t blas_lt() const { return blas_lt_; }
+  void* workspace() const { return workspace_.get(); }
+  size_t workspace_bytes() const { return workspace_.bytes(); }
+  int sm_count() const { return sm_count_; }
+  void synchronize() const { DSQ_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  cublasLtHandle_t blas_lt_ = nullptr;
+  DeviceBuffer<unsigned char> workspace_;
+  int sm_count_ = 0;
+};
+
+}  // namespace dsq::cuda

@@ -1,0 +1,72 @@
+// W4A16 linear layers on the GPU: int4 weights with one bf16 scale per 128 inputs
+// (compressed-tensors `pack-quantized`, group 128, symmetric), bf16 activations, fp32
+// accumulation and output. Built for the routed experts of DeepSeek-V4.
+//
+// At load the packed weights are re-laid out once into "mma tiles": for every 16-row
+// × 64-column piece of W, each of the 32 lanes of a warp owns one 16-byte word holding
+// exactly the 32 nibbles of its tensor-core A fragments for four 16×16 sub-tiles. The
+// decode kernel then streams weights with one coalesced 16-byte load per lane, turns
+// nibbles into bf16 with two integer/bf16 operations per pair, and applies the group
+// scale in fp32 after each 128-wide group's partial product (exact: q is small).
+//
+// Two execution paths, chosen per call by int4_grouped_linear():
+//  - tensor-core decode kernel, for experts with few rows (<= 64 rows per tile of
+//    work; more rows are cut into 64-row tiles): memory-bound, reads each weight once;
+//  - prefill: dequantize the expert to bf16 in a scratch buffer, then cuBLAS BF16 GEMM,
+//    when an expert has more rows than kDecodeMaxRows and the caller gave scratch.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+
+#include "backend/cuda/gpu_context.h"
+
+namespace dsq::cuda {
+
+// Above this many rows for one expert the dequantize + cuBLAS path wins (when allowed).
+constexpr int64_t kDecodeMaxRows = 64;
+
+// E experts of identical shape [N, K], on the device in the kernel's layout.
+class Int4ExpertWeights {
+ public:
+  // packed: host int32 [E][N][K/8] (nibble i of a word = input 8w+i, stored as q + 8);
+  // scales: host bf16 bits [E][N][K/128]. N % 16 == 0 and K % 256 == 0.
+  Int4ExpertWeights(const int32_t* packed, const uint16_t* scales, int64_t E, int64_t N, int64_t K,
+                    const std::string& what);
+
+  int64_t experts() const { return E_; }
+  int64_t rows() const { return N_; }
+  int64_t cols() const { return K_; }
+  const uint4* tiles() const { return tiles_.get(); }
+  const float* scales() const { return scales_.get(); }  // [E][K/128][N] fp32
+  // Bytes one expert occupies in checkpoint form (nibbles + bf16 scales): what a decode
+  // step must read from memory per active expert.
+  size_t expert_bytes() const { return size_t(N_) * size_t(K_) / 2 + size_t(N_) * size_t(K_ / 128) * 2; }
+
+ private:
+  int64_t E_, N_, K_;
+  DeviceBuffer<uint4> tiles_;
+  DeviceBuffer<float> scales_;
+};
+
+// Grouped W4A16: x[rows, K] bf16 holds the rows of all experts, sorted by expert; expert
+// e owns rows [offsets[e], offsets[e+1]) (host array of E+1 entries; experts with no
+// rows cost nothing). Writes y[rows, N] fp32 = x_row · W_e^T. `dequant_scratch`
+// (N*K bf16, may be null) enables the prefill path for experts with many rows.
+void int4_grouped_linear(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x,
+                         const std::vector<int64_t>& offsets, float* y,
+                         __nv_bfloat16* dequant_scratch = nullptr);
+
+// Dense W4A16 (one expert): y[M, N] fp32 = x[M, K] · W_expert^T.
+void int4_linear(const GpuContext& ctx, const Int4ExpertWeights& w, int64_t expert,
+                 const __nv_bfloat16* x, int64_t M, float* y,
+                 __nv_bfloat16* dequant_scratch = nullptr);
+
+// Expert e's weight as bf16 [N, K] (value = bf16(q * scale)), on the device.
+void int4_dequantize_expert(const GpuContext& ctx, const Int4ExpertWeights& w, int64_t expert,
+                            __nv_bfloat16* out);
+
+}  // namespace dsq::cuda

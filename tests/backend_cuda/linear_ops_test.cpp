@@ -1,0 +1,443 @@
+// Table-driven GPU-vs-CPU harness for the CUDA linear ops (style.md §9 rule 3).
+//
+// Each op is one struct: its list of shapes, make_inputs() drawing random non-zero data,
+// run_ref_cpu() computing the exact function in double from the stored formats, run_gpu()
+// whose output buffer is poisoned with NaN first (so an unwritten element fails), and a
+// tolerance() with its justification. The metric for GEMMs is the normalized squared
+// error ||y - ref||² / ||ref||²; any NaN fails. Layout ops (the int4 dequantize) compare
+// bitwise. The CPU references dequantize from the documented checkpoint layouts
+// (formats/quantized_matrix.h) here in the test.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/bf16_linear.h"
+#include "backend/cuda/fp8_block_linear.h"
+#include "backend/cuda/gpu_context.h"
+#include "backend/cuda/int4_linear.h"
+#include "core/dtype.h"
+
+namespace dsq::cuda {
+namespace {
+
+struct Dims {
+  int64_t M, N, K;
+  std::vector<int64_t> expert_rows = {};  // grouped ops: rows per expert (M = their sum)
+};
+
+std::string dims_string(const Dims& d) {
+  std::string s = "M=" + std::to_string(d.M) + " N=" + std::to_string(d.N) + " K=" + std::to_string(d.K);
+  if (!d.expert_rows.empty()) {
+    s += " rows/expert=";
+    for (int64_t r : d.expert_rows) s += std::to_string(r) + ",";
+  }
+  return s;
+}
+
+// ---- random data ----
+
+std::vector<uint16_t> random_bf16(size_t n, std::mt19937& rng, float sigma = 1.0f) {
+  std::normal_distribution<float> dist(0.0f, sigma);
+  std::vector<uint16_t> out(n);
+  for (auto& v : out) {
+    float f = dist(rng);
+    if (std::fabs(f) < 1e-3f) f = 1e-3f;  // non-zero everywhere
+    v = f32_to_bf16(f);
+  }
+  return out;
+}
+
+template <typename T>
+DeviceBuffer<T> poisoned(size_t n) {
+  DeviceBuffer<T> b(n);
+  DSQ_CUDA_CHECK(cudaMemset(b.get(), 0xFF, b.bytes()));  // all-ones: NaN in bf16 and fp32
+  return b;
+}
+
+std::vector<float> widen_bf16(const std::vector<uint16_t>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = dsq::bf16_to_f32(v[i]);
+  return out;
+}
+
+// ref[M,N] = x[M,K] · w[N,K]^T in double.
+std::vector<double> matmul_ref(const std::vector<float>& x, const std::vector<float>& w, int64_t M,
+                               int64_t N, int64_t K) {
+  std::vector<double> y(size_t(M * N));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0.0;
+      const float* xr = &x[size_t(m * K)];
+      const float* wr = &w[size_t(n * K)];
+      for (int64_t k = 0; k < K; ++k) s += double(xr[k]) * double(wr[k]);
+      y[size_t(m * N + n)] = s;
+    }
+  return y;
+}
+
+// ---- the op interface ----
+
+class LinearOpTest {
+ public:
+  virtual ~LinearOpTest() = default;
+  virtual std::vector<Dims> shapes() const = 0;
+  virtual void make_inputs(const Dims& d, std::mt19937& rng) = 0;
+  virtual std::vector<double> run_ref_cpu() = 0;
+  // Output as f32 [M, N], read back after the run.
+  virtual std::vector<float> run_gpu(GpuContext& ctx) = 0;
+  // Upper bound on the normalized squared error.
+  virtual double tolerance() const = 0;
+};
+
+// Normalized squared error; NaN when any output is NaN.
+double nmse(const std::vector<double>& ref, const std::vector<float>& got) {
+  double err = 0.0, norm = 0.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double diff = double(got[i]) - ref[i];
+    err += diff * diff;
+    norm += ref[i] * ref[i];
+  }
+  return err / norm;
+}
+
+void check_op(LinearOpTest& op, uint32_t seed) {
+  GpuContext ctx;
+  for (const Dims& d : op.shapes()) {
+    SCOPED_TRACE(dims_string(d));
+    std::mt19937 rng(seed++);
+    op.make_inputs(d, rng);
+    const std::vector<double> ref = op.run_ref_cpu();
+    const std::vector<float> got = op.run_gpu(ctx);
+    ASSERT_EQ(got.size(), ref.size());
+    double err = 0.0, norm = 0.0;
+    size_t nans = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      if (std::isnan(got[i])) ++nans;
+      const double diff = double(got[i]) - ref[i];
+      err += diff * diff;
+      norm += ref[i] * ref[i];
+    }
+    ASSERT_EQ(nans, 0u) << "NaN (unwritten or poisoned) outputs";
+    ASSERT_GT(norm, 0.0);
+    const double nmse = err / norm;
+    EXPECT_LE(nmse, op.tolerance()) << "normalized squared error " << nmse;
+    std::printf("  %-40s nmse %.3g (tolerance %.1g)\n", dims_string(d).c_str(), nmse, op.tolerance());
+  }
+}
+
+class CudaLinear : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!gpu_available()) {
+      std::printf("no GPU: skipping CUDA tests\n");
+      GTEST_SKIP();
+    }
+  }
+};
+
+// ---- BF16 dense (cuBLAS) ----
+
+class Bf16LinearTest : public LinearOpTest {
+ public:
+  std::vector<Dims> shapes() const override {
+    return {{1, 256, 512}, {7, 4096, 1024}, {64, 2048, 4096}, {300, 136, 1024}};
+  }
+  void make_inputs(const Dims& d, std::mt19937& rng) override {
+    d_ = d;
+    x_ = random_bf16(size_t(d.M * d.K), rng);
+    w_ = random_bf16(size_t(d.N * d.K), rng, 0.05f);
+  }
+  std::vector<double> run_ref_cpu() override { return matmul_ref(widen_bf16(x_), widen_bf16(w_), d_.M, d_.N, d_.K); }
+  std::vector<float> run_gpu(GpuContext& ctx) override {
+    auto x = DeviceBuffer<uint16_t>::from_host(x_);
+    auto w = DeviceBuffer<uint16_t>::from_host(w_);
+    auto y = poisoned<uint16_t>(size_t(d_.M * d_.N));
+    bf16_linear(ctx, reinterpret_cast<const __nv_bfloat16*>(x.get()),
+                reinterpret_cast<const __nv_bfloat16*>(w.get()), reinterpret_cast<__nv_bfloat16*>(y.get()),
+                d_.M, d_.N, d_.K);
+    ctx.synchronize();
+    return widen_bf16(y.to_host());
+  }
+  // Inputs are exact in both; fp32 accumulation is ~1e-7 relative; the bf16 output rounds
+  // each element by at most 2^-9 relative, so NMSE <= 2^-18 ≈ 4e-6.
+  double tolerance() const override { return 1e-5; }
+
+ private:
+  Dims d_{};
+  std::vector<uint16_t> x_, w_;
+};
+
+TEST_F(CudaLinear, Bf16Dense) {
+  Bf16LinearTest op;
+  check_op(op, 100);
+}
+
+// ---- FP8 block-scaled (cuBLASLt, and the fallback kernel) ----
+
+// The activation quantization, as the GPU does it: scale = amax/448, code = e4m3(v * (1/scale)).
+void quantize_act_ref(const std::vector<float>& x, int64_t M, int64_t K, std::vector<float>& deq) {
+  deq.resize(x.size());
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t kb = 0; kb < K / 128; ++kb) {
+      const float* v = &x[size_t(m * K + kb * 128)];
+      float amax = 0.0f;
+      for (int i = 0; i < 128; ++i) amax = std::max(amax, std::fabs(v[i]));
+      const float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
+      const float inv = 1.0f / scale;
+      for (int i = 0; i < 128; ++i)
+        deq[size_t(m * K + kb * 128 + i)] = f8e4m3_to_f32(f32_to_f8e4m3(v[i] * inv)) * scale;
+    }
+}
+
+class Fp8BlockLinearTest : public LinearOpTest {
+ public:
+  explicit Fp8BlockLinearTest(bool fallback) : fallback_(fallback) {}
+  void set_scale_orders(ScaleOrder act, ScaleOrder weight) {
+    act_order_ = act;
+    weight_order_ = weight;
+    orders_set_ = true;
+  }
+  std::vector<Dims> shapes() const override {
+    if (fallback_) return {{5, 136, 512}, {33, 256, 1024}};
+    return {{1, 1024, 4096}, {5, 136, 512}, {64, 512, 4096}, {200, 1024, 1024}, {256, 1024, 2048}};
+  }
+  void make_inputs(const Dims& d, std::mt19937& rng) override {
+    d_ = d;
+    x_ = random_bf16(size_t(d.M * d.K), rng);
+    std::normal_distribution<float> wd(0.0f, 100.0f);
+    w_.resize(size_t(d.N * d.K));
+    for (auto& b : w_) {
+      b = f32_to_f8e4m3(wd(rng));
+      if ((b & 0x7f) == 0) b = 0x38;  // non-zero (1.0)
+    }
+    std::uniform_real_distribution<float> sd(2e-4f, 8e-4f);
+    scales_.resize(size_t(((d.N + 127) / 128) * (d.K / 128)));
+    for (auto& s : scales_) s = sd(rng);
+  }
+  std::vector<double> run_ref_cpu() override {
+    std::vector<float> xd;
+    quantize_act_ref(widen_bf16(x_), d_.M, d_.K, xd);
+    std::vector<float> wd(w_.size());
+    const int64_t kb = d_.K / 128;
+    for (int64_t n = 0; n < d_.N; ++n)
+      for (int64_t k = 0; k < d_.K; ++k)
+        wd[size_t(n * d_.K + k)] = f8e4m3_to_f32(w_[size_t(n * d_.K + k)]) * scales_[size_t((n / 128) * kb + k / 128)];
+    return matmul_ref(xd, wd, d_.M, d_.N, d_.K);
+  }
+  std::vector<float> run_gpu(GpuContext& ctx) override {
+    Fp8BlockLinear lin(w_.data(), scales_.data(), d_.N, d_.K, "test.fp8");
+    lin.force_fallback(fallback_);
+    if (orders_set_) lin.set_scale_orders(act_order_, weight_order_);
+    auto x = DeviceBuffer<uint16_t>::from_host(x_);
+    DeviceBuffer<unsigned char> ws(Fp8BlockLinear::workspace_bytes(d_.M, d_.K));
+    auto y = poisoned<uint16_t>(size_t(d_.M * d_.N));
+    lin.run(ctx, reinterpret_cast<const __nv_bfloat16*>(x.get()), d_.M,
+            reinterpret_cast<__nv_bfloat16*>(y.get()), ws.get());
+    ctx.synchronize();
+    std::printf("  [%s]\n", lin.last_run_used_cublaslt() ? "cuBLASLt block-scaled" : "fallback kernel");
+    if (!fallback_) {
+      EXPECT_TRUE(lin.last_run_used_cublaslt()) << "cuBLASLt refused the shape";
+    }
+    return widen_bf16(y.to_host());
+  }
+  // The reference quantizes x exactly as the GPU does, so the only differences are fp32
+  // summation order inside the GEMM (~1e-7), Hopper's FP8 accumulator precision between
+  // cuBLASLt's fp32 promotions (~2^-13 relative per partial sum), rare rounding-tie flips
+  // of a code, and the bf16 output rounding (NMSE <= 4e-6).
+  double tolerance() const override { return 2e-5; }
+
+ private:
+  bool fallback_;
+  ScaleOrder act_order_ = ScaleOrder::OuterMajor, weight_order_ = ScaleOrder::KMajor;
+  bool orders_set_ = false;
+  Dims d_{};
+  std::vector<uint16_t> x_;
+  std::vector<uint8_t> w_;
+  std::vector<float> scales_;
+};
+
+TEST_F(CudaLinear, Fp8BlockCublasLt) {
+  Fp8BlockLinearTest op(false);
+  check_op(op, 200);
+}
+
+TEST_F(CudaLinear, Fp8BlockFallbackKernel) {
+  Fp8BlockLinearTest op(true);
+  check_op(op, 300);
+}
+
+// cuBLASLt's scale-tensor order is checked, not assumed: every combination is run and
+// reported, and the one Fp8BlockLinear uses by default must reproduce the reference while
+// a swapped one must not (so the check can tell orders apart at all).
+TEST_F(CudaLinear, Fp8ScaleOrderIsTheDefault) {
+  GpuContext ctx;
+  const ScaleOrder orders[2] = {ScaleOrder::KMajor, ScaleOrder::OuterMajor};
+  const char* names[2] = {"k-major", "outer-major"};
+  double default_nmse = -1.0, swapped_nmse = -1.0;
+  for (int a = 0; a < 2; ++a)
+    for (int w = 0; w < 2; ++w) {
+      Fp8BlockLinearTest op(false);
+      op.set_scale_orders(orders[a], orders[w]);
+      std::mt19937 rng(400);
+      op.make_inputs({8, 256, 512}, rng);
+      double e = -1.0;  // stays negative where the combination is refused
+      try {
+        e = nmse(op.run_ref_cpu(), op.run_gpu(ctx));
+      } catch (const dsq::Error& err) {
+        std::printf("  refused: %s\n", err.what());
+      }
+      std::printf("  activation scales %-11s weight scales %-11s nmse %.3g\n", names[a], names[w], e);
+      if (orders[a] == ScaleOrder::OuterMajor && orders[w] == ScaleOrder::KMajor) default_nmse = e;
+      if (orders[a] == ScaleOrder::KMajor && orders[w] == ScaleOrder::OuterMajor) swapped_nmse = e;
+    }
+  EXPECT_GE(default_nmse, 0.0);
+  EXPECT_LE(default_nmse, 2e-5);
+  EXPECT_GT(swapped_nmse, 1e-3);
+}
+
+// ---- INT4 W4A16 group 128 (tensor-core decode kernel, dequantize + cuBLAS prefill) ----
+
+// E experts of random compressed-tensors int4 weights: packed int32 [E][N][K/8] (nibble i
+// of a word = input 8w+i, stored as q + 8) and bf16 scales [E][N][K/128].
+struct Int4Experts {
+  int64_t E = 0, N = 0, K = 0;
+  std::vector<int32_t> packed;
+  std::vector<uint16_t> scales;
+
+  void randomize(int64_t e, int64_t n, int64_t k, std::mt19937& rng) {
+    E = e, N = n, K = k;
+    std::uniform_int_distribution<int> q(-8, 7);
+    packed.assign(size_t(E * N * K / 8), 0);
+    for (auto& w : packed) {
+      uint32_t word = 0;
+      for (int i = 0; i < 8; ++i) word |= uint32_t(q(rng) + 8) << (4 * i);
+      w = int32_t(word);
+    }
+    std::uniform_real_distribution<float> sd(0.005f, 0.02f);
+    scales.resize(size_t(E * N * K / 128));
+    for (auto& s : scales) s = f32_to_bf16(sd(rng));
+  }
+  // Expert e dequantized as the checkpoint defines it: bf16(q * s), returned as f32.
+  std::vector<float> dequantize(int64_t e) const {
+    std::vector<float> w(size_t(N * K));
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) {
+        const uint32_t word = uint32_t(packed[size_t((e * N + n) * (K / 8) + k / 8)]);
+        const int qv = int((word >> (4 * (k % 8))) & 0xF) - 8;
+        const float s = bf16_to_f32(scales[size_t((e * N + n) * (K / 128) + k / 128)]);
+        w[size_t(n * K + k)] = bf16_to_f32(f32_to_bf16(float(qv) * s));
+      }
+    return w;
+  }
+  Int4ExpertWeights upload() const {
+    return Int4ExpertWeights(packed.data(), scales.data(), E, N, K, "test.int4");
+  }
+};
+
+class Int4GroupedLinearTest : public LinearOpTest {
+ public:
+  // with_scratch: experts with more than 64 rows go through dequantize + cuBLAS.
+  Int4GroupedLinearTest(std::vector<Dims> shapes, bool with_scratch)
+      : shapes_(std::move(shapes)), with_scratch_(with_scratch) {}
+  std::vector<Dims> shapes() const override { return shapes_; }
+  void make_inputs(const Dims& d, std::mt19937& rng) override {
+    d_ = d;
+    experts_.randomize(int64_t(d.expert_rows.size()), d.N, d.K, rng);
+    x_ = random_bf16(size_t(d.M * d.K), rng);
+    offsets_.assign(1, 0);
+    for (int64_t r : d.expert_rows) offsets_.push_back(offsets_.back() + r);
+    ASSERT_EQ(offsets_.back(), d.M);
+  }
+  std::vector<double> run_ref_cpu() override {
+    const std::vector<float> x = widen_bf16(x_);
+    std::vector<double> y(size_t(d_.M * d_.N));
+    for (int64_t e = 0; e < experts_.E; ++e) {
+      const int64_t rows = offsets_[size_t(e + 1)] - offsets_[size_t(e)];
+      if (rows == 0) continue;
+      const std::vector<float> xe(x.begin() + offsets_[size_t(e)] * d_.K, x.begin() + offsets_[size_t(e + 1)] * d_.K);
+      const std::vector<double> ye = matmul_ref(xe, experts_.dequantize(e), rows, d_.N, d_.K);
+      std::copy(ye.begin(), ye.end(), y.begin() + offsets_[size_t(e)] * d_.N);
+    }
+    return y;
+  }
+  std::vector<float> run_gpu(GpuContext& ctx) override {
+    const Int4ExpertWeights w = experts_.upload();
+    auto x = DeviceBuffer<uint16_t>::from_host(x_);
+    auto y = poisoned<float>(size_t(d_.M * d_.N));
+    DeviceBuffer<uint16_t> scratch(with_scratch_ ? size_t(d_.N * d_.K) : 0);
+    int4_grouped_linear(ctx, w, reinterpret_cast<const __nv_bfloat16*>(x.get()), offsets_, y.get(),
+                        reinterpret_cast<__nv_bfloat16*>(scratch.get()));
+    ctx.synchronize();
+    return y.to_host();
+  }
+  // The decode kernel multiplies by q*s exactly in fp32 where the checkpoint's definition
+  // rounds q*s to bf16 (<= 2^-9 relative per weight, independent): NMSE ~ 2^-18/3 ≈ 1.3e-6;
+  // fp32 accumulation adds ~1e-13. The prefill path uses bf16(q*s) exactly.
+  double tolerance() const override { return 1e-5; }
+
+ private:
+  std::vector<Dims> shapes_;
+  bool with_scratch_;
+  Dims d_{};
+  Int4Experts experts_;
+  std::vector<uint16_t> x_;
+  std::vector<int64_t> offsets_;
+};
+
+// Dense shapes are one-expert groups; grouped shapes include experts with zero rows,
+// more rows than one 64-row tile, and V4-Flash's expert shapes.
+std::vector<Dims> int4_shapes() {
+  return {
+      {1, 2048, 4096, {1}},
+      {13, 256, 512, {13}},
+      {64, 4096, 2048, {64}},
+      {200, 512, 1024, {200}},
+      {157, 512, 1024, {0, 1, 5, 0, 64, 70, 17, 0}},
+      {20, 2048, 4096, {3, 0, 0, 9, 1, 0, 7, 0}},
+      {40, 4096, 2048, {0, 32, 0, 8}},
+  };
+}
+
+TEST_F(CudaLinear, Int4TensorCoreKernel) {
+  Int4GroupedLinearTest op(int4_shapes(), false);
+  check_op(op, 500);
+}
+
+TEST_F(CudaLinear, Int4WithPrefillPath) {
+  Int4GroupedLinearTest op(int4_shapes(), true);
+  check_op(op, 600);
+}
+
+// The dequantize kernel reads the load-time tile layout: a layout op, so bitwise.
+TEST_F(CudaLinear, Int4DequantizeIsBitwiseExact) {
+  GpuContext ctx;
+  std::mt19937 rng(700);
+  Int4Experts ex;
+  ex.randomize(3, 272, 1024, rng);
+  const Int4ExpertWeights w = ex.upload();
+  for (int64_t e = 0; e < ex.E; ++e) {
+    auto out = poisoned<uint16_t>(size_t(ex.N * ex.K));
+    int4_dequantize_expert(ctx, w, e, reinterpret_cast<__nv_bfloat16*>(out.get()));
+    ctx.synchronize();
+    const std::vector<uint16_t> got = out.to_host();
+    const std::vector<float> ref = ex.dequantize(e);
+    size_t mismatches = 0;
+    for (size_t i = 0; i < ref.size(); ++i) mismatches += got[i] != f32_to_bf16(ref[i]);
+    EXPECT_EQ(mismatches, 0u) << "expert " << e;
+  }
+}
+
+TEST_F(CudaLinear, Int4RejectsBadShapes) {
+  std::vector<int32_t> packed(16 * 100 / 8);
+  std::vector<uint16_t> scales(16);
+  EXPECT_THROW(Int4ExpertWeights(packed.data(), scales.data(), 1, 16, 100, "bad"), dsq::Error);
+}
+
+}  // namespace
+}  // namespace dsq::cuda
