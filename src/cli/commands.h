@@ -19,5 +19,6 @@ void apply_common(const CommonOptions& common);
 // Subcommand registration, one function per cmd_<name>.cpp. Each adds its subcommand to
 // `app` with a callback that runs it (errors are thrown as dsq::Error).
 // (Add new subcommands here and in main.cpp, one line each.)
+void register_tokenize(CLI::App& app, CommonOptions& common);
 
 }  // namespace dsq::cli

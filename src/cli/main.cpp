@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "dsq 0.1.0");
   dsq::cli::CommonOptions common;
   // Subcommands, in the order --help lists them (one line each).
+  dsq::cli::register_tokenize(app, common);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
