@@ -23,6 +23,8 @@ struct RopeParams {
   double factor = 1.0;                  // YaRN scale s
   int64_t original_max_positions = 0;   // YaRN P0
   double beta_fast = 32.0, beta_slow = 1.0;
+
+  bool operator==(const RopeParams&) const = default;
 };
 
 struct ModelConfig {

@@ -161,23 +161,27 @@ std::vector<TensorInfo> SafetensorsFile::parse_header(const std::string& path, c
     tensors.push_back(parse_entry(path, name, entry, data_size));
   }
 
-  // The tensors must tile the data section exactly: no overlap, no hole, nothing after.
+  // The tensors must tile the data section exactly: no overlap (reported first, as the more
+  // specific defect), then no hole and nothing after the last tensor.
   std::vector<const TensorInfo*> by_offset;
   for (const TensorInfo& t : tensors) by_offset.push_back(&t);
   std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) {
     return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
   });
-  uint64_t covered = 0;
-  const TensorInfo* previous = nullptr;
+  const TensorInfo* furthest = nullptr;  // the tensor reaching furthest so far
   for (const TensorInfo* t : by_offset) {
-    if (t->begin < covered)
-      throw error(path, ": data [", t->begin, ", ", t->end, ") overlaps tensor ", printable(previous->name), " [",
-                  previous->begin, ", ", previous->end, ") (tensor ", printable(t->name), ")");
+    if (t->end == t->begin) continue;
+    if (furthest && t->begin < furthest->end)
+      throw error(path, ": data [", t->begin, ", ", t->end, ") overlaps tensor ", printable(furthest->name), " [",
+                  furthest->begin, ", ", furthest->end, ") (tensor ", printable(t->name), ")");
+    if (!furthest || t->end > furthest->end) furthest = t;
+  }
+  uint64_t covered = 0;
+  for (const TensorInfo* t : by_offset) {
     if (t->begin > covered)
       throw error(path, ": data section bytes [", covered, ", ", t->begin,
                   ") belong to no tensor (hole before tensor ", printable(t->name), ")");
-    covered = t->end;
-    if (t->end > t->begin) previous = t;
+    covered = std::max(covered, t->end);
   }
   if (covered != data_size)
     throw error(path, ": data section has ", data_size - covered, " trailing bytes that belong to no tensor");
