@@ -20,5 +20,6 @@ void apply_common(const CommonOptions& common);
 // `app` with a callback that runs it (errors are thrown as dsq::Error).
 // (Add new subcommands here and in main.cpp, one line each.)
 void register_tokenize(CLI::App& app, CommonOptions& common);
+void register_info(CLI::App& app, CommonOptions& common);
 
 }  // namespace dsq::cli

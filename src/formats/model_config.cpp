@@ -353,6 +353,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
 }
 
 ModelConfig ModelConfig::load(const std::string& path) {
+  if (!std::filesystem::exists(path)) throw error(path, ": no such file or directory");
   const std::string file =
       std::filesystem::is_directory(path) ? (std::filesystem::path(path) / "config.json").string() : path;
   std::ifstream in(file, std::ios::binary);
