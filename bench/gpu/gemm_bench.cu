@@ -7,7 +7,8 @@
 // Decode inputs rotate over enough weight copies (> 5x the L2) that every call reads
 // its weights from memory. Times are the median over repeats of back-to-back batches.
 //
-// Usage: dsq_gemm_bench [--quick] [--out FILE]   (prints a markdown table; FILE gets a copy)
+// Usage: dsq_gemm_bench [--quick] [--decode-only] [--only SUBSTRING] [--out FILE]
+// (prints a markdown table; FILE gets a copy)
 #include <algorithm>
 #include <cstdarg>
 #include <cstdio>
@@ -125,7 +126,7 @@ double bf16_peak(const GpuContext& ctx, Timing& tm) {
   DeviceBuffer<__nv_bfloat16> a(n * n), b(n * n), c(n * n);
   fill_bf16(a.get(), a.size(), 1);
   fill_bf16(b.get(), b.size(), 2);
-  const double s = tm.seconds(ctx, [&](int) { bf16_linear(ctx, a.get(), b.get(), c.get(), n, n, n); }, 10);
+  const double s = tm.seconds(ctx, [&](int) { bf16_linear(ctx, a.get(), b.get(), c.get(), n, n, n); }, 20, 7);
   return 2.0 * n * n * n / s;
 }
 
@@ -178,8 +179,10 @@ void report(const char* op, int64_t M, double seconds, double bytes, double flop
   } else {
     const double fps = flops / seconds;
     const double peak = fp8 ? lim.fp8_flops : lim.bf16_flops;
-    emit("| %-34s | %6lld | %9.1f | %7.0f TFLOP/s | %5.1f %% of %s |\n", op, (long long)M, seconds * 1e6,
-         fps / 1e12, 100.0 * fps / peak, fp8 ? "FP8 peak" : "BF16 peak");
+    // Roofline: the slower of computing at the peak and moving the bytes at copy speed.
+    const double floor = std::max(flops / peak, bytes / lim.copy_bps);
+    emit("| %-34s | %6lld | %9.1f | %7.0f TFLOP/s | %5.1f %% of %s | %5.1f %% |\n", op, (long long)M,
+         seconds * 1e6, fps / 1e12, 100.0 * fps / peak, fp8 ? "FP8 peak" : "BF16 peak", 100.0 * floor / seconds);
   }
 }
 
@@ -205,7 +208,8 @@ void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op
   const int64_t maxM = *std::max_element(Ms.begin(), Ms.end());
   DeviceBuffer<__nv_bfloat16> x(size_t(maxM * op.K * op.groups)), y(size_t(maxM * op.N * op.groups));
   fill_bf16(x.get(), x.size(), 9);
-  DeviceBuffer<unsigned char> ws(Fp8BlockLinear::workspace_bytes(maxM * op.groups, op.K));
+  DeviceBuffer<unsigned char> ws(w[0]->workspace_bytes(maxM));
+  DSQ_CUDA_CHECK(cudaMemset(ws.get(), 0, ws.bytes()));
   for (int64_t M : Ms) {
     const double s = tm.seconds(ctx, [&](int call) {
       const int c = call % copies;
@@ -297,13 +301,18 @@ void bench_int4(const GpuContext& ctx, Timing& tm, const Limits& lim, const char
 }
 
 int run(int argc, char** argv) {
-  bool quick = false;
-  std::string out_path;
+  bool quick = false, decode_only = false;
+  std::string out_path, only;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--decode-only")) decode_only = true;
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
-    else throw dsq::error("dsq_gemm_bench: unknown argument ", argv[i], " (usage: [--quick] [--out FILE])");
+    else
+      throw dsq::error("dsq_gemm_bench: unknown argument ", argv[i],
+                       " (usage: [--quick] [--decode-only] [--only SUBSTRING] [--out FILE])");
   }
+  const auto wanted = [&](const char* name) { return only.empty() || std::strstr(name, only.c_str()); };
   if (!gpu_available()) {
     std::printf("no GPU: nothing to benchmark\n");
     return 0;
@@ -314,6 +323,7 @@ int run(int argc, char** argv) {
   DSQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   emit("Device: %s, %d SMs, %.0f MB L2\n\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
   Limits lim{};
+  bf16_peak(ctx, tm);  // warm-up: clocks settle before the limits are taken
   lim.copy_bps = copy_bandwidth(ctx, tm);
   lim.bf16_flops = bf16_peak(ctx, tm);
   lim.fp8_flops = fp8_tensorwise_peak(ctx, tm);
@@ -328,21 +338,30 @@ int run(int argc, char** argv) {
                            {"fp8 wkv [512,4096]", 512, 4096, 1},
                            {"fp8 wo_a 8x[1024,4096]", 1024, 4096, 8},
                            {"fp8 wo_b [4096,8192]", 4096, 8192, 1}};
-  for (int phase = 0; phase < 2; ++phase) {
+  for (int phase = 0; phase < (decode_only ? 1 : 2); ++phase) {
     const bool decode = phase == 0;
     emit(decode ? "### Decode (memory-bound): GB/s moved, vs copy bandwidth\n\n"
                 : "\n### Prefill (compute-bound): TFLOP/s, vs the GEMM peaks above\n\n");
-    emit("| op | M | time (us) | achieved | of limit |\n|---|---:|---:|---:|---:|\n");
+    emit(decode ? "| op | M | time (us) | achieved | of limit |\n|---|---:|---:|---:|---:|\n"
+                : "| op | M | time (us) | achieved | of limit | of roofline |\n|---|---:|---:|---:|---:|---:|\n");
     const auto& Ms = decode ? dec : pre;
-    bench_int4(ctx, tm, lim, "int4 experts w1+w3 256x[4096,4096]", 256, 4096, 4096, Ms, decode);
-    bench_int4(ctx, tm, lim, "int4 experts w2 256x[4096,2048]", 256, 4096, 2048, Ms, decode);
-    for (const Fp8Op& op : fp8_ops) bench_fp8(ctx, tm, lim, op, Ms, decode);
-    bench_bf16(ctx, tm, lim, "bf16 shared w1+w3 [4096,4096]", 4096, 4096, Ms, decode);
-    bench_bf16(ctx, tm, lim, "bf16 shared w2 [4096,2048]", 4096, 2048, Ms, decode);
+    if (wanted("int4 experts w1+w3 256x[4096,4096]"))
+      bench_int4(ctx, tm, lim, "int4 experts w1+w3 256x[4096,4096]", 256, 4096, 4096, Ms, decode);
+    if (wanted("int4 experts w2 256x[4096,2048]"))
+      bench_int4(ctx, tm, lim, "int4 experts w2 256x[4096,2048]", 256, 4096, 2048, Ms, decode);
+    for (const Fp8Op& op : fp8_ops)
+      if (wanted(op.name)) bench_fp8(ctx, tm, lim, op, Ms, decode);
+    if (wanted("bf16 shared w1+w3 [4096,4096]"))
+      bench_bf16(ctx, tm, lim, "bf16 shared w1+w3 [4096,4096]", 4096, 4096, Ms, decode);
+    if (wanted("bf16 shared w2 [4096,2048]"))
+      bench_bf16(ctx, tm, lim, "bf16 shared w2 [4096,2048]", 4096, 2048, Ms, decode);
   }
-  emit("\nINT4 rows: M tokens x top-6 of 256 experts, random routing (16 routings rotated); bytes = "
-       "active experts' int4+scales + activations + fp32 output. Decode uses the tensor-core W4A16 "
-       "kernel, prefill the dequantize + cuBLAS path.\n");
+  emit("\nRoofline = max(FLOPs / GEMM peak, bytes / copy bandwidth) over the measured time.\n");
+  emit("INT4 rows: M tokens x top-6 of 256 experts, random routing (16 routings rotated); bytes = "
+       "active experts' int4+scales + activations + fp32 output. Experts with <= 64 rows run the "
+       "tensor-core W4A16 kernel; in prefill, experts with more rows run dequantize + cuBLAS.\n"
+       "FP8 rows: M <= 8 runs dsq's decode kernel (activation quantization fused), larger M "
+       "quantizes activations then runs cuBLASLt's 128x128 block-scaled GEMM.\n");
   if (!out_path.empty()) {
     FILE* f = std::fopen(out_path.c_str(), "w");
     DSQ_CHECK(f, "dsq_gemm_bench: cannot write ", out_path);

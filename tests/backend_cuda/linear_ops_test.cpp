@@ -57,6 +57,8 @@ template <typename T>
 DeviceBuffer<T> poisoned(size_t n) {
   DeviceBuffer<T> b(n);
   DSQ_CUDA_CHECK(cudaMemset(b.get(), 0xFF, b.bytes()));  // all-ones: NaN in bf16 and fp32
+  // The ops run on a non-blocking stream, which does not wait for the default stream.
+  DSQ_CUDA_CHECK(cudaDeviceSynchronize());
   return b;
 }
 
@@ -195,17 +197,33 @@ void quantize_act_ref(const std::vector<float>& x, int64_t M, int64_t K, std::ve
     }
 }
 
+const char* path_name(Fp8Path p) {
+  switch (p) {
+    case Fp8Path::Decode: return "decode kernel";
+    case Fp8Path::CublasLt: return "cuBLASLt block-scaled";
+    case Fp8Path::Fallback: return "fallback kernel";
+    case Fp8Path::Auto: break;
+  }
+  return "auto";
+}
+
 class Fp8BlockLinearTest : public LinearOpTest {
  public:
-  explicit Fp8BlockLinearTest(bool fallback) : fallback_(fallback) {}
+  explicit Fp8BlockLinearTest(Fp8Path path) : path_(path) {}
   void set_scale_orders(ScaleOrder act, ScaleOrder weight) {
     act_order_ = act;
     weight_order_ = weight;
     orders_set_ = true;
   }
   std::vector<Dims> shapes() const override {
-    if (fallback_) return {{5, 136, 512}, {33, 256, 1024}};
-    return {{1, 1024, 4096}, {5, 136, 512}, {64, 512, 4096}, {200, 1024, 1024}, {256, 1024, 2048}};
+    switch (path_) {
+      case Fp8Path::Decode:
+        return {{1, 1024, 4096}, {2, 512, 4096}, {5, 144, 512}, {16, 4096, 8192}, {33, 1024, 1024}, {64, 512, 4096}};
+      case Fp8Path::Fallback:
+        return {{5, 136, 512}, {33, 256, 1024}};
+      default:  // M = 1 and 5 have no cuBLASLt algorithm on an H100: they run padded
+        return {{1, 1024, 4096}, {5, 512, 512}, {64, 512, 4096}, {200, 1024, 1024}, {256, 1024, 2048}};
+    }
   }
   void make_inputs(const Dims& d, std::mt19937& rng) override {
     d_ = d;
@@ -232,28 +250,29 @@ class Fp8BlockLinearTest : public LinearOpTest {
   }
   std::vector<float> run_gpu(GpuContext& ctx) override {
     Fp8BlockLinear lin(w_.data(), scales_.data(), d_.N, d_.K, "test.fp8");
-    lin.force_fallback(fallback_);
+    lin.set_path(path_);
     if (orders_set_) lin.set_scale_orders(act_order_, weight_order_);
     auto x = DeviceBuffer<uint16_t>::from_host(x_);
-    DeviceBuffer<unsigned char> ws(Fp8BlockLinear::workspace_bytes(d_.M, d_.K));
+    DeviceBuffer<unsigned char> ws(lin.workspace_bytes(d_.M));
+    DSQ_CUDA_CHECK(cudaMemset(ws.get(), 0, ws.bytes()));
     auto y = poisoned<uint16_t>(size_t(d_.M * d_.N));
-    lin.run(ctx, reinterpret_cast<const __nv_bfloat16*>(x.get()), d_.M,
-            reinterpret_cast<__nv_bfloat16*>(y.get()), ws.get());
+    // Twice on one workspace: the second result proves the first run left it clean.
+    for (int run = 0; run < 2; ++run)
+      lin.run(ctx, reinterpret_cast<const __nv_bfloat16*>(x.get()), d_.M,
+              reinterpret_cast<__nv_bfloat16*>(y.get()), ws.get());
     ctx.synchronize();
-    std::printf("  [%s]\n", lin.last_run_used_cublaslt() ? "cuBLASLt block-scaled" : "fallback kernel");
-    if (!fallback_) {
-      EXPECT_TRUE(lin.last_run_used_cublaslt()) << "cuBLASLt refused the shape";
-    }
+    std::printf("  [%s]\n", path_name(lin.last_path()));
+    EXPECT_EQ(lin.last_path(), path_) << "ran " << path_name(lin.last_path()) << " instead";
     return widen_bf16(y.to_host());
   }
   // The reference quantizes x exactly as the GPU does, so the only differences are fp32
   // summation order inside the GEMM (~1e-7), Hopper's FP8 accumulator precision between
-  // cuBLASLt's fp32 promotions (~2^-13 relative per partial sum), rare rounding-tie flips
-  // of a code, and the bf16 output rounding (NMSE <= 4e-6).
+  // fp32 promotions (~2^-13 relative per partial sum), rare rounding-tie flips of a code,
+  // and the bf16 output rounding (NMSE <= 4e-6).
   double tolerance() const override { return 2e-5; }
 
  private:
-  bool fallback_;
+  Fp8Path path_;
   ScaleOrder act_order_ = ScaleOrder::OuterMajor, weight_order_ = ScaleOrder::KMajor;
   bool orders_set_ = false;
   Dims d_{};
@@ -262,13 +281,18 @@ class Fp8BlockLinearTest : public LinearOpTest {
   std::vector<float> scales_;
 };
 
+TEST_F(CudaLinear, Fp8BlockDecodeKernel) {
+  Fp8BlockLinearTest op(Fp8Path::Decode);
+  check_op(op, 250);
+}
+
 TEST_F(CudaLinear, Fp8BlockCublasLt) {
-  Fp8BlockLinearTest op(false);
+  Fp8BlockLinearTest op(Fp8Path::CublasLt);
   check_op(op, 200);
 }
 
 TEST_F(CudaLinear, Fp8BlockFallbackKernel) {
-  Fp8BlockLinearTest op(true);
+  Fp8BlockLinearTest op(Fp8Path::Fallback);
   check_op(op, 300);
 }
 
@@ -282,7 +306,7 @@ TEST_F(CudaLinear, Fp8ScaleOrderIsTheDefault) {
   double default_nmse = -1.0, swapped_nmse = -1.0;
   for (int a = 0; a < 2; ++a)
     for (int w = 0; w < 2; ++w) {
-      Fp8BlockLinearTest op(false);
+      Fp8BlockLinearTest op(Fp8Path::CublasLt);
       op.set_scale_orders(orders[a], orders[w]);
       std::mt19937 rng(400);
       op.make_inputs({8, 256, 512}, rng);

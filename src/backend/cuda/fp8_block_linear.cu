@@ -4,6 +4,8 @@
 
 #include <cuda_fp8.h>
 
+#include <algorithm>
+
 namespace dsq::cuda {
 
 namespace {
@@ -16,7 +18,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // One warp per (row, 128-wide K block): 4 elements per lane, amax by warp shuffle.
 __global__ void quantize_act_kernel(const __nv_bfloat16* __restrict__ x, int M, int K,
                                     uint8_t* __restrict__ xq, float* __restrict__ scales,
-                                    bool outer_major) {
+                                    bool outer_major, int scale_rows) {
   const int warp = int((blockIdx.x * blockDim.x + threadIdx.x) / 32);
   const int lane = threadIdx.x % 32;
   const int kb_count = K / kBlock;
@@ -38,11 +40,143 @@ __global__ void quantize_act_kernel(const __nv_bfloat16* __restrict__ x, int M, 
     packed |= uint32_t(q) << (8 * i);
   }
   *reinterpret_cast<uint32_t*>(xq + base) = packed;
-  if (lane == 0) scales[outer_major ? size_t(kb) * M + row : size_t(row) * kb_count + kb] = scale;
+  if (lane == 0) scales[outer_major ? size_t(kb) * scale_rows + row : size_t(row) * kb_count + kb] = scale;
 }
 
 __device__ float e4m3_to_float(uint8_t v) {
   return float(*reinterpret_cast<const __nv_fp8_e4m3*>(&v));
+}
+
+// Decode GEMM: y[M, N] = quant(x) · W^T for M <= 64, in one launch.
+//
+// Grid: (N/128 column blocks) × (K/256 slices). Each block quantizes its own 256-wide
+// slice of x (1×128 blocks, exactly as quantize_act_kernel does; x is small and stays in
+// L2), multiplies it with 128 rows of W (one 16-row tile per warp) and adds its fp32
+// partial sums into the workspace accumulator. The last block to finish a column block
+// (counted with an atomic ticket) converts those columns to bf16 and zeroes the
+// accumulator and its ticket again, so no separate memset or conversion launch is needed.
+//
+// Swapped operands: W is the mma's A, the tokens are its B (8 per tile). For m16n8k32
+// each lane must hold A bytes k = 4t..4t+3 and 16+4t..16+4t+3 of rows g and g+8; we
+// instead load 16 contiguous bytes k = 16t..16t+15 of a 64-wide block per row and read
+// them as two k32 steps, step s taking bytes 16t+8s..+3 as the "4t" part and
+// 16t+8s+4..+7 as the "16+4t" part. B is read with the same permutation, so the dot
+// products are unchanged, and W needs no re-layout.
+constexpr int kDecSlice = 256;                 // K per block
+constexpr int kDecWarps = 8;                   // 16 rows of N each
+constexpr int kDecCols = kDecWarps * 16;       // N per block
+constexpr int kDecRowStride = kDecSlice + 64;  // bytes; conflict-free 16-byte reads
+
+__device__ __forceinline__ void mma_e4m3_16832(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                               uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <int MT>
+__global__ void __launch_bounds__(kDecWarps * 32)
+    fp8_decode_kernel(const uint8_t* __restrict__ w, const float* __restrict__ w_scales,
+                      const __nv_bfloat16* __restrict__ x, float* __restrict__ acc,
+                      unsigned* __restrict__ tickets, __nv_bfloat16* __restrict__ y, int M, int N, int K) {
+  __shared__ __align__(16) uint8_t xs[MT * 8 * kDecRowStride];
+  __shared__ float x_scale[MT * 8][2];
+  __shared__ bool last_block;
+  const int k0 = blockIdx.y * kDecSlice;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int n0 = blockIdx.x * kDecCols + warp * 16;
+  const bool active = n0 < N;
+
+  // 4 blocks of 64 × rows {g, g+8}: 8 independent 16-byte loads in flight per lane.
+  uint4 wv[4][2];
+  if (active) {
+    const uint8_t* r0 = w + size_t(n0 + g) * K + k0 + 16 * t;
+    const uint8_t* r1 = r0 + size_t(8) * K;
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      wv[b][0] = __ldcs(reinterpret_cast<const uint4*>(r0 + 64 * b));
+      wv[b][1] = __ldcs(reinterpret_cast<const uint4*>(r1 + 64 * b));
+    }
+  }
+  // Quantize the x slice: one warp per (row, 128-block), 4 values per lane.
+  for (int p = warp; p < MT * 8 * 2; p += kDecWarps) {
+    const int r = p / 2, h = p % 2;
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (r < M) {
+      const uint2 raw = *reinterpret_cast<const uint2*>(x + size_t(r) * K + k0 + h * kBlock + lane * 4);
+      const __nv_bfloat162 lo = *reinterpret_cast<const __nv_bfloat162*>(&raw.x);
+      const __nv_bfloat162 hi = *reinterpret_cast<const __nv_bfloat162*>(&raw.y);
+      v[0] = __low2float(lo), v[1] = __high2float(lo), v[2] = __low2float(hi), v[3] = __high2float(hi);
+    }
+    float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+    for (int off = 16; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+    const float scale = amax > 0.0f ? amax / kE4m3Max : 1.0f;
+    const float inv = 1.0f / scale;
+    uint32_t packed = 0;
+    for (int i = 0; i < 4; ++i)
+      packed |= uint32_t(__nv_cvt_float_to_fp8(v[i] * inv, __NV_SATFINITE, __NV_E4M3)) << (8 * i);
+    *reinterpret_cast<uint32_t*>(xs + r * kDecRowStride + h * kBlock + lane * 4) = packed;
+    if (lane == 0) x_scale[r][h] = r < M ? scale : 0.0f;  // rows past M contribute nothing
+  }
+  __syncthreads();
+
+  if (active) {
+    float sum[MT][4] = {};
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {  // the two 128-wide scale blocks of the slice
+      float part[MT][4] = {};
+#pragma unroll
+      for (int b = 2 * half; b < 2 * half + 2; ++b) {
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const uint4 xv = *reinterpret_cast<const uint4*>(xs + (m * 8 + g) * kDecRowStride + 64 * b + 16 * t);
+          mma_e4m3_16832(part[m], wv[b][0].x, wv[b][1].x, wv[b][0].y, wv[b][1].y, xv.x, xv.y);
+          mma_e4m3_16832(part[m], wv[b][0].z, wv[b][1].z, wv[b][0].w, wv[b][1].w, xv.z, xv.w);
+        }
+      }
+      const float ws = __ldg(w_scales + size_t(n0 / kBlock) * (K / kBlock) + k0 / kBlock + half);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const float s0 = ws * x_scale[m * 8 + 2 * t][half];
+        const float s1 = ws * x_scale[m * 8 + 2 * t + 1][half];
+        sum[m][0] += part[m][0] * s0;
+        sum[m][1] += part[m][1] * s1;
+        sum[m][2] += part[m][2] * s0;
+        sum[m][3] += part[m][3] * s1;
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const int tok = m * 8 + 2 * t;
+      if (tok < M) {
+        atomicAdd(acc + size_t(tok) * N + n0 + g, sum[m][0]);
+        atomicAdd(acc + size_t(tok) * N + n0 + g + 8, sum[m][2]);
+      }
+      if (tok + 1 < M) {
+        atomicAdd(acc + size_t(tok + 1) * N + n0 + g, sum[m][1]);
+        atomicAdd(acc + size_t(tok + 1) * N + n0 + g + 8, sum[m][3]);
+      }
+    }
+  }
+  // Ticket: the block that completes a column block finalizes it.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last_block = atomicAdd(&tickets[blockIdx.x], 1u) == gridDim.y - 1;
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  const int c0 = blockIdx.x * kDecCols;
+  for (int i = threadIdx.x; i < M * kDecCols; i += blockDim.x) {
+    const int r = i / kDecCols, c = c0 + i % kDecCols;
+    if (c >= N) continue;
+    float* a = acc + size_t(r) * N + c;
+    y[size_t(r) * N + c] = __float2bfloat16(__ldcg(a));
+    *a = 0.0f;
+  }
+  if (threadIdx.x == 0) tickets[blockIdx.x] = 0;
 }
 
 // Fallback GEMM: a 16×16 thread block computes a 64×64 tile of y, each thread 4×4
@@ -119,13 +253,14 @@ void make_descriptors(LtDescriptors& d, int64_t M, int64_t N, int64_t K, const f
 }  // namespace
 
 void quantize_act_fp8_1x128(const GpuContext& ctx, const __nv_bfloat16* x, int64_t M, int64_t K,
-                            uint8_t* xq, float* x_scales, ScaleOrder order) {
+                            uint8_t* xq, float* x_scales, ScaleOrder order, int64_t scale_rows) {
   DSQ_CHECK(K % kBlock == 0, "quantize_act_fp8_1x128: K=", K, " is not a multiple of 128");
+  DSQ_CHECK(scale_rows >= M, "quantize_act_fp8_1x128: scale_rows ", scale_rows, " < M ", M);
   const int64_t warps = M * (K / kBlock);
   if (warps == 0) return;
   const int threads = 256;
   quantize_act_kernel<<<unsigned(ceil_div(warps * 32, threads)), threads, 0, ctx.stream()>>>(
-      x, int(M), int(K), xq, x_scales, order == ScaleOrder::OuterMajor);
+      x, int(M), int(K), xq, x_scales, order == ScaleOrder::OuterMajor, int(scale_rows));
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -137,6 +272,7 @@ Fp8BlockLinear::Fp8BlockLinear(const uint8_t* values, const float* scales, int64
   DSQ_CHECK(N % 8 == 0, what, ": FP8 block linear needs out-features divisible by 8, got ", N);
   values_ = DeviceBuffer<uint8_t>::from_host(values, size_t(N * K));
   host_scales_.assign(scales, scales + ceil_div(N, kBlock) * (K / kBlock));
+  kmajor_scales_ = DeviceBuffer<float>::from_host(host_scales_);
   upload_weight_scales();
 }
 
@@ -156,61 +292,126 @@ void Fp8BlockLinear::set_scale_orders(ScaleOrder act, ScaleOrder weight) {
   plans_.clear();
 }
 
-size_t Fp8BlockLinear::workspace_bytes(int64_t M, int64_t K) {
-  // e4m3 codes, then the scales at a 256-byte aligned offset.
-  const size_t codes = (size_t(M * K) + 255) / 256 * 256;
-  return codes + size_t(M * (K / kBlock)) * sizeof(float);
+// Scratch for one run with M rows (Mp = M rounded up to 16), each part 256-byte aligned:
+//   decode: tickets [N/128] and an fp32 accumulator [64, N], both left zero by every run;
+//   others: e4m3 codes [Mp, K], activation scales [Mp, K/128], a bf16 [Mp, N] padded output.
+struct Fp8BlockLinear::Workspace {
+  unsigned* tickets;
+  float* acc;
+  uint8_t* codes;
+  float* scales;
+  __nv_bfloat16* padded_out;
+  size_t bytes;
+};
+
+Fp8BlockLinear::Workspace Fp8BlockLinear::carve(void* base, int64_t M) const {
+  const auto align = [](size_t b) { return (b + 255) / 256 * 256; };
+  const int64_t Mp = ceil_div(M, 16) * 16;
+  auto* p = static_cast<uint8_t*>(base);
+  size_t off = 0;
+  const auto take = [&](size_t bytes) {
+    uint8_t* at = p ? p + off : nullptr;
+    off += align(bytes);
+    return at;
+  };
+  Workspace w{};
+  w.tickets = reinterpret_cast<unsigned*>(take(size_t(ceil_div(N_, kDecCols)) * sizeof(unsigned)));
+  // Fixed size, so the zero region never moves with M (other paths write past it).
+  w.acc = reinterpret_cast<float*>(take(size_t(kFp8DecodeMaxRows * N_) * sizeof(float)));
+  w.codes = take(size_t(Mp * K_));
+  w.scales = reinterpret_cast<float*>(take(size_t(Mp * (K_ / kBlock)) * sizeof(float)));
+  w.padded_out = reinterpret_cast<__nv_bfloat16*>(take(size_t(Mp * N_) * sizeof(__nv_bfloat16)));
+  w.bytes = off;
+  return w;
 }
 
-void Fp8BlockLinear::run(const GpuContext& ctx, const __nv_bfloat16* x, int64_t M,
-                         __nv_bfloat16* y, void* workspace) {
-  auto* xq = static_cast<uint8_t*>(workspace);
-  auto* xs = reinterpret_cast<float*>(xq + (size_t(M * K_) + 255) / 256 * 256);
-  quantize_act_fp8_1x128(ctx, x, M, K_, xq, xs, act_order_);
-  run_quantized(ctx, xq, xs, M, y);
+size_t Fp8BlockLinear::workspace_bytes(int64_t M) const { return carve(nullptr, M).bytes; }
+
+bool Fp8BlockLinear::has_plan(const GpuContext& ctx, int64_t M) {
+  auto it = plans_.find(M);
+  if (it != plans_.end()) return it->second.ok;
+  LtDescriptors d;
+  // cuBLASLt offers no algorithm without a scale pointer: any device pointer stands in.
+  make_descriptors(d, M, N_, K_, scales_.get(), kmajor_scales_.get());
+  Plan plan;
+  cublasLtMatmulPreference_t pref = nullptr;
+  DSQ_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const size_t ws = ctx.workspace_bytes();
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(ctx.blas_lt(), d.op, d.a, d.b, d.d, d.d, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
+    plan.ok = true;
+    plan.algo = result.algo;
+  }
+  plans_.emplace(M, plan);
+  return plan.ok;
 }
 
-bool Fp8BlockLinear::run_cublaslt(const GpuContext& ctx, const uint8_t* xq, const float* x_scales,
+int64_t Fp8BlockLinear::cublaslt_rows(const GpuContext& ctx, int64_t M) {
+  if (has_plan(ctx, M)) return M;
+  const int64_t padded = ceil_div(M, 16) * 16;
+  if (padded != M && has_plan(ctx, padded)) return padded;
+  return 0;
+}
+
+void Fp8BlockLinear::run_cublaslt(const GpuContext& ctx, const uint8_t* xq, const float* x_scales,
                                   int64_t M, __nv_bfloat16* y) {
   LtDescriptors d;
   make_descriptors(d, M, N_, K_, scales_.get(), x_scales);
-  auto it = plans_.find(M);
-  if (it == plans_.end()) {
-    Plan plan;
-    cublasLtMatmulPreference_t pref = nullptr;
-    DSQ_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const size_t ws = ctx.workspace_bytes();
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.blas_lt(), d.op, d.a, d.b, d.d, d.d,
-                                                             pref, 1, &result, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
-      plan.ok = true;
-      plan.algo = result.algo;
-    }
-    it = plans_.emplace(M, plan).first;
-  }
-  if (!it->second.ok) return false;
   const float alpha = 1.0f, beta = 0.0f;
   DSQ_CUBLAS_CHECK(cublasLtMatmul(ctx.blas_lt(), d.op, &alpha, values_.get(), d.a, xq, d.b, &beta, y,
-                                  d.d, y, d.d, &it->second.algo, ctx.workspace(),
+                                  d.d, y, d.d, &plans_.at(M).algo, ctx.workspace(),
                                   ctx.workspace_bytes(), ctx.stream()));
-  return true;
 }
 
-void Fp8BlockLinear::run_quantized(const GpuContext& ctx, const uint8_t* xq, const float* x_scales,
-                                   int64_t M, __nv_bfloat16* y) {
+void Fp8BlockLinear::run(const GpuContext& ctx, const __nv_bfloat16* x, int64_t M, __nv_bfloat16* y,
+                         void* workspace) {
   DSQ_CHECK(M > 0, what_, ": FP8 linear called with ", M, " rows");
-  last_used_lt_ = !force_fallback_ && run_cublaslt(ctx, xq, x_scales, M, y);
-  if (last_used_lt_) return;
-  DSQ_CHECK(weight_order_ == ScaleOrder::KMajor, what_, ": fallback kernel needs k-major weight scales");
+  const Workspace ws = carve(workspace, M);
+  Fp8Path path = path_;
+  if (path == Fp8Path::Auto) path = M <= kFp8DecodeAutoRows && N_ % 16 == 0 ? Fp8Path::Decode : Fp8Path::CublasLt;
+  if (path == Fp8Path::Decode) {
+    DSQ_CHECK(M <= kFp8DecodeMaxRows && N_ % 16 == 0 && K_ % kDecSlice == 0, what_,
+              ": FP8 decode kernel needs M <= 64, N % 16 == 0 and K % 256 == 0 (M=", M, ", N=", N_,
+              ", K=", K_, ")");
+    const dim3 grid(unsigned(ceil_div(N_, kDecCols)), unsigned(K_ / kDecSlice));
+    const int threads = kDecWarps * 32;
+    const float* wsc = kmajor_scales_.get();
+#define DSQ_FP8_DECODE(MT)                                                                    \
+  fp8_decode_kernel<MT><<<grid, threads, 0, ctx.stream()>>>(values_.get(), wsc, x, ws.acc, ws.tickets, \
+                                                            y, int(M), int(N_), int(K_))
+    if (M <= 8) DSQ_FP8_DECODE(1);
+    else if (M <= 16) DSQ_FP8_DECODE(2);
+    else if (M <= 32) DSQ_FP8_DECODE(4);
+    else DSQ_FP8_DECODE(8);
+#undef DSQ_FP8_DECODE
+    DSQ_CUDA_CHECK_LAUNCH();
+    last_path_ = Fp8Path::Decode;
+    return;
+  }
+  const int64_t lt_rows = path == Fp8Path::CublasLt ? cublaslt_rows(ctx, M) : 0;
+  if (lt_rows > 0) {
+    quantize_act_fp8_1x128(ctx, x, M, K_, ws.codes, ws.scales, act_order_, lt_rows);
+    if (lt_rows == M) {
+      run_cublaslt(ctx, ws.codes, ws.scales, M, y);
+    } else {  // padded rows compute garbage into scratch; only the first M rows are kept
+      run_cublaslt(ctx, ws.codes, ws.scales, lt_rows, ws.padded_out);
+      DSQ_CUDA_CHECK(cudaMemcpyAsync(y, ws.padded_out, size_t(M * N_) * sizeof(__nv_bfloat16),
+                                     cudaMemcpyDeviceToDevice, ctx.stream()));
+    }
+    last_path_ = Fp8Path::CublasLt;
+    return;
+  }
+  quantize_act_fp8_1x128(ctx, x, M, K_, ws.codes, ws.scales, ScaleOrder::OuterMajor, M);
   const dim3 grid(unsigned(ceil_div(N_, kFbTile)), unsigned(ceil_div(M, kFbTile)));
-  fp8_block_fallback_kernel<<<grid, 256, 0, ctx.stream()>>>(
-      xq, x_scales, act_order_ == ScaleOrder::OuterMajor, values_.get(), scales_.get(), y, int(M),
-      int(N_), int(K_));
+  fp8_block_fallback_kernel<<<grid, 256, 0, ctx.stream()>>>(ws.codes, ws.scales, true, values_.get(),
+                                                            kmajor_scales_.get(), y, int(M), int(N_), int(K_));
   DSQ_CUDA_CHECK_LAUNCH();
+  last_path_ = Fp8Path::Fallback;
 }
 
 }  // namespace dsq::cuda

@@ -25,7 +25,13 @@ constexpr int kGroup = 128;
 constexpr int kThreads = 256;  // 8 warps, one 16-row tile each
 constexpr int kTileN = 128;
 constexpr int kChunk = 64;     // inputs per 16-byte lane word
-constexpr int kMaxItems = 1024;
+constexpr int kMaxItems = 256;  // a decode step has at most one item per expert
+// 64-wide K chunks per block for 1..16 rows (more: 8). A compile-time knob so a tuning
+// build can compare slice lengths: -DDSQ_INT4_SMALL_M_CHUNKS=8.
+#ifndef DSQ_INT4_SMALL_M_CHUNKS
+#define DSQ_INT4_SMALL_M_CHUNKS 4
+#endif
+constexpr int kSmallMChunks = DSQ_INT4_SMALL_M_CHUNKS;
 
 // One piece of work: up to 64 consecutive rows of one expert.
 struct WorkItem {
@@ -33,8 +39,8 @@ struct WorkItem {
   int row_begin;
   int rows;
 };
-// Passed by value as a kernel parameter (CUDA >= 12.1 allows 32 KB of parameters), so a
-// launch needs no host-to-device copy.
+// Passed by value as a kernel parameter (3 KB; CUDA >= 12.1 allows 32 KB), so a launch
+// needs no host-to-device copy.
 struct WorkList {
   WorkItem items[kMaxItems];
 };
@@ -221,7 +227,7 @@ void launch_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv
 // token-tile count that covers the largest item.
 void run_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x, float* y,
                 const std::vector<WorkItem>& items) {
-  auto work_list = std::make_unique<WorkList>();  // 12 KB: kept off the stack
+  auto work_list = std::make_unique<WorkList>();
   WorkList& work = *work_list;
   for (size_t begin = 0; begin < items.size(); begin += kMaxItems) {
     const int count = int(std::min<size_t>(kMaxItems, items.size() - begin));
@@ -232,8 +238,8 @@ void run_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bf
     }
     // Few rows: shorter K slices, more blocks in flight. More rows: longer slices so
     // fewer partial sums meet in the fp32 atomics.
-    if (max_rows <= 8) launch_decode<1, 4>(ctx, w, x, y, work, count);
-    else if (max_rows <= 16) launch_decode<2, 4>(ctx, w, x, y, work, count);
+    if (max_rows <= 8) launch_decode<1, kSmallMChunks>(ctx, w, x, y, work, count);
+    else if (max_rows <= 16) launch_decode<2, kSmallMChunks>(ctx, w, x, y, work, count);
     else if (max_rows <= 32) launch_decode<4, 8>(ctx, w, x, y, work, count);
     else launch_decode<8, 8>(ctx, w, x, y, work, count);
   }
