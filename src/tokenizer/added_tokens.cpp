@@ -2,6 +2,7 @@
 #include "tokenizer/added_tokens.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace dsq::tokenizer {
 
@@ -14,6 +15,7 @@ uint32_t AddedTokenMatcher::child(uint32_t node, unsigned char byte) const {
 
 void AddedTokenMatcher::add(std::string_view content, int32_t id) {
   if (content.empty()) return;  // an empty token can never be matched
+  if (!can_start_[static_cast<unsigned char>(content[0])]) start_bytes_ += content[0];
   can_start_[static_cast<unsigned char>(content[0])] = true;
   uint32_t node = 0;
   for (const char c : content) {
@@ -48,7 +50,11 @@ void AddedTokenMatcher::split(std::string_view text, FunctionRef<void(std::strin
                               FunctionRef<void(int32_t)> on_token) const {
   size_t text_start = 0;
   for (size_t pos = 0; pos < text.size();) {
-    if (!can_start_[static_cast<unsigned char>(text[pos])]) {
+    if (start_bytes_.size() == 1) {  // typical ("<"): let memchr skip ahead
+      const void* hit = std::memchr(text.data() + pos, start_bytes_[0], text.size() - pos);
+      if (hit == nullptr) break;
+      pos = static_cast<const char*>(hit) - text.data();
+    } else if (!can_start_[static_cast<unsigned char>(text[pos])]) {
       ++pos;
       continue;
     }

@@ -38,7 +38,8 @@ class AddedTokenMatcher {
   std::pair<size_t, int32_t> longest_match(std::string_view text, size_t pos) const;
 
   std::vector<Node> nodes_{Node{}};
-  bool can_start_[256] = {};
+  bool can_start_[256] = {};  // bytes some token starts with
+  std::string start_bytes_;    // the same bytes as a list
 };
 
 }  // namespace dsq::tokenizer

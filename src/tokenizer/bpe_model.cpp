@@ -13,7 +13,7 @@ namespace {
 // keeps the cache's memory predictable.
 constexpr size_t kMaxCachedPieceBytes = 64;
 // HF stops inserting into its word cache at 10k entries; natural-language vocabularies
-// (Brown has ~50k distinct words) benefit from more, and an entry is ~100 bytes.
+// (Brown has ~50k distinct words) benefit from more, and an entry costs ~50 bytes.
 constexpr size_t kMaxCacheEntries = 1 << 17;
 
 uint64_t mix(uint64_t key) {  // splitmix64 finalizer: spreads pairs of small ids
@@ -58,7 +58,7 @@ MergeScratch& merge_scratch() {
 
 BpeModel::BpeModel(std::vector<std::string> token_bytes, const std::vector<Merge>& merges,
                    bool ignore_merges)
-    : token_bytes_(std::move(token_bytes)), ignore_merges_(ignore_merges) {
+    : token_bytes_(std::move(token_bytes)), ignore_merges_(ignore_merges), cache_(kMaxCacheEntries) {
   id_of_bytes_.reserve(token_bytes_.size());
   for (size_t id = 0; id < token_bytes_.size(); ++id) {
     if (token_bytes_[id].empty()) continue;  // an id the vocab does not use
@@ -82,14 +82,6 @@ BpeModel::BpeModel(std::vector<std::string> token_bytes, const std::vector<Merge
     merge_slots_[slot] = {key, static_cast<int32_t>(rank), m.merged};
   }
 }
-
-BpeModel::BpeModel(BpeModel&& other) noexcept
-    : token_bytes_(std::move(other.token_bytes_)),
-      id_of_bytes_(std::move(other.id_of_bytes_)),
-      id_of_byte_(other.id_of_byte_),
-      merge_slots_(std::move(other.merge_slots_)),
-      ignore_merges_(other.ignore_merges_),
-      cache_(std::move(other.cache_)) {}
 
 int32_t BpeModel::token_id(std::string_view bytes) const {
   const auto it = id_of_bytes_.find(bytes);
@@ -119,22 +111,10 @@ void BpeModel::encode_piece(std::string_view piece, std::vector<int32_t>& out) c
     }
   }
   const bool cacheable = piece.size() <= kMaxCachedPieceBytes;
-  if (cacheable) {
-    std::lock_guard<std::mutex> lock(cache_mutex_);
-    const auto it = cache_.find(piece);
-    if (it != cache_.end()) {
-      out.insert(out.end(), it->second.begin(), it->second.end());
-      return;
-    }
-  }
+  if (cacheable && cache_.append_cached(piece, out)) return;
   const size_t first = out.size();
   merge_piece(piece, out);
-  if (cacheable) {
-    std::lock_guard<std::mutex> lock(cache_mutex_);
-    if (cache_.size() < kMaxCacheEntries) {
-      cache_.emplace(std::string(piece), std::vector<int32_t>(out.begin() + first, out.end()));
-    }
-  }
+  if (cacheable) cache_.insert(piece, out.data() + first, out.size() - first);
 }
 
 void BpeModel::merge_piece(std::string_view piece, std::vector<int32_t>& out) const {

@@ -16,11 +16,12 @@
 
 #include <array>
 #include <cstdint>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
+
+#include "tokenizer/piece_cache.h"
 
 namespace dsq::tokenizer {
 
@@ -37,7 +38,7 @@ class BpeModel {
   // `ignore_merges`: a piece that is itself a vocab token maps to it directly (HF option).
   BpeModel(std::vector<std::string> token_bytes, const std::vector<Merge>& merges,
            bool ignore_merges);
-  BpeModel(BpeModel&&) noexcept;
+  BpeModel(BpeModel&&) noexcept = default;
 
   // Appends the token ids of one pre-tokenized piece to `out`. Thread-safe.
   void encode_piece(std::string_view piece, std::vector<int32_t>& out) const;
@@ -60,21 +61,18 @@ class BpeModel {
   const MergeSlot* find_merge(int32_t left, int32_t right) const;
   void merge_piece(std::string_view piece, std::vector<int32_t>& out) const;
 
-  // Hashes and compares std::string keys against string_view probes without a copy.
+  // Hashes std::string keys and string_view probes alike (lookups without a copy).
   struct ViewHash {
     using is_transparent = void;
     size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
-  using PieceMap = std::unordered_map<std::string, std::vector<int32_t>, ViewHash, std::equal_to<>>;
 
   std::vector<std::string> token_bytes_;
   std::unordered_map<std::string, int32_t, ViewHash, std::equal_to<>> id_of_bytes_;
   std::array<int32_t, 256> id_of_byte_{};
   std::vector<MergeSlot> merge_slots_;  // power-of-two size, linear probing
   bool ignore_merges_ = false;
-
-  mutable std::mutex cache_mutex_;
-  mutable PieceMap cache_;
+  mutable PieceCache cache_;  // a cache: filling it does not change what encode returns
 };
 
 }  // namespace dsq::tokenizer

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <unordered_map>
 
 #include <nlohmann/json.hpp>
 
@@ -141,11 +142,15 @@ class TokenizerLoader {
     std::vector<BpeModel::Merge> merges;
     const json& merge_list = model.at("merges");
     merges.reserve(merge_list.size());
+    // The JSON object is a std::map; a hash map makes the 3 lookups per merge cheap.
+    std::unordered_map<std::string_view, int32_t> vocab_ids;
+    vocab_ids.reserve(vocab.size());
+    for (const auto& [text, id] : vocab.items()) vocab_ids.emplace(text, id.get<int32_t>());
     const auto id_of = [&](const std::string& token, size_t rank) -> int32_t {
-      const auto it = vocab.find(token);
-      DSQ_CHECK(it != vocab.end(), file_, ": merge ", rank, " uses '", token,
+      const auto it = vocab_ids.find(token);
+      DSQ_CHECK(it != vocab_ids.end(), file_, ": merge ", rank, " uses '", token,
                 "', which is not in the vocab");
-      return it->get<int32_t>();
+      return it->second;
     };
     for (size_t rank = 0; rank < merge_list.size(); ++rank) {
       const json& m = merge_list[rank];
