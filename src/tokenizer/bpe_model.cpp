@@ -38,7 +38,9 @@ struct Symbol {
 struct Candidate {
   int32_t rank;
   int32_t left;
-  int32_t right_id;  // the successor's id when queued, to detect stale candidates
+  int32_t left_id;   // both ids when queued: if either symbol has changed since,
+  int32_t right_id;  // the candidate is stale
+  int32_t merged;
   bool operator<(const Candidate& other) const {
     return rank != other.rank ? rank > other.rank : left > other.left;
   }
@@ -132,7 +134,7 @@ void BpeModel::merge_piece(std::string_view piece, std::vector<int32_t>& out) co
     const int32_t right = symbols[left].next;
     if (right < 0) return;
     if (const MergeSlot* m = find_merge(symbols[left].id, symbols[right].id)) {
-      heap.push_back({m->rank, left, symbols[right].id});
+      heap.push_back({m->rank, left, symbols[left].id, symbols[right].id, m->merged});
       std::push_heap(heap.begin(), heap.end());
     }
   };
@@ -143,14 +145,13 @@ void BpeModel::merge_piece(std::string_view piece, std::vector<int32_t>& out) co
     const Candidate top = heap.back();
     heap.pop_back();
     Symbol& left = symbols[top.left];
-    // Stale when the left symbol was merged away or either side changed since queueing.
-    if (!left.alive || left.next < 0) continue;
+    // Stale when the left symbol was merged away or either side changed since queueing
+    // (same ids at the same position mean the same pair, so the merge still applies).
+    if (!left.alive || left.next < 0 || left.id != top.left_id) continue;
     Symbol& right = symbols[left.next];
     if (right.id != top.right_id) continue;
-    const MergeSlot* m = find_merge(left.id, right.id);
-    if (m == nullptr || m->rank != top.rank) continue;
 
-    left.id = m->merged;
+    left.id = top.merged;
     right.alive = false;
     left.next = right.next;
     if (right.next >= 0) symbols[right.next].prev = top.left;
