@@ -20,6 +20,9 @@ void apply_common(const CommonOptions& common);
 // `app` with a callback that runs it (errors are thrown as dsq::Error).
 // (Add new subcommands here and in main.cpp, one line each.)
 void register_tokenize(CLI::App& app, CommonOptions& common);
+void register_logits(CLI::App& app, CommonOptions& common);
+void register_generate(CLI::App& app, CommonOptions& common);
+void register_ppl(CLI::App& app, CommonOptions& common);
 void register_info(CLI::App& app, CommonOptions& common);
 
 }  // namespace dsq::cli

@@ -27,6 +27,9 @@ int main(int argc, char** argv) {
   dsq::cli::CommonOptions common;
   // Subcommands, in the order --help lists them (one line each).
   dsq::cli::register_tokenize(app, common);
+  dsq::cli::register_generate(app, common);
+  dsq::cli::register_logits(app, common);
+  dsq::cli::register_ppl(app, common);
   dsq::cli::register_info(app, common);
   try {
     app.parse(argc, argv);

@@ -101,10 +101,17 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
                 ": indexer and compressor entry counts differ");
     }
     const CompressorState& comp = ls.compressor;
+    // CSA: indexer scores of this sequence's queries against all entries now held.
+    std::vector<float> scores;
+    if (csa) {
+      scores.resize(size_t(S * comp.count));
+      cpu::indexer_scores(iq.data() + s0 * nI * DI, iw.data() + s0 * nI, S, nI, DI, ls.indexer.entries.data(),
+                          comp.count, scores.data());
+    }
 
     parallel_for(S, 4, [&](int64_t i0, int64_t i1) {
       std::vector<const float*> key_rows;
-      std::vector<float> scratch, scores;
+      std::vector<float> scratch;
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t t = s0 + i, p = p0 + i;
         key_rows.clear();
@@ -115,10 +122,7 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
           for (int64_t s = 0; s < std::min(visible, comp.count); ++s)
             key_rows.push_back(comp.entries.data() + s * D);
         } else if (csa) {
-          scores.resize(size_t(comp.count));
-          cpu::indexer_scores(iq.data() + t * nI * DI, iw.data() + t * nI, nI, DI, ls.indexer.entries.data(),
-                              comp.count, scores.data());
-          for (int64_t s : cpu::indexer_select(scores.data(), comp.count, c.index_topk, visible))
+          for (int64_t s : cpu::indexer_select(scores.data() + i * comp.count, comp.count, c.index_topk, visible))
             key_rows.push_back(comp.entries.data() + s * D);
         }
         scratch.resize(key_rows.size());

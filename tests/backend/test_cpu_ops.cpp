@@ -135,7 +135,7 @@ TEST(Indexer, CausalSelectionDropsInvisiblePicks) {
   const float w[] = {2, 3};
   const float keys[] = {1, 0};
   float score = 0;
-  indexer_scores(q, w, 2, 2, keys, 1, &score);
+  indexer_scores(q, w, 1, 2, 2, keys, 1, &score);
   EXPECT_NEAR(score, 2.0f / std::sqrt(2.0f) / std::sqrt(2.0f), 1e-6);  // head 1 is ReLU'd away
 }
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/cpu/dot.h"
+
 namespace dsq::cpu {
 
 void sink_attention(const float* q, int64_t n_heads, int64_t dim, const float* const* keys,
@@ -12,9 +14,7 @@ void sink_attention(const float* q, int64_t n_heads, int64_t dim, const float* c
     float* oh = out + h * dim;
     float m = sinks[h];
     for (int64_t j = 0; j < n_keys; ++j) {
-      float dot = 0;
-      for (int64_t c = 0; c < dim; ++c) dot += qh[c] * keys[j][c];
-      scratch[j] = dot * scale;
+      scratch[j] = dot(qh, keys[j], dim) * scale;
       m = std::max(m, scratch[j]);
     }
     float denom = std::exp(sinks[h] - m);

@@ -1,4 +1,4 @@
-// The Lightning indexer (spec §2.9): scores of one query against the indexer keys and the
+// The Lightning indexer (spec §2.9): scores of queries against the indexer keys and the
 // causal top-k selection of compressed entries.
 #pragma once
 
@@ -7,9 +7,12 @@
 
 namespace dsq::cpu {
 
-// score[s] = Σ_h weights[h] · ReLU(q[h] · keys[s]) · head_dim^(−1/2) · n_heads^(−1/2)
-// q: [n_heads, head_dim] (already rotated); weights: [n_heads]; keys: [n_keys, head_dim].
-void indexer_scores(const float* q, const float* weights, int64_t n_heads, int64_t head_dim,
+// For each of n_queries queries:
+//   scores[i][s] = Σ_h weights[i][h] · ReLU(q[i][h] · keys[s]) · head_dim^(−1/2) · n_heads^(−1/2)
+// q: [n_queries, n_heads, head_dim] (already rotated); weights: [n_queries, n_heads];
+// keys: [n_keys, head_dim]; scores: [n_queries, n_keys]. The q·k products of all
+// queries and heads run as one GEMM against the keys.
+void indexer_scores(const float* q, const float* weights, int64_t n_queries, int64_t n_heads, int64_t head_dim,
                     const float* keys, int64_t n_keys, float* scores);
 
 // Entries chosen for a query whose visibility threshold is `visible` (= ⌊(p+1)/m⌋):

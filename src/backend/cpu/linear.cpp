@@ -11,103 +11,87 @@ namespace dsq::cpu {
 
 namespace {
 
-typedef float v8f __attribute__((vector_size(32)));
+// The native vector width in floats; the kernel keeps MR × 2 vectors of accumulators.
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#else
+constexpr int kLanes = 8;
+#endif
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+constexpr int64_t kPanel = 2 * kLanes;  // weight rows per packed panel (NR)
+constexpr int64_t kBlock = 6;           // input rows per register block (MR)
 
-inline v8f load8(const float* p) {
-  v8f v;
+inline Vec load_vec(const float* p) {
+  Vec v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-inline float hsum(v8f v) {
-  float s = 0;
-  for (int i = 0; i < 8; ++i) s += v[i];
-  return s;
+// One panel (kPanel weight rows, packed as [cols][kPanel]) times M input rows.
+template <int M>
+void panel_kernel(const float* panel, int64_t cols, const float* x, int64_t x_stride, float* y,
+                  int64_t y_stride, int64_t valid_rows) {
+  Vec acc[M][2] = {};
+  for (int64_t k = 0; k < cols; ++k) {
+    const Vec b0 = load_vec(panel + k * kPanel), b1 = load_vec(panel + k * kPanel + kLanes);
+    for (int m = 0; m < M; ++m) {
+      const float a = x[m * x_stride + k];
+      acc[m][0] += a * b0;
+      acc[m][1] += a * b1;
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    float out[kPanel];
+    std::memcpy(out, &acc[m][0], sizeof(Vec));
+    std::memcpy(out + kLanes, &acc[m][1], sizeof(Vec));
+    std::memcpy(y + m * y_stride, out, size_t(valid_rows) * sizeof(float));
+  }
 }
 
-// Rows of W (already f32) times 4 input rows at once: each loaded weight vector is used
-// four times and each input vector twice (two weight rows per step).
-void tile_times_rows(const float* wt, int64_t tile_rows, int64_t cols, const float* x, int64_t n,
-                     int64_t x_stride, float* y, int64_t y_stride) {
-  const int64_t vec_cols = cols / 8 * 8;
+void panel_times_rows(const float* panel, int64_t cols, const float* x, int64_t n, int64_t x_stride, float* y,
+                      int64_t y_stride, int64_t valid_rows) {
   int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const float* x0 = x + i * x_stride;
-    const float* x1 = x0 + x_stride;
-    const float* x2 = x1 + x_stride;
-    const float* x3 = x2 + x_stride;
-    int64_t o = 0;
-    for (; o + 2 <= tile_rows; o += 2) {
-      const float* wa = wt + o * cols;
-      const float* wb = wa + cols;
-      v8f a0{}, a1{}, a2{}, a3{}, b0{}, b1{}, b2{}, b3{};
-      for (int64_t k = 0; k < vec_cols; k += 8) {
-        const v8f va = load8(wa + k), vb = load8(wb + k);
-        const v8f u0 = load8(x0 + k), u1 = load8(x1 + k), u2 = load8(x2 + k), u3 = load8(x3 + k);
-        a0 += va * u0; a1 += va * u1; a2 += va * u2; a3 += va * u3;
-        b0 += vb * u0; b1 += vb * u1; b2 += vb * u2; b3 += vb * u3;
-      }
-      float s[8] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3), hsum(b0), hsum(b1), hsum(b2), hsum(b3)};
-      for (int64_t k = vec_cols; k < cols; ++k) {
-        s[0] += wa[k] * x0[k]; s[1] += wa[k] * x1[k]; s[2] += wa[k] * x2[k]; s[3] += wa[k] * x3[k];
-        s[4] += wb[k] * x0[k]; s[5] += wb[k] * x1[k]; s[6] += wb[k] * x2[k]; s[7] += wb[k] * x3[k];
-      }
-      for (int r = 0; r < 4; ++r) {
-        y[(i + r) * y_stride + o] = s[r];
-        y[(i + r) * y_stride + o + 1] = s[4 + r];
-      }
-    }
-    for (; o < tile_rows; ++o) {
-      const float* wa = wt + o * cols;
-      const float* xs[4] = {x0, x1, x2, x3};
-      for (int r = 0; r < 4; ++r) {
-        v8f acc{};
-        for (int64_t k = 0; k < vec_cols; k += 8) acc += load8(wa + k) * load8(xs[r] + k);
-        float s = hsum(acc);
-        for (int64_t k = vec_cols; k < cols; ++k) s += wa[k] * xs[r][k];
-        y[(i + r) * y_stride + o] = s;
-      }
-    }
-  }
-  for (; i < n; ++i) {
-    const float* xr = x + i * x_stride;
-    for (int64_t o = 0; o < tile_rows; ++o) {
-      const float* wa = wt + o * cols;
-      v8f acc{};
-      for (int64_t k = 0; k < vec_cols; k += 8) acc += load8(wa + k) * load8(xr + k);
-      float s = hsum(acc);
-      for (int64_t k = vec_cols; k < cols; ++k) s += wa[k] * xr[k];
-      y[i * y_stride + o] = s;
-    }
-  }
+  for (; i + kBlock <= n; i += kBlock)
+    panel_kernel<kBlock>(panel, cols, x + i * x_stride, x_stride, y + i * y_stride, y_stride, valid_rows);
+  for (; i < n; ++i) panel_kernel<1>(panel, cols, x + i * x_stride, x_stride, y + i * y_stride, y_stride, valid_rows);
 }
 
-// Rows [r0, r1) of W as f32: a direct pointer for dense f32, else converted into `buf`.
-const float* weight_rows_f32(const QuantizedMatrix& w, int64_t r0, int64_t r1, std::vector<float>& buf) {
-  const int64_t cols = w.cols;
-  if (w.format == WeightFormat::Dense) {
-    switch (w.values.dtype()) {
-      case DType::F32:
-        return w.values.data<float>() + r0 * cols;
-      case DType::BF16: {
-        buf.resize(size_t((r1 - r0) * cols));
-        const uint16_t* src = w.values.data<uint16_t>() + r0 * cols;
-        for (int64_t k = 0; k < (r1 - r0) * cols; ++k) buf[k] = bf16_to_f32(src[k]);
-        return buf.data();
-      }
-      case DType::F16: {
-        buf.resize(size_t((r1 - r0) * cols));
-        const uint16_t* src = w.values.data<uint16_t>() + r0 * cols;
-        for (int64_t k = 0; k < (r1 - r0) * cols; ++k) buf[k] = f16_to_f32(src[k]);
-        return buf.data();
-      }
-      default:
-        break;
+// Packs weight rows [r0, r1) as f32 panels: packed[p][k][r] = W[r0 + p·kPanel + r][k],
+// zero-padded to whole panels.
+void pack_tile(const QuantizedMatrix& w, int64_t r0, int64_t r1, std::vector<float>& packed,
+               std::vector<float>& rows_f32) {
+  const int64_t cols = w.cols, n_rows = r1 - r0;
+  const int64_t n_panels = (n_rows + kPanel - 1) / kPanel;
+  packed.assign(size_t(n_panels * kPanel * cols), 0.0f);
+  auto place = [&](int64_t r, auto&& value_at) {
+    float* dst = packed.data() + (r / kPanel) * kPanel * cols + r % kPanel;
+    for (int64_t k = 0; k < cols; ++k) dst[k * kPanel] = value_at(k);
+  };
+  const bool dense = w.format == WeightFormat::Dense;
+  const DType dt = w.values.dtype();
+  if (dense && dt == DType::BF16) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const uint16_t* src = w.values.data<uint16_t>() + (r0 + r) * cols;
+      place(r, [&](int64_t k) { return bf16_to_f32(src[k]); });
+    }
+  } else if (dense && dt == DType::F32) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const float* src = w.values.data<float>() + (r0 + r) * cols;
+      place(r, [&](int64_t k) { return src[k]; });
+    }
+  } else if (dense && dt == DType::F16) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const uint16_t* src = w.values.data<uint16_t>() + (r0 + r) * cols;
+      place(r, [&](int64_t k) { return f16_to_f32(src[k]); });
+    }
+  } else {
+    rows_f32.resize(size_t(n_rows * cols));
+    w.dequantize_rows(r0, r1, rows_f32.data());
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const float* src = rows_f32.data() + r * cols;
+      place(r, [&](int64_t k) { return src[k]; });
     }
   }
-  buf.resize(size_t((r1 - r0) * cols));
-  w.dequantize_rows(r0, r1, buf.data());
-  return buf.data();
 }
 
 }  // namespace
@@ -117,20 +101,32 @@ void linear_rows(const float* x, int64_t n, int64_t x_stride, const QuantizedMat
   DSQ_CHECK(row_begin >= 0 && row_begin <= row_end && row_end <= w.rows, "linear: row range [",
             row_begin, ", ", row_end, ") outside a weight of ", w.rows, " rows");
   if (n == 0 || row_begin == row_end) return;
-  // A tile of about 64 KiB of f32 weights: it stays in L2 while every input row passes it.
-  const int64_t tile = std::clamp<int64_t>(16384 / std::max<int64_t>(w.cols, 1), 8, 256);
-  // Quantized tiles are dequantized on whole format blocks, so align tiles to them.
-  const int64_t align = w.format == WeightFormat::Fp8Block ? w.group_size : 1;
-  const int64_t tile_rows = std::max<int64_t>(align, tile / align * align);
-  const int64_t first_tile = row_begin / tile_rows;
-  const int64_t n_tiles = (row_end - 1) / tile_rows - first_tile + 1;
-  parallel_for(n_tiles, 1, [&](int64_t t0, int64_t t1) {
-    thread_local std::vector<float> buf;
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r0 = std::max(row_begin, (first_tile + t) * tile_rows);
-      const int64_t r1 = std::min(row_end, (first_tile + t + 1) * tile_rows);
-      const float* wt = weight_rows_f32(w, r0, r1, buf);
-      tile_times_rows(wt, r1 - r0, w.cols, x, n, x_stride, y + (r0 - row_begin), y_stride);
+  const int64_t cols = w.cols;
+  // About 128 KiB of packed f32 weights per tile: it stays in L2 while the inputs pass.
+  int64_t tile_rows = std::clamp<int64_t>(32768 / std::max<int64_t>(cols, 1) / kPanel * kPanel, kPanel, 512);
+  // Quantized formats dequantize whole scale blocks; keep tiles on block boundaries.
+  if (w.format == WeightFormat::Fp8Block) tile_rows = std::max<int64_t>(tile_rows / 128, 1) * 128;
+  const int64_t n_tiles = (row_end - row_begin + tile_rows - 1) / tile_rows;
+  // With few tiles, also split the input rows so every thread has work.
+  const int64_t threads = num_threads();
+  const int64_t max_chunks = std::max<int64_t>(1, n / (8 * kBlock));
+  const int64_t chunks = std::clamp<int64_t>((2 * threads + n_tiles - 1) / n_tiles, 1, max_chunks);
+  parallel_for(n_tiles * chunks, 1, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<float> packed, rows_f32;
+    int64_t packed_tile = -1;
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t tile = task / chunks, chunk = task % chunks;
+      const int64_t r0 = row_begin + tile * tile_rows, r1 = std::min(row_end, r0 + tile_rows);
+      if (tile != packed_tile) {
+        pack_tile(w, r0, r1, packed, rows_f32);
+        packed_tile = tile;
+      }
+      const int64_t i0 = n * chunk / chunks, i1 = n * (chunk + 1) / chunks;
+      for (int64_t p = 0; p * kPanel < r1 - r0; ++p) {
+        const int64_t valid = std::min<int64_t>(kPanel, r1 - r0 - p * kPanel);
+        panel_times_rows(packed.data() + p * kPanel * cols, cols, x + i0 * x_stride, i1 - i0, x_stride,
+                         y + i0 * y_stride + (r0 - row_begin) + p * kPanel, y_stride, valid);
+      }
     }
   });
 }

@@ -1,10 +1,12 @@
 // Linear layer y = x·Wᵀ for a weight in any stored format (formats/quantized_matrix.h).
 //
-// Dense bf16/f16/f32 weights are converted tile by tile (a few dozen rows at a time) into
-// a per-thread f32 buffer and each converted tile is reused for every input row of the
-// call, so a batch of tokens pays the conversion once and weights are never expanded to
-// f32 as a whole. Quantized formats go through QuantizedMatrix::dequantize_rows on the
-// same tiles. Accumulation is fp32. Work is split over output-row tiles.
+// The weight is processed in tiles of output rows: each tile is converted to f32 (dense
+// bf16/f16 by a direct conversion, quantized formats through
+// QuantizedMatrix::dequantize_rows) and packed into panels laid out for the
+// register-blocked kernel, then reused for every input row of the call. A batch of
+// tokens therefore pays the conversion once per tile, and weights are never expanded to
+// f32 as a whole. Accumulation is fp32. Work is split over tiles and, when there are few
+// tiles, over blocks of input rows as well.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,57 @@
+#include "model/perplexity.h"
+
+#include <cmath>
+#include <vector>
+
+#include "backend/cpu/softmax.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+
+namespace dsq::model {
+
+double PerplexityResult::perplexity() const { return std::exp(total_nll / double(scored)); }
+
+int64_t perplexity_windows(int64_t n_tokens, int64_t ctx) {
+  int64_t windows = 0;
+  for (int64_t i = 0; i < n_tokens - ctx - 1; i += ctx) ++windows;
+  return windows;
+}
+
+PerplexityResult evaluate_perplexity(const Model& model, std::span<const int64_t> ids, int64_t ctx,
+                                     int64_t windows_per_batch, const std::function<void(int64_t)>& on_progress) {
+  DSQ_CHECK(ctx >= 2, "perplexity: context ", ctx, " must be at least 2");
+  DSQ_CHECK(windows_per_batch >= 1, "perplexity: windows per batch must be at least 1");
+  const int64_t n = int64_t(ids.size()), V = model.config().vocab_size;
+  const int64_t total_windows = perplexity_windows(n, ctx);
+  DSQ_CHECK(total_windows > 0, "perplexity: ", n, " tokens are too few for one window of ", ctx,
+            " (need more than ", ctx + 1, ")");
+  PerplexityResult result;
+  for (int64_t w0 = 0; w0 < total_windows; w0 += windows_per_batch) {
+    const int64_t nw = std::min(windows_per_batch, total_windows - w0);
+    std::vector<SequenceState> states;
+    states.reserve(size_t(nw));
+    std::vector<SequenceInput> batch;
+    for (int64_t w = 0; w < nw; ++w) {
+      states.push_back(model.new_sequence());
+      batch.push_back({&states.back(), ids.subspan(size_t((w0 + w) * ctx), size_t(ctx))});
+    }
+    const Tensor logits = model.forward(batch, LogitRows::All);
+    // Row w·ctx + j predicts ids[(w0 + w)·ctx + j + 1], for j < ctx − 1.
+    std::vector<double> nll(size_t(nw * (ctx - 1)));
+    parallel_for(nw * (ctx - 1), 64, [&](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r) {
+        const int64_t w = r / (ctx - 1), j = r % (ctx - 1);
+        const int64_t target = ids[size_t((w0 + w) * ctx + j + 1)];
+        DSQ_CHECK(target >= 0 && target < V, "perplexity: token id ", target, " outside the vocabulary");
+        nll[r] = -cpu::log_prob_of(logits.data<float>() + (w * ctx + j) * V, V, target);
+      }
+    });
+    for (double x : nll) result.total_nll += x;
+    result.scored += nw * (ctx - 1);
+    result.windows += nw;
+    if (on_progress) on_progress(result.windows);
+  }
+  return result;
+}
+
+}  // namespace dsq::model
