@@ -24,5 +24,7 @@ void register_logits(CLI::App& app, CommonOptions& common);
 void register_generate(CLI::App& app, CommonOptions& common);
 void register_ppl(CLI::App& app, CommonOptions& common);
 void register_info(CLI::App& app, CommonOptions& common);
+void register_quantize(CLI::App& app, CommonOptions& common);
+void register_convert(CLI::App& app, CommonOptions& common);
 
 }  // namespace dsq::cli

@@ -31,6 +31,8 @@ int main(int argc, char** argv) {
   dsq::cli::register_logits(app, common);
   dsq::cli::register_ppl(app, common);
   dsq::cli::register_info(app, common);
+  dsq::cli::register_quantize(app, common);
+  dsq::cli::register_convert(app, common);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
