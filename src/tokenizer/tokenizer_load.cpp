@@ -26,14 +26,16 @@ class TokenizerLoader {
   Tokenizer load() {
     const json root = read_json(file_);
     try {
-      check_normalizer(root.value("normalizer", json()));
-      check_decoder(root.value("decoder", json()));
+      // The model type first: for a non-BPE tokenizer it is the one error that matters.
       const json& model = root.at("model");
       const std::string type = model.value("type", std::string("(missing)"));
       DSQ_CHECK(type == "BPE", file_, ": unsupported tokenizer model type '", type,
                 "' (dsq supports byte-level BPE)");
       check_bpe_options(model);
-      Tokenizer tok(file_, load_bpe(model), PreTokenizer(pre_tokenizer_stages(root.at("pre_tokenizer")), file_));
+      check_normalizer(root.value("normalizer", json()));
+      check_decoder(root.value("decoder", json()));
+      PreTokenizer pre_tokenizer(pre_tokenizer_stages(root.at("pre_tokenizer")), file_);
+      Tokenizer tok(file_, load_bpe(model), std::move(pre_tokenizer));
       const size_t model_size = tok.model_.size();
       tok.tokens_.resize(model_size);
       for (size_t id = 0; id < model_size; ++id) {

@@ -111,6 +111,7 @@ TEST(TokenizerErrors, MalformedJsonNamesTheFile) {
 TEST(TokenizerErrors, UnsupportedModelTypeNamesFileAndType) {
   json j = synthetic_tokenizer({});
   j["model"]["type"] = "WordPiece";
+  j["decoder"] = {{"type", "WordPiece"}};  // the model type is still what gets reported
   const std::string path = write_file("tokenizer.json", j.dump());
   const std::string message = error_of([&] { Tokenizer::load(path); });
   EXPECT_NE(message.find(path), std::string::npos) << message;
