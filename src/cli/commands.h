@@ -26,5 +26,6 @@ void register_ppl(CLI::App& app, CommonOptions& common);
 void register_info(CLI::App& app, CommonOptions& common);
 void register_quantize(CLI::App& app, CommonOptions& common);
 void register_convert(CLI::App& app, CommonOptions& common);
+void register_synth(CLI::App& app, CommonOptions& common);
 
 }  // namespace dsq::cli

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   dsq::cli::register_info(app, common);
   dsq::cli::register_quantize(app, common);
   dsq::cli::register_convert(app, common);
+  dsq::cli::register_synth(app, common);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
