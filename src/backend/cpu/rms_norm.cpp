@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "backend/cpu/dot.h"
+
 #include "core/thread_pool.h"
 
 namespace dsq::cpu {
@@ -12,9 +14,7 @@ void rms_norm(const float* x, int64_t n, int64_t dim, int64_t stride, const floa
     for (int64_t i = i0; i < i1; ++i) {
       const float* xr = x + i * stride;
       float* yr = y + i * stride;
-      float sum = 0;
-      for (int64_t k = 0; k < dim; ++k) sum += xr[k] * xr[k];
-      const float inv = 1.0f / std::sqrt(sum / float(dim) + eps);
+      const float inv = 1.0f / std::sqrt(dot(xr, xr, dim) / float(dim) + eps);
       if (weight) {
         for (int64_t k = 0; k < dim; ++k) yr[k] = weight[k] * (xr[k] * inv);
       } else {

@@ -20,7 +20,7 @@ void softmax_inplace(float* x, int64_t n) {
 double log_prob_of(const float* logits, int64_t n, int64_t target) {
   const float m = *std::max_element(logits, logits + n);
   double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(double(logits[i] - m));
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(logits[i] - m);  // fp32 exp, double sum
   return double(logits[target] - m) - std::log(sum);
 }
 
