@@ -62,8 +62,9 @@ PreTokenizer::PreTokenizer(const std::vector<Stage>& stages, const std::string& 
   for (const Stage& stage : stages) {
     auto compiled = std::make_unique<Compiled>();
     compiled->pattern = stage.pattern;
-    uint32_t options = PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF;
-    if (stage.is_literal) options |= PCRE2_LITERAL;
+    // (PCRE2_LITERAL rejects PCRE2_UCP, which only matters for character classes anyway.)
+    const uint32_t options = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF |
+                             (stage.is_literal ? PCRE2_LITERAL : PCRE2_UCP);
     int error_code = 0;
     PCRE2_SIZE error_offset = 0;
     compiled->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(stage.pattern.data()),
