@@ -75,14 +75,12 @@ Tensor Checkpoint::get_checked(const std::string& native_name, const Shape& shap
 
 std::string Checkpoint::describe(const std::string& native_name) const {
   const auto it = sources_.find(native_name);
-  if (it == sources_.end()) return directory() + ": tensor " + native_name + " (missing)";
+  if (it == sources_.end()) return detail::concat(directory(), ": tensor ", native_name, " (missing)");
   const Source& s = it->second;
-  std::string text = store_.file_of(s.checkpoint_name) + ": tensor " + s.checkpoint_name;
-  if (s.fused) {
-    text += "[" + std::to_string(s.expert) + "]";
-    if (s.split_rows) text += s.part == 0 ? " (gate rows)" : " (up rows)";
-  }
-  return text;
+  const std::string where = detail::concat(store_.file_of(s.checkpoint_name), ": tensor ", s.checkpoint_name);
+  if (!s.fused) return where;
+  if (!s.split_rows) return detail::concat(where, "[", s.expert, "]");
+  return detail::concat(where, "[", s.expert, "] (", s.part == 0 ? "gate" : "up", " rows)");
 }
 
 std::vector<std::string> Checkpoint::native_names() const {

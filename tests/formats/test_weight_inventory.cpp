@@ -55,7 +55,12 @@ TEST(WeightInventory, QuantizedTensorsCountLogicalWeightsAndStoredBytes) {
                      {"layers.0.attn.wq_a.weight", Tensor::zeros(DType::F8_E4M3, {32, 64})},
                      {"layers.0.attn.wq_a.weight_scale_inv", Tensor::zeros(DType::F32, {1, 1})},
                      {"mtp.0.e_proj.weight", Tensor::zeros(DType::BF16, {2, 2})}});
-  const WeightInventory inv = take_inventory(Checkpoint::open(dir));
+  const Checkpoint ck = Checkpoint::open(dir);
+  // The quantizer finds a module's quantized tensors by native module + suffix.
+  EXPECT_TRUE(ck.has("layers.0.ffn.experts.1.w1.weight_packed"));
+  EXPECT_TRUE(ck.has("layers.0.ffn.experts.0.w1.scale"));
+  EXPECT_EQ(ck.get("layers.0.ffn.experts.1.w1.weight_shape").get_i64(1), 64);
+  const WeightInventory inv = take_inventory(ck);
   const InventoryCount experts = inv.by_kind.at(ModuleKind::RoutedExperts);
   EXPECT_EQ(experts.tensors, 5);
   EXPECT_EQ(experts.parameters, 4 * 64 + 4 * 64);

@@ -94,7 +94,9 @@ TEST(WeightNames, EverySpellingOfEveryRowMapsToTheReleaseName) {
   for (const Spellings& s : kExpected) {
     EXPECT_EQ(native(s.release), s.release);
     EXPECT_EQ(native(s.fixture), s.release) << s.fixture;
-    if (*s.transformers) EXPECT_EQ(native(s.transformers), s.release) << s.transformers;
+    if (*s.transformers) {
+      EXPECT_EQ(native(s.transformers), s.release) << s.transformers;
+    }
     EXPECT_EQ(to_native_names(s.release).size(), 1u) << s.release;
   }
 }
@@ -117,7 +119,9 @@ TEST(WeightNames, TheTableHasExactlyTheRowsOfTheSpec) {
     for (std::string_view s : {row.release, row.transformers, row.fixture}) {
       if (s.empty()) continue;
       const auto [it, fresh] = owner.emplace(Key{global, s}, row.release);
-      if (!fresh && row.fused_part < 0) EXPECT_EQ(it->second, row.release) << s;
+      if (!fresh && row.fused_part < 0) {
+        EXPECT_EQ(it->second, row.release) << s;
+      }
     }
   }
 }
