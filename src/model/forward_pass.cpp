@@ -78,12 +78,12 @@ void ForwardPass::run_layer(int layer) {
   ++next_layer_;
 }
 
-Tensor ForwardPass::logits(LogitRows rows) const {
+Tensor ForwardPass::final_hidden(LogitRows rows) const {
   const ModelConfig& c = model_.config();
-  DSQ_CHECK(next_layer_ == c.num_layers, "forward: logits requested after ", next_layer_, " of ",
+  DSQ_CHECK(next_layer_ == c.num_layers, "forward: output requested after ", next_layer_, " of ",
             c.num_layers, " layers");
   const ModelWeights& w = model_.weights();
-  const int64_t H = c.hidden_size, N = c.hc_mult, NH = N * H, V = c.vocab_size;
+  const int64_t H = c.hidden_size, N = c.hc_mult, NH = N * H;
   std::vector<int64_t> picked;
   if (rows == LogitRows::All) {
     for (int64_t t = 0; t < num_tokens(); ++t) picked.push_back(t);
@@ -94,7 +94,9 @@ Tensor ForwardPass::logits(LogitRows rows) const {
     }
   }
   const int64_t n = int64_t(picked.size());
-  std::vector<float> u(size_t(n * NH)), mix(size_t(n * N)), h(size_t(n * H));
+  std::vector<float> u(size_t(n * NH)), mix(size_t(n * N));
+  Tensor hidden = Tensor::zeros(DType::F32, {n, H});
+  float* h = hidden.mutable_data<float>();
   for (int64_t i = 0; i < n; ++i)
     std::memcpy(u.data() + i * NH, streams_.data() + picked[i] * NH, NH * sizeof(float));
   cpu::rms_norm(u.data(), n, NH, NH, nullptr, float(c.rms_norm_eps), u.data());
@@ -103,12 +105,18 @@ Tensor ForwardPass::logits(LogitRows rows) const {
     float pre[64];
     DSQ_CHECK(N <= 64, "hc_mult ", N, " too large");
     cpu::hc_head_weights(mix.data() + i * N, w.hc_head_base.data(), w.hc_head_scale, N, float(c.hc_eps), pre);
-    cpu::mhc_collapse(streams_.data() + picked[i] * NH, pre, N, H, h.data() + i * H);
+    cpu::mhc_collapse(streams_.data() + picked[i] * NH, pre, N, H, h + i * H);
   }
-  cpu::rms_norm(h.data(), n, H, H, w.norm.data(), float(c.rms_norm_eps), h.data());
-  Tensor out = Tensor::zeros(DType::F32, {n, V});
-  const PassContext ctx{c, batch_, offsets_, positions_, tokens_, observer_};
-  run_linear(ctx, w.head, h.data(), n, out.mutable_data<float>());
+  cpu::rms_norm(h, n, H, H, w.norm.data(), float(c.rms_norm_eps), h);
+  return hidden;
+}
+
+Tensor ForwardPass::logits(LogitRows rows) const {
+  const Tensor hidden = final_hidden(rows);
+  const int64_t n = hidden.dim(0);
+  Tensor out = Tensor::zeros(DType::F32, {n, model_.config().vocab_size});
+  const PassContext ctx{model_.config(), batch_, offsets_, positions_, tokens_, observer_};
+  run_linear(ctx, model_.weights().head, hidden.data<float>(), n, out.mutable_data<float>());
   return out;
 }
 

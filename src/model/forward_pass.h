@@ -37,7 +37,9 @@ class ForwardPass {
   // Runs decoder layer `layer`; layers must run in order 0, 1, …
   void run_layer(int layer);
   int layers_done() const { return next_layer_; }
-  // hc_head + final norm + head on the current streams.
+  // hc_head + final norm on the current streams: the head's input, f32 [rows, H].
+  Tensor final_hidden(LogitRows rows) const;
+  // final_hidden followed by the head: f32 [rows, V].
   Tensor logits(LogitRows rows) const;
   // Advances each sequence's position by its token count (all layers must have run).
   void commit();

@@ -64,17 +64,24 @@ void moe_block(const PassContext& ctx, int layer, const MoeWeights& w, const flo
     const int64_t n = int64_t(rows.size());
     xe.resize(size_t(n * H));
     ye.resize(size_t(n * H));
-    for (int64_t r = 0; r < n; ++r) std::memcpy(xe.data() + r * H, x + rows[r].first * H, H * sizeof(float));
+    parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) std::memcpy(xe.data() + r * H, x + rows[r].first * H, H * sizeof(float));
+    });
     run_expert(ctx, w.experts[size_t(e)], xe.data(), n, ye.data());
-    for (int64_t r = 0; r < n; ++r) {
-      float* o = out + rows[r].first * H;
-      const float wt = rows[r].second;
-      for (int64_t h = 0; h < H; ++h) o[h] += wt * ye[r * H + h];
-    }
+    // Each token appears once per expert, so rows write disjoint outputs.
+    parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* o = out + rows[r].first * H;
+        const float wt = rows[r].second;
+        for (int64_t h = 0; h < H; ++h) o[h] += wt * ye[r * H + h];
+      }
+    });
   }
   std::vector<float> shared(size_t(T * H));
   run_expert(ctx, w.shared, x, T, shared.data());
-  for (int64_t i = 0; i < T * H; ++i) out[i] += shared[i];
+  parallel_for(T * H, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] += shared[i];
+  });
 }
 
 }  // namespace dsq::model

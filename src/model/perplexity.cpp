@@ -3,9 +3,11 @@
 #include <cmath>
 #include <vector>
 
+#include "backend/cpu/linear.h"
 #include "backend/cpu/softmax.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "model/forward_pass.h"
 
 namespace dsq::model {
 
@@ -35,17 +37,27 @@ PerplexityResult evaluate_perplexity(const Model& model, std::span<const int64_t
       states.push_back(model.new_sequence());
       batch.push_back({&states.back(), ids.subspan(size_t((w0 + w) * ctx), size_t(ctx))});
     }
-    const Tensor logits = model.forward(batch, LogitRows::All);
-    // Row w·ctx + j predicts ids[(w0 + w)·ctx + j + 1], for j < ctx − 1.
-    std::vector<double> nll(size_t(nw * (ctx - 1)));
-    parallel_for(nw * (ctx - 1), 64, [&](int64_t a, int64_t b) {
-      for (int64_t r = a; r < b; ++r) {
-        const int64_t w = r / (ctx - 1), j = r % (ctx - 1);
-        const int64_t target = ids[size_t((w0 + w) * ctx + j + 1)];
-        DSQ_CHECK(target >= 0 && target < V, "perplexity: token id ", target, " outside the vocabulary");
-        nll[r] = -cpu::log_prob_of(logits.data<float>() + (w * ctx + j) * V, V, target);
-      }
-    });
+    ForwardPass pass(model, batch);
+    for (int i = 0; i < int(model.config().num_layers); ++i) pass.run_layer(i);
+    const Tensor hidden = pass.final_hidden(LogitRows::All);
+    // Row w·ctx + j predicts ids[(w0 + w)·ctx + j + 1], for j < ctx − 1. The head runs on
+    // blocks of rows so the full [rows, V] logits never exist at once.
+    const int64_t H = hidden.dim(1), rows = hidden.dim(0), block = 256;
+    std::vector<double> nll(static_cast<size_t>(rows), 0.0);
+    std::vector<float> logits(static_cast<size_t>(block * V));
+    for (int64_t r0 = 0; r0 < rows; r0 += block) {
+      const int64_t r1 = std::min(rows, r0 + block);
+      cpu::linear(hidden.data<float>() + r0 * H, r1 - r0, model.weights().head.w, logits.data());
+      parallel_for(r1 - r0, 16, [&](int64_t a, int64_t b) {
+        for (int64_t r = r0 + a; r < r0 + b; ++r) {
+          const int64_t w = r / ctx, j = r % ctx;
+          if (j == ctx - 1) continue;
+          const int64_t target = ids[size_t((w0 + w) * ctx + j + 1)];
+          DSQ_CHECK(target >= 0 && target < V, "perplexity: token id ", target, " outside the vocabulary");
+          nll[r] = -cpu::log_prob_of(logits.data() + (r - r0) * V, V, target);
+        }
+      });
+    }
     for (double x : nll) result.total_nll += x;
     result.scored += nw * (ctx - 1);
     result.windows += nw;
