@@ -69,26 +69,11 @@ __device__ __forceinline__ uint32_t nibbles_to_bf16x2(uint32_t word, int shift) 
   return *reinterpret_cast<const uint32_t*>(&r);
 }
 
-// Where the decode kernel's finished sums go (see int4_linear.h): plain fp32 rows, or the
-// SwiGLU of interleaved gate/up rows as bf16.
-struct Epilogue {
-  float* y;             // [rows, N] fp32 (plain)
-  __nv_bfloat16* h;     // [rows, N/2] bf16 (SwiGLU)
-  float limit;          // SwiGLU clamp
-};
-
-// The last of the K-slice blocks of one (work item, 128-column block) to finish — counted
-// with an atomic ticket — writes the columns out and zeroes the accumulator and the ticket
-// again, so the workspace needs no clearing between calls.
-template <bool kSwiGlu>
-__device__ void finish_tile(float* accum, unsigned* tickets, const Epilogue& out, const WorkItem& item, int N);
-
 // MT token tiles of 8 rows (MT*8 rows per work item); CH 64-wide chunks of K per block.
-template <int MT, int CH, bool kSwiGlu>
+template <int MT, int CH>
 __global__ void __launch_bounds__(kThreads, 1)
     w4a16_decode_kernel(const uint4* __restrict__ tiles, const float* __restrict__ scales,
-                        const __nv_bfloat16* __restrict__ x, float* __restrict__ accum,
-                        unsigned* __restrict__ tickets, Epilogue out, int N, int K,
+                        const __nv_bfloat16* __restrict__ x, float* __restrict__ y, int N, int K,
                         const __grid_constant__ WorkList work) {
   constexpr int kSlice = CH * kChunk;
   constexpr int kRowStride = kSlice + 8;  // +16 bytes: conflict-free fragment reads
@@ -116,100 +101,60 @@ __global__ void __launch_bounds__(kThreads, 1)
     *reinterpret_cast<uint4*>(xs + r * kRowStride + c * 8) = v;
   }
   __syncthreads();
+  if (!active) return;
 
   const int g = lane / 4, t = lane % 4;
   float acc[MT][4] = {};
-  if (active) {
-    float part[MT][4];
-  #pragma unroll
-    for (int c = 0; c < CH; ++c) {
-      if (c % 2 == 0) {
-  #pragma unroll
-        for (int m = 0; m < MT; ++m) part[m][0] = part[m][1] = part[m][2] = part[m][3] = 0.0f;
+  float part[MT][4];
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    if (c % 2 == 0) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m) part[m][0] = part[m][1] = part[m][2] = part[m][3] = 0.0f;
+    }
+    const uint32_t words[4] = {wv[c].x, wv[c].y, wv[c].z, wv[c].w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      uint32_t a[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[r] = nibbles_to_bf16x2(words[j], 4 * r);
+      const int kk = c * kChunk + j * 16 + 2 * t;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const __nv_bfloat16* row = xs + (m * 8 + g) * kRowStride + kk;
+        mma_bf16_16816(part[m], a, *reinterpret_cast<const uint32_t*>(row),
+                       *reinterpret_cast<const uint32_t*>(row + 8));
       }
-      const uint32_t words[4] = {wv[c].x, wv[c].y, wv[c].z, wv[c].w};
-  #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        uint32_t a[4];
-  #pragma unroll
-        for (int r = 0; r < 4; ++r) a[r] = nibbles_to_bf16x2(words[j], 4 * r);
-        const int kk = c * kChunk + j * 16 + 2 * t;
-  #pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          const __nv_bfloat16* row = xs + (m * 8 + g) * kRowStride + kk;
-          mma_bf16_16816(part[m], a, *reinterpret_cast<const uint32_t*>(row),
-                         *reinterpret_cast<const uint32_t*>(row + 8));
-        }
-      }
-      if (c % 2 == 1) {  // a 128-wide group is complete: apply its scales in fp32
-        const int group = (k0 + c * kChunk) / kGroup;
-        const float* s = scales + (size_t(item.expert) * (K / kGroup) + group) * N + ntile * 16 + g;
-        const float s0 = __ldg(s), s1 = __ldg(s + 8);
-  #pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          acc[m][0] += part[m][0] * s0;
-          acc[m][1] += part[m][1] * s0;
-          acc[m][2] += part[m][2] * s1;
-          acc[m][3] += part[m][3] * s1;
-        }
+    }
+    if (c % 2 == 1) {  // a 128-wide group is complete: apply its scales in fp32
+      const int group = (k0 + c * kChunk) / kGroup;
+      const float* s = scales + (size_t(item.expert) * (K / kGroup) + group) * N + ntile * 16 + g;
+      const float s0 = __ldg(s), s1 = __ldg(s + 8);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        acc[m][0] += part[m][0] * s0;
+        acc[m][1] += part[m][1] * s0;
+        acc[m][2] += part[m][2] * s1;
+        acc[m][3] += part[m][3] * s1;
       }
     }
   }
-  // C fragment: (row g, tokens 2t, 2t+1) and (row g+8, same tokens). K slices add up in
-  // the accumulator.
+  // C fragment: (row g, tokens 2t, 2t+1) and (row g+8, same tokens). K slices add up.
   const int n = ntile * 16 + g;
 #pragma unroll
-  for (int m = 0; m < MT && active; ++m) {
+  for (int m = 0; m < MT; ++m) {
     const int tok = m * 8 + 2 * t;
     if (tok < item.rows) {
-      float* a = accum + size_t(item.row_begin + tok) * N + n;
-      atomicAdd(a, acc[m][0]);
-      atomicAdd(a + 8, acc[m][2]);
+      float* out = y + size_t(item.row_begin + tok) * N + n;
+      atomicAdd(out, acc[m][0]);
+      atomicAdd(out + 8, acc[m][2]);
     }
     if (tok + 1 < item.rows) {
-      float* a = accum + size_t(item.row_begin + tok + 1) * N + n;
-      atomicAdd(a, acc[m][1]);
-      atomicAdd(a + 8, acc[m][3]);
+      float* out = y + size_t(item.row_begin + tok + 1) * N + n;
+      atomicAdd(out, acc[m][1]);
+      atomicAdd(out + 8, acc[m][3]);
     }
   }
-  finish_tile<kSwiGlu>(accum, tickets, out, item, N);
-}
-
-template <bool kSwiGlu>
-__device__ void finish_tile(float* accum, unsigned* tickets, const Epilogue& out, const WorkItem& item, int N) {
-  __shared__ bool last_block;
-  unsigned* ticket = tickets + size_t(blockIdx.z) * gridDim.x + blockIdx.x;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last_block = atomicAdd(ticket, 1u) == gridDim.y - 1;
-  __syncthreads();
-  if (!last_block) return;
-  __threadfence();
-  const int c0 = blockIdx.x * kTileN;
-  if constexpr (!kSwiGlu) {
-    for (int i = threadIdx.x; i < item.rows * kTileN; i += kThreads) {
-      const int c = c0 + i % kTileN;
-      if (c >= N) continue;
-      const size_t at = size_t(item.row_begin + i / kTileN) * N + c;
-      out.y[at] = __ldcg(accum + at);
-      accum[at] = 0.0f;
-    }
-  } else {
-    // Tile rows 0..7 are gate rows, 8..15 the matching up rows (Int4ExpertWeights::gate_up).
-    for (int i = threadIdx.x; i < item.rows * (kTileN / 2); i += kThreads) {
-      const int f = i % (kTileN / 2), tile = f / 8, j = f % 8;
-      const int c = c0 + tile * 16 + j;
-      if (c >= N) continue;
-      float* row = accum + size_t(item.row_begin + i / (kTileN / 2)) * N;
-      const float gate = fminf(__ldcg(row + c), out.limit);
-      const float up = fminf(fmaxf(__ldcg(row + c + 8), -out.limit), out.limit);
-      row[c] = 0.0f;
-      row[c + 8] = 0.0f;
-      out.h[size_t(item.row_begin + i / (kTileN / 2)) * (N / 2) + c0 / 2 + tile * 8 + j] =
-          __float2bfloat16(gate / (1.0f + __expf(-gate)) * up);
-    }
-  }
-  if (threadIdx.x == 0) *ticket = 0;
 }
 
 // One thread per lane word (uint4): writes its 16 rows × 4 input pairs as bf16x2.
@@ -261,28 +206,41 @@ __global__ void int4_relayout_kernel(const int32_t* __restrict__ packed, int N, 
   tiles[o] = word;
 }
 
-template <int MT, int CH, bool kSwiGlu>
+// SwiGLU over the fp32 output of a gate/up weight (Int4ExpertWeights::gate_up): in each
+// 16-column tile, columns 0..7 are gates and 8..15 the matching ups.
+__global__ void swiglu_interleaved_kernel(const float* __restrict__ gu, int64_t rows, int F, float limit,
+                                          __nv_bfloat16* __restrict__ h) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * F) return;
+  const int64_t r = i / F;
+  const int f = int(i % F);
+  const float* row = gu + r * 2 * F + (f / 8) * 16 + f % 8;
+  const float gate = fminf(row[0], limit);
+  const float up = fminf(fmaxf(row[8], -limit), limit);
+  h[i] = __float2bfloat16(gate / (1.0f + __expf(-gate)) * up);
+}
+
+template <int MT, int CH>
 void launch_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x,
-                   const Int4Workspace& ws, const Epilogue& out, const WorkList& work, int count) {
+                   float* y, const WorkList& work, int count) {
   const size_t smem = size_t(MT) * 8 * (CH * kChunk + 8) * sizeof(__nv_bfloat16);
   static bool configured = false;  // the attribute belongs to the function: set it once
   if (!configured) {
-    DSQ_CUDA_CHECK(cudaFuncSetAttribute(w4a16_decode_kernel<MT, CH, kSwiGlu>,
+    DSQ_CUDA_CHECK(cudaFuncSetAttribute(w4a16_decode_kernel<MT, CH>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     configured = true;
   }
   const dim3 grid(unsigned((w.rows() + kTileN - 1) / kTileN), unsigned(w.cols() / (CH * kChunk)),
                   unsigned(count));
-  w4a16_decode_kernel<MT, CH, kSwiGlu><<<grid, kThreads, smem, ctx.stream()>>>(
-      w.tiles(), w.scales(), x, ws.accum, ws.tickets, out, int(w.rows()), int(w.cols()), work);
+  w4a16_decode_kernel<MT, CH><<<grid, kThreads, smem, ctx.stream()>>>(
+      w.tiles(), w.scales(), x, y, int(w.rows()), int(w.cols()), work);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
 // Launches the decode kernel over `items`, in batches of kMaxItems, with the smallest
 // token-tile count that covers the largest item.
-template <bool kSwiGlu>
-void run_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x,
-                const Int4Workspace& ws, const Epilogue& out, const std::vector<WorkItem>& items) {
+void run_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x, float* y,
+                const std::vector<WorkItem>& items) {
   auto work_list = std::make_unique<WorkList>();
   WorkList& work = *work_list;
   for (size_t begin = 0; begin < items.size(); begin += kMaxItems) {
@@ -294,33 +252,11 @@ void run_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bf
     }
     // Few rows: shorter K slices, more blocks in flight. More rows: longer slices so
     // fewer partial sums meet in the fp32 atomics.
-    if (max_rows <= 8) launch_decode<1, kSmallMChunks, kSwiGlu>(ctx, w, x, ws, out, work, count);
-    else if (max_rows <= 16) launch_decode<2, kSmallMChunks, kSwiGlu>(ctx, w, x, ws, out, work, count);
-    else if (max_rows <= 32) launch_decode<4, 8, kSwiGlu>(ctx, w, x, ws, out, work, count);
-    else launch_decode<8, 8, kSwiGlu>(ctx, w, x, ws, out, work, count);
+    if (max_rows <= 8) launch_decode<1, kSmallMChunks>(ctx, w, x, y, work, count);
+    else if (max_rows <= 16) launch_decode<2, kSmallMChunks>(ctx, w, x, y, work, count);
+    else if (max_rows <= 32) launch_decode<4, 8>(ctx, w, x, y, work, count);
+    else launch_decode<8, 8>(ctx, w, x, y, work, count);
   }
-}
-
-void check_offsets(const Int4ExpertWeights& w, const std::vector<int64_t>& offsets, const char* op) {
-  DSQ_CHECK(int64_t(offsets.size()) == w.experts() + 1, op, ": ", offsets.size(), " offsets for ", w.experts(),
-            " experts (need experts + 1)");
-  DSQ_CHECK(offsets.front() == 0, op, ": offsets must start at 0");
-  for (size_t e = 0; e + 1 < offsets.size(); ++e)
-    DSQ_CHECK(offsets[e + 1] >= offsets[e], op, ": offsets decrease at expert ", e);
-}
-
-// Each expert's rows cut into work items of at most kDecodeMaxRows; experts for which
-// `skip` says so are left out.
-template <typename Skip>
-std::vector<WorkItem> work_items(const Int4ExpertWeights& w, const std::vector<int64_t>& offsets, Skip skip) {
-  std::vector<WorkItem> items;
-  for (int64_t e = 0; e < w.experts(); ++e) {
-    const int64_t rows = offsets[e + 1] - offsets[e];
-    if (rows == 0 || skip(e, rows)) continue;
-    for (int64_t r = 0; r < rows; r += kDecodeMaxRows)
-      items.push_back({int(e), int(offsets[e] + r), int(std::min<int64_t>(kDecodeMaxRows, rows - r))});
-  }
-  return items;
 }
 
 }  // namespace
@@ -383,51 +319,51 @@ void int4_dequantize_expert(const GpuContext& ctx, const Int4ExpertWeights& w, i
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
-size_t int4_workspace_bytes(const Int4ExpertWeights& w, int64_t rows) {
-  const size_t tickets = size_t(kMaxItems) * size_t((w.rows() + kTileN - 1) / kTileN) * sizeof(unsigned);
-  return (tickets + 255) / 256 * 256 + size_t(rows) * size_t(w.rows()) * sizeof(float);
-}
-
-Int4Workspace Int4Workspace::carve(const Int4ExpertWeights& w, void* base) {
-  const size_t tickets = size_t(kMaxItems) * size_t((w.rows() + kTileN - 1) / kTileN) * sizeof(unsigned);
-  auto* p = static_cast<unsigned char*>(base);
-  return {reinterpret_cast<unsigned*>(p), reinterpret_cast<float*>(p + (tickets + 255) / 256 * 256)};
-}
-
 void int4_grouped_linear(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x,
-                         const std::vector<int64_t>& offsets, float* y, void* workspace,
-                         __nv_bfloat16* dequant_scratch) {
-  check_offsets(w, offsets, "int4_grouped_linear");
-  const auto prefill = [&](int64_t, int64_t rows) { return dequant_scratch && rows > kDecodeMaxRows; };
+                         const std::vector<int64_t>& offsets, float* y, __nv_bfloat16* dequant_scratch) {
+  DSQ_CHECK(int64_t(offsets.size()) == w.experts() + 1, "int4_grouped_linear: ", offsets.size(),
+            " offsets for ", w.experts(), " experts (need experts + 1)");
+  DSQ_CHECK(offsets.front() == 0, "int4_grouped_linear: offsets must start at 0");
+  for (size_t e = 0; e + 1 < offsets.size(); ++e)
+    DSQ_CHECK(offsets[e + 1] >= offsets[e], "int4_grouped_linear: offsets decrease at expert ", e);
+  const int64_t total = offsets.back();
+  if (total == 0) return;
+  DSQ_CUDA_CHECK(cudaMemsetAsync(y, 0, size_t(total * w.rows()) * sizeof(float), ctx.stream()));
+  std::vector<WorkItem> items;
   for (int64_t e = 0; e < w.experts(); ++e) {
     const int64_t rows = offsets[e + 1] - offsets[e];
-    if (!prefill(e, rows)) continue;
-    int4_dequantize_expert(ctx, w, e, dequant_scratch);
-    bf16_linear_f32_out(ctx, x + offsets[e] * w.cols(), dequant_scratch, y + offsets[e] * w.rows(), rows,
-                        w.rows(), w.cols());
+    if (rows == 0) continue;
+    if (dequant_scratch && rows > kDecodeMaxRows) {
+      int4_dequantize_expert(ctx, w, e, dequant_scratch);
+      bf16_linear_f32_out(ctx, x + offsets[e] * w.cols(), dequant_scratch, y + offsets[e] * w.rows(),
+                          rows, w.rows(), w.cols());
+      continue;
+    }
+    for (int64_t r = 0; r < rows; r += kDecodeMaxRows)
+      items.push_back({int(e), int(offsets[e] + r), int(std::min<int64_t>(kDecodeMaxRows, rows - r))});
   }
-  const std::vector<WorkItem> items = work_items(w, offsets, prefill);
-  if (!items.empty())
-    run_decode<false>(ctx, w, x, Int4Workspace::carve(w, workspace), Epilogue{y, nullptr, 0.0f}, items);
+  if (!items.empty()) run_decode(ctx, w, x, y, items);
 }
 
 void int4_grouped_swiglu(const GpuContext& ctx, const Int4ExpertWeights& gate_up, const __nv_bfloat16* x,
-                         const std::vector<int64_t>& offsets, float limit, __nv_bfloat16* h, void* workspace) {
-  check_offsets(gate_up, offsets, "int4_grouped_swiglu");
+                         const std::vector<int64_t>& offsets, float limit, __nv_bfloat16* h, float* gate_up_out,
+                         __nv_bfloat16* dequant_scratch) {
   DSQ_CHECK(gate_up.gate_up_interleaved(), "int4_grouped_swiglu: the weights are not a gate/up pair "
             "(build them with Int4ExpertWeights::gate_up)");
-  const std::vector<WorkItem> items = work_items(gate_up, offsets, [](int64_t, int64_t) { return false; });
-  if (!items.empty())
-    run_decode<true>(ctx, gate_up, x, Int4Workspace::carve(gate_up, workspace), Epilogue{nullptr, h, limit}, items);
+  int4_grouped_linear(ctx, gate_up, x, offsets, gate_up_out, dequant_scratch);
+  const int64_t rows = offsets.back(), F = gate_up.rows() / 2;
+  if (rows == 0) return;
+  swiglu_interleaved_kernel<<<unsigned((rows * F + 255) / 256), 256, 0, ctx.stream()>>>(gate_up_out, rows, int(F),
+                                                                                        limit, h);
+  DSQ_CUDA_CHECK_LAUNCH();
 }
 
 void int4_linear(const GpuContext& ctx, const Int4ExpertWeights& w, int64_t expert,
-                 const __nv_bfloat16* x, int64_t M, float* y, void* workspace,
-                 __nv_bfloat16* dequant_scratch) {
+                 const __nv_bfloat16* x, int64_t M, float* y, __nv_bfloat16* dequant_scratch) {
   DSQ_CHECK(expert >= 0 && expert < w.experts(), "int4_linear: expert ", expert, " out of range");
   std::vector<int64_t> offsets(size_t(w.experts() + 1), 0);
   for (int64_t e = expert + 1; e <= w.experts(); ++e) offsets[size_t(e)] = M;
-  int4_grouped_linear(ctx, w, x, offsets, y, workspace, dequant_scratch);
+  int4_grouped_linear(ctx, w, x, offsets, y, dequant_scratch);
 }
 
 }  // namespace dsq::cuda

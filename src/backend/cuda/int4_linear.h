@@ -33,9 +33,17 @@ constexpr int64_t kDecodeMaxRows = 64;
 class Int4ExpertWeights {
  public:
   // packed: host int32 [E][N][K/8] (nibble i of a word = input 8w+i, stored as q + 8);
-  // scales: host bf16 bits [E][N][K/128]. N % 16 == 0 and K % 256 == 0.
+  // scales: host bf16 bits [E][N][K/128]. N % 16 == 0 and K % 512 == 0.
   Int4ExpertWeights(const int32_t* packed, const uint16_t* scales, int64_t E, int64_t N, int64_t K,
                     const std::string& what);
+
+  // W1 and W3 of E experts ([F, K] each, same layouts as above) as one [2F, K] weight
+  // whose 16-row tiles hold 8 gate rows then the 8 matching up rows, for
+  // int4_grouped_swiglu().
+  static Int4ExpertWeights gate_up(const int32_t* w1, const uint16_t* s1, const int32_t* w3,
+                                   const uint16_t* s3, int64_t E, int64_t F, int64_t K,
+                                   const std::string& what);
+  bool gate_up_interleaved() const { return gate_up_; }
 
   int64_t experts() const { return E_; }
   int64_t rows() const { return N_; }
@@ -48,6 +56,7 @@ class Int4ExpertWeights {
 
  private:
   int64_t E_, N_, K_;
+  bool gate_up_ = false;
   DeviceBuffer<uint4> tiles_;
   DeviceBuffer<float> scales_;
 };
@@ -58,6 +67,16 @@ class Int4ExpertWeights {
 // (N*K bf16, may be null) enables the prefill path for experts with many rows.
 void int4_grouped_linear(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x,
                          const std::vector<int64_t>& offsets, float* y,
+                         __nv_bfloat16* dequant_scratch = nullptr);
+
+// The routed experts' first half with their activation: for weights built with
+// Int4ExpertWeights::gate_up(), h[rows, F] bf16 = SiLU(min(x·W1^T, limit)) ⊙
+// clamp(x·W3^T, -limit, limit) (DeepSeek-V4's clamped SwiGLU). The grouped GEMM writes
+// gate_up_out [rows, 2F] fp32, then one elementwise pass applies the activation. (A
+// version that applied it in the GEMM's last split-K block measured slower on an H100:
+// the memory fence that ordering needs lengthened every block by a round trip.)
+void int4_grouped_swiglu(const GpuContext& ctx, const Int4ExpertWeights& gate_up, const __nv_bfloat16* x,
+                         const std::vector<int64_t>& offsets, float limit, __nv_bfloat16* h, float* gate_up_out,
                          __nv_bfloat16* dequant_scratch = nullptr);
 
 // Dense W4A16 (one expert): y[M, N] fp32 = x[M, K] · W_expert^T.
