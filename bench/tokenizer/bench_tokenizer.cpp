@@ -4,11 +4,12 @@
 // (defaults: shared DeepSeek-V3 tokenizer, Brown valid.txt and train.txt). For each file it
 // encodes (a) the whole file as one string and (b) line by line, each three times with a
 // freshly loaded tokenizer: "cold" is the first pass (empty piece cache), "warm" the best of
-// the two others. bench/tokenizer/compare_hf.sh runs HF `tokenizers` the same way.
+// the two others. Throughput is MB per CPU-second of the (single-threaded) process.
+// bench/tokenizer/compare_hf.sh runs HF `tokenizers` the same way.
 // Not a test; results go to bench/results/tokenizer.md.
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -39,14 +40,22 @@ std::vector<std::string_view> split_lines(const std::string& text) {
   return lines;
 }
 
-// Seconds per pass for `passes` passes of `encode_all`, which returns the token count.
+// Process CPU seconds: on the shared dev box other jobs stretch wall time unpredictably,
+// while the CPU time of a single-threaded run is what the encode itself costs.
+double cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+// CPU seconds per pass for `passes` passes of `encode_all`, which returns the token count.
 template <typename F>
 std::vector<double> time_passes(int passes, size_t& tokens, F&& encode_all) {
   std::vector<double> seconds;
   for (int p = 0; p < passes; ++p) {
-    const auto start = std::chrono::steady_clock::now();
+    const double start = cpu_seconds();
     tokens = encode_all();
-    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    seconds.push_back(cpu_seconds() - start);
   }
   return seconds;
 }

@@ -2,8 +2,10 @@
 
 For each file: the whole file as one string and line by line (lines keep their newline),
 three passes each with a freshly loaded tokenizer: "cold" is the first pass, "warm" the best
-of the other two. With --dsq FILE (bench_tokenizer's output) it prints one markdown table
-with both tools and the dsq/HF ratio, and flags any token-count mismatch.
+of the other two. Throughput is MB per CPU-second of the process (the dev box is shared,
+so wall time depends on other jobs). With --dsq FILE (bench_tokenizer's output) it prints
+one markdown table with both tools and the dsq/HF ratio, and flags any token-count
+mismatch.
 Run through compare_hf.sh, which pins HF to one thread.
 """
 import argparse
@@ -17,9 +19,9 @@ def measure(tokenizer_path, encode_all):
     tok = Tokenizer.from_file(tokenizer_path)
     seconds, tokens = [], 0
     for _ in range(3):
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time of all threads, like bench_tokenizer
         tokens = encode_all(tok)
-        seconds.append(time.perf_counter() - start)
+        seconds.append(time.process_time() - start)
     return tokens, seconds[0], min(seconds[1:])
 
 
