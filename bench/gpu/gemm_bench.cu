@@ -89,10 +89,53 @@ struct Timing {
       DSQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
       t.push_back(ms * 1e-3 / batch);
     }
+    return median(t);
+  }
+  // The same with the batch captured once into a CUDA graph and replayed: the GPU-side
+  // time without host launch overhead, as an engine that replays decode graphs sees it.
+  double graph_seconds(const GpuContext& ctx, const std::function<void(int)>& call, int batch,
+                       int repeats = 5) {
+    for (int i = 0; i < batch; ++i) call(i);  // warm-up: plans, attributes, handles
+    ctx.synchronize();
+    cudaGraph_t graph;
+    DSQ_CUDA_CHECK(cudaStreamBeginCapture(ctx.stream(), cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < batch; ++i) call(i);
+    DSQ_CUDA_CHECK(cudaStreamEndCapture(ctx.stream(), &graph));
+    cudaGraphExec_t exec;
+    DSQ_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    DSQ_CUDA_CHECK(cudaGraphLaunch(exec, ctx.stream()));
+    ctx.synchronize();
+    std::vector<double> t;
+    for (int r = 0; r < repeats; ++r) {
+      DSQ_CUDA_CHECK(cudaEventRecord(a, ctx.stream()));
+      DSQ_CUDA_CHECK(cudaGraphLaunch(exec, ctx.stream()));
+      DSQ_CUDA_CHECK(cudaEventRecord(b, ctx.stream()));
+      DSQ_CUDA_CHECK(cudaEventSynchronize(b));
+      float ms = 0;
+      DSQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+      t.push_back(ms * 1e-3 / batch);
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    return median(t);
+  }
+
+ private:
+  static double median(std::vector<double> t) {
     std::sort(t.begin(), t.end());
     return t[t.size() / 2];
   }
 };
+
+// Decode: eager and graph-replayed time; prefill: eager only (graph = 0).
+struct Times {
+  double eager, graph;
+};
+Times measure(const GpuContext& ctx, Timing& tm, const std::function<void(int)>& call, bool decode, int batch) {
+  Times t{tm.seconds(ctx, call, batch), 0.0};
+  if (decode) t.graph = tm.graph_seconds(ctx, call, batch);
+  return t;
+}
 
 // ---- output ----
 
@@ -170,19 +213,19 @@ struct Limits {
   double copy_bps, bf16_flops, fp8_flops;
 };
 
-void report(const char* op, int64_t M, double seconds, double bytes, double flops, const Limits& lim,
-            bool decode, bool fp8) {
+void report(const char* op, int64_t M, Times t, double bytes, double flops, const Limits& lim, bool decode,
+            bool fp8) {
   if (decode) {
-    const double bps = bytes / seconds;
-    emit("| %-34s | %6lld | %9.1f | %8.0f GB/s | %5.1f %% of copy |\n", op, (long long)M, seconds * 1e6,
-         bps / 1e9, 100.0 * bps / lim.copy_bps);
+    const double bps = bytes / t.graph;
+    emit("| %-44s | %6lld | %8.1f | %8.1f | %8.0f GB/s | %5.1f %% |\n", op, (long long)M, t.eager * 1e6,
+         t.graph * 1e6, bps / 1e9, 100.0 * bps / lim.copy_bps);
   } else {
-    const double fps = flops / seconds;
+    const double fps = flops / t.eager;
     const double peak = fp8 ? lim.fp8_flops : lim.bf16_flops;
     // Roofline: the slower of computing at the peak and moving the bytes at copy speed.
     const double floor = std::max(flops / peak, bytes / lim.copy_bps);
-    emit("| %-34s | %6lld | %9.1f | %7.0f TFLOP/s | %5.1f %% of %s | %5.1f %% |\n", op, (long long)M,
-         seconds * 1e6, fps / 1e12, 100.0 * fps / peak, fp8 ? "FP8 peak" : "BF16 peak", 100.0 * floor / seconds);
+    emit("| %-44s | %6lld | %9.1f | %7.0f TFLOP/s | %5.1f %% of %s | %5.1f %% |\n", op, (long long)M,
+         t.eager * 1e6, fps / 1e12, 100.0 * fps / peak, fp8 ? "FP8 peak" : "BF16 peak", 100.0 * floor / t.eager);
   }
 }
 
@@ -211,14 +254,14 @@ void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op
   DeviceBuffer<unsigned char> ws(w[0]->workspace_bytes(maxM));
   DSQ_CUDA_CHECK(cudaMemset(ws.get(), 0, ws.bytes()));
   for (int64_t M : Ms) {
-    const double s = tm.seconds(ctx, [&](int call) {
+    const Times s = measure(ctx, tm, [&](int call) {
       const int c = call % copies;
       for (int64_t gi = 0; gi < op.groups; ++gi) {
         // Group gi reads columns [gi*K, (gi+1)*K) of x[M, groups*K]: contiguous per group
         // only when groups == 1, so grouped inputs are laid out group-major here.
         w[size_t(c * op.groups + gi)]->run(ctx, x.get() + gi * M * op.K, M, y.get() + gi * M * op.N, ws.get());
       }
-    }, decode ? 50 : 3);
+    }, decode, decode ? 50 : 3);
     const double bytes = double(wbytes) * op.groups + double(M) * op.K * op.groups * 2 + double(M) * op.N * op.groups * 2;
     const double flops = 2.0 * M * op.N * op.K * op.groups;
     report(op.name, M, s, bytes, flops, lim, decode, true);
@@ -240,8 +283,8 @@ void bench_bf16(const GpuContext& ctx, Timing& tm, const Limits& lim, const char
   DeviceBuffer<__nv_bfloat16> x(size_t(maxM * K)), y(size_t(maxM * N));
   fill_bf16(x.get(), x.size(), 11);
   for (int64_t M : Ms) {
-    const double s = tm.seconds(ctx, [&](int call) { bf16_linear(ctx, x.get(), w[size_t(call % copies)].get(), y.get(), M, N, K); },
-                                decode ? 50 : 3);
+    const Times s = measure(ctx, tm, [&](int call) { bf16_linear(ctx, x.get(), w[size_t(call % copies)].get(), y.get(), M, N, K); },
+                            decode, decode ? 50 : 3);
     report(name, M, s, double(wbytes) + double(M) * (K + N) * 2, 2.0 * M * N * K, lim, decode, false);
   }
 }
@@ -265,22 +308,35 @@ std::vector<int64_t> route(int64_t tokens, int64_t E, int top_k, std::mt19937& r
   return offsets;
 }
 
+// swiglu: the w1/w3 pair followed by its activation (int4_grouped_swiglu; decode only),
+// N is then the width F of each half.
 void bench_int4(const GpuContext& ctx, Timing& tm, const Limits& lim, const char* name, int64_t E, int64_t N,
-                int64_t K, const std::vector<int64_t>& Ms, bool decode) {
-  std::vector<int32_t> packed(size_t(E * N * K / 8));
-  uint64_t s = 12345;
-  for (auto& p : packed) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    p = int32_t(s >> 32);
-  }
+                int64_t K, const std::vector<int64_t>& Ms, bool decode, bool swiglu = false) {
+  const auto random_packed = [](size_t n, uint64_t s) {
+    std::vector<int32_t> v(n);
+    for (auto& p : v) {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      p = int32_t(s >> 32);
+    }
+    return v;
+  };
   std::vector<uint16_t> scales(size_t(E * N * K / 128), 0x3C00);  // bf16 0.0078125
-  const Int4ExpertWeights w(packed.data(), scales.data(), E, N, K, name);
-  packed = {};
+  std::unique_ptr<Int4ExpertWeights> w;
+  if (swiglu) {
+    const auto w1 = random_packed(size_t(E * N * K / 8), 1), w3 = random_packed(size_t(E * N * K / 8), 2);
+    w = std::make_unique<Int4ExpertWeights>(
+        Int4ExpertWeights::gate_up(w1.data(), scales.data(), w3.data(), scales.data(), E, N, K, name));
+  } else {
+    const auto packed = random_packed(size_t(E * N * K / 8), 3);
+    w = std::make_unique<Int4ExpertWeights>(packed.data(), scales.data(), E, N, K, name);
+  }
+  const int64_t out_cols = w->rows();
   const int kTopK = 6;
   const int64_t maxM = *std::max_element(Ms.begin(), Ms.end());
   DeviceBuffer<__nv_bfloat16> x(size_t(maxM * kTopK * K));
-  DeviceBuffer<float> y(size_t(maxM * kTopK * N));
-  DeviceBuffer<__nv_bfloat16> scratch(size_t(N * K));
+  DeviceBuffer<float> y(size_t(maxM * kTopK * out_cols));
+  DeviceBuffer<__nv_bfloat16> h(size_t(maxM * kTopK * N));
+  DeviceBuffer<__nv_bfloat16> scratch(size_t(out_cols * K));
   fill_bf16(x.get(), x.size(), 13);
   std::mt19937 rng(14);
   for (int64_t M : Ms) {
@@ -290,13 +346,18 @@ void bench_int4(const GpuContext& ctx, Timing& tm, const Limits& lim, const char
     for (const auto& o : routes)
       for (int64_t e = 0; e < E; ++e) active += o[size_t(e + 1)] > o[size_t(e)];
     active /= double(routes.size());
-    const double sec = tm.seconds(ctx, [&](int call) {
-      int4_grouped_linear(ctx, w, x.get(), routes[size_t(call) % routes.size()], y.get(),
-                          decode ? nullptr : scratch.get());
-    }, decode ? 32 : 2);
+    const Times sec = measure(ctx, tm, [&](int call) {
+      const auto& offsets = routes[size_t(call) % routes.size()];
+      if (swiglu)
+        int4_grouped_swiglu(ctx, *w, x.get(), offsets, 10.0f, h.get(), y.get());
+      else
+        int4_grouped_linear(ctx, *w, x.get(), offsets, y.get(), decode ? nullptr : scratch.get());
+    }, decode, decode ? 32 : 2);
     const double rows = double(M) * kTopK;
-    const double bytes = active * double(w.expert_bytes()) + rows * K * 2 + rows * N * 4;
-    report(name, M, sec, bytes, 2.0 * rows * N * K, lim, decode, false);
+    // SwiGLU: the fp32 gate/up rows are written and read back, then h written in bf16.
+    const double out_bytes = swiglu ? rows * out_cols * 4 * 2 + rows * N * 2 : rows * out_cols * 4;
+    const double bytes = active * double(w->expert_bytes()) + rows * K * 2 + out_bytes;
+    report(name, M, sec, bytes, 2.0 * rows * out_cols * K, lim, decode, false);
   }
 }
 
@@ -342,11 +403,13 @@ int run(int argc, char** argv) {
     const bool decode = phase == 0;
     emit(decode ? "### Decode (memory-bound): GB/s moved, vs copy bandwidth\n\n"
                 : "\n### Prefill (compute-bound): TFLOP/s, vs the GEMM peaks above\n\n");
-    emit(decode ? "| op | M | time (us) | achieved | of limit |\n|---|---:|---:|---:|---:|\n"
+    emit(decode ? "| op | M | eager (us) | graph (us) | achieved (graph) | of copy |\n|---|---:|---:|---:|---:|---:|\n"
                 : "| op | M | time (us) | achieved | of limit | of roofline |\n|---|---:|---:|---:|---:|---:|\n");
     const auto& Ms = decode ? dec : pre;
     if (wanted("int4 experts w1+w3 256x[4096,4096]"))
       bench_int4(ctx, tm, lim, "int4 experts w1+w3 256x[4096,4096]", 256, 4096, 4096, Ms, decode);
+    if (decode && wanted("int4 experts w1+w3+SwiGLU 256x[2x2048,4096]"))
+      bench_int4(ctx, tm, lim, "int4 experts w1+w3+SwiGLU 256x[2x2048,4096]", 256, 2048, 4096, Ms, decode, true);
     if (wanted("int4 experts w2 256x[4096,2048]"))
       bench_int4(ctx, tm, lim, "int4 experts w2 256x[4096,2048]", 256, 4096, 2048, Ms, decode);
     for (const Fp8Op& op : fp8_ops)
@@ -356,7 +419,10 @@ int run(int argc, char** argv) {
     if (wanted("bf16 shared w2 [4096,2048]"))
       bench_bf16(ctx, tm, lim, "bf16 shared w2 [4096,2048]", 4096, 2048, Ms, decode);
   }
-  emit("\nRoofline = max(FLOPs / GEMM peak, bytes / copy bandwidth) over the measured time.\n");
+  emit("\nDecode: eager = back-to-back calls from the host; graph = the same calls captured in a CUDA "
+       "graph and replayed (no host launch cost; what an engine replaying decode graphs sees). GB/s "
+       "and %% of copy use the graph time.\n");
+  emit("Prefill: eager time; roofline = max(FLOPs / GEMM peak, bytes / copy bandwidth) over the measured time.\n");
   emit("INT4 rows: M tokens x top-6 of 256 experts, random routing (16 routings rotated); bytes = "
        "active experts' int4+scales + activations + fp32 output. Experts with <= 64 rows run the "
        "tensor-core W4A16 kernel; in prefill, experts with more rows run dequantize + cuBLAS.\n"
