@@ -4,6 +4,7 @@
 // layout with matching values.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -76,7 +77,7 @@ TEST(LogitsCommand, WritesFixtureLayoutMatchingTheReference) {
   const std::string model = shared_path("models/tiny-a");
   const auto ref = SafetensorsFile::open(model + "/reference.safetensors");
   const int64_t n_decode = ref->get("decode_ids").numel();
-  const std::string out = make_temp_dir("logits") + "/logits.safetensors";
+  const std::string dir = make_temp_dir("logits"), out = dir + "/logits.safetensors";
   const CommandResult r = run_dsq("logits " + model + " --input " + model + "/reference.safetensors --out " + out +
                                   " --decode " + std::to_string(n_decode));
   ASSERT_EQ(r.exit_code, 0);
@@ -92,6 +93,7 @@ TEST(LogitsCommand, WritesFixtureLayoutMatchingTheReference) {
     ASSERT_EQ(g.shape(), ref->info(name).shape) << name;
     expect_logits_match(g.reshaped({g.dim(1), g.dim(2)}), ref->get(name), 0, name);
   }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
