@@ -13,6 +13,7 @@
 #include "backend/cpu/mhc.h"
 #include "backend/cpu/rms_norm.h"
 #include "backend/cpu/rope.h"
+#include "backend/cpu/softmax.h"
 #include "backend/cpu/router.h"
 #include "backend/cpu/swiglu.h"
 #include "backend/cpu/topk.h"
@@ -188,6 +189,22 @@ TEST(Router, BiasSelectsButUnbiasedScoresWeigh) {
   route_hash(logits, 4, table, 2, 1.0f, experts, weights);
   const float s0 = std::sqrt(std::log1p(std::exp(5.0f))), s3 = std::sqrt(std::log1p(std::exp(-5.0f)));
   EXPECT_NEAR(weights[0], s0 / (s0 + s3), 1e-6);
+}
+
+TEST(LogSoftmax, MatchesDoublePrecisionReference) {
+  // A vocabulary-sized row with a wide range (down to −200 below the max, where exp
+  // underflows). The bound 1e-5 covers the fp32 lane sums (~500 terms each, a few 1e-6
+  // relative); a wrong exp (a bad range reduction or coefficient) is off by far more.
+  std::vector<float> logits(4099);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = 30.0f * std::sin(float(i) * 0.731f) - float(i % 7) * 20.0f;
+  double m = logits[0];
+  for (float v : logits) m = std::max<double>(m, v);
+  double sum = 0;
+  for (float v : logits) sum += std::exp(double(v) - m);
+  for (int64_t target : {0, 5, 1234, 4098}) {
+    const double expect = double(logits[target]) - m - std::log(sum);
+    EXPECT_NEAR(log_prob_of(logits.data(), int64_t(logits.size()), target), expect, 1e-5) << target;
+  }
 }
 
 }  // namespace
