@@ -49,6 +49,51 @@ size_t char_length(std::string_view text, size_t p) {
   return n;
 }
 
+// HF compiles Split patterns with Oniguruma, whose \s is exactly Unicode White_Space.
+// PCRE2's UCP \s also matches U+180E (kept in its \h list for Perl compatibility, though
+// Unicode 6.3 made it a format character), so the first pattern below would split
+// Mongolian text differently from HF. \s and \S are therefore rewritten as the explicit
+// White_Space set: separators (\p{Z}), \t..\r and NEL. Other escapes pass through.
+constexpr std::string_view kWhiteSpaceSet = "\\p{Z}\\t-\\r\\x{85}";
+
+std::string onig_to_pcre2(const std::string& pattern, const std::string& source) {
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char next = pattern[++i];
+      if (next == 's') {
+        out += in_class ? std::string(kWhiteSpaceSet) : "[" + std::string(kWhiteSpaceSet) + "]";
+      } else if (next == 'S') {
+        DSQ_CHECK(!in_class, source, ": pre-tokenizer regex /", pattern,
+                  "/ uses \\S inside a character class, which dsq cannot translate for PCRE2");
+        out += "[^" + std::string(kWhiteSpaceSet) + "]";
+      } else {
+        out += c;
+        out += next;
+      }
+      continue;
+    }
+    out += c;
+    if (!in_class && c == '[') {
+      in_class = true;
+      // A ']' right after '[' or '[^' is a literal member, not the end of the class.
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') out += pattern[++i];
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') out += pattern[++i];
+    } else if (in_class && c == '[' && i + 1 < pattern.size() && pattern[i + 1] == ':') {
+      const size_t end = pattern.find(":]", i + 2);  // a POSIX class such as [:alpha:]
+      if (end != std::string::npos) {
+        out.append(pattern, i + 1, end + 2 - (i + 1));
+        i = end + 1;
+      }
+    } else if (in_class && c == ']') {
+      in_class = false;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 struct PreTokenizer::Compiled {
@@ -62,13 +107,14 @@ PreTokenizer::PreTokenizer(const std::vector<Stage>& stages, const std::string& 
   for (const Stage& stage : stages) {
     auto compiled = std::make_unique<Compiled>();
     compiled->pattern = stage.pattern;
+    const std::string pcre2_pattern = stage.is_literal ? stage.pattern : onig_to_pcre2(stage.pattern, source);
     // (PCRE2_LITERAL rejects PCRE2_UCP, which only matters for character classes anyway.)
     const uint32_t options = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF |
                              (stage.is_literal ? PCRE2_LITERAL : PCRE2_UCP);
     int error_code = 0;
     PCRE2_SIZE error_offset = 0;
-    compiled->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(stage.pattern.data()),
-                                   stage.pattern.size(), options, &error_code, &error_offset,
+    compiled->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pcre2_pattern.data()),
+                                   pcre2_pattern.size(), options, &error_code, &error_offset,
                                    nullptr);
     DSQ_CHECK(compiled->code != nullptr, source, ": pre-tokenizer regex /", stage.pattern,
               "/ does not compile at offset ", error_offset, ": ", pcre2_message(error_code));

@@ -43,6 +43,19 @@ TEST(PreTokenizer, EmptyMatchesAndLiteralPatterns) {
   EXPECT_EQ(pieces(literal, "aaa+b"), (Pieces{"aa", "a+", "b"}));
 }
 
+TEST(PreTokenizer, WhitespaceEscapesMeanUnicodeWhiteSpaceLikeOniguruma) {
+  // U+180E stopped being White_Space in Unicode 6.3; Oniguruma (HF) agrees, PCRE2's own \s
+  // does not. U+3000 and NEL (U+0085) are White_Space.
+  const PreTokenizer pre({{"\\s+|\\S+"}}, "test");
+  EXPECT_EQ(pieces(pre, "a\u180Eb\u3000c\u0085"), (Pieces{"a\u180Eb", "\u3000", "c", "\u0085"}));
+  const PreTokenizer in_class({{"[\\sx]+"}}, "test");
+  EXPECT_EQ(pieces(in_class, "ax \u180Ex"), (Pieces{"a", "x ", "\u180E", "x"}));
+  // ']' first in a class is a member; escapes after it are still translated.
+  const PreTokenizer bracket({{"[]\\s]+"}}, "test");
+  EXPECT_EQ(pieces(bracket, "a] ]b"), (Pieces{"a", "] ]", "b"}));
+  EXPECT_THROW(PreTokenizer({{"[\\Sx]"}}, "test"), Error);
+}
+
 TEST(PreTokenizer, BadPatternNamesSourceAndPattern) {
   try {
     PreTokenizer({{"(unclosed"}}, "some/tokenizer.json");
