@@ -3,8 +3,8 @@
 // A piece of text starts as one token per byte; the pair of adjacent tokens with the
 // lowest merge rank is merged (leftmost first on ties) until no adjacent pair has a
 // merge. That is HF's `BPE` model with dropout off; tokenizer.json's vocab and merges are
-// converted from the byte-level alphabet to raw bytes by the loader (tokenizer.cpp), so this
-// class never sees the alphabet.
+// converted from the byte-level alphabet to raw bytes by the loader (tokenizer_load.cpp),
+// so this class never sees the alphabet.
 //
 // Speed: merges are found in an open-addressing table keyed by the pair of token ids (no
 // string building per merge); candidate merges sit in a min-heap ordered by (rank,
@@ -33,8 +33,9 @@ class BpeModel {
     int32_t merged;
   };
 
-  // `token_bytes[id]` is the raw byte string of token id (all ids dense from 0); merges are
-  // listed in rank order. Every single byte must be a token (checked by the loader).
+  // `token_bytes[id]` is the raw byte string of token id (empty for an id the vocab does not
+  // use); merges are listed in rank order. Throws dsq::Error if some single byte has no
+  // token, since then not every text could be encoded.
   // `ignore_merges`: a piece that is itself a vocab token maps to it directly (HF option).
   BpeModel(std::vector<std::string> token_bytes, const std::vector<Merge>& merges,
            bool ignore_merges);

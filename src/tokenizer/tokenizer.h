@@ -6,7 +6,8 @@
 // bos_id(). decode: concatenates each token's raw bytes (added tokens as their content).
 // Invalid UTF-8 input is accepted and round-trips byte-exactly (see pre_tokenizer.h); decode
 // therefore returns raw bytes, which are valid UTF-8 whenever the ids came from valid text.
-// Use IncrementalDetokenizer to stream text that is always valid UTF-8.
+// Use IncrementalDetokenizer to stream text that is always valid UTF-8. All methods are
+// const and safe to call from several threads at once (the piece cache is locked).
 //
 // Supported tokenizer.json subset (anything else is a clear dsq::Error naming the file):
 // model BPE (no dropout, no subword prefix/suffix, no byte fallback), normalizer none or an
