@@ -523,10 +523,27 @@ TEST_F(CudaLinear, Int4DequantizeIsBitwiseExact) {
   }
 }
 
-TEST_F(CudaLinear, Int4RejectsBadShapes) {
-  std::vector<int32_t> packed(16 * 100 / 8);
-  std::vector<uint16_t> scales(16);
-  EXPECT_THROW(Int4ExpertWeights(packed.data(), scales.data(), 1, 16, 100, "bad"), dsq::Error);
+// Shape checks happen before any CUDA call, so these run (and matter) without a GPU too.
+TEST(CudaLinearShapes, BadWeightShapesAreOneClearError) {
+  std::vector<int32_t> packed(16 * 1024 / 8);
+  std::vector<uint16_t> scales(16 * 8);
+  try {
+    Int4ExpertWeights(packed.data(), scales.data(), 1, 16, 1000, "layers.3.ffn.experts.7.w2");
+    FAIL() << "no error for in-features 1000";
+  } catch (const dsq::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layers.3.ffn.experts.7.w2: int4 kernels need in-features divisible by 512"),
+              std::string::npos) << e.what();
+  }
+  EXPECT_THROW(Int4ExpertWeights(packed.data(), scales.data(), 1, 12, 1024, "w"), dsq::Error);  // N % 16
+  std::vector<uint8_t> fp8(size_t(64 * 200));
+  std::vector<float> fp8_scales(2);
+  try {
+    Fp8BlockLinear(fp8.data(), fp8_scales.data(), 64, 200, "layers.0.attn.wq_a");
+    FAIL() << "no error for in-features 200";
+  } catch (const dsq::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layers.0.attn.wq_a: FP8 block linear needs in-features divisible by 128"),
+              std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
