@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "backend/cpu/linear.h"
-#include "backend/cpu/softmax.h"
+#include "backend/cpu/log_softmax.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "model/forward_pass.h"

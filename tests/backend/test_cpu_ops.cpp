@@ -13,7 +13,7 @@
 #include "backend/cpu/mhc.h"
 #include "backend/cpu/rms_norm.h"
 #include "backend/cpu/rope.h"
-#include "backend/cpu/softmax.h"
+#include "backend/cpu/log_softmax.h"
 #include "backend/cpu/router.h"
 #include "backend/cpu/swiglu.h"
 #include "backend/cpu/topk.h"

@@ -1,12 +1,10 @@
-// Row softmax and log-softmax in fp32 (max-subtracted), for logits and probabilities.
+// Log-softmax of a row of logits, for scoring a known next token (perplexity).
 #pragma once
 
 #include <cstdint>
 
 namespace dsq::cpu {
 
-// In place over one row of n values.
-void softmax_inplace(float* x, int64_t n);
 // log_softmax(x)[target] for one row: logit − max − log Σ exp(logit − max). The sum runs
 // over a whole vocabulary for every scored token (perplexity), so it uses a vectorised
 // exp (relative error < 1e-6, far below what a perplexity or a probability can show)
