@@ -50,6 +50,34 @@ std::string json_text(const json& v) {
   return printable(v.dump(-1, ' ', false, json::error_handler_t::replace));
 }
 
+// SAX handler that records the keys of the top-level object, in order, and the first
+// duplicate among them. Values are skipped; syntax errors are left to the DOM parse.
+struct TopLevelKeys : nlohmann::json_sax<json> {
+  std::vector<std::string> order;
+  std::set<std::string> seen;
+  std::string duplicate;
+  int depth = 0;
+
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return ++depth, true; }
+  bool end_object() override { return --depth, true; }
+  bool start_array(std::size_t) override { return ++depth, true; }
+  bool end_array() override { return --depth, true; }
+  bool key(string_t& k) override {
+    if (depth != 1) return true;
+    if (!seen.insert(k).second && duplicate.empty()) duplicate = k;
+    order.push_back(k);
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+};
+
 uint64_t read_u64_le(const unsigned char* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
@@ -120,22 +148,14 @@ std::vector<TensorInfo> SafetensorsFile::parse_header(const std::string& path, c
     throw error(path, ": header length ", header_len, " exceeds the 100 MB limit");
   const uint64_t data_size = size - 8 - header_len;
 
-  // The parsed object is sorted by name: the callback records the header order, and
-  // duplicate names, which would silently shadow each other.
-  std::vector<std::string> order;
-  std::set<std::string> seen;
-  std::string duplicate;
-  const json::parser_callback_t record_names = [&](int depth, json::parse_event_t event, json& parsed) {
-    if (depth == 1 && event == json::parse_event_t::key) {
-      std::string key = parsed.get<std::string>();
-      if (!seen.insert(key).second && duplicate.empty()) duplicate = key;
-      order.push_back(std::move(key));
-    }
-    return true;
-  };
+  // The parsed object is sorted by name: a first SAX pass records the header order and
+  // duplicate names, which would silently shadow each other. (nlohmann's parser callback
+  // would do the same in one pass but is quadratic in the number of keys.)
+  TopLevelKeys keys;
+  json::sax_parse(bytes + 8, bytes + 8 + header_len, &keys);
   json header;
   try {
-    header = json::parse(bytes + 8, bytes + 8 + header_len, record_names);
+    header = json::parse(bytes + 8, bytes + 8 + header_len);
   } catch (const json::exception& e) {
     std::string what = e.what();
     const size_t bracket = what.find("] ");  // drop nlohmann's "[json.exception.parse_error.101] "
@@ -143,10 +163,11 @@ std::vector<TensorInfo> SafetensorsFile::parse_header(const std::string& path, c
     throw error(path, ": malformed JSON header: ", printable(what));
   }
   if (!header.is_object()) throw error(path, ": header is not a JSON object");
-  if (!duplicate.empty()) throw error(path, ": tensor listed twice in the header (tensor ", printable(duplicate), ")");
+  if (!keys.duplicate.empty())
+    throw error(path, ": tensor listed twice in the header (tensor ", printable(keys.duplicate), ")");
 
   std::vector<TensorInfo> tensors;
-  for (const std::string& name : order) {
+  for (const std::string& name : keys.order) {
     const json& entry = header[name];
     if (name == "__metadata__") {
       if (!entry.is_object()) throw error(path, ": __metadata__ is not an object");
