@@ -3,6 +3,7 @@
 #include "formats/quantized_matrix.h"
 
 #include <cstring>
+#include <vector>
 
 #include "core/error.h"
 
@@ -111,12 +112,14 @@ void QuantizedMatrix::dequantize_rows(int64_t r0, int64_t r1, float* out) const 
     case WeightFormat::Fp8Block: {
       const uint8_t* v = values.data<uint8_t>();
       const int64_t scale_cols = scales.dim(1);
+      std::vector<float> row_scales(scale_cols);
       for (int64_t r = r0; r < r1; ++r) {
+        if (r == r0 || r % group_size == 0)
+          for (int64_t b = 0; b < scale_cols; ++b) row_scales[b] = scales.get_f32((r / group_size) * scale_cols + b);
         float* dst = out + (r - r0) * cols;
-        for (int64_t c = 0; c < cols; ++c) {
-          const float s = scales.get_f32((r / group_size) * scale_cols + c / group_size);
-          dst[c] = scaled(f8e4m3_to_f32(v[r * cols + c]), scales.dtype(), s);
-        }
+        const uint8_t* src = v + r * cols;
+        for (int64_t c = 0; c < cols; ++c)
+          dst[c] = scaled(f8e4m3_to_f32(src[c]), scales.dtype(), row_scales[c / group_size]);
       }
       return;
     }
@@ -124,12 +127,20 @@ void QuantizedMatrix::dequantize_rows(int64_t r0, int64_t r1, float* out) const 
       const int32_t* words = values.data<int32_t>();
       const int64_t groups = cols / group_size;
       std::vector<int8_t> codes(cols);
+      std::vector<float> row_scales(groups);
       for (int64_t r = r0; r < r1; ++r) {
         int4_unpack_row(words + r * (cols / 8), cols, codes.data());
+        for (int64_t g = 0; g < groups; ++g) row_scales[g] = scales.get_f32(r * groups + g);
         float* dst = out + (r - r0) * cols;
-        for (int64_t c = 0; c < cols; ++c) {
-          const float s = scales.get_f32(r * groups + c / group_size);
-          dst[c] = scaled(float(codes[c]), scales.dtype(), s);
+        if (scales.dtype() == DType::BF16) {
+          // 16 codes x one scale: the 16 possible products, each rounded to bf16 once.
+          for (int64_t g = 0; g < groups; ++g) {
+            float table[16];
+            for (int q = 0; q < 16; ++q) table[q] = bf16_to_f32(f32_to_bf16(float(q - 8) * row_scales[g]));
+            for (int64_t c = g * group_size; c < (g + 1) * group_size; ++c) dst[c] = table[codes[c] + 8];
+          }
+        } else {
+          for (int64_t c = 0; c < cols; ++c) dst[c] = scaled(float(codes[c]), scales.dtype(), row_scales[c / group_size]);
         }
       }
       return;
