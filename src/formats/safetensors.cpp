@@ -286,7 +286,8 @@ TensorStore TensorStore::open(const std::string& path) {
   std::map<std::string, std::string> index_map;  // tensor -> shard path, when there is an index
   std::string index_path;
   if (fs::is_regular_file(path)) {
-    store.directory_ = fs::path(path).parent_path().string();
+    const fs::path parent = fs::path(path).parent_path();
+    store.directory_ = parent.empty() ? "." : parent.string();
     files.push_back(path);
   } else if (fs::is_directory(path)) {
     store.directory_ = path;

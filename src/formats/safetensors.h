@@ -67,9 +67,11 @@ class SafetensorsFile {
   std::weak_ptr<const SafetensorsFile> self_;
 };
 
-// All tensors of a checkpoint: a single .safetensors file, a directory with
-// model.safetensors, or a directory with model.safetensors.index.json and its shards
-// (any *.safetensors in a directory without an index are also accepted).
+// All tensors of a checkpoint: a single .safetensors file; a directory with
+// model.safetensors.index.json and its shards (the index must list every tensor of every
+// shard, in the shard that holds it); a directory with model.safetensors (other files beside
+// it, such as the fixtures' reference.safetensors, are not part of the model); or else every
+// *.safetensors file of the directory. A tensor name may occur only once.
 class TensorStore {
  public:
   static TensorStore open(const std::string& path);
