@@ -7,7 +7,6 @@
 #include "backend/cpu/mhc.h"
 #include "backend/cpu/rms_norm.h"
 #include "core/error.h"
-#include "core/thread_pool.h"
 #include "model/layer_blocks.h"
 
 namespace dsq::model {
@@ -44,37 +43,8 @@ ForwardPass::ForwardPass(const Model& model, std::vector<SequenceInput> batch, L
 void ForwardPass::run_layer(int layer) {
   DSQ_CHECK(layer == next_layer_, "forward: layer ", layer, " run out of order (next is ", next_layer_, ")");
   DSQ_CHECK(!committed_, "forward: run_layer after commit");
-  const ModelConfig& c = model_.config();
-  const LayerWeights& w = model_.weights().layers[size_t(layer)];
-  const int64_t T = num_tokens(), H = c.hidden_size, N = c.hc_mult, NH = N * H, n_mix = (2 + N) * N;
-  const float eps = float(c.rms_norm_eps), eps_hc = float(c.hc_eps);
-  const PassContext ctx{c, batch_, offsets_, positions_, tokens_, observer_};
-
-  std::vector<float> normed(size_t(T * NH)), mix(size_t(T * n_mix)), x(size_t(T * H)), y(size_t(T * H));
-  std::vector<float> pre(size_t(T * N)), post(size_t(T * N)), comb(size_t(T * N * N));
-  // One residual half-step: X ← post ⊗ block(norm(collapse(X))) + combᵀ·X (spec §2.3).
-  auto half_step = [&](const HyperConnection& hc, const std::vector<float>& norm_weight, auto&& block) {
-    cpu::rms_norm(streams_.data(), T, NH, NH, nullptr, eps, normed.data());
-    cpu::linear(normed.data(), T, hc.fn.w, mix.data());
-    parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        cpu::mhc_coefficients(mix.data() + t * n_mix, hc.base.data(), hc.scale.data(), N, c.hc_sinkhorn_iters,
-                              eps_hc, pre.data() + t * N, post.data() + t * N, comb.data() + t * N * N);
-        cpu::mhc_collapse(streams_.data() + t * NH, pre.data() + t * N, N, H, x.data() + t * H);
-      }
-    });
-    cpu::rms_norm(x.data(), T, H, H, norm_weight.data(), eps, x.data());
-    block(x.data(), y.data());
-    parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t)
-        cpu::mhc_update(streams_.data() + t * NH, post.data() + t * N, comb.data() + t * N * N,
-                        y.data() + t * H, N, H);
-    });
-  };
-  half_step(w.hc_attn, w.attn_norm, [&](const float* in, float* out) {
-    attention_block(ctx, layer, w.attn, model_.rope_for_layer(layer), in, out);
-  });
-  half_step(w.hc_ffn, w.ffn_norm, [&](const float* in, float* out) { moe_block(ctx, layer, w.ffn, in, out); });
+  const PassContext ctx{model_.config(), batch_, offsets_, positions_, tokens_, observer_};
+  decoder_layer(ctx, layer, model_.weights().layers[size_t(layer)], model_.rope_for_layer(layer), streams_.data());
   ++next_layer_;
 }
 

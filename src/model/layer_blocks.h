@@ -29,6 +29,13 @@ struct PassContext {
 // y[n, rows] = x[n, cols]·Wᵀ, reporting the input to the observer first.
 void run_linear(const PassContext& ctx, const Linear& w, const float* x, int64_t n, float* y);
 
+// One whole decoder layer (spec §2.3) on the residual streams [T, N·H], in place, with
+// the given weights (the model's own, or a quantizer's replacement for the layer):
+// X ← post ⊗ attention(norm(collapse(X))) + combᵀ·X, then the same with the MoE.
+// Updates layer `layer` of each sequence's state. ForwardPass::run_layer is this call.
+void decoder_layer(const PassContext& ctx, int layer, const LayerWeights& w, const cpu::RopeFrequencies& rope,
+                   float* streams);
+
 // x: [T, H] normalised attention input; out: [T, H].
 void attention_block(const PassContext& ctx, int layer, const AttentionWeights& w,
                      const cpu::RopeFrequencies& rope, const float* x, float* out);
