@@ -128,7 +128,8 @@ std::vector<std::string> string_list(const Fields& f, const char* key) {
 
 void parse_attention_schedule(const Fields& f, ModelConfig& c) {
   // Compression rates: transformers' compress_rates dict, its legacy scalars, or (release)
-  // the values inside compress_ratios.
+  // the values inside compress_ratios. With none of them the ModelConfig defaults (4, 128)
+  // stand, as they do in transformers' DeepseekV4Config.
   bool have_rates = false;
   if (f.has("compress_rates")) {
     const json& r = f.at("compress_rates");
