@@ -1,6 +1,7 @@
 // The attention of one layer over a batch (spec §2.5–§2.10, state update §3.2): q/kv
-// projections for all tokens at once, then per sequence the window, the compressors, the
-// indexer selection and the sink attention, then the grouped output projection.
+// projections for all tokens at once; per sequence the window and the compressors (and
+// the indexer scores); the indexer selection and sink attention of all tokens together;
+// then the grouped output projection.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -76,21 +77,33 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
     run_linear(ctx, w.indexer.compressor.wgate, x, T, igate.data());
   }
 
-  std::vector<float> o(size_t(T * nh * D));
+  // Per sequence (in order): window keys, compressor updates, indexer scores. Keys of
+  // sequence b: its cached window rows, then this call's; keys[k] sits at first_pos + k.
+  struct SequenceKeys {
+    std::vector<float> keys;
+    int64_t first_pos = 0;
+    std::vector<float> scores;  // CSA: [S, entries]
+    const LayerState* state = nullptr;
+  };
   const int64_t W = c.sliding_window;
-  const float scale = 1.0f / std::sqrt(float(D));
+  std::vector<SequenceKeys> seqs(ctx.batch.size());
+  std::vector<size_t> sequence_of(static_cast<size_t>(T));
   for (size_t b = 0; b < ctx.batch.size(); ++b) {
-    SequenceState& seq = *ctx.batch[b].state;
-    LayerState& ls = seq.layers[size_t(layer)];
-    const int64_t s0 = ctx.offsets[b], S = ctx.offsets[b + 1] - s0, p0 = seq.position;
+    LayerState& ls = ctx.batch[b].state->layers[size_t(layer)];
+    const int64_t s0 = ctx.offsets[b], S = ctx.offsets[b + 1] - s0;
+    SequenceKeys& sk = seqs[b];
+    sk.state = &ls;
+    std::fill(sequence_of.begin() + s0, sequence_of.begin() + s0 + S, b);
     if (S == 0) continue;
+    sk.first_pos = ctx.batch[b].state->position - ls.window_rows;
+    sk.keys.assign(ls.window.begin(), ls.window.begin() + ls.window_rows * D);
+    sk.keys.insert(sk.keys.end(), kv.begin() + s0 * D, kv.begin() + (s0 + S) * D);
+    // Keep the last W−1 keys for the next call.
+    const int64_t n_keys = ls.window_rows + S, keep = std::min(W - 1, n_keys);
+    ls.window.assign(sk.keys.end() - keep * D, sk.keys.end());
+    ls.window_rows = keep;
 
-    // Window keys: the cached rows, then this call's; keys[k] sits at position first_pos + k.
-    const int64_t n_keys = ls.window_rows + S, first_pos = p0 - ls.window_rows;
-    std::vector<float> keys(ls.window.begin(), ls.window.begin() + ls.window_rows * D);
-    keys.insert(keys.end(), kv.begin() + s0 * D, kv.begin() + (s0 + S) * D);
-
-    // Compressors first, so tokens that close a window can see its entry.
+    // Compressors before attention, so tokens that close a window can see its entry.
     if (kind != AttentionKind::Sliding)
       compress_tokens(ls.compressor, w.compressor, csa, rate, D, comp_kv.data() + s0 * raw,
                       comp_gate.data() + s0 * raw, S, rope, eps);
@@ -99,45 +112,40 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
                       igate.data() + s0 * 2 * DI, S, rope, eps);
       DSQ_CHECK(ls.indexer.count == ls.compressor.count, "layer ", layer,
                 ": indexer and compressor entry counts differ");
-    }
-    const CompressorState& comp = ls.compressor;
-    // CSA: indexer scores of this sequence's queries against all entries now held.
-    std::vector<float> scores;
-    if (csa) {
-      scores.resize(size_t(S * comp.count));
+      // Indexer scores of this sequence's queries against all entries now held.
+      sk.scores.resize(size_t(S * ls.compressor.count));
       cpu::indexer_scores(iq.data() + s0 * nI * DI, iw.data() + s0 * nI, S, nI, DI, ls.indexer.entries.data(),
-                          comp.count, scores.data());
+                          ls.compressor.count, sk.scores.data());
     }
-
-    parallel_for(S, 4, [&](int64_t i0, int64_t i1) {
-      std::vector<const float*> key_rows;
-      std::vector<float> scratch;
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t t = s0 + i, p = p0 + i;
-        key_rows.clear();
-        for (int64_t u = std::max(p - W + 1, first_pos); u <= p; ++u)
-          key_rows.push_back(keys.data() + (u - first_pos) * D);
-        const int64_t visible = (p + 1) / std::max<int64_t>(rate, 1);
-        if (kind == AttentionKind::HCA) {
-          for (int64_t s = 0; s < std::min(visible, comp.count); ++s)
-            key_rows.push_back(comp.entries.data() + s * D);
-        } else if (csa) {
-          for (int64_t s : cpu::indexer_select(scores.data() + i * comp.count, comp.count, c.index_topk, visible))
-            key_rows.push_back(comp.entries.data() + s * D);
-        }
-        scratch.resize(key_rows.size());
-        float* ot = o.data() + t * nh * D;
-        cpu::sink_attention(q.data() + t * nh * D, nh, D, key_rows.data(), int64_t(key_rows.size()),
-                            w.sinks.data(), scale, ot, scratch.data());
-        for (int64_t h = 0; h < nh; ++h) cpu::apply_rope_one(ot + h * D, D, p, rope, true);
-      }
-    });
-
-    // Keep the last W−1 keys.
-    const int64_t keep = std::min(W - 1, n_keys);
-    ls.window.assign(keys.end() - keep * D, keys.end());
-    ls.window_rows = keep;
   }
+
+  // Attention of every token of every sequence, split over the thread pool.
+  std::vector<float> o(size_t(T * nh * D));
+  const float scale = 1.0f / std::sqrt(float(D));
+  parallel_for(T, 4, [&](int64_t t0, int64_t t1) {
+    std::vector<const float*> key_rows;
+    std::vector<float> scratch;
+    for (int64_t t = t0; t < t1; ++t) {
+      SequenceKeys& sk = seqs[sequence_of[t]];  // token t alone touches its row of scores
+      const CompressorState& comp = sk.state->compressor;
+      const int64_t p = ctx.positions[t], i = t - ctx.offsets[sequence_of[t]];
+      key_rows.clear();
+      for (int64_t u = std::max(p - W + 1, sk.first_pos); u <= p; ++u)
+        key_rows.push_back(sk.keys.data() + (u - sk.first_pos) * D);
+      const int64_t visible = (p + 1) / std::max<int64_t>(rate, 1);
+      if (kind == AttentionKind::HCA) {
+        for (int64_t s = 0; s < std::min(visible, comp.count); ++s) key_rows.push_back(comp.entries.data() + s * D);
+      } else if (csa) {
+        for (int64_t s : cpu::indexer_select(sk.scores.data() + i * comp.count, comp.count, c.index_topk, visible))
+          key_rows.push_back(comp.entries.data() + s * D);
+      }
+      scratch.resize(key_rows.size());
+      float* ot = o.data() + t * nh * D;
+      cpu::sink_attention(q.data() + t * nh * D, nh, D, key_rows.data(), int64_t(key_rows.size()), w.sinks.data(),
+                          scale, ot, scratch.data());
+      for (int64_t h = 0; h < nh; ++h) cpu::apply_rope_one(ot + h * D, D, p, rope, true);
+    }
+  });
 
   // Grouped output projection: group g's heads through rows [g·R, (g+1)·R) of wo_a.
   const int64_t G = c.o_groups, R = c.o_lora_rank, group_width = nh * D / G;

@@ -5,7 +5,8 @@
 //   Model m = Model::load("models/tiny-a");
 //   SequenceState s = m.new_sequence();
 //   Tensor logits = m.forward({{&s, prompt}});      // prefill: [len, V]
-//   Tensor next = m.forward({{&s, {token}}});       // one decode step
+//   const int64_t step[] = {token};
+//   Tensor next = m.forward({{&s, step}});          // one decode step: [1, V]
 // A prompt gives the same logits whether it is fed whole, in chunks or token by token
 // (spec §3.3). Several sequences in one call share the linear layers (one GEMM over all
 // their tokens) and keep separate attention state.

@@ -1,6 +1,7 @@
 // The incremental decoding state of one sequence (spec §3.1): everything a later call
 // needs from the tokens already consumed, per layer. A fresh state is empty (position 0);
-// a stateless forward is one call on a fresh state.
+// a stateless forward is one call on a fresh state. It is a plain value: copying it is a
+// snapshot (e.g. to roll back rejected speculative tokens, spec §6).
 #pragma once
 
 #include <cstdint>
