@@ -195,6 +195,9 @@ UnitOutput quantize_data_free(const Checkpoint& ckpt, const Unit& unit, const Re
 
 QuantizeResult quantize_model(const QuantizeOptions& opt) {
   const auto start = std::chrono::steady_clock::now();
+  DSQ_CHECK(!opt.recipe.needs_calibration() || !opt.calib_path.empty(), "recipe ", opt.recipe.name,
+            " uses GPTQ: give calibration data (--calib)");
+  DSQ_CHECK(opt.calib_path.empty() || fs::exists(opt.calib_path), opt.calib_path, ": no such calibration file");
   const model::Model model = model::Model::load(opt.model_dir);
   const Checkpoint& ckpt = model.checkpoint();
   const ModelConfig& config = model.config();
@@ -238,7 +241,6 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   const bool calibrate = opt.recipe.needs_calibration() && config.num_layers > 0;
   std::unique_ptr<LayerRunner> runner;
   if (calibrate) {
-    DSQ_CHECK(!opt.calib_path.empty(), "recipe ", opt.recipe.name, " uses GPTQ: give calibration data (--calib)");
     const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(opt.model_dir);
     runner = std::make_unique<LayerRunner>(model, load_calibration_samples(opt.calib_path, tok, opt.num_samples,
                                                                            opt.seq_len),
