@@ -4,6 +4,7 @@
 // layout with matching values.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -93,6 +94,32 @@ TEST(LogitsCommand, WritesFixtureLayoutMatchingTheReference) {
     ASSERT_EQ(g.shape(), ref->info(name).shape) << name;
     expect_logits_match(g.reshaped({g.dim(1), g.dim(2)}), ref->get(name), 0, name);
   }
+  std::filesystem::remove_all(dir);
+}
+
+// Every output element is computed by one thread in a fixed order, so the thread count
+// cannot change a single bit of the full, chunked or decode logits. (Separate processes:
+// each sets its pool size once at start-up, as the commands do.)
+TEST(LogitsCommand, BitIdenticalForAnyThreadCount) {
+  const std::string model = shared_path("models/tiny-b");
+  const std::string dir = make_temp_dir("threads");
+  std::vector<std::shared_ptr<const SafetensorsFile>> runs;
+  for (int threads : {1, 2, 3}) {
+    const std::string out = dir + "/t" + std::to_string(threads) + ".safetensors";
+    const CommandResult r = run_dsq("logits " + model + " --input " + model + "/reference.safetensors --out " + out +
+                                    " --decode 4 --threads " + std::to_string(threads));
+    ASSERT_EQ(r.exit_code, 0);
+    runs.push_back(SafetensorsFile::open(out));
+  }
+  for (const char* name : {"logits_full", "logits_chunked", "logits_decode"}) {
+    const Tensor a = runs[0]->get(name);
+    for (size_t k = 1; k < runs.size(); ++k) {
+      const Tensor b = runs[k]->get(name);
+      ASSERT_EQ(a.nbytes(), b.nbytes());
+      EXPECT_EQ(std::memcmp(a.bytes(), b.bytes(), a.nbytes()), 0) << name << " differs with thread count";
+    }
+  }
+  runs.clear();
   std::filesystem::remove_all(dir);
 }
 
