@@ -25,7 +25,9 @@ class Pool {
   void resize(int n) {
     stop();
     done_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { worker(i); });
+    // New workers start at the current generation: a job that finished before they
+    // existed must not look new to them.
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, g = generation_] { worker(i, g); });
   }
 
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
@@ -67,8 +69,7 @@ class Pool {
     t_inside_pool = false;
   }
 
-  void worker(int index) {
-    uint64_t seen = 0;
+  void worker(int index, uint64_t seen) {
     for (;;) {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] { return done_ || generation_ != seen; });

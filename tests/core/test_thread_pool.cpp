@@ -32,5 +32,17 @@ TEST(ThreadPool, PropagatesErrors) {
   EXPECT_EQ(total.load(), 10);
 }
 
+TEST(ThreadPool, ResizingAfterUseStartsWorkersOnTheCurrentJob) {
+  // Workers created after earlier jobs ran must not replay a finished job.
+  for (int threads : {2, 4, 3, 1, 2}) {
+    set_num_threads(threads);
+    std::atomic<int64_t> sum{0};
+    parallel_for(64, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) sum += i;
+    });
+    EXPECT_EQ(sum.load(), 64 * 63 / 2) << threads << " threads";
+  }
+}
+
 }  // namespace
 }  // namespace dsq
