@@ -2,6 +2,7 @@
 #include "quant/gptq.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -14,26 +15,45 @@ namespace dsq::quant {
 
 namespace {
 
+constexpr int64_t kPanel = 64;  // block width of the factorisation and the inverse
+
 // In-place lower Cholesky factor of the symmetric positive definite a[n x n] (lower
-// triangle used). Column by column (Crout); the rows below the diagonal of a column are
-// independent, so they run in parallel. Returns false if a is not positive definite.
+// triangle used). Blocked right-looking: factor a 64-column panel, then subtract its rank-64
+// product from the trailing matrix with dot products over contiguous panel rows, so the
+// trailing matrix is streamed from memory once per panel instead of once per column. Rows
+// are independent within each step and run in parallel (paired first/last so the triangular
+// work splits evenly). Returns false if a is not positive definite.
 bool cholesky_lower(std::vector<double>& a, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    double* rj = a.data() + j * n;
-    double d = 0.0;
-#pragma omp simd reduction(+ : d)
-    for (int64_t k = 0; k < j; ++k) d += rj[k] * rj[k];
-    d = rj[j] - d;
-    if (!(d > 0.0) || !std::isfinite(d)) return false;
-    const double l = std::sqrt(d);
-    rj[j] = l;
-    parallel_for(n - j - 1, 64, [&](int64_t b0, int64_t b1) {
-      for (int64_t i = j + 1 + b0; i < j + 1 + b1; ++i) {
-        double* ri = a.data() + i * n;
-        double s = 0.0;
+  auto dot = [&](int64_t i, int64_t j, int64_t k0, int64_t k1) {
+    const double* ri = a.data() + i * n;
+    const double* rj = a.data() + j * n;
+    double s = 0.0;
 #pragma omp simd reduction(+ : s)
-        for (int64_t k = 0; k < j; ++k) s += ri[k] * rj[k];
-        ri[j] = (ri[j] - s) / l;
+    for (int64_t k = k0; k < k1; ++k) s += ri[k] * rj[k];
+    return s;
+  };
+  for (int64_t k0 = 0; k0 < n; k0 += kPanel) {
+    const int64_t k1 = std::min(n, k0 + kPanel);
+    // Diagonal block and the panel below it, column by column within the panel.
+    for (int64_t j = k0; j < k1; ++j) {
+      const double d = a[j * n + j] - dot(j, j, k0, j);
+      if (!(d > 0.0) || !std::isfinite(d)) return false;
+      const double l = std::sqrt(d);
+      a[j * n + j] = l;
+      parallel_for(n - j - 1, 64, [&](int64_t b0, int64_t b1) {
+        for (int64_t i = j + 1 + b0; i < j + 1 + b1; ++i) a[i * n + j] = (a[i * n + j] - dot(i, j, k0, j)) / l;
+      });
+    }
+    // Trailing update: a[i][j] -= L[i, k0:k1] . L[j, k0:k1] for k1 <= j <= i.
+    const int64_t m = n - k1;
+    auto update_row = [&](int64_t i) {
+      for (int64_t j = k1; j <= i; ++j) a[i * n + j] -= dot(i, j, k0, k1);
+    };
+    parallel_for((m + 1) / 2, 4, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t lo = k1 + p, hi = n - 1 - p;
+        update_row(lo);
+        if (hi != lo) update_row(hi);
       }
     });
   }
@@ -49,23 +69,34 @@ bool inverse_upper_factor(const std::vector<double>& h, int64_t n, std::vector<f
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < n; ++j) a[i * n + j] = h[(n - 1 - i) * n + (n - 1 - j)];
   if (!cholesky_lower(a, n)) return false;
-  // Column j of L^-1 (x[k] = Linv[k][j], k >= j): forward substitution, columns independent.
+  // L^-1 by forward substitution, 64 columns at a time: X[i][c] = -(sum_k L[i][k] X[k][c]) /
+  // L[i][i] below the diagonal. Each row of L is read once per column block and the inner
+  // loop runs over the block's columns (contiguous, vectorisable). Blocks are independent.
   u.assign(n * n, 0.0f);
-  bool finite = true;
-  parallel_for(n, 8, [&](int64_t j0, int64_t j1) {
-    std::vector<double> x(n);
-    for (int64_t j = j0; j < j1; ++j) {
-      x[j] = 1.0 / a[j * n + j];
-      for (int64_t i = j + 1; i < n; ++i) {
+  std::atomic<bool> finite{true};
+  const int64_t blocks = (n + kPanel - 1) / kPanel;
+  parallel_for(blocks, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<double> x;
+    double s[kPanel];
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t j0 = q * kPanel, w = std::min(kPanel, n - j0);
+      x.assign((n - j0) * kPanel, 0.0);  // rows j0..n-1 of the block's columns
+      for (int64_t i = j0; i < n; ++i) {
         const double* li = a.data() + i * n;
-        double s = 0.0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t k = j; k < i; ++k) s += li[k] * x[k];
-        x[i] = -s / li[i];
-      }
-      for (int64_t i = j; i < n; ++i) {
-        if (!std::isfinite(x[i])) finite = false;
-        u[(n - 1 - i) * n + (n - 1 - j)] = float(x[i]);  // U = J Linv J
+        for (int64_t c = 0; c < kPanel; ++c) s[c] = 0.0;
+        for (int64_t k = j0; k < i; ++k) {
+          const double lik = li[k];
+          const double* xk = x.data() + (k - j0) * kPanel;
+#pragma omp simd
+          for (int64_t c = 0; c < kPanel; ++c) s[c] += lik * xk[c];
+        }
+        double* xi = x.data() + (i - j0) * kPanel;
+        for (int64_t c = 0; c < w; ++c) {
+          const int64_t col = j0 + c;
+          xi[c] = i < col ? 0.0 : (i == col ? 1.0 / li[i] : -s[c] / li[i]);
+          if (!std::isfinite(xi[c])) finite = false;
+          if (i >= col) u[(n - 1 - i) * n + (n - 1 - col)] = float(xi[c]);  // U = J Linv J
+        }
       }
     }
   });
