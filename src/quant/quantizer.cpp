@@ -3,14 +3,12 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
-#include <set>
 #include <sstream>
 
 #include "backend/cpu/linear.h"
@@ -18,9 +16,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/progress.h"
-#include "formats/weight_names.h"
 #include "model/model.h"
-#include "model/weight_format.h"
 #include "quant/calibration_data.h"
 #include "quant/checkpoint_units.h"
 #include "quant/hessian_collector.h"
