@@ -7,6 +7,7 @@ packages=(
   cmake g++ make pkg-config
   libpcre2-dev nlohmann-json3-dev libcli11-dev libcpp-httplib-dev
   libgtest-dev libbenchmark-dev libyaml-dev
+  time                       # /usr/bin/time: peak-RSS checks in the quantizer tests
   clang libclang-rt-14-dev   # libFuzzer + sanitizers for the fuzz targets
 )
 
