@@ -3,11 +3,7 @@
 
 #include <cstring>
 
-#include "backend/cpu/linear.h"
-#include "backend/cpu/mhc.h"
-#include "backend/cpu/rms_norm.h"
 #include "core/error.h"
-#include "core/thread_pool.h"
 #include "model/forward_pass.h"
 #include "model/layer_blocks.h"
 
@@ -50,8 +46,7 @@ void LayerRunner::embed() {
 void LayerRunner::run_layer(int layer, const model::LayerWeights& w, model::LinearObserver* observer) {
   const ModelConfig& c = model_.config();
   DSQ_CHECK(int64_t(streams_.size()) == total_tokens_ * stream_width(), "calibration: streams not initialised");
-  const int64_t H = c.hidden_size, N = c.hc_mult, NH = N * H, n_mix = (2 + N) * N;
-  const float eps = float(c.rms_norm_eps), eps_hc = float(c.hc_eps);
+  const int64_t NH = stream_width();
   for (const Batch& b : batches_) {
     std::vector<model::SequenceState> states;
     std::vector<model::SequenceInput> batch;
@@ -68,32 +63,7 @@ void LayerRunner::run_layer(int layer, const model::LayerWeights& w, model::Line
       offsets.push_back(int64_t(tokens.size()));
     }
     const model::PassContext ctx{c, batch, offsets, positions, tokens, observer};
-    const int64_t T = b.num_tokens;
-    float* streams = streams_.data() + b.first_token * NH;
-    std::vector<float> normed(size_t(T * NH)), mix(size_t(T * n_mix)), x(size_t(T * H)), y(size_t(T * H));
-    std::vector<float> pre(size_t(T * N)), post(size_t(T * N)), comb(size_t(T * N * N));
-    // The residual half-step of ForwardPass::run_layer (spec §2.3).
-    auto half_step = [&](const model::HyperConnection& hc, const std::vector<float>& norm_weight, auto&& block) {
-      cpu::rms_norm(streams, T, NH, NH, nullptr, eps, normed.data());
-      cpu::linear(normed.data(), T, hc.fn.w, mix.data());
-      parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-          cpu::mhc_coefficients(mix.data() + t * n_mix, hc.base.data(), hc.scale.data(), N, c.hc_sinkhorn_iters,
-                                eps_hc, pre.data() + t * N, post.data() + t * N, comb.data() + t * N * N);
-          cpu::mhc_collapse(streams + t * NH, pre.data() + t * N, N, H, x.data() + t * H);
-        }
-      });
-      cpu::rms_norm(x.data(), T, H, H, norm_weight.data(), eps, x.data());
-      block(x.data(), y.data());
-      parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t)
-          cpu::mhc_update(streams + t * NH, post.data() + t * N, comb.data() + t * N * N, y.data() + t * H, N, H);
-      });
-    };
-    half_step(w.hc_attn, w.attn_norm, [&](const float* in, float* out) {
-      model::attention_block(ctx, layer, w.attn, model_.rope_for_layer(layer), in, out);
-    });
-    half_step(w.hc_ffn, w.ffn_norm, [&](const float* in, float* out) { model::moe_block(ctx, layer, w.ffn, in, out); });
+    model::decoder_layer(ctx, layer, w, model_.rope_for_layer(layer), streams_.data() + b.first_token * NH);
   }
 }
 

@@ -4,10 +4,10 @@
 //
 // model::ForwardPass runs layers strictly in order from the embedding with the model's own
 // weights, which rules out re-running layer i with quantized weights or resuming at layer
-// k. So this runner repeats ForwardPass::run_layer's residual step (mHC collapse, norm,
-// block, mHC update) around the model's own attention_block / moe_block; a test checks it
-// reproduces ForwardPass bit for bit on tiny-brown. Samples run in batches of sequences,
-// each one stateless call from position 0 (the calibration forward has no cache).
+// k. So this runner keeps the streams itself and calls the model's own layer step,
+// model::decoder_layer, with whichever weights it is given; a test checks it reproduces
+// ForwardPass bit for bit on tiny-brown. Samples run in batches of sequences, each one
+// stateless call from position 0 (the calibration forward has no cache).
 #pragma once
 
 #include <cstdint>
