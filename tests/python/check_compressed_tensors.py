@@ -14,7 +14,9 @@ What it checks, and fails loudly on:
      FloatQuantizationCompressor .decompress_weight) and by an independent numpy reading of the
      layout in shared/docs/checkpoint-formats.md §2.2/§2.3; the two must agree bit for bit.
   3. Ignored modules are stored as plain bf16 `.weight` tensors.
-  4. With --original: each quantized module is close to the original weights: INT4 relative
+  4. With --dsq-dequantized DIR (dsq's own dequantization, written by `dsq convert --to bf16`):
+     compressed-tensors' decompressed weights equal dsq's bit for bit.
+  5. With --original: each quantized module is close to the original weights: INT4 relative
      Frobenius error < 0.2, FP8 < 0.05 (loose bounds: they catch layout bugs such as a wrong
      nibble order or transposed scales, which give errors near or above 1).
 Exit status 0 only if everything passed.
@@ -68,10 +70,24 @@ def numpy_fp8_block(weight, scale):
     return torch.from_numpy(w * full).to(scale.dtype)
 
 
+def decompress(compressor, data, scheme_json, qargs, qc):
+    """compressed-tensors' own decompression of one module's tensors. Releases from 0.13 on
+    expose a classmethod decompress(state_dict, scheme); older ones an instance method
+    decompress_weight(compressed_data, quantization_args)."""
+    from compressed_tensors.quantization import QuantizationScheme
+    if hasattr(compressor, "decompress_weight"):
+        return compressor(config=qc).decompress_weight(compressed_data=dict(data), quantization_args=qargs)
+    scheme = QuantizationScheme.model_validate(scheme_json)
+    return compressor.decompress(dict(data), scheme)["weight"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out_dir")
     ap.add_argument("--original")
+    ap.add_argument("--dsq-dequantized",
+                    help="dsq's own dequantization of OUT_DIR (`dsq convert --to bf16 OUT_DIR DIR`): "
+                         "compressed-tensors' decompressed weights must equal it bit for bit")
     ap.add_argument("--max-modules", type=int, default=0, help="check at most N modules per group (0: all)")
     args = ap.parse_args()
 
@@ -94,6 +110,7 @@ def main():
 
     tensors = load_tensors(args.out_dir)
     original = load_tensors(args.original) if args.original else None
+    dsq_dequantized = load_tensors(args.dsq_dequantized) if args.dsq_dequantized else None
     modules = sorted({k.rsplit(".", 1)[0] for k in tensors if k.endswith((".weight", ".weight_packed"))})
     counts = {}
     for module in modules:
@@ -115,16 +132,14 @@ def main():
         if scheme["format"] == "pack-quantized":
             data = {k: tensors[module + "." + k] for k in ("weight_packed", "weight_scale", "weight_shape")}
             ours = numpy_int4(data["weight_packed"], data["weight_scale"], data["weight_shape"])
-            theirs = PackedQuantizationCompressor(config=qc).decompress_weight(
-                compressed_data=dict(data), quantization_args=qargs)
+            theirs = decompress(PackedQuantizationCompressor, data, scheme, qargs, qc)
         elif scheme["format"] == "float-quantized":
             data = {k: tensors[module + "." + k] for k in ("weight", "weight_scale")}
             if data["weight"].dtype != torch.float8_e4m3fn:
                 failures.append(f"{module}: fp8 weight stored as {data['weight'].dtype}")
                 continue
             ours = numpy_fp8_block(data["weight"], data["weight_scale"])
-            theirs = FloatQuantizationCompressor(config=qc).decompress_weight(
-                compressed_data=dict(data), quantization_args=qargs)
+            theirs = decompress(FloatQuantizationCompressor, data, scheme, qargs, qc)
         else:
             failures.append(f"{module}: unexpected format {scheme['format']}")
             continue
@@ -132,6 +147,14 @@ def main():
         if theirs.shape != ours.shape or not torch.equal(theirs, ours):
             diff = (theirs.float() - ours.float()).abs().max().item() if theirs.shape == ours.shape else "shape"
             failures.append(f"{module}: compressed-tensors and the spec reading disagree (max diff {diff})")
+        if dsq_dequantized is not None:
+            mine = dsq_dequantized.get(module + ".weight")
+            if mine is None:
+                failures.append(f"{module}: missing from dsq's dequantized checkpoint")
+            elif mine.shape != theirs.shape or not torch.equal(mine.float(), theirs.float()):
+                failures.append(f"{module}: compressed-tensors' decompression differs from dsq's dequantization")
+            else:
+                counts["equal to dsq"] = counts.get("equal to dsq", 0) + 1
         if original is not None:
             ref = original.get(module + ".weight")
             if ref is None:
