@@ -10,23 +10,15 @@
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "core/read_file.h"
 #include "core/error.h"
 #include "tokenizer/tokenizer.h"
 
 namespace {
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  DSQ_CHECK(in, path, ": cannot open");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
 
 std::vector<std::string_view> split_lines(const std::string& text) {
   std::vector<std::string_view> lines;
@@ -78,7 +70,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> files(argv + std::min(argc, 2), argv + argc);
     if (files.empty()) files = {shared + "/data/brown/valid.txt", shared + "/data/brown/train.txt"};
     for (const std::string& file : files) {
-      const std::string text = read_file(file);
+      const std::string text = dsq::read_file(file);
       size_t tokens = 0;
       {
         const auto tok = dsq::tokenizer::Tokenizer::load(tokenizer_path);

@@ -9,12 +9,12 @@
 // on stdout.
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
+#include "core/read_file.h"
 #include "core/error.h"
 #include "core/progress.h"
 #include "model/model.h"
@@ -30,14 +30,6 @@ struct PplOptions {
   int64_t batch = 8;
 };
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  DSQ_CHECK(in, path, ": cannot open");
-  std::ostringstream data;
-  data << in.rdbuf();
-  DSQ_CHECK(!in.bad(), path, ": read error");
-  return data.str();
-}
 
 std::string strip(const std::string& s) {
   const char* ws = " \t\n\r\f\v";

@@ -4,9 +4,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
+#include "core/read_file.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
 
@@ -22,11 +21,7 @@ const std::vector<std::string>& copied_model_files() {
 }
 
 void copy_file_atomically(const std::string& from, const std::string& to) {
-  std::ifstream in(from, std::ios::binary);
-  DSQ_CHECK(in, from, ": cannot read");
-  std::stringstream buf;
-  buf << in.rdbuf();
-  write_file_atomically(to, buf.str());
+  write_file_atomically(to, read_file(from));
 }
 
 OutputCheckpoint::OutputCheckpoint(std::string dir, int num_shards) : dir_(std::move(dir)), num_shards_(num_shards) {

@@ -5,9 +5,9 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
+#include <filesystem>
 
+#include "core/read_file.h"
 #include "core/error.h"
 
 namespace dsq::quant {
@@ -253,11 +253,9 @@ Recipe Recipe::preset(std::string_view name) {
 
 Recipe Recipe::load(const std::string& preset_or_path) {
   if (preset_or_path == "w4a16-fp8" || preset_or_path == "w4a16-rtn") return preset(preset_or_path);
-  std::ifstream in(preset_or_path, std::ios::binary);
-  DSQ_CHECK(in, preset_or_path, ": no such recipe file, and not a preset (w4a16-fp8, w4a16-rtn)");
-  std::stringstream buf;
-  buf << in.rdbuf();
-  const std::string text = buf.str();
+  DSQ_CHECK(std::filesystem::is_regular_file(preset_or_path), preset_or_path,
+            ": no such recipe file, and not a preset (w4a16-fp8, w4a16-rtn)");
+  const std::string text = read_file(preset_or_path);
   const bool is_json = preset_or_path.size() >= 5 && preset_or_path.substr(preset_or_path.size() - 5) == ".json";
   json j;
   if (is_json) {

@@ -4,12 +4,11 @@
 // tokenizer.h) and converts vocab and merges from the byte-level alphabet to raw bytes and
 // id pairs. Every problem becomes one dsq::Error line naming the file.
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
 
+#include "core/read_file.h"
 #include "core/error.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/tokenizer.h"
@@ -55,12 +54,9 @@ class TokenizerLoader {
 
  private:
   static json read_json(const std::string& file) {
-    std::ifstream in(file, std::ios::binary);
-    DSQ_CHECK(in, file, ": cannot open file");
-    std::stringstream buffer;
-    buffer << in.rdbuf();
+    const std::string text = read_file(file);
     try {
-      return json::parse(buffer.str());
+      return json::parse(text);
     } catch (const json::exception& e) {
       throw error(file, ": malformed JSON: ", e.what());
     }

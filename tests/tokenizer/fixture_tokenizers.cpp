@@ -1,8 +1,7 @@
 // Loading of the shared tokenizer-test inputs; see fixture_tokenizers.h.
 #include "fixture_tokenizers.h"
+#include "core/read_file.h"
 
-#include <fstream>
-#include <sstream>
 
 #include "support/paths.h"
 
@@ -25,13 +24,6 @@ const nlohmann::json& deepseek_v3_fixture() {
   return fixture;
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  DSQ_CHECK(in, path, ": cannot open");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
 
 bool is_valid_utf8(const std::string& s) {
   size_t i = 0;

@@ -41,7 +41,7 @@ TEST(DeepSeekV3Tokenizer, EncodesEveryFixtureCaseLikeHF) {
 TEST(DeepSeekV3Tokenizer, EncodesTheBrownValidationCorpusLikeHF) {
   const auto& corpus = deepseek_v3_fixture().at("corpus");
   const std::string text =
-      test::read_file(test::shared_path(corpus.at("file").get<std::string>()));
+      read_file(test::shared_path(corpus.at("file").get<std::string>()));
   const auto expected = corpus.at("ids").get<std::vector<int32_t>>();
   ASSERT_EQ(expected.size(), corpus.at("num_ids").get<size_t>());
   const std::vector<int32_t> ids = deepseek_v3_tokenizer().encode(text);
@@ -123,7 +123,7 @@ TEST(DeepSeekV3Tokenizer, DecodeRejectsUnknownIdsNamingTheFile) {
 TEST(DeepSeekV3Tokenizer, ConcurrentEncodesAgree) {
   // Encoding shares a piece cache between threads; results must not depend on it.
   const auto& corpus = deepseek_v3_fixture().at("corpus");
-  const std::string text = test::read_file(test::shared_path(corpus.at("file").get<std::string>()));
+  const std::string text = read_file(test::shared_path(corpus.at("file").get<std::string>()));
   const std::string part = text.substr(0, 100000);
   const std::vector<int32_t> reference = deepseek_v3_tokenizer().encode(part);
   std::vector<std::vector<int32_t>> results(4);
@@ -139,7 +139,7 @@ TEST(DeepSeekV3Tokenizer, ParallelEncodeMatchesSerialEncode) {
   // The Brown corpus, and the fixture cases (whitespace runs, CRLF, CJK, added tokens)
   // joined by newlines and repeated until the text is long enough to be cut into chunks.
   const auto& corpus = deepseek_v3_fixture().at("corpus");
-  const std::string brown = test::read_file(test::shared_path(corpus.at("file").get<std::string>()));
+  const std::string brown = read_file(test::shared_path(corpus.at("file").get<std::string>()));
   EXPECT_EQ(tok.encode_parallel(brown), tok.encode(brown));
   std::string mixed;
   while (mixed.size() < 1'000'000) {
@@ -155,7 +155,7 @@ TEST(TinyBrownTokenizer, LoadsFromModelDirAndRoundTripsABrownParagraph) {
   EXPECT_EQ(tok.bos_id(), tok.token_id("<\uFF5Cbegin\u2581of\u2581sentence\uFF5C>"));
   EXPECT_EQ(tok.eos_id(), tok.token_id("<\uFF5Cend\u2581of\u2581sentence\uFF5C>"));
   EXPECT_GE(tok.bos_id(), 0);
-  const std::string text = test::read_file(test::shared_path("data/brown/valid.txt"));
+  const std::string text = read_file(test::shared_path("data/brown/valid.txt"));
   const std::string paragraph = text.substr(0, text.find('\n', 2000) + 1);
   const std::vector<int32_t> ids = tok.encode(paragraph);
   // BPE trained on Brown compresses English well below one token per byte (measured ~4
