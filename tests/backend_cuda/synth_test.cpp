@@ -10,6 +10,7 @@
 #include <fstream>
 #include <string>
 
+#include "core/read_file.h"
 #include "formats/checkpoint.h"
 #include "model/model_weights.h"
 #include "support/paths.h"
@@ -100,10 +101,7 @@ TEST_F(Synth, SameSeedSameBytesWhateverTheThreads) {
   ASSERT_EQ(run("synth " + dir_ + "/a --config " + config_ + " --layers 1 --threads 1").status, 0);
   ASSERT_EQ(run("synth " + dir_ + "/b --config " + config_ + " --layers 1 --threads 2").status, 0);
   ASSERT_EQ(run("synth " + dir_ + "/c --config " + config_ + " --layers 1 --seed 2").status, 0);
-  const auto bytes = [](const std::string& f) {
-    std::ifstream in(f, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
+  const auto bytes = [](const std::string& f) { return read_file(f); };
   const std::string shard = "/model-00002-of-00002.safetensors";
   EXPECT_EQ(bytes(dir_ + "/a" + shard), bytes(dir_ + "/b" + shard));
   EXPECT_NE(bytes(dir_ + "/a" + shard), bytes(dir_ + "/c" + shard));

@@ -1,10 +1,10 @@
 // AtomicFile (core/atomic_file.h), tested here with its main user, the safetensors writer:
 // readers see the old or the new contents, and an abandoned write leaves nothing behind.
 #include <filesystem>
-#include <fstream>
 
 #include <gtest/gtest.h>
 
+#include "core/read_file.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "support/paths.h"
@@ -14,10 +14,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 TEST(AtomicFile, OldContentsStayUntilCommit) {
   const std::string dir = test::make_temp_dir("atomic");

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "core/read_file.h"
 #include "core/error.h"
 #include "formats/checkpoint.h"
 #include "support/paths.h"
@@ -19,10 +20,6 @@ using nlohmann::json;
 
 #define EXPECT_HAS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 // A writable copy of tiny-a (config.json + model.safetensors) in a fresh temp directory.
 std::string copy_of_tiny_a(const std::string& tag) {

@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "core/read_file.h"
 #include "support/paths.h"
 
 namespace dsq {
@@ -21,14 +22,12 @@ struct InfoRun {
   std::string out, err;
 };
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 InfoRun run_info(const std::string& model) {
   const std::string dir = test::make_temp_dir("info-cli");
-  const std::string command = "'" + test::dsq_binary() + "' info '" + model + "' >'" + dir + "/out' 2>'" + dir + "/err'";
+  // Built from a std::string first: GCC 12 warns falsely (-Wrestrict) on "literal" + string&&.
+  std::string command = "'";
+  command += test::dsq_binary() + "' info '" + model + "' >'" + dir + "/out' 2>'" + dir + "/err'";
   const int raw = std::system(command.c_str());
   InfoRun r;
   r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;

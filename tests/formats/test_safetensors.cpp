@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include "core/read_file.h"
 #include "core/error.h"
 #include "formats/safetensors.h"
 #include "support/paths.h"
@@ -44,10 +45,6 @@ std::string header_error(const std::string& header, size_t data_bytes) {
 
 #define EXPECT_HAS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 TEST(Safetensors, WriteThenReadRoundTripsInGivenHeaderOrder) {
   const std::string dir = test::make_temp_dir("st-roundtrip");

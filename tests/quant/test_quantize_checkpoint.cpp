@@ -9,8 +9,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
+#include "core/read_file.h"
 #include "formats/checkpoint.h"
 #include "model/forward_pass.h"
 #include "model/model.h"
@@ -34,12 +34,7 @@ using nlohmann::json;
 std::string model_dir() { return test::shared_path("models/tiny-brown"); }
 std::string brown_train() { return test::shared_path("data/brown/train.txt"); }
 
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+std::string read_bytes(const fs::path& p) { return read_file(p.string()); }
 
 json read_json(const fs::path& p) { return json::parse(read_bytes(p)); }
 
