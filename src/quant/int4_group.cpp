@@ -29,17 +29,22 @@ std::vector<uint16_t> int4_group_scales(const float* w, int64_t rows, int64_t co
   return scales;
 }
 
-QuantizedMatrix make_int4_matrix(const std::vector<int8_t>& codes, const std::vector<uint16_t>& scales,
-                                 int64_t rows, int64_t cols, int64_t group) {
+QuantizedMatrix zero_int4_matrix(int64_t rows, int64_t cols, int64_t group) {
   QuantizedMatrix m;
   m.format = WeightFormat::Int4Group;
   m.rows = rows;
   m.cols = cols;
   m.group_size = group;
   m.values = Tensor::zeros(DType::I32, {rows, cols / 8});
+  m.scales = Tensor::zeros(DType::BF16, {rows, cols / group});
+  return m;
+}
+
+QuantizedMatrix make_int4_matrix(const std::vector<int8_t>& codes, const std::vector<uint16_t>& scales,
+                                 int64_t rows, int64_t cols, int64_t group) {
+  QuantizedMatrix m = zero_int4_matrix(rows, cols, group);
   int32_t* words = m.values.mutable_data<int32_t>();
   for (int64_t r = 0; r < rows; ++r) int4_pack_row(codes.data() + r * cols, cols, words + r * (cols / 8));
-  m.scales = Tensor::zeros(DType::BF16, {rows, cols / group});
   std::memcpy(m.scales.mutable_data<uint16_t>(), scales.data(), scales.size() * sizeof(uint16_t));
   return m;
 }

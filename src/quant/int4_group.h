@@ -23,6 +23,10 @@ inline int8_t int4_code(float x, float s) {
 // The dequantized value of a code, computed in bf16 like compressed-tensors' q * scale.
 inline float int4_value(int8_t q, float s) { return bf16_to_f32(f32_to_bf16(float(q) * s)); }
 
+// A zero-filled compressed-tensors pack-quantized matrix: i32 words [rows, cols/8], bf16
+// scales [rows, cols/group].
+QuantizedMatrix zero_int4_matrix(int64_t rows, int64_t cols, int64_t group);
+
 // A compressed-tensors pack-quantized matrix from codes [rows, cols] and bf16 scales.
 QuantizedMatrix make_int4_matrix(const std::vector<int8_t>& codes, const std::vector<uint16_t>& scales,
                                  int64_t rows, int64_t cols, int64_t group);

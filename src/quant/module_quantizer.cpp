@@ -54,13 +54,7 @@ namespace {
 
 // Stacks row blocks of INT4 matrices (in row order) into one.
 QuantizedMatrix stack_int4(const std::vector<QuantizedMatrix>& parts, int64_t rows, int64_t cols, int64_t group) {
-  QuantizedMatrix m;
-  m.format = WeightFormat::Int4Group;
-  m.rows = rows;
-  m.cols = cols;
-  m.group_size = group;
-  m.values = Tensor::zeros(DType::I32, {rows, cols / 8});
-  m.scales = Tensor::zeros(DType::BF16, {rows, cols / group});
+  QuantizedMatrix m = zero_int4_matrix(rows, cols, group);
   size_t v = 0, s = 0;
   for (const QuantizedMatrix& p : parts) {
     std::memcpy(m.values.mutable_bytes() + v, p.values.bytes(), p.values.nbytes());
