@@ -9,7 +9,6 @@
 // on stdout.
 #include <chrono>
 #include <cstdio>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -19,6 +18,7 @@
 #include "core/progress.h"
 #include "model/model.h"
 #include "model/perplexity.h"
+#include "tokenizer/paragraph_stream.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dsq::cli {
@@ -31,45 +31,11 @@ struct PplOptions {
 };
 
 
-std::string strip(const std::string& s) {
-  const char* ws = " \t\n\r\f\v";
-  const size_t b = s.find_first_not_of(ws);
-  if (b == std::string::npos) return "";
-  return s.substr(b, s.find_last_not_of(ws) - b + 1);
-}
-
-// Paragraphs: blocks separated by a line that is empty or whitespace only.
-std::vector<std::string> paragraphs(const std::string& text) {
-  std::vector<std::string> out;
-  std::string block, line;
-  std::istringstream in(text);
-  auto flush = [&] {
-    std::string p = strip(block);
-    if (!p.empty()) out.push_back(std::move(p));
-    block.clear();
-  };
-  while (std::getline(in, line)) {
-    if (strip(line).empty()) {
-      flush();
-    } else {
-      block += line;
-      block += '\n';
-    }
-  }
-  flush();
-  return out;
-}
-
 void run_ppl(const PplOptions& opt) {
   const model::Model m = model::Model::load(opt.model_dir);
   const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(opt.model_dir);
   DSQ_CHECK(tok.bos_id() >= 0 && tok.eos_id() >= 0, tok.source(), ": perplexity needs BOS and EOS tokens");
-  std::vector<int64_t> ids;
-  for (const std::string& p : paragraphs(read_file(opt.text_file))) {
-    ids.push_back(tok.bos_id());
-    for (int32_t id : tok.encode_parallel(p)) ids.push_back(id);
-    ids.push_back(tok.eos_id());
-  }
+  const std::vector<int64_t> ids = tokenizer::encode_paragraphs(tok, read_file(opt.text_file));
   const int64_t windows = model::perplexity_windows(int64_t(ids.size()), opt.ctx);
   DSQ_CHECK(windows > 0, opt.text_file, ": ", ids.size(), " tokens are too few for one window of ", opt.ctx);
   ProgressBar bar("ppl", windows, "win");

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "tokenizer/paragraph_stream.h"
 
 namespace dsq::quant {
 
@@ -23,26 +24,7 @@ void append(std::vector<int64_t>& out, const std::vector<int32_t>& ids) { out.in
 
 std::vector<std::vector<int64_t>> from_text(const std::string& path, const std::string& text,
                                             const tokenizer::Tokenizer& tok, int64_t n, int64_t len) {
-  std::vector<int64_t> stream;
-  const int64_t needed = n * len;
-  auto add_paragraph = [&](const std::string& raw) {
-    const std::string paragraph = strip(raw);
-    if (paragraph.empty()) return;
-    if (tok.bos_id() >= 0) stream.push_back(tok.bos_id());
-    append(stream, tok.encode(paragraph));
-    if (tok.eos_id() >= 0) stream.push_back(tok.eos_id());
-  };
-  std::istringstream lines(text);
-  std::string line, paragraph;
-  while (int64_t(stream.size()) < needed && std::getline(lines, line)) {
-    if (strip(line).empty()) {  // a blank line ends the paragraph
-      add_paragraph(paragraph);
-      paragraph.clear();
-    } else {
-      paragraph += paragraph.empty() ? line : "\n" + line;
-    }
-  }
-  if (int64_t(stream.size()) < needed) add_paragraph(paragraph);
+  const std::vector<int64_t> stream = tokenizer::encode_paragraphs(tok, text);
   const int64_t available = int64_t(stream.size()) / len;
   DSQ_CHECK(available >= n, path, ": holds only ", available, " samples of ", len, " tokens, ", n, " requested");
   std::vector<std::vector<int64_t>> samples;
