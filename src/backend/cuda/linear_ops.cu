@@ -1,0 +1,453 @@
+// CudaOps' linear layers: linear, linear_grouped and moe_experts (semantics in
+// backend/ops.h), and the preparation of weights into the LinearCache (linear_cache.h).
+//
+// Which device form a weight gets (prepare()), by precision (see cuda_ops.h):
+//   F32   every weight dequantized exactly to fp32 → cuBLAS fp32 GEMM, no TF32.
+//   Fast  dense f32 stays fp32 (the mHC weights: tiny, and precision-sensitive);
+//         FP8-block → Fp8BlockLinear (fp8 activations per 1×128, bf16 output);
+//         INT4 group-128 with bf16 scales → the W4A16 kernels (int4_linear.h);
+//         everything else (dense bf16/f16, MXFP4, shapes those kernels refuse) →
+//         bf16 at load, bf16 activations, cuBLAS with fp32 accumulation.
+// Weights are prepared on first use and kept (cuda_ops.h: keyed by address).
+//
+// Every GEMM computes y[n, N] = x[n, K] · W[N, K]ᵀ on row-major data. cuBLAS is
+// column-major, so it runs as yᵀ = W · xᵀ with W transposed ("TN", as bf16_linear.cpp);
+// row strides of x and y become leading dimensions, which is what lets linear_grouped
+// run its groups as one strided-batched GEMM over column slices.
+//
+// moe_experts sorts the T·k (token, expert) pairs by expert on the GPU, runs each expert
+// on its contiguous rows, and combines per token in a fixed order (no atomics):
+//   route entries [T, k] → count per expert → first row per expert (prefix sum)
+//   → row of every entry (token order within an expert, as the CPU) → gather x rows
+//   → gate/up, SwiGLU, down per expert → out[t] = Σ_j w[t][j] · y[row(t, j)].
+// The expert offsets go to the host once per call (one small synchronisation): the
+// grouped INT4 kernels and the per-expert GEMM loop plan their launches from them.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <cuda_bf16.h>
+
+#include "backend/cuda/cuda_ops.h"
+
+namespace dsq::cuda {
+
+namespace {
+
+using Kind = PreparedLinear::Kind;
+
+// Scratch slots of this file (CudaOps::scratch; 0–9 are shared with cuda_ops.cpp, which
+// uses none).
+enum ScratchSlot : int {
+  kSlotActBf16 = 0,       // a GEMM's activations as bf16
+  kSlotFp8Workspace = 1,  // Fp8BlockLinear workspace, kept zero between calls
+  kSlotOutBf16 = 2,       // Fp8BlockLinear's bf16 output
+  kSlotInt4Dequant = 3,   // one INT4 expert dequantized to bf16 (many-row path)
+  kSlotMoeIndex = 4,      // the expert permutation
+  kSlotMoeRows = 5,       // token rows sorted by expert
+  kSlotMoeGate = 6,       // gate (or interleaved gate/up) outputs; SwiGLU output
+  kSlotMoeUp = 7,         // up outputs; or the bf16 SwiGLU output (INT4 path)
+  kSlotMoeOut = 8,        // down projection outputs
+};
+
+constexpr int kThreads = 256;
+unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
+
+std::string describe(const QuantizedMatrix& w) {
+  return std::string(weight_format_name(w.format)) + " weight [" + std::to_string(w.rows) + ", " +
+         std::to_string(w.cols) + "]";
+}
+
+// ---- kernels ----
+
+// dst [rows, cols] bf16 (dense) = src rows of `cols` floats, `src_ld` apart (RNE).
+__global__ void f32_to_bf16_kernel(const float* __restrict__ src, int64_t src_ld, int64_t rows, int64_t cols,
+                                   __nv_bfloat16* __restrict__ dst) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * cols) return;
+  dst[i] = __float2bfloat16(src[(i / cols) * src_ld + i % cols]);
+}
+
+// dst rows of `cols` floats, `dst_ld` apart = src [rows, cols] bf16 (dense).
+__global__ void bf16_to_f32_kernel(const __nv_bfloat16* __restrict__ src, int64_t rows, int64_t cols,
+                                   float* __restrict__ dst, int64_t dst_ld) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * cols) return;
+  dst[(i / cols) * dst_ld + i % cols] = __bfloat162float(src[i]);
+}
+
+// Block e scans the routing entries (chosen [T·k], flattened) in order and handles those
+// that picked expert e. Without first_row it counts them into count[e]; with it, entry i
+// gets row first_row[e] + (its rank among expert e's entries): row_token[row] = i / k,
+// entry_row[i] = row. Ranks follow entry order, so rows are in token order per expert
+// and the permutation is deterministic. Entries naming no expert in [0, E) get no row.
+__global__ void expert_rows_kernel(const int64_t* __restrict__ chosen, int64_t entries, int64_t k,
+                                   const int64_t* __restrict__ first_row, int64_t* __restrict__ count,
+                                   int64_t* __restrict__ row_token, int64_t* __restrict__ entry_row) {
+  constexpr int kWarps = kThreads / 32;
+  __shared__ int warp_hits[kWarps];
+  const int64_t e = blockIdx.x;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int64_t seen = 0;  // entries of expert e before this pass (same in every thread)
+  for (int64_t base = 0; base < entries; base += kThreads) {
+    const int64_t i = base + threadIdx.x;
+    const bool hit = i < entries && chosen[i] == e;
+    const unsigned mask = __ballot_sync(0xffffffffu, hit);
+    if (lane == 0) warp_hits[warp] = __popc(mask);
+    __syncthreads();
+    if (hit && first_row) {
+      int64_t rank = seen + __popc(mask & ((1u << lane) - 1u));
+      for (int w = 0; w < warp; ++w) rank += warp_hits[w];
+      const int64_t row = first_row[e] + rank;
+      row_token[row] = i / k;
+      entry_row[i] = row;
+    }
+    for (int w = 0; w < kWarps; ++w) seen += warp_hits[w];
+    __syncthreads();
+  }
+  if (!first_row && threadIdx.x == 0) count[e] = seen;
+}
+
+// first_row[e] = Σ_{e' < e} count[e'] for e = 0..E (first_row[E]: entries with a valid
+// expert). E is at most a few hundred: one thread.
+__global__ void expert_first_rows_kernel(const int64_t* __restrict__ count, int64_t E, int64_t* __restrict__ first_row) {
+  int64_t sum = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    first_row[e] = sum;
+    sum += count[e];
+  }
+  first_row[E] = sum;
+}
+
+// dst[r] = x[row_token[r]] for `rows` rows of H values, as float or bf16.
+template <typename Out>
+__global__ void gather_token_rows_kernel(const float* __restrict__ x, const int64_t* __restrict__ row_token,
+                                         int64_t rows, int64_t H, Out* __restrict__ dst) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * H) return;
+  const float v = x[row_token[i / H] * H + i % H];
+  if constexpr (std::is_same_v<Out, float>) dst[i] = v;
+  else dst[i] = __float2bfloat16(v);
+}
+
+// out[t] = Σ_{j<k} weights[t][j] · y[entry_row[t][j]], j in order (deterministic).
+__global__ void combine_experts_kernel(const float* __restrict__ y, const int64_t* __restrict__ entry_row,
+                                       const float* __restrict__ weights, int64_t T, int64_t k, int64_t H,
+                                       float* __restrict__ out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= T * H) return;
+  const int64_t t = i / H, c = i % H;
+  float sum = 0.0f;
+  for (int64_t j = 0; j < k; ++j) sum += weights[t * k + j] * y[entry_row[t * k + j] * H + c];
+  out[i] = sum;
+}
+
+// ---- GEMM launch helpers ----
+
+// For b < batch: y_b[n, N] = x_b[n, K] · W_b[N, K]ᵀ, with W_b = w + b·w_stride (dense
+// rows of K), x_b = x + b·x_stride (rows x_ld apart), y_b = y + b·y_stride (rows y_ld
+// apart), all in elements. `type`: the dtype of w and x (fp32 or bf16); fp32 accumulation
+// and output.
+void gemm_tn(const GpuContext& ctx, cudaDataType_t type, const void* w, int64_t w_stride, const void* x,
+             int64_t x_ld, int64_t x_stride, float* y, int64_t y_ld, int64_t y_stride, int64_t n, int64_t N,
+             int64_t K, int64_t batch) {
+  const float one = 1.0f, zero = 0.0f;
+  // The handle is shared with other ops: make sure fp32 inputs are never cut to TF32.
+  DSQ_CUBLAS_CHECK(cublasSetMathMode(ctx.blas(), CUBLAS_DEFAULT_MATH));
+  DSQ_CUBLAS_CHECK(cublasGemmStridedBatchedEx(ctx.blas(), CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(n), int(K), &one, w,
+                                              type, int(K), w_stride, x, type, int(x_ld), x_stride, &zero, y,
+                                              CUDA_R_32F, int(y_ld), y_stride, int(batch), CUBLAS_COMPUTE_32F,
+                                              CUBLAS_GEMM_DEFAULT));
+}
+
+// n rows of `cols` floats (x_ld apart) as dense bf16 in the activation scratch slot.
+const __nv_bfloat16* activations_bf16(CudaOps& ops, const float* x, int64_t x_ld, int64_t n, int64_t cols) {
+  auto* xb = static_cast<__nv_bfloat16*>(ops.scratch(kSlotActBf16, size_t(n * cols) * sizeof(__nv_bfloat16)));
+  f32_to_bf16_kernel<<<blocks_for(n * cols), kThreads, 0, ops.context().stream()>>>(x, x_ld, n, cols, xb);
+  DSQ_CUDA_CHECK_LAUNCH();
+  return xb;
+}
+
+// One Fp8BlockLinear on n rows of fp32 x (x_ld apart) into fp32 y (y_ld apart).
+void run_fp8(CudaOps& ops, LinearCache& cache, Fp8BlockLinear& lin, const float* x, int64_t x_ld, int64_t n,
+             float* y, int64_t y_ld) {
+  const GpuContext& ctx = ops.context();
+  const int64_t N = lin.rows();
+  const __nv_bfloat16* xb = activations_bf16(ops, x, x_ld, n, lin.cols());
+  auto* yb = static_cast<__nv_bfloat16*>(ops.scratch(kSlotOutBf16, size_t(n * N) * sizeof(__nv_bfloat16)));
+  // The workspace is shared by every FP8 weight. The decode kernel wants it zero and
+  // leaves it zero; the other paths leave activation codes in it, which can overlap a
+  // wider weight's accumulator, so the region is cleared after them.
+  const size_t bytes = lin.workspace_bytes(n);
+  void* ws = ops.scratch(kSlotFp8Workspace, bytes);
+  if (ws != cache.fp8_workspace) {
+    cache.fp8_workspace = ws;
+    cache.fp8_workspace_zeroed = 0;
+  }
+  if (bytes > cache.fp8_workspace_zeroed) {
+    DSQ_CUDA_CHECK(cudaMemsetAsync(ws, 0, bytes, ctx.stream()));
+    cache.fp8_workspace_zeroed = bytes;
+  }
+  lin.run(ctx, xb, n, yb, ws);
+  if (lin.last_path() != Fp8Path::Decode) DSQ_CUDA_CHECK(cudaMemsetAsync(ws, 0, bytes, ctx.stream()));
+  bf16_to_f32_kernel<<<blocks_for(n * N), kThreads, 0, ctx.stream()>>>(yb, n, N, y, y_ld);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+// A prepared weight on n rows: for g < p.groups,
+//   y[:, g·R:(g+1)·R] = x[:, g·C:(g+1)·C] · W[g·R:(g+1)·R, :]ᵀ   (R = rows/groups, C = cols)
+// with x rows x_ld apart and y rows y_ld apart.
+void apply(CudaOps& ops, LinearCache& cache, PreparedLinear& p, const float* x, int64_t x_ld, int64_t n, float* y,
+           int64_t y_ld) {
+  if (n == 0) return;
+  const GpuContext& ctx = ops.context();
+  const int64_t R = p.rows / p.groups, C = p.cols, G = p.groups;
+  switch (p.kind) {
+    case Kind::F32:
+      gemm_tn(ctx, CUDA_R_32F, p.f32.get(), R * C, x, x_ld, C, y, y_ld, R, n, R, C, G);
+      return;
+    case Kind::Bf16: {
+      const __nv_bfloat16* xb = activations_bf16(ops, x, x_ld, n, G * C);
+      gemm_tn(ctx, CUDA_R_16BF, p.bf16.get(), R * C, xb, G * C, C, y, y_ld, R, n, R, C, G);
+      return;
+    }
+    case Kind::Fp8:
+      for (int64_t g = 0; g < G; ++g) run_fp8(ops, cache, *p.fp8[size_t(g)], x + g * C, x_ld, n, y + g * R, y_ld);
+      return;
+    case Kind::Int4: {
+      DSQ_CHECK(G == 1 && y_ld == R, "linear: INT4 kernel output must be dense (internal)");
+      const __nv_bfloat16* xb = activations_bf16(ops, x, x_ld, n, C);
+      auto* dequant = n > kDecodeMaxRows ? static_cast<__nv_bfloat16*>(ops.scratch(
+                                               kSlotInt4Dequant, size_t(R * C) * sizeof(__nv_bfloat16)))
+                                         : nullptr;
+      int4_linear(ctx, *p.int4, 0, xb, n, y, dequant);
+      return;
+    }
+  }
+}
+
+// ---- weight preparation ----
+
+// INT4 weights the W4A16 kernels take as they are: group 128, bf16 scales, and
+// out-features % 16, in-features % 512.
+bool int4_kernel_fits(const QuantizedMatrix& w) {
+  return w.format == WeightFormat::Int4Group && w.group_size == 128 && w.scales.dtype() == DType::BF16 &&
+         w.rows % 16 == 0 && w.cols % 512 == 0;
+}
+
+// FP8 weights Fp8BlockLinear takes, split into `groups` row slices on block boundaries.
+bool fp8_kernel_fits(const QuantizedMatrix& w, int64_t groups) {
+  const int64_t R = w.rows / groups;
+  return w.format == WeightFormat::Fp8Block && w.group_size == 128 && w.cols % 128 == 0 && R % 8 == 0 &&
+         (groups == 1 || R % 128 == 0);
+}
+
+// Rows [r0, r1) of an FP8-block weight (r0 on a block boundary) as an Fp8BlockLinear.
+std::unique_ptr<Fp8BlockLinear> fp8_rows(const QuantizedMatrix& w, int64_t r0, int64_t r1) {
+  const int64_t scale_cols = w.scales.dim(1);
+  const int64_t b0 = r0 / 128, b1 = (r1 + 127) / 128;
+  std::vector<float> scales(size_t((b1 - b0) * scale_cols));
+  for (int64_t i = 0; i < int64_t(scales.size()); ++i) scales[size_t(i)] = w.scales.get_f32(b0 * scale_cols + i);
+  return std::make_unique<Fp8BlockLinear>(w.values.data<uint8_t>() + r0 * w.cols, scales.data(), r1 - r0, w.cols,
+                                          describe(w));
+}
+
+PreparedLinear prepare(const QuantizedMatrix& w, int64_t groups, Precision precision) {
+  w.validate(describe(w));
+  DSQ_CHECK(w.values.device() == Device::CPU, describe(w), ": weights must be host tensors");
+  PreparedLinear p;
+  p.format = w.format;
+  p.rows = w.rows;
+  p.cols = w.cols;
+  p.groups = groups;
+  const bool dense_f32 = w.format == WeightFormat::Dense && w.values.dtype() == DType::F32;
+  if (precision == Precision::F32 || dense_f32) {
+    p.kind = Kind::F32;
+    const Tensor f32 = dense_f32 ? w.values : w.dequantize();
+    p.f32 = DeviceBuffer<float>::from_host(f32.data<float>(), size_t(f32.numel()));
+  } else if (fp8_kernel_fits(w, groups)) {
+    p.kind = Kind::Fp8;
+    const int64_t R = w.rows / groups;
+    for (int64_t g = 0; g < groups; ++g) p.fp8.push_back(fp8_rows(w, g * R, (g + 1) * R));
+  } else if (groups == 1 && int4_kernel_fits(w)) {
+    p.kind = Kind::Int4;
+    p.int4 = std::make_unique<Int4ExpertWeights>(w.values.data<int32_t>(), w.scales.data<uint16_t>(), 1, w.rows,
+                                                 w.cols, describe(w));
+  } else {
+    // bf16 holds dense bf16, MXFP4 (e2m1 · 2^k) and bf16-scaled INT4 (bf16(q·s)) exactly;
+    // f16 and other scales round once here.
+    p.kind = Kind::Bf16;
+    const bool dense_bf16 = w.format == WeightFormat::Dense && w.values.dtype() == DType::BF16;
+    const Tensor bf16 = dense_bf16 ? w.values
+                                   : (w.format == WeightFormat::Dense ? w.values : w.dequantize()).cast(DType::BF16);
+    p.bf16 = DeviceBuffer<uint16_t>::from_host(bf16.data<uint16_t>(), size_t(bf16.numel()));
+  }
+  return p;
+}
+
+PreparedLinear& prepared(LinearCache& cache, const QuantizedMatrix& w, int64_t groups, Precision precision) {
+  auto it = cache.linears.find(&w);
+  if (it == cache.linears.end() || !it->second.matches(w, groups))
+    it = cache.linears.insert_or_assign(&w, prepare(w, groups, precision)).first;
+  return it->second;
+}
+
+// Checks expert e's three weights against gate/up [F, H] and down [H, F].
+void check_expert_shapes(const backend::ExpertLinears& x, int64_t e, int64_t F, int64_t H) {
+  const auto check = [&](const QuantizedMatrix* w, const char* which, int64_t rows, int64_t cols) {
+    DSQ_CHECK(w != nullptr, "moe_experts: expert ", e, " has no ", which, " weight");
+    DSQ_CHECK(w->rows == rows && w->cols == cols, "moe_experts: expert ", e, " ", which, " is a ", describe(*w),
+              ", expected [", rows, ", ", cols, "] (hidden ", H, ", expert width ", F, ")");
+  };
+  check(x.gate, "gate", F, H);
+  check(x.up, "up", F, H);
+  check(x.down, "down", H, F);
+}
+
+// The E experts stacked for the grouped INT4 kernels: gate/up interleaved [E][2F, H]
+// and down [E][H, F].
+void stack_int4_experts(PreparedExperts& pe, const backend::ExpertLinears* experts) {
+  const int64_t E = pe.n_experts, H = pe.hidden, F = pe.inter;
+  const auto gather = [&](const QuantizedMatrix* backend::ExpertLinears::*which, std::vector<int32_t>& packed,
+                          std::vector<uint16_t>& scales) {
+    const QuantizedMatrix& first = *(experts[0].*which);
+    const size_t words = size_t(first.values.numel()), groups = size_t(first.scales.numel());
+    packed.resize(size_t(E) * words);
+    scales.resize(size_t(E) * groups);
+    for (int64_t e = 0; e < E; ++e) {
+      const QuantizedMatrix& w = *(experts[e].*which);
+      std::memcpy(&packed[size_t(e) * words], w.values.data<int32_t>(), words * sizeof(int32_t));
+      std::memcpy(&scales[size_t(e) * groups], w.scales.data<uint16_t>(), groups * sizeof(uint16_t));
+    }
+  };
+  std::vector<int32_t> w1, w3, w2;
+  std::vector<uint16_t> s1, s3, s2;
+  gather(&backend::ExpertLinears::gate, w1, s1);
+  gather(&backend::ExpertLinears::up, w3, s3);
+  pe.gate_up = std::make_unique<Int4ExpertWeights>(
+      Int4ExpertWeights::gate_up(w1.data(), s1.data(), w3.data(), s3.data(), E, F, H, "routed experts gate/up"));
+  gather(&backend::ExpertLinears::down, w2, s2);
+  pe.down = std::make_unique<Int4ExpertWeights>(w2.data(), s2.data(), E, H, F, "routed experts down");
+}
+
+PreparedExperts& prepared_experts(LinearCache& cache, const backend::ExpertLinears* experts, int64_t E, int64_t H,
+                                  Precision precision) {
+  const int64_t F = experts[0].gate ? experts[0].gate->rows : 0;
+  for (int64_t e = 0; e < E; ++e) check_expert_shapes(experts[e], e, F, H);
+  const QuantizedMatrix* key = experts[0].gate;
+  auto it = cache.experts.find(key);
+  if (it != cache.experts.end() && it->second.n_experts == E && it->second.hidden == H && it->second.inter == F)
+    return it->second;
+  PreparedExperts pe;
+  pe.n_experts = E;
+  pe.hidden = H;
+  pe.inter = F;
+  bool int4 = precision == Precision::Fast && F % 8 == 0;
+  for (int64_t e = 0; e < E && int4; ++e)
+    int4 = int4_kernel_fits(*experts[e].gate) && int4_kernel_fits(*experts[e].up) && int4_kernel_fits(*experts[e].down);
+  if (int4) {
+    for (int64_t e = 0; e < E; ++e) {
+      experts[e].gate->validate(describe(*experts[e].gate));
+      experts[e].up->validate(describe(*experts[e].up));
+      experts[e].down->validate(describe(*experts[e].down));
+    }
+    stack_int4_experts(pe, experts);
+  } else {
+    // Per expert, one GEMM each: fine for the tiny fixtures and for checking (F32), and
+    // for any format the grouped kernels do not take; not a serving path for 256 experts.
+    for (int64_t e = 0; e < E; ++e) {
+      pe.gate.push_back(prepare(*experts[e].gate, 1, precision));
+      pe.up.push_back(prepare(*experts[e].up, 1, precision));
+      pe.down_each.push_back(prepare(*experts[e].down, 1, precision));
+    }
+  }
+  return cache.experts.insert_or_assign(key, std::move(pe)).first->second;
+}
+
+}  // namespace
+
+void CudaOps::linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) {
+  if (n == 0) return;
+  PreparedLinear& p = prepared(linears_, w, 1, precision_);
+  apply(*this, linears_, p, x, w.cols, n, y, w.rows);
+}
+
+void CudaOps::linear_grouped(const QuantizedMatrix& w, int64_t groups, const float* x, int64_t n, float* y) {
+  DSQ_CHECK(groups > 0 && w.rows % groups == 0, "linear_grouped: ", describe(w), " does not split into ", groups,
+            " groups of rows");
+  if (n == 0) return;
+  PreparedLinear& p = prepared(linears_, w, groups, precision_);
+  apply(*this, linears_, p, x, groups * w.cols, n, y, w.rows);
+}
+
+void CudaOps::moe_experts(const float* x, int64_t T, int64_t hidden, const backend::ExpertLinears* experts,
+                          int64_t n_experts, const int64_t* chosen, const float* weights, int64_t k, float limit,
+                          float* out, backend::ExpertInputTap* tap) {
+  DSQ_CHECK(tap == nullptr, "moe_experts: the CUDA backend does not report expert inputs (calibrate on the CPU)");
+  DSQ_CHECK(n_experts > 0 && k > 0 && hidden > 0, "moe_experts: ", n_experts, " experts, k = ", k, ", hidden ",
+            hidden);
+  if (T == 0) return;
+  PreparedExperts& pe = prepared_experts(linears_, experts, n_experts, hidden, precision_);
+  const int64_t E = n_experts, H = hidden, F = pe.inter, entries = T * k;
+  const cudaStream_t stream = ctx_.stream();
+
+  // The permutation: entries sorted by expert (see the file comment).
+  auto* index = static_cast<int64_t*>(scratch(kSlotMoeIndex, size_t(2 * entries + 2 * E + 1) * sizeof(int64_t)));
+  int64_t* row_token = index;               // [entries]
+  int64_t* entry_row = index + entries;     // [entries]
+  int64_t* count = entry_row + entries;     // [E]
+  int64_t* first_row = count + E;           // [E + 1]
+  expert_rows_kernel<<<unsigned(E), kThreads, 0, stream>>>(chosen, entries, k, nullptr, count, nullptr, nullptr);
+  DSQ_CUDA_CHECK_LAUNCH();
+  expert_first_rows_kernel<<<1, 1, 0, stream>>>(count, E, first_row);
+  DSQ_CUDA_CHECK_LAUNCH();
+  expert_rows_kernel<<<unsigned(E), kThreads, 0, stream>>>(chosen, entries, k, first_row, nullptr, row_token,
+                                                           entry_row);
+  DSQ_CUDA_CHECK_LAUNCH();
+  std::vector<int64_t> offsets(size_t(E + 1));
+  DSQ_CUDA_CHECK(cudaMemcpyAsync(offsets.data(), first_row, offsets.size() * sizeof(int64_t),
+                                 cudaMemcpyDeviceToHost, stream));
+  ctx_.synchronize();
+  DSQ_CHECK(offsets[size_t(E)] == entries, "moe_experts: ", entries - offsets[size_t(E)],
+            " routing entries name an expert outside [0, ", E, ")");
+
+  auto* y_rows = static_cast<float*>(scratch(kSlotMoeOut, size_t(entries * H) * sizeof(float)));  // [entries, H]
+  if (pe.stacked()) {
+    auto* xb = static_cast<__nv_bfloat16*>(scratch(kSlotMoeRows, size_t(entries * H) * sizeof(__nv_bfloat16)));
+    gather_token_rows_kernel<<<blocks_for(entries * H), kThreads, 0, stream>>>(x, row_token, entries, H, xb);
+    DSQ_CUDA_CHECK_LAUNCH();
+    auto* gate_up = static_cast<float*>(scratch(kSlotMoeGate, size_t(entries * 2 * F) * sizeof(float)));
+    auto* h = static_cast<__nv_bfloat16*>(scratch(kSlotMoeUp, size_t(entries * F) * sizeof(__nv_bfloat16)));
+    int64_t most_rows = 0;
+    for (int64_t e = 0; e < E; ++e) most_rows = std::max(most_rows, offsets[size_t(e + 1)] - offsets[size_t(e)]);
+    auto* dequant = most_rows > kDecodeMaxRows
+                        ? static_cast<__nv_bfloat16*>(scratch(kSlotInt4Dequant, size_t(2 * F * H) * sizeof(__nv_bfloat16)))
+                        : nullptr;
+    // λ <= 0 means no clamp (cpu/swiglu.h); the kernel always clamps, at ±∞ then.
+    int4_grouped_swiglu(ctx_, *pe.gate_up, xb, offsets, limit > 0 ? limit : INFINITY, h, gate_up, dequant);
+    int4_grouped_linear(ctx_, *pe.down, h, offsets, y_rows, dequant);
+  } else {
+    auto* xr = static_cast<float*>(scratch(kSlotMoeRows, size_t(entries * H) * sizeof(float)));
+    gather_token_rows_kernel<<<blocks_for(entries * H), kThreads, 0, stream>>>(x, row_token, entries, H, xr);
+    DSQ_CUDA_CHECK_LAUNCH();
+    auto* gate = static_cast<float*>(scratch(kSlotMoeGate, size_t(entries * F) * sizeof(float)));  // [entries, F]
+    auto* up = static_cast<float*>(scratch(kSlotMoeUp, size_t(entries * F) * sizeof(float)));      // [entries, F]
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
+      apply(*this, linears_, pe.gate[size_t(e)], xr + r0 * H, H, rows, gate + r0 * F, F);
+      apply(*this, linears_, pe.up[size_t(e)], xr + r0 * H, H, rows, up + r0 * F, F);
+    }
+    swiglu(gate, up, entries * F, limit, gate);
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
+      apply(*this, linears_, pe.down_each[size_t(e)], gate + r0 * F, F, rows, y_rows + r0 * H, H);
+    }
+  }
+  combine_experts_kernel<<<blocks_for(T * H), kThreads, 0, stream>>>(y_rows, entry_row, weights, T, k, H, out);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace dsq::cuda
