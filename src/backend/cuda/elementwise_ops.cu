@@ -1,0 +1,588 @@
+// CudaOps' small memory-bound ops (cuda_ops.h): rms_norm, rope, swiglu, add, gather_rows,
+// embed_streams, the mHC ops mhc_pre / mhc_post / hc_head (spec §2.4, §2.12) and MoE
+// routing (§2.11). Each op is one kernel launch on the context's stream, with the
+// semantics of the CPU functions in backend/cpu/ (the specification).
+//
+// Rows whose width is a multiple of 4 at 16-byte aligned addresses move as float4
+// (kernels templated on the vector width V = 4), everything else one float at a time
+// (V = 1). The mHC coefficients repeat the CPU's arithmetic in the CPU's order (sequential
+// sums, true divisions), so they differ from it only by the last bits of expf; reductions
+// over a row (rms_norm, the router's weight sum) use a tree order instead.
+//
+// Bad indices. A kernel cannot throw, and checking a device flag would cost a host sync
+// per call, so an index the CPU would reject poisons the result instead of faulting: a
+// token id outside the embedding table gives a NaN row, and in hash routing a token outside
+// [0, vocab) or a table entry outside [0, n_experts) gives expert 0 with weight NaN for
+// the whole token. The forward's logits then come out NaN, never a read out of bounds.
+// (gather_rows is not checked: it is not told how many rows `src` has.)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "backend/cuda/cuda_ops.h"
+
+namespace dsq::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+// mHC kernels keep one value per stream in registers; route keeps its k picks in lanes.
+constexpr int kMaxStreams = 8;
+constexpr int kMaxRouteExperts = 2048;  // 64 slots per lane in a 64-bit mask
+constexpr int kRouteWarps = 4;          // tokens per route block
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks for a grid-stride loop over `items`: enough to fill the GPU, no more.
+unsigned grid_for(int64_t items, const GpuContext& ctx) {
+  return unsigned(std::max<int64_t>(1, std::min<int64_t>(ceil_div(items, kThreads), int64_t(ctx.sm_count()) * 8)));
+}
+
+// V consecutive floats, moved as one float4 when V == 4.
+template <int V>
+struct Floats {
+  float v[V];
+};
+
+template <int V>
+__device__ Floats<V> load(const float* p) {
+  Floats<V> f;
+  if constexpr (V == 4) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    f.v[0] = q.x, f.v[1] = q.y, f.v[2] = q.z, f.v[3] = q.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) f.v[i] = p[i];
+  }
+  return f;
+}
+
+template <int V>
+__device__ void store(float* p, const Floats<V>& f) {
+  if constexpr (V == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(f.v[0], f.v[1], f.v[2], f.v[3]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) p[i] = f.v[i];
+  }
+}
+
+__device__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// torch's softplus returns x itself above 20 (cpu/router.cpp).
+__device__ float sqrt_softplus(float x) { return sqrtf(x > 20.0f ? x : log1pf(expf(x))); }
+
+__device__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// The sum of v over the block, returned to every thread. blockDim.x is a multiple of 32.
+__device__ float block_sum(float v) {
+  __shared__ float partial[32];
+  __shared__ float total;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = warp_sum(v);
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float s = lane < int(blockDim.x / 32) ? partial[lane] : 0.0f;
+    s = warp_sum(s);
+    if (lane == 0) total = s;
+  }
+  __syncthreads();
+  return total;
+}
+
+// ---- rms_norm: one block per row ----
+
+template <int V>
+__global__ void rms_norm_kernel(const float* x, int64_t dim, int64_t stride, const float* weight, float eps,
+                                float* y) {
+  const float* xr = x + int64_t(blockIdx.x) * stride;
+  float* yr = y + int64_t(blockIdx.x) * stride;
+  const int64_t chunks = dim / V;
+  float squares = 0;
+  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
+    const Floats<V> f = load<V>(xr + i * V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) squares += f.v[e] * f.v[e];
+  }
+  // Every thread has read its elements before any is written (y may alias x).
+  const float inv = 1.0f / sqrtf(block_sum(squares) / float(dim) + eps);
+  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
+    Floats<V> f = load<V>(xr + i * V);
+    if (weight) {
+      const Floats<V> w = load<V>(weight + i * V);
+#pragma unroll
+      for (int e = 0; e < V; ++e) f.v[e] = w.v[e] * (f.v[e] * inv);
+    } else {
+#pragma unroll
+      for (int e = 0; e < V; ++e) f.v[e] = f.v[e] * inv;
+    }
+    store<V>(yr + i * V, f);
+  }
+}
+
+// ---- rope: one thread per rotated pair ----
+
+__global__ void rope_kernel(float* x, int64_t pairs, int64_t heads, int64_t dim, int64_t rope_dim,
+                            const int64_t* positions, const float* freqs, bool inverse) {
+  const int64_t half = rope_dim / 2;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < pairs;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t vec = idx / half, i = idx % half;
+    const float angle = float(positions[vec / heads]) * freqs[i];
+    float s, c;
+    sincosf(angle, &s, &c);
+    if (inverse) s = -s;
+    float* slice = x + vec * dim + (dim - rope_dim);
+    const float a = slice[2 * i], b = slice[2 * i + 1];
+    slice[2 * i] = a * c - b * s;
+    slice[2 * i + 1] = b * c + a * s;
+  }
+}
+
+// ---- elementwise: grid-stride over V-chunks, the last n % V elements one by one ----
+
+struct SwigluOp {
+  float limit;
+  __device__ float operator()(float g, float u) const {
+    if (limit > 0) {
+      g = fminf(g, limit);
+      u = fminf(fmaxf(u, -limit), limit);
+    }
+    return g / (1.0f + expf(-g)) * u;
+  }
+};
+
+struct AddOp {
+  __device__ float operator()(float d, float s) const { return d + s; }
+};
+
+// out[i] = op(a[i], b[i]); out may alias a.
+template <int V, typename Op>
+__global__ void binary_kernel(const float* a, const float* b, int64_t n, Op op, float* out) {
+  const int64_t chunks = n / V;
+  const int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = first; i < chunks; i += step) {
+    const Floats<V> fa = load<V>(a + i * V), fb = load<V>(b + i * V);
+    Floats<V> r;
+#pragma unroll
+    for (int e = 0; e < V; ++e) r.v[e] = op(fa.v[e], fb.v[e]);
+    store<V>(out + i * V, r);
+  }
+  const int64_t tail = chunks * V + first;
+  if (tail < n) out[tail] = op(a[tail], b[tail]);
+}
+
+template <typename Op>
+void launch_binary(const float* a, const float* b, int64_t n, Op op, float* out, const GpuContext& ctx) {
+  if (n <= 0) return;
+  if (aligned16(a) && aligned16(b) && aligned16(out))
+    binary_kernel<4><<<grid_for(ceil_div(n, 4), ctx), kThreads, 0, ctx.stream()>>>(a, b, n, op, out);
+  else
+    binary_kernel<1><<<grid_for(n, ctx), kThreads, 0, ctx.stream()>>>(a, b, n, op, out);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+// ---- gather_rows: blockIdx.y = output row ----
+
+template <int V>
+__global__ void gather_rows_kernel(const float* src, const int64_t* rows, int64_t width, float* dst) {
+  const int64_t r = blockIdx.y;
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i * V >= width) return;
+  store<V>(dst + r * width + i * V, load<V>(src + rows[r] * width + i * V));
+}
+
+// ---- embed_streams: blockIdx.y = token ----
+
+__device__ float widen(float v) { return v; }
+__device__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ float widen(__half v) { return __half2float(v); }
+
+template <typename T, int V>
+__global__ void embed_streams_kernel(const T* table, int64_t vocab, int64_t hidden, const int64_t* ids,
+                                     int64_t n_streams, float* streams) {
+  const int64_t t = blockIdx.y;
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i * V >= hidden) return;
+  const int64_t id = ids[t];
+  Floats<V> f;
+  if (id >= 0 && id < vocab) {
+    const T* src = table + id * hidden + i * V;
+#pragma unroll
+    for (int e = 0; e < V; ++e) f.v[e] = widen(src[e]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) f.v[e] = __int_as_float(0x7fc00000);  // NaN: see the header
+  }
+  float* out = streams + t * n_streams * hidden + i * V;
+  for (int64_t j = 0; j < n_streams; ++j) store<V>(out + j * hidden, f);
+}
+
+template <typename T>
+void launch_embed(const void* table, int64_t vocab, int64_t hidden, const int64_t* ids, int64_t T_, int64_t n,
+                  float* streams, const GpuContext& ctx) {
+  const T* tab = static_cast<const T*>(table);
+  // V = 4 stores float4 into the streams; table elements are read one by one.
+  if (hidden % 4 == 0 && aligned16(streams)) {
+    const dim3 grid(unsigned(ceil_div(hidden / 4, kThreads)), unsigned(T_));
+    embed_streams_kernel<T, 4><<<grid, kThreads, 0, ctx.stream()>>>(tab, vocab, hidden, ids, n, streams);
+  } else {
+    const dim3 grid(unsigned(ceil_div(hidden, kThreads)), unsigned(T_));
+    embed_streams_kernel<T, 1><<<grid, kThreads, 0, ctx.stream()>>>(tab, vocab, hidden, ids, n, streams);
+  }
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+// ---- mHC (spec §2.4): blockIdx.y = token, blockIdx.x = a slice of kThreads·V columns ----
+
+// Sinkhorn of cpu::mhc_coefficients on the N×N matrix A in shared memory, by one warp:
+// lane-strided entries, each recomputing its own row or column sum sequentially in the
+// CPU's order. __syncwarp separates the reads of a step from its writes.
+__device__ void sinkhorn_warp(float* A, int N, int64_t iters, float eps) {
+  constexpr int kPerLane = kMaxStreams * kMaxStreams / 32;
+  const int lane = threadIdx.x % 32, NN = N * N;
+  float next[kPerLane];
+  // Row softmax, then + eps.
+#pragma unroll
+  for (int s = 0; s < kPerLane; ++s) {
+    const int idx = lane + 32 * s;
+    if (idx >= NN) break;
+    const float* row = A + (idx / N) * N;
+    float m = row[0];
+    for (int k = 1; k < N; ++k) m = fmaxf(m, row[k]);
+    float sum = 0;
+    for (int k = 0; k < N; ++k) sum += expf(row[k] - m);
+    next[s] = expf(A[idx] - m) / sum + eps;
+  }
+  __syncwarp();
+#pragma unroll
+  for (int s = 0; s < kPerLane; ++s)
+    if (lane + 32 * s < NN) A[lane + 32 * s] = next[s];
+  __syncwarp();
+  // One column normalisation, then (rows, columns) × (iters − 1).
+  const int64_t steps = iters > 1 ? 2 * iters - 1 : 1;
+  for (int64_t it = 0; it < steps; ++it) {
+    const bool columns = it % 2 == 0;
+#pragma unroll
+    for (int s = 0; s < kPerLane; ++s) {
+      const int idx = lane + 32 * s;
+      if (idx >= NN) break;
+      const int j = idx / N, k = idx % N;
+      float sum = 0;
+      if (columns) {
+        for (int r = 0; r < N; ++r) sum += A[r * N + k];
+      } else {
+        for (int c = 0; c < N; ++c) sum += A[j * N + c];
+      }
+      next[s] = A[idx] / (sum + eps);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int s = 0; s < kPerLane; ++s)
+      if (lane + 32 * s < NN) A[lane + 32 * s] = next[s];
+    __syncwarp();
+  }
+}
+
+// x[c] = Σ_j pre[j]·X[j][c] for this block's slice of columns (in the CPU's j order).
+template <int V>
+__device__ void collapse_slice(const float* X, const float* pre, int N, int64_t hidden, float* x) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i * V >= hidden) return;
+  Floats<V> acc;
+#pragma unroll
+  for (int e = 0; e < V; ++e) acc.v[e] = 0;
+  for (int j = 0; j < N; ++j) {
+    const Floats<V> f = load<V>(X + j * hidden + i * V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc.v[e] += pre[j] * f.v[e];
+  }
+  store<V>(x + i * V, acc);
+}
+
+// Every block recomputes its token's coefficients (a few hundred flops) so that the
+// columns of one token spread over several blocks; blocks with blockIdx.x == 0 write
+// post and comb.
+template <int V>
+__global__ void mhc_pre_kernel(const float* streams, const float* mix, const float* base, const float* scale,
+                               int N, int64_t hidden, int64_t iters, float eps, float* x, float* post,
+                               float* comb) {
+  __shared__ float pre[kMaxStreams];
+  __shared__ float A[kMaxStreams * kMaxStreams];
+  const int64_t t = blockIdx.y;
+  const int NN = N * N;
+  const float* m = mix + t * (2 + N) * N;
+  const bool writer = blockIdx.x == 0;
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    if (lane < N) {
+      pre[lane] = sigmoid(m[lane] * scale[0] + base[lane]) + eps;
+      if (writer) post[t * N + lane] = 2.0f * sigmoid(m[N + lane] * scale[1] + base[N + lane]);
+    }
+    for (int i = lane; i < NN; i += 32) A[i] = m[2 * N + i] * scale[2] + base[2 * N + i];
+    __syncwarp();
+    sinkhorn_warp(A, N, iters, eps);
+    if (writer)
+      for (int i = lane; i < NN; i += 32) comb[t * NN + i] = A[i];
+  }
+  __syncthreads();
+  collapse_slice<V>(streams + t * N * hidden, pre, N, hidden, x + t * hidden);
+}
+
+template <int V>
+__global__ void hc_head_kernel(const float* streams, const float* mix, const float* base, float scale, int N,
+                               int64_t hidden, float eps, float* out) {
+  __shared__ float pre[kMaxStreams];
+  const int64_t t = blockIdx.y;
+  if (threadIdx.x < N) pre[threadIdx.x] = sigmoid(mix[t * N + threadIdx.x] * scale + base[threadIdx.x]) + eps;
+  __syncthreads();
+  collapse_slice<V>(streams + t * N * hidden, pre, N, hidden, out + t * hidden);
+}
+
+// X[k] ← post[k]·y + Σ_j comb[j][k]·X[j]: each thread reads all N old streams of its
+// columns into registers before writing any.
+template <int V>
+__global__ void mhc_post_kernel(float* streams, const float* post, const float* comb, const float* y, int N,
+                                int64_t hidden) {
+  __shared__ float coef[kMaxStreams + kMaxStreams * kMaxStreams];  // post, then comb
+  const int64_t t = blockIdx.y;
+  const int NN = N * N;
+  for (int i = threadIdx.x; i < N + NN; i += blockDim.x) coef[i] = i < N ? post[t * N + i] : comb[t * NN + i - N];
+  __syncthreads();
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i * V >= hidden) return;
+  float* X = streams + t * N * hidden + i * V;
+  Floats<V> old[kMaxStreams];
+#pragma unroll
+  for (int j = 0; j < kMaxStreams; ++j)
+    if (j < N) old[j] = load<V>(X + j * hidden);
+  const Floats<V> a = load<V>(y + t * hidden + i * V);
+#pragma unroll
+  for (int k = 0; k < kMaxStreams; ++k) {
+    if (k >= N) break;
+    Floats<V> out;
+#pragma unroll
+    for (int e = 0; e < V; ++e) out.v[e] = coef[k] * a.v[e];
+#pragma unroll
+    for (int j = 0; j < kMaxStreams; ++j) {
+      if (j >= N) break;
+      const float w = coef[N + j * N + k];
+#pragma unroll
+      for (int e = 0; e < V; ++e) out.v[e] += w * old[j].v[e];
+    }
+    store<V>(X + k * hidden, out);
+  }
+}
+
+// ---- route (spec §2.11): one warp per token ----
+
+// Whether candidate (av, ai) ranks before (bv, bi): torch's "largest" order (NaN first,
+// then larger), lower index on exact ties; index −1 is "no candidate".
+__device__ bool ranks_before(float av, int ai, float bv, int bi) {
+  if (ai < 0) return false;
+  if (bi < 0) return true;
+  const bool an = isnan(av), bn = isnan(bv);
+  if (an != bn) return an;
+  if (!an && av != bv) return av > bv;
+  return ai < bi;
+}
+
+// Lane j < k ends with the j-th pick in `expert` and its unbiased score in `score`.
+__global__ void route_kernel(const float* logits, int64_t T, int E, const float* bias, const int64_t* tid2eid,
+                             const int64_t* tokens, int64_t vocab, int k, float scaling, int64_t* chosen,
+                             float* weights) {
+  extern __shared__ float choice_all[];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
+  if (t >= T) return;
+  const float* lg = logits + t * E;
+  int expert = 0;
+  float score = 0;
+  if (tid2eid) {
+    if (lane < k) {
+      const int64_t token = tokens[t];
+      const int64_t e = token >= 0 && token < vocab ? tid2eid[token * k + lane] : -1;
+      if (e >= 0 && e < E) {
+        expert = int(e);
+        score = sqrt_softplus(lg[e]);
+      } else {
+        score = __int_as_float(0x7fc00000);  // NaN: see the header
+      }
+    }
+  } else {
+    float* choice = choice_all + warp * E;
+    for (int e = lane; e < E; e += 32) choice[e] = sqrt_softplus(lg[e]) + (bias ? bias[e] : 0.0f);
+    __syncwarp();
+    uint64_t taken = 0;  // bit s: slot e = lane + 32·s
+    for (int j = 0; j < k; ++j) {
+      float best_v = 0;
+      int best_i = -1;
+      for (int s = 0, e = lane; e < E; ++s, e += 32)
+        if (!(taken >> s & 1) && ranks_before(choice[e], e, best_v, best_i)) best_v = choice[e], best_i = e;
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) {
+        const float v = __shfl_xor_sync(0xffffffffu, best_v, o);
+        const int i = __shfl_xor_sync(0xffffffffu, best_i, o);
+        if (ranks_before(v, i, best_v, best_i)) best_v = v, best_i = i;
+      }
+      if (best_i % 32 == lane) taken |= uint64_t(1) << (best_i / 32);
+      if (lane == j) expert = best_i;
+    }
+    if (lane < k) score = sqrt_softplus(lg[expert]);
+  }
+  const float sum = warp_sum(lane < k ? score : 0.0f);
+  if (lane < k) {
+    chosen[t * k + lane] = expert;
+    weights[t * k + lane] = score / (sum + 1e-20f) * scaling;
+  }
+}
+
+}  // namespace
+
+const void* CudaOps::resident_bytes(const Tensor& host) {
+  DSQ_CHECK(host.device() == Device::CPU, "resident_bytes: the tensor is already on the GPU");
+  auto it = byte_params_.find(host.bytes());
+  if (it == byte_params_.end() || it->second.size() != host.nbytes()) {
+    DeviceBuffer<unsigned char> copy(host.nbytes());
+    // On the ops' stream, so every later kernel sees the finished copy.
+    if (host.nbytes() > 0)
+      DSQ_CUDA_CHECK(cudaMemcpyAsync(copy.get(), host.bytes(), host.nbytes(), cudaMemcpyHostToDevice,
+                                     ctx_.stream()));
+    it = byte_params_.insert_or_assign(host.bytes(), std::move(copy)).first;
+  }
+  return it->second.get();
+}
+
+void CudaOps::rms_norm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float eps,
+                       float* y) {
+  if (n <= 0 || dim <= 0) return;
+  const bool vec = dim % 4 == 0 && stride % 4 == 0 && aligned16(x) && aligned16(y) && (!weight || aligned16(weight));
+  const int64_t chunks = vec ? dim / 4 : dim;
+  const int threads = int(std::min<int64_t>(512, std::max<int64_t>(32, ceil_div(chunks, 32) * 32)));
+  if (vec)
+    rms_norm_kernel<4><<<unsigned(n), threads, 0, ctx_.stream()>>>(x, dim, stride, weight, eps, y);
+  else
+    rms_norm_kernel<1><<<unsigned(n), threads, 0, ctx_.stream()>>>(x, dim, stride, weight, eps, y);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const int64_t* positions,
+                   const cpu::RopeFrequencies& table, bool inverse) {
+  DSQ_CHECK(table.rope_dim <= dim, "rope: ", table.rope_dim, " rotary dims exceed a vector of ", dim);
+  const int64_t pairs = n_tokens * heads * (table.rope_dim / 2);
+  if (pairs <= 0) return;
+  const float* freqs = rope_table(table);
+  rope_kernel<<<grid_for(pairs, ctx_), kThreads, 0, ctx_.stream()>>>(x, pairs, heads, dim, table.rope_dim, positions,
+                                                                     freqs, inverse);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) {
+  launch_binary(gate, up, n, SwigluOp{limit}, out, ctx_);
+}
+
+void CudaOps::add(float* dst, const float* src, int64_t n) { launch_binary(dst, src, n, AddOp{}, dst, ctx_); }
+
+void CudaOps::gather_rows(const float* src, const int64_t* rows, int64_t n, int64_t width, float* dst) {
+  if (n <= 0 || width <= 0) return;
+  if (width % 4 == 0 && aligned16(src) && aligned16(dst)) {
+    const dim3 grid(unsigned(ceil_div(width / 4, kThreads)), unsigned(n));
+    gather_rows_kernel<4><<<grid, kThreads, 0, ctx_.stream()>>>(src, rows, width, dst);
+  } else {
+    const dim3 grid(unsigned(ceil_div(width, kThreads)), unsigned(n));
+    gather_rows_kernel<1><<<grid, kThreads, 0, ctx_.stream()>>>(src, rows, width, dst);
+  }
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::embed_streams(const QuantizedMatrix& table, const int64_t* ids, int64_t T, int64_t n_streams,
+                            float* streams) {
+  const DType dt = table.values.dtype();
+  DSQ_CHECK(table.format == WeightFormat::Dense && (dt == DType::F32 || dt == DType::BF16 || dt == DType::F16),
+            "embed_streams: the CUDA backend takes a dense f32/bf16/f16 embedding table, got ",
+            weight_format_name(table.format), " ", dtype_name(dt));
+  if (T <= 0 || n_streams <= 0 || table.cols <= 0) return;
+  const void* dev = resident_bytes(table.values);
+  if (dt == DType::F32)
+    launch_embed<float>(dev, table.rows, table.cols, ids, T, n_streams, streams, ctx_);
+  else if (dt == DType::BF16)
+    launch_embed<__nv_bfloat16>(dev, table.rows, table.cols, ids, T, n_streams, streams, ctx_);
+  else
+    launch_embed<__half>(dev, table.rows, table.cols, ids, T, n_streams, streams, ctx_);
+}
+
+void CudaOps::mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
+                      int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, float* x, float* post,
+                      float* comb) {
+  DSQ_CHECK(n_streams >= 1 && n_streams <= kMaxStreams, "mhc_pre: ", n_streams, " streams (the CUDA kernels take 1..",
+            kMaxStreams, ")");
+  if (T <= 0) return;
+  const int N = int(n_streams);
+  if (hidden % 4 == 0 && aligned16(streams) && aligned16(x)) {
+    const dim3 grid(unsigned(std::max<int64_t>(1, ceil_div(hidden / 4, kThreads))), unsigned(T));
+    mhc_pre_kernel<4><<<grid, kThreads, 0, ctx_.stream()>>>(streams, mix, base, scale, N, hidden, sinkhorn_iters,
+                                                             eps, x, post, comb);
+  } else {
+    const dim3 grid(unsigned(std::max<int64_t>(1, ceil_div(hidden, kThreads))), unsigned(T));
+    mhc_pre_kernel<1><<<grid, kThreads, 0, ctx_.stream()>>>(streams, mix, base, scale, N, hidden, sinkhorn_iters,
+                                                             eps, x, post, comb);
+  }
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T,
+                       int64_t n_streams, int64_t hidden) {
+  DSQ_CHECK(n_streams >= 1 && n_streams <= kMaxStreams, "mhc_post: ", n_streams,
+            " streams (the CUDA kernels take 1..", kMaxStreams, ")");
+  if (T <= 0 || hidden <= 0) return;
+  const int N = int(n_streams);
+  if (hidden % 4 == 0 && aligned16(streams) && aligned16(y)) {
+    const dim3 grid(unsigned(ceil_div(hidden / 4, kThreads)), unsigned(T));
+    mhc_post_kernel<4><<<grid, kThreads, 0, ctx_.stream()>>>(streams, post, comb, y, N, hidden);
+  } else {
+    const dim3 grid(unsigned(ceil_div(hidden, kThreads)), unsigned(T));
+    mhc_post_kernel<1><<<grid, kThreads, 0, ctx_.stream()>>>(streams, post, comb, y, N, hidden);
+  }
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,
+                      int64_t n_streams, int64_t hidden, float eps, float* out) {
+  DSQ_CHECK(n_streams >= 1 && n_streams <= kMaxStreams, "hc_head: ", n_streams, " streams (the CUDA kernels take 1..",
+            kMaxStreams, ")");
+  if (n <= 0 || hidden <= 0) return;
+  const int N = int(n_streams);
+  if (hidden % 4 == 0 && aligned16(streams) && aligned16(out)) {
+    const dim3 grid(unsigned(ceil_div(hidden / 4, kThreads)), unsigned(n));
+    hc_head_kernel<4><<<grid, kThreads, 0, ctx_.stream()>>>(streams, mix, base, scale, N, hidden, eps, out);
+  } else {
+    const dim3 grid(unsigned(ceil_div(hidden, kThreads)), unsigned(n));
+    hc_head_kernel<1><<<grid, kThreads, 0, ctx_.stream()>>>(streams, mix, base, scale, N, hidden, eps, out);
+  }
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::route(const float* logits, int64_t T, int64_t n_experts, const float* bias, const int64_t* tid2eid,
+                    const int64_t* tokens, int64_t vocab, int64_t k, float scaling, int64_t* chosen,
+                    float* weights) {
+  DSQ_CHECK(n_experts >= 1 && n_experts <= kMaxRouteExperts, "route: ", n_experts,
+            " experts (the CUDA kernel takes 1..", kMaxRouteExperts, ")");
+  DSQ_CHECK(k >= 1 && k <= 32 && k <= n_experts, "route: k = ", k, " outside [1, min(32, ", n_experts, ")]");
+  DSQ_CHECK(!tid2eid || tokens, "route: hash routing needs the token ids");
+  if (T <= 0) return;
+  const size_t smem = tid2eid ? 0 : size_t(kRouteWarps) * size_t(n_experts) * sizeof(float);
+  route_kernel<<<unsigned(ceil_div(T, kRouteWarps)), 32 * kRouteWarps, smem, ctx_.stream()>>>(
+      logits, T, int(n_experts), bias, tid2eid, tokens, vocab, int(k), scaling, chosen, weights);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace dsq::cuda

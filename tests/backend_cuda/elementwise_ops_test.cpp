@@ -1,0 +1,501 @@
+// GPU-vs-CPU checks of CudaOps' small ops (elementwise_ops.cu): rms_norm, rope, swiglu,
+// add, gather_rows, embed_streams, mhc_pre, mhc_post, hc_head and route. Each test runs
+// one op through CpuOps (the fp32 reference) and CudaOps on the same random inputs, for
+// a table of shapes: tiny (H = 64, 4 heads of 32, rope 8, 8 experts, k = 2), DeepSeek-V4-
+// Flash (H = 4096, N = 4, 64 heads of 512, rope 64, 256 experts, k = 6, T in {1, 7, 300})
+// and ragged widths that take the kernels' scalar paths. GPU outputs start as NaN, so an
+// element a kernel never writes fails (op_check.h).
+//
+// Tolerances (relative L2 unless said otherwise), by what can differ:
+//  - exact (0): pure copies and the plain sum of add (gather_rows, embed_streams, add).
+//  - 1e-6: one expression per element, where only the last bits of expf / sincosf and
+//    FMA contraction differ (swiglu, rope, mhc_post, hc_head).
+//  - 1e-5: a reduction over the row in another order (rms_norm: ≈ √dim·2⁻²⁴ on the norm)
+//    or 20 Sinkhorn rounds that amplify an expf ulp (mhc_pre).
+//  - route: the chosen expert SETS must be equal (order inside a token is unspecified);
+//    weights within 1e-5 absolute (they are O(1); only the k-term sum order differs).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backend/cpu/rope.h"
+#include "op_check.h"
+
+namespace dsq::test {
+namespace {
+
+using cuda::CudaOps;
+using cuda::Precision;
+
+std::vector<int64_t> random_ints(size_t n, int64_t lo, int64_t hi, std::mt19937& rng) {
+  std::uniform_int_distribution<int64_t> dist(lo, hi);
+  std::vector<int64_t> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// A device buffer of n floats starting `offset` floats into a fresh allocation, so that
+// offset 1 breaks the 16-byte alignment the float4 paths need.
+struct Shifted {
+  Tensor owner;
+  float* ptr;
+};
+Shifted shifted_gpu(CudaOps& ops, const std::vector<float>& host, int64_t offset) {
+  std::vector<float> padded(size_t(offset), std::nanf(""));
+  padded.insert(padded.end(), host.begin(), host.end());
+  Tensor t = on_gpu(ops, padded);
+  return {t, t.mutable_data<float>() + offset};
+}
+std::vector<float> floats_at(CudaOps& ops, const Shifted& s, int64_t offset, size_t n) {
+  const std::vector<float> all = floats_of(ops, s.owner);
+  return std::vector<float>(all.begin() + offset, all.begin() + offset + int64_t(n));
+}
+
+// ---- rms_norm ----
+
+struct NormShape {
+  std::string name;
+  int64_t n, dim, stride;
+  bool weighted, in_place;
+};
+
+TEST(CudaElementwise, RmsNormMatchesCpu) {
+  DSQ_REQUIRE_GPU();
+  const std::vector<NormShape> shapes = {
+      {"tiny hidden", 3, 64, 64, true, false},
+      {"tiny per-head q norm, in place", 3 * 4, 32, 32, false, true},
+      {"ragged: dim 37 at stride 41", 5, 37, 41, true, false},
+      {"flash hidden T=300", 300, 4096, 4096, true, false},
+      {"flash per-head q norm T=7", 7 * 64, 512, 512, false, true},
+      {"flash mHC input norm T=1 (N·H)", 1, 16384, 16384, false, false},
+      {"flash kv slice at stride", 7, 448, 512, true, false},
+  };
+  cpu::CpuOps cpu;
+  CudaOps gpu(Precision::F32);
+  std::mt19937 rng(1);
+  for (const NormShape& s : shapes) {
+    SCOPED_TRACE(s.name);
+    const size_t total = size_t((s.n - 1) * s.stride + s.dim);
+    const std::vector<float> x = random_floats(total, rng, 2.0f);
+    const std::vector<float> w = random_floats(size_t(s.dim), rng);
+    // Elements between rows (stride > dim) must stay as they were, on both sides.
+    std::vector<float> want = x;
+    cpu.rms_norm(x.data(), s.n, s.dim, s.stride, s.weighted ? w.data() : nullptr, 1e-6f, want.data());
+    Tensor gx = on_gpu(gpu, x), gw = on_gpu(gpu, w);
+    Tensor gy = s.in_place ? gx : on_gpu(gpu, x);
+    gpu.rms_norm(gx.data<float>(), s.n, s.dim, s.stride, s.weighted ? gw.data<float>() : nullptr, 1e-6f,
+                 gy.mutable_data<float>());
+    expect_close(floats_of(gpu, gy), want, 1e-5, "rms_norm");
+  }
+}
+
+// ---- rope ----
+
+struct RopeShape {
+  std::string name;
+  int64_t tokens, heads, dim, rope_dim;
+  int64_t max_position;
+  bool inverse, yarn;
+};
+
+TEST(CudaElementwise, RopeMatchesCpu) {
+  DSQ_REQUIRE_GPU();
+  const std::vector<RopeShape> shapes = {
+      {"tiny q", 3, 4, 32, 8, 100, false, false},
+      {"tiny inverse", 3, 4, 32, 8, 100, true, false},
+      {"flash q T=300", 300, 64, 512, 64, 4096, false, true},
+      {"flash q T=1 at large positions", 1, 64, 512, 64, 1 << 20, false, true},
+      {"flash inverse (attention output) T=7", 7, 64, 512, 64, 65536, true, true},
+      {"flash indexer key, one head", 7, 1, 128, 64, 65536, false, true},
+      {"odd vector length", 5, 3, 13, 6, 1000, false, false},
+  };
+  cpu::CpuOps cpu;
+  CudaOps gpu(Precision::F32);
+  std::mt19937 rng(2);
+  for (const RopeShape& s : shapes) {
+    SCOPED_TRACE(s.name);
+    cpu::YarnScaling yarn;
+    yarn.factor = 16;
+    yarn.original_max_positions = 65536;
+    const cpu::RopeFrequencies table = cpu::rope_frequencies(s.rope_dim, 10000.0, s.yarn ? &yarn : nullptr);
+    const std::vector<float> x = random_floats(size_t(s.tokens * s.heads * s.dim), rng);
+    const std::vector<int64_t> pos = random_ints(size_t(s.tokens), 0, s.max_position, rng);
+    std::vector<float> want = x;
+    cpu.rope(want.data(), s.tokens, s.heads, s.dim, pos.data(), table, s.inverse);
+    Tensor gx = on_gpu(gpu, x), gpos = on_gpu(gpu, pos);
+    gpu.rope(gx.mutable_data<float>(), s.tokens, s.heads, s.dim, gpos.data<int64_t>(), table, s.inverse);
+    expect_close(floats_of(gpu, gx), want, 1e-6, "rope");
+  }
+}
+
+// ---- swiglu and add ----
+
+struct ElementwiseShape {
+  std::string name;
+  int64_t n;
+  int64_t offset;  // floats into the allocation: 1 takes the unaligned scalar path
+};
+
+const std::vector<ElementwiseShape> kElementwiseShapes = {
+    {"one", 1, 0},
+    {"tail of 3 after the float4s", 7, 0},
+    {"tiny expert T=3 (F=128)", 3 * 128, 0},
+    {"flash expert T=300 (F=2048)", 300 * 2048, 0},
+    {"flash unaligned", 7 * 2048 + 3, 1},
+};
+
+TEST(CudaElementwise, SwigluMatchesCpu) {
+  DSQ_REQUIRE_GPU();
+  cpu::CpuOps cpu;
+  CudaOps gpu(Precision::F32);
+  std::mt19937 rng(3);
+  for (const ElementwiseShape& s : kElementwiseShapes) {
+    for (float limit : {10.0f, 0.0f}) {
+      SCOPED_TRACE(s.name + " limit " + std::to_string(limit));
+      // sigma 8 so that the clamp at 10 bites on both inputs.
+      const std::vector<float> g = random_floats(size_t(s.n), rng, 8.0f), u = random_floats(size_t(s.n), rng, 8.0f);
+      std::vector<float> want(g.size());
+      cpu.swiglu(g.data(), u.data(), s.n, limit, want.data());
+      Shifted gg = shifted_gpu(gpu, g, s.offset), gu = shifted_gpu(gpu, u, s.offset);
+      gpu.swiglu(gg.ptr, gu.ptr, s.n, limit, gg.ptr);  // out aliases gate, as the model calls it
+      expect_close(floats_at(gpu, gg, s.offset, g.size()), want, 1e-6, "swiglu");
+    }
+  }
+}
+
+TEST(CudaElementwise, AddMatchesCpuExactly) {
+  DSQ_REQUIRE_GPU();
+  cpu::CpuOps cpu;
+  CudaOps gpu(Precision::F32);
+  std::mt19937 rng(4);
+  for (const ElementwiseShape& s : kElementwiseShapes) {
+    SCOPED_TRACE(s.name);
+    const std::vector<float> d = random_floats(size_t(s.n), rng), src = random_floats(size_t(s.n), rng);
+    std::vector<float> want = d;
+    cpu.add(want.data(), src.data(), s.n);
+    Shifted gd = shifted_gpu(gpu, d, s.offset), gs = shifted_gpu(gpu, src, s.offset);
+    gpu.add(gd.ptr, gs.ptr, s.n);
+    expect_close(floats_at(gpu, gd, s.offset, d.size()), want, 0.0, "add");
+  }
+}
+
+// ---- gather_rows ----
+
+TEST(CudaElementwise, GatherRowsMatchesCpuExactly) {
+  DSQ_REQUIRE_GPU();
+  struct Shape {
+    std::string name;
+    int64_t src_rows, n, width;
+  };
+  const std::vector<Shape> shapes = {
+      {"tiny", 10, 6, 64},
+      {"ragged width", 9, 20, 37},
+      {"flash: T=300 tokens to 6 expert slots each", 300, 300 * 6, 4096},
+  };
+  cpu::CpuOps cpu;
+  CudaOps gpu(Precision::F32);
+  std::mt19937 rng(5);
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE(s.name);
+    const std::vector<float> src = random_floats(size_t(s.src_rows * s.width), rng);
+    const std::vector<int64_t> rows = random_ints(size_t(s.n), 0, s.src_rows - 1, rng);
+    std::vector<float> want(size_t(s.n * s.width));
+    cpu.gather_rows(src.data(), rows.data(), s.n, s.width, want.data());
+    Tensor gsrc = on_gpu(gpu, src), grows = on_gpu(gpu, rows), gdst = poisoned_gpu(gpu, s.n * s.width);
+    gpu.gather_rows(gsrc.data<float>(), grows.data<int64_t>(), s.n, s.width, gdst.mutable_data<float>());
+    expect_close(floats_of(gpu, gdst), want, 0.0, "gather_rows");
+  }
+}
+
+// ---- embed_streams ----
+
+struct EmbedShape {
+  std::string name;
+  int64_t vocab, hidden, streams, tokens;
+  DType dtype;
+};
+
+TEST(CudaElementwise, EmbedStreamsMatchesCpuExactly) {
+  DSQ_REQUIRE_GPU();
+  const std::vector<EmbedShape> shapes = {
+      {"tiny bf16", 100, 64, 4, 5, DType::BF16},
+      {"tiny f32", 50, 64, 4, 3, DType::F32},
+      {"tiny f16, ragged hidden", 40, 37, 4, 6, DType::F16},
+      {"flash bf16 T=1", 1000, 4096, 4, 1, DType::BF16},
+      {"flash bf16 T=300", 1000, 4096, 4, 300, DType::BF16},
+  };
+  cpu::CpuOps cpu;
+  CudaOps gpu(Precision::F32);
+  std::mt19937 rng(6);
+  for (const EmbedShape& s : shapes) {
+    SCOPED_TRACE(s.name);
+    const QuantizedMatrix table = QuantizedMatrix::dense(
+        Tensor::from_f32(random_floats(size_t(s.vocab * s.hidden), rng), {s.vocab, s.hidden}).cast(s.dtype));
+    const std::vector<int64_t> ids = random_ints(size_t(s.tokens), 0, s.vocab - 1, rng);
+    const int64_t width = s.streams * s.hidden;
+    std::vector<float> want(size_t(s.tokens * width));
+    cpu.embed_streams(table, ids.data(), s.tokens, s.streams, want.data());
+    Tensor gids = on_gpu(gpu, ids), gout = poisoned_gpu(gpu, s.tokens * width);
+    gpu.embed_streams(table, gids.data<int64_t>(), s.tokens, s.streams, gout.mutable_data<float>());
+    expect_close(floats_of(gpu, gout), want, 0.0, "embed_streams");
+  }
+}
+
+// The CPU throws on an id outside the table; the GPU kernel cannot, and poisons that
+// token's streams with NaN instead (elementwise_ops.cu), leaving the other tokens intact.
+TEST(CudaElementwise, EmbedStreamsPoisonsOutOfRangeIds) {
+  DSQ_REQUIRE_GPU();
+  CudaOps gpu(Precision::F32);
+  const int64_t V = 10, H = 8, N = 2;
+  std::vector<float> rows(size_t(V * H));
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = float(i);
+  const QuantizedMatrix table = QuantizedMatrix::dense(Tensor::from_f32(rows, {V, H}));
+  const std::vector<int64_t> ids = {3, -1, V, 9};
+  Tensor gids = on_gpu(gpu, ids), gout = poisoned_gpu(gpu, 4 * N * H);
+  gpu.embed_streams(table, gids.data<int64_t>(), 4, N, gout.mutable_data<float>());
+  const std::vector<float> out = floats_of(gpu, gout);
+  for (int64_t t = 0; t < 4; ++t)
+    for (int64_t c = 0; c < N * H; ++c) {
+      const float v = out[size_t(t * N * H + c)];
+      if (t == 1 || t == 2)
+        EXPECT_TRUE(std::isnan(v)) << "token " << t;
+      else
+        EXPECT_EQ(v, float(ids[size_t(t)] * H + c % H)) << "token " << t;
+    }
+}
+
+// ---- mHC ----
+
+struct MhcShape {
+  std::string name;
+  int64_t tokens, streams, hidden, sinkhorn_iters;
+};
+
+const std::vector<MhcShape> kMhcShapes = {
+    {"tiny", 3, 4, 64, 20},
+    {"tiny, ragged hidden", 5, 4, 37, 20},
+    {"two streams, one Sinkhorn round", 2, 2, 64, 1},
+    {"flash T=1", 1, 4, 4096, 20},
+    {"flash T=7", 7, 4, 4096, 20},
+    {"flash T=300", 300, 4, 4096, 20},
+};
+
+// Random mHC parameters: the projection `mix` of each token, base and scale.
+struct MhcInputs {
+  std::vector<float> streams, mix, base, scale;
+};
+MhcInputs mhc_inputs(const MhcShape& s, int64_t mix_width, std::mt19937& rng) {
+  MhcInputs in;
+  in.streams = random_floats(size_t(s.tokens * s.streams * s.hidden), rng);
+  in.mix = random_floats(size_t(s.tokens * mix_width), rng);
+  in.base = random_floats(size_t(mix_width), rng);
+  in.scale = {0.7f, 1.3f, 2.0f};
+  return in;
+}
+
+TEST(CudaElementwise, MhcPreMatchesCpu) {
+  DSQ_REQUIRE_GPU();
+  cpu::CpuOps cpu;
+  CudaOps gpu(Precision::F32);
+  std::mt19937 rng(7);
+  const float eps = 1e-6f;
+  for (const MhcShape& s : kMhcShapes) {
+    SCOPED_TRACE(s.name);
+    const int64_t N = s.streams, T = s.tokens, H = s.hidden;
+    const MhcInputs in = mhc_inputs(s, (2 + N) * N, rng);
+    std::vector<float> x(size_t(T * H)), post(size_t(T * N)), comb(size_t(T * N * N));
+    cpu.mhc_pre(in.streams.data(), in.mix.data(), in.base.data(), in.scale.data(), T, N, H, s.sinkhorn_iters, eps,
+                x.data(), post.data(), comb.data());
+    Tensor gs = on_gpu(gpu, in.streams), gmix = on_gpu(gpu, in.mix), gbase = on_gpu(gpu, in.base),
+           gscale = on_gpu(gpu, in.scale);
+    Tensor gx = poisoned_gpu(gpu, T * H), gpost = poisoned_gpu(gpu, T * N), gcomb = poisoned_gpu(gpu, T * N * N);
+    gpu.mhc_pre(gs.data<float>(), gmix.data<float>(), gbase.data<float>(), gscale.data<float>(), T, N, H,
+                s.sinkhorn_iters, eps, gx.mutable_data<float>(), gpost.mutable_data<float>(),
+                gcomb.mutable_data<float>());
+    expect_close(floats_of(gpu, gx), x, 1e-5, "mhc_pre x");
+    expect_close(floats_of(gpu, gpost), post, 1e-6, "mhc_pre post");
+    expect_close(floats_of(gpu, gcomb), comb, 1e-5, "mhc_pre comb");
+  }
+}
+
+TEST(CudaElementwise, MhcPostMatchesCpu) {
+  DSQ_REQUIRE_GPU();
+  cpu::CpuOps cpu;
+  CudaOps gpu(Precision::F32);
+  std::mt19937 rng(8);
+  for (const MhcShape& s : kMhcShapes) {
+    SCOPED_TRACE(s.name);
+    const int64_t N = s.streams, T = s.tokens, H = s.hidden;
+    std::vector<float> streams = random_floats(size_t(T * N * H), rng);
+    const std::vector<float> post = random_floats(size_t(T * N), rng), comb = random_floats(size_t(T * N * N), rng),
+                             y = random_floats(size_t(T * H), rng);
+    Tensor gs = on_gpu(gpu, streams), gpost = on_gpu(gpu, post), gcomb = on_gpu(gpu, comb), gy = on_gpu(gpu, y);
+    cpu.mhc_post(streams.data(), post.data(), comb.data(), y.data(), T, N, H);
+    gpu.mhc_post(gs.mutable_data<float>(), gpost.data<float>(), gcomb.data<float>(), gy.data<float>(), T, N, H);
+    expect_close(floats_of(gpu, gs), streams, 1e-6, "mhc_post");
+  }
+}
+
+TEST(CudaElementwise, HcHeadMatchesCpu) {
+  DSQ_REQUIRE_GPU();
+  cpu::CpuOps cpu;
+  CudaOps gpu(Precision::F32);
+  std::mt19937 rng(9);
+  for (const MhcShape& s : kMhcShapes) {
+    SCOPED_TRACE(s.name);
+    const int64_t N = s.streams, T = s.tokens, H = s.hidden;
+    const MhcInputs in = mhc_inputs(s, N, rng);
+    std::vector<float> out(size_t(T * H));
+    cpu.hc_head(in.streams.data(), in.mix.data(), in.base.data(), 0.9f, T, N, H, 1e-6f, out.data());
+    Tensor gs = on_gpu(gpu, in.streams), gmix = on_gpu(gpu, in.mix), gbase = on_gpu(gpu, in.base),
+           gout = poisoned_gpu(gpu, T * H);
+    gpu.hc_head(gs.data<float>(), gmix.data<float>(), gbase.data<float>(), 0.9f, T, N, H, 1e-6f,
+                gout.mutable_data<float>());
+    expect_close(floats_of(gpu, gout), out, 1e-6, "hc_head");
+  }
+}
+
+// ---- route ----
+
+struct RouteShape {
+  std::string name;
+  int64_t tokens, experts, k;
+  bool bias, hash;
+};
+
+// Per token, the (expert, weight) pairs sorted by expert: the order inside a token is
+// unspecified.
+std::vector<std::vector<std::pair<int64_t, float>>> routing_sets(const std::vector<int64_t>& chosen,
+                                                                 const std::vector<float>& weights, int64_t k) {
+  std::vector<std::vector<std::pair<int64_t, float>>> sets(chosen.size() / size_t(k));
+  for (size_t t = 0; t < sets.size(); ++t) {
+    for (int64_t j = 0; j < k; ++j) sets[t].push_back({chosen[t * k + j], weights[t * k + j]});
+    std::sort(sets[t].begin(), sets[t].end());
+  }
+  return sets;
+}
+
+TEST(CudaElementwise, RouteMatchesCpu) {
+  DSQ_REQUIRE_GPU();
+  const std::vector<RouteShape> shapes = {
+      {"tiny top-k", 5, 8, 2, true, false},
+      {"tiny top-k without bias", 5, 8, 2, false, false},
+      {"tiny hash", 5, 8, 2, false, true},
+      {"flash top-k T=1", 1, 256, 6, true, false},
+      {"flash top-k T=7", 7, 256, 6, true, false},
+      {"flash top-k T=300", 300, 256, 6, true, false},
+      {"flash hash T=300", 300, 256, 6, false, true},
+      {"k = 8 of 256", 64, 256, 8, true, false},
+  };
+  cpu::CpuOps cpu;
+  CudaOps gpu(Precision::F32);
+  std::mt19937 rng(10);
+  const int64_t vocab = 1000;
+  const float scaling = 1.5f;
+  for (const RouteShape& s : shapes) {
+    SCOPED_TRACE(s.name);
+    const int64_t T = s.tokens, E = s.experts, k = s.k;
+    // sigma 4 reaches softplus' linear branch (> 20 needs 5 sigma: a few per T=300 run).
+    std::vector<float> logits = random_floats(size_t(T * E), rng, 4.0f);
+    logits[0] = 25.0f;
+    const std::vector<float> bias = random_floats(size_t(E), rng, 0.3f);
+    const std::vector<int64_t> tid2eid = random_ints(size_t(vocab * k), 0, E - 1, rng);
+    const std::vector<int64_t> tokens = random_ints(size_t(T), 0, vocab - 1, rng);
+    const float* b = s.bias ? bias.data() : nullptr;
+    std::vector<int64_t> chosen(size_t(T * k));
+    std::vector<float> weights(size_t(T * k));
+    cpu.route(logits.data(), T, E, b, s.hash ? tid2eid.data() : nullptr, tokens.data(), vocab, k, scaling,
+              chosen.data(), weights.data());
+    Tensor glogits = on_gpu(gpu, logits), gbias = on_gpu(gpu, bias), gtable = on_gpu(gpu, tid2eid),
+           gtokens = on_gpu(gpu, tokens), gchosen = on_gpu(gpu, std::vector<int64_t>(size_t(T * k), -7)),
+           gweights = poisoned_gpu(gpu, T * k);
+    gpu.route(glogits.data<float>(), T, E, s.bias ? gbias.data<float>() : nullptr,
+              s.hash ? gtable.data<int64_t>() : nullptr, gtokens.data<int64_t>(), vocab, k, scaling,
+              gchosen.mutable_data<int64_t>(), gweights.mutable_data<float>());
+    const auto want = routing_sets(chosen, weights, k);
+    const auto got = routing_sets(ints_of(gpu, gchosen), floats_of(gpu, gweights), k);
+    for (size_t t = 0; t < want.size(); ++t)
+      for (int64_t j = 0; j < k; ++j) {
+        ASSERT_EQ(got[t][j].first, want[t][j].first) << "token " << t;
+        EXPECT_NEAR(got[t][j].second, want[t][j].second, 1e-5) << "token " << t << " expert " << got[t][j].first;
+      }
+  }
+}
+
+// Exact ties: the GPU keeps the lowest indices among equal scores. (torch's CPU top-k
+// may keep others; the chosen scores are the same either way.)
+TEST(CudaElementwise, RouteBreaksTiesByLowerIndex) {
+  DSQ_REQUIRE_GPU();
+  CudaOps gpu(Precision::F32);
+  const int64_t E = 256, k = 6;
+  std::vector<float> logits(size_t(E), -3.0f);
+  for (int64_t e : {200, 17, 90, 5, 130, 64, 250, 33}) logits[size_t(e)] = 1.0f;  // 8 tied at the top
+  logits[240] = 2.0f;                                                               // one clear winner
+  Tensor glogits = on_gpu(gpu, logits), gchosen = on_gpu(gpu, std::vector<int64_t>(size_t(k), -7)),
+         gweights = poisoned_gpu(gpu, k);
+  gpu.route(glogits.data<float>(), 1, E, nullptr, nullptr, nullptr, 0, k, 1.0f, gchosen.mutable_data<int64_t>(),
+            gweights.mutable_data<float>());
+  std::vector<int64_t> chosen = ints_of(gpu, gchosen);
+  std::sort(chosen.begin(), chosen.end());
+  EXPECT_EQ(chosen, (std::vector<int64_t>{5, 17, 33, 64, 90, 240}));
+}
+
+// The CPU throws on a bad hash entry; the GPU gives that token expert ids inside
+// [0, n_experts) and NaN weights, and routes the other tokens normally.
+TEST(CudaElementwise, RouteHashPoisonsOutOfRangeIds) {
+  DSQ_REQUIRE_GPU();
+  CudaOps gpu(Precision::F32);
+  const int64_t E = 8, k = 2, vocab = 4;
+  const std::vector<float> logits(size_t(4 * E), 0.5f);
+  const std::vector<int64_t> tid2eid = {0, 1, 2, E, 3, -1, 6, 7};  // rows 1 and 2 hold bad ids
+  const std::vector<int64_t> tokens = {0, 1, vocab, 3};           // token 2 is outside the table
+  Tensor glogits = on_gpu(gpu, logits), gtable = on_gpu(gpu, tid2eid), gtokens = on_gpu(gpu, tokens),
+         gchosen = on_gpu(gpu, std::vector<int64_t>(size_t(4 * k), -7)), gweights = poisoned_gpu(gpu, 4 * k);
+  gpu.route(glogits.data<float>(), 4, E, nullptr, gtable.data<int64_t>(), gtokens.data<int64_t>(), vocab, k, 1.0f,
+            gchosen.mutable_data<int64_t>(), gweights.mutable_data<float>());
+  const std::vector<int64_t> chosen = ints_of(gpu, gchosen);
+  const std::vector<float> weights = floats_of(gpu, gweights);
+  for (int64_t t = 0; t < 4; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      const size_t i = size_t(t * k + j);
+      EXPECT_TRUE(chosen[i] >= 0 && chosen[i] < E) << "token " << t;
+      if (t == 1 || t == 2) {
+        EXPECT_TRUE(std::isnan(weights[i])) << "token " << t;
+      } else {
+        EXPECT_EQ(chosen[i], tid2eid[size_t(tokens[size_t(t)] * k + j)]);
+        EXPECT_FLOAT_EQ(weights[i], 0.5f);  // equal scores share the weight
+      }
+    }
+}
+
+// ---- no rows ----
+
+// With T = 0 every op returns without touching memory (null pointers are never read).
+TEST(CudaElementwise, ZeroRowsAreNoOps) {
+  DSQ_REQUIRE_GPU();
+  CudaOps gpu(Precision::F32);
+  Tensor canary = poisoned_gpu(gpu, 16);
+  float* p = canary.mutable_data<float>();
+  const cpu::RopeFrequencies table = cpu::rope_frequencies(8, 10000.0);
+  const QuantizedMatrix embed = QuantizedMatrix::dense(Tensor::from_f32(std::vector<float>(64, 1.0f), {4, 16}));
+  gpu.rms_norm(p, 0, 16, 16, nullptr, 1e-6f, p);
+  gpu.rope(p, 0, 4, 16, nullptr, table, false);
+  gpu.swiglu(p, p, 0, 10.0f, p);
+  gpu.add(p, p, 0);
+  gpu.gather_rows(p, nullptr, 0, 16, p);
+  gpu.embed_streams(embed, nullptr, 0, 4, p);
+  gpu.mhc_pre(p, nullptr, nullptr, nullptr, 0, 4, 16, 20, 1e-6f, p, p, p);
+  gpu.mhc_post(p, nullptr, nullptr, nullptr, 0, 4, 16);
+  gpu.hc_head(p, nullptr, nullptr, 1.0f, 0, 4, 16, 1e-6f, p);
+  gpu.route(p, 0, 8, nullptr, nullptr, nullptr, 0, 2, 1.0f, nullptr, p);
+  for (float v : floats_of(gpu, canary)) EXPECT_TRUE(std::isnan(v));
+}
+
+}  // namespace
+}  // namespace dsq::test
