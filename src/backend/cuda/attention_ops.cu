@@ -1,0 +1,560 @@
+// CudaOps' attention-state ops (spec §2.5–§2.10, §3.2) over the decoding-state layout of
+// backend/ops.h: the compressors' window pooling, the Lightning indexer's scores and
+// top-k, the sink attention of the queries over window + compressed keys, and the window
+// ring update. All arithmetic is fp32, as in CpuOps; results differ from it only by
+// summation order (and, for the top-k, by which of exactly tied scores is picked).
+//
+// sink_attention is the speed-critical one. Keys are shared by every head (MQA, V = K),
+// so a block takes a tile of 32 keys into shared memory once and serves 8 heads with it
+// (one warp per head, one lane per key for the logits; all threads over the dims for the
+// value sum), with an online softmax across tiles. A query's keys are at most W + top-k
+// (CSA) or W + visible entries (HCA), so at decode the few hundred keys are split over
+// blocks (flash-decoding) and a combine kernel merges the partial softmaxes with the
+// sink; a prefill has enough queries to fill the GPU without a split.
+#include <cub/block/block_scan.cuh>
+
+#include <algorithm>
+#include <cmath>
+
+#include "backend/cuda/cuda_ops.h"
+
+namespace dsq::cuda {
+
+namespace {
+
+constexpr float kNegInf = -INFINITY;
+
+__device__ float warp_max(float v) {
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+__device__ float warp_sum(float v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+int blocks_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535)); }
+
+// ---- ring writes (update_window, the compressor rings) ----
+
+// ring[(p0 + i) mod ring_rows] = rows[i] for the last min(S, ring_rows) of S rows.
+__global__ void store_ring_rows_kernel(float* ring, const float* rows, int64_t p0, int64_t S, int64_t width,
+                                       int64_t ring_rows) {
+  const int64_t first = S > ring_rows ? S - ring_rows : 0;
+  const int64_t total = (S - first) * width;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = first + idx / width, c = idx % width;
+    ring[((p0 + i) % ring_rows) * width + c] = rows[i * width + c];
+  }
+}
+
+void store_ring_rows(cudaStream_t stream, float* ring, const float* rows, int64_t p0, int64_t S, int64_t width,
+                     int64_t ring_rows) {
+  if (S <= 0 || ring_rows <= 0 || width <= 0) return;
+  store_ring_rows_kernel<<<blocks_for(std::min(S, ring_rows) * width, 256), 256, 0, stream>>>(ring, rows, p0, S,
+                                                                                               width, ring_rows);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+// ---- compress ----
+
+struct CompressArgs {
+  const float* ring_kv;
+  const float* ring_gate;
+  const float* kv;    // this call's raw rows [S, raw]
+  const float* gate;
+  const float* ape;   // [m, raw]
+  const float* norm;  // [width]
+  const float* freqs; // [rope_dim / 2]
+  float* entries;
+  int64_t p0, rate, width, raw, rope_dim, first_entry;
+  bool overlap;
+  float eps;
+};
+
+// One block per closing window s = first_entry + blockIdx.x: per channel, the softmax
+// pool over its slots (two passes, as the CPU), then RMSNorm and rope at position s·m.
+__global__ void compress_kernel(CompressArgs a) {
+  extern __shared__ float pooled[];  // [width]
+  __shared__ float partial[32];
+  const int64_t s = a.first_entry + blockIdx.x;
+  // Raw row of position u: this call's rows from p0 on, the ring before.
+  auto kv_row = [&](int64_t u) {
+    return u >= a.p0 ? a.kv + (u - a.p0) * a.raw : a.ring_kv + (u % (2 * a.rate)) * a.raw;
+  };
+  auto gate_row = [&](int64_t u) {
+    return u >= a.p0 ? a.gate + (u - a.p0) * a.raw : a.ring_gate + (u % (2 * a.rate)) * a.raw;
+  };
+  const bool has_previous = a.overlap && s > 0;
+  const int64_t own = a.overlap ? a.width : 0;  // channel offset of the own-window half
+  float sum_sq = 0;
+  for (int64_t c = threadIdx.x; c < a.width; c += blockDim.x) {
+    float m = kNegInf;
+    if (has_previous)
+      for (int64_t j = 0; j < a.rate; ++j)
+        m = fmaxf(m, gate_row((s - 1) * a.rate + j)[c] + a.ape[j * a.raw + c]);
+    for (int64_t j = 0; j < a.rate; ++j)
+      m = fmaxf(m, gate_row(s * a.rate + j)[own + c] + a.ape[j * a.raw + own + c]);
+    float denom = 0, acc = 0;
+    if (has_previous)
+      for (int64_t j = 0; j < a.rate; ++j) {
+        const int64_t u = (s - 1) * a.rate + j;
+        const float e = expf(gate_row(u)[c] + a.ape[j * a.raw + c] - m);
+        denom += e;
+        acc += e * kv_row(u)[c];
+      }
+    for (int64_t j = 0; j < a.rate; ++j) {
+      const int64_t u = s * a.rate + j;
+      const float e = expf(gate_row(u)[own + c] + a.ape[j * a.raw + own + c] - m);
+      denom += e;
+      acc += e * kv_row(u)[own + c];
+    }
+    const float v = acc / denom;
+    pooled[c] = v;
+    sum_sq += v * v;
+  }
+  sum_sq = warp_sum(sum_sq);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum_sq;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < blockDim.x / 32 ? partial[threadIdx.x] : 0.0f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) partial[0] = v;
+  }
+  __syncthreads();
+  const float inv = 1.0f / sqrtf(partial[0] / float(a.width) + a.eps);
+  for (int64_t c = threadIdx.x; c < a.width; c += blockDim.x) pooled[c] = a.norm[c] * (pooled[c] * inv);
+  __syncthreads();
+  float* entry = a.entries + s * a.width;
+  const int64_t nope = a.width - a.rope_dim;
+  for (int64_t c = threadIdx.x; c < nope; c += blockDim.x) entry[c] = pooled[c];
+  for (int64_t i = threadIdx.x; i < a.rope_dim / 2; i += blockDim.x) {
+    const float angle = float(s * a.rate) * a.freqs[i];
+    const float cs = cosf(angle), sn = sinf(angle);
+    const float x = pooled[nope + 2 * i], y = pooled[nope + 2 * i + 1];
+    entry[nope + 2 * i] = x * cs - y * sn;
+    entry[nope + 2 * i + 1] = y * cs + x * sn;
+  }
+}
+
+// ---- indexer scores ----
+
+constexpr int kIxKeys = 64, kIxHeads = 64, kIxDim = 32;  // block tile; 16×16 threads, 4×4 each
+
+// Block (key tile, query i): the q·k products of up to 64 heads × 64 keys per pass over the
+// heads, accumulated over head_dim in slices of 32; ReLU and the head weight are applied
+// per pass and the per-key sums reduced over the 16 thread rows at the end.
+__global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, const float* weights, int64_t n_heads,
+                                                             int64_t head_dim, const float* keys, int64_t n_keys,
+                                                             float scale, float* scores) {
+  __shared__ float q_s[kIxDim][kIxHeads + 1];
+  __shared__ float k_s[kIxDim][kIxKeys + 1];
+  __shared__ float key_sum[16][kIxKeys];
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int64_t i = blockIdx.y, s0 = int64_t(blockIdx.x) * kIxKeys;
+  float total[4] = {0, 0, 0, 0};
+  for (int64_t h0 = 0; h0 < n_heads; h0 += kIxHeads) {
+    float acc[4][4] = {};
+    for (int64_t d0 = 0; d0 < head_dim; d0 += kIxDim) {
+      for (int idx = threadIdx.x; idx < kIxHeads * kIxDim; idx += blockDim.x) {
+        const int r = idx / kIxDim, d = idx % kIxDim;
+        const int64_t h = h0 + r, s = s0 + r, dd = d0 + d;
+        q_s[d][r] = (h < n_heads && dd < head_dim) ? q[(i * n_heads + h) * head_dim + dd] : 0.0f;
+        k_s[d][r] = (s < n_keys && dd < head_dim) ? keys[s * head_dim + dd] : 0.0f;
+      }
+      __syncthreads();
+#pragma unroll 8
+      for (int d = 0; d < kIxDim; ++d) {
+        float a[4], b[4];
+#pragma unroll
+        for (int x = 0; x < 4; ++x) a[x] = q_s[d][ty + 16 * x], b[x] = k_s[d][tx + 16 * x];
+#pragma unroll
+        for (int x = 0; x < 4; ++x)
+#pragma unroll
+          for (int y = 0; y < 4; ++y) acc[x][y] += a[x] * b[y];
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int64_t h = h0 + ty + 16 * x;
+      if (h >= n_heads) continue;
+      const float w = weights[i * n_heads + h];
+#pragma unroll
+      for (int y = 0; y < 4; ++y) total[y] += fmaxf(acc[x][y], 0.0f) * w;
+    }
+  }
+#pragma unroll
+  for (int y = 0; y < 4; ++y) key_sum[ty][tx + 16 * y] = total[y];
+  __syncthreads();
+  if (threadIdx.x < kIxKeys && s0 + threadIdx.x < n_keys) {
+    float v = 0;
+    for (int r = 0; r < 16; ++r) v += key_sum[r][threadIdx.x];
+    scores[i * n_keys + s0 + threadIdx.x] = v * scale;
+  }
+}
+
+// ---- indexer top-k ----
+
+constexpr int kTopkThreads = 512;
+
+// Order-preserving map of a float to an unsigned key (larger float, larger key); both
+// zeros map to +0's key so that they tie, as they compare equal on the CPU.
+__device__ uint32_t order_key(float f) {
+  const uint32_t u = f == 0.0f ? 0u : __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// One block per query row: radix select (4 passes of 8 bits) of the k-th largest key
+// among the visible entries, then the entries above it (any order) and, of those equal
+// to it, the lowest indices. Slots past the picks get −1.
+__global__ void __launch_bounds__(kTopkThreads) indexer_topk_kernel(const float* scores, int64_t n_keys, int64_t topk,
+                                                                    int64_t p0, int64_t rate, int64_t* selected) {
+  using Scan = cub::BlockScan<int, kTopkThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ int hist[256];
+  __shared__ int chosen_digit, count_above;
+  __shared__ int n_written;
+  const int64_t i = blockIdx.x;
+  const float* row = scores + i * n_keys;
+  int64_t* out = selected + i * topk;
+  const int64_t visible = std::min<int64_t>((p0 + i + 1) / rate, n_keys);
+  const int64_t k = std::min(topk, visible);
+  for (int64_t j = k + threadIdx.x; j < topk; j += blockDim.x) out[j] = -1;
+  if (k == visible) {  // every visible entry is picked
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) out[j] = j;
+    return;
+  }
+  uint32_t prefix = 0, mask = 0;
+  int remaining = int(k);  // how many of the keys matching `prefix` are still to be taken
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int d = threadIdx.x; d < 256; d += blockDim.x) hist[d] = 0;
+    __syncthreads();
+    for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) {
+      const uint32_t key = order_key(row[s]);
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xFF], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      // Lane l holds digits 255−8l … 248−8l (descending); scan the lanes from the top.
+      const int lane = threadIdx.x;
+      int c[8], local = 0;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) local += (c[j] = hist[255 - 8 * lane - j]);
+      int inclusive = local;
+      for (int off = 1; off < 32; off <<= 1) {
+        const int n = __shfl_up_sync(0xffffffffu, inclusive, off);
+        if (lane >= off) inclusive += n;
+      }
+      int run = inclusive - local;
+      if (run < remaining && remaining <= inclusive) {
+        for (int j = 0; j < 8; ++j) {
+          if (run + c[j] >= remaining) {
+            chosen_digit = 255 - 8 * lane - j;
+            count_above = run;
+            break;
+          }
+          run += c[j];
+        }
+      }
+    }
+    __syncthreads();
+    prefix |= uint32_t(chosen_digit) << shift;
+    mask |= 0xFFu << shift;
+    remaining -= count_above;
+    __syncthreads();  // chosen_digit / count_above are rewritten by the next pass
+  }
+  // `prefix` is now the k-th largest key; `remaining` of the keys equal to it are taken.
+  if (threadIdx.x == 0) n_written = 0;
+  __syncthreads();
+  for (int64_t s = threadIdx.x; s < visible; s += blockDim.x)
+    if (order_key(row[s]) > prefix) out[atomicAdd(&n_written, 1)] = s;
+  const int64_t tie_base = k - remaining;
+  int taken = 0;
+  for (int64_t start = 0; start < visible && taken < remaining; start += blockDim.x) {
+    const int64_t s = start + threadIdx.x;
+    const int flag = (s < visible && order_key(row[s]) == prefix) ? 1 : 0;
+    int pos, total;
+    Scan(scan_storage).ExclusiveSum(flag, pos, total);
+    if (flag && taken + pos < remaining) out[tie_base + taken + pos] = s;
+    taken += total;
+    __syncthreads();
+  }
+}
+
+// ---- sink attention ----
+
+constexpr int kAttnThreads = 256;
+constexpr int kAttnHeads = 8;   // heads per block: one warp each for the logits
+constexpr int kAttnKeys = 32;   // keys per tile: one lane each for the logits
+constexpr int kAttnMaxDim = 512;
+constexpr int kDimsPerThread = kAttnMaxDim / kAttnThreads;
+
+// Where the keys of query i (position p0 + i) live: key k < n_window is window position
+// first(p) + k (the ring before p0, new_keys from p0 on); the rest are entries.
+struct KeySet {
+  const float* new_keys;
+  const float* ring;
+  const float* entries;
+  const int64_t* selected;
+  int64_t p0, window, dim, n_entries, rate, topk;
+  backend::EntrySelection selection;
+
+  __device__ int64_t first_window_position(int64_t p) const { return p - window + 1 > 0 ? p - window + 1 : 0; }
+  __device__ int64_t n_window(int64_t p) const { return p - first_window_position(p) + 1; }
+  __device__ int64_t count(int64_t i) const {
+    const int64_t p = p0 + i;
+    int64_t n = n_window(p);
+    if (selection == backend::EntrySelection::AllVisible) n += std::min((p + 1) / rate, n_entries);
+    if (selection == backend::EntrySelection::Selected) n += topk;
+    return n;
+  }
+  // Row of key k of query i, or null for an empty CSA pick (−1).
+  __device__ const float* row(int64_t i, int64_t k) const {
+    const int64_t p = p0 + i, nw = n_window(p);
+    if (k < nw) {
+      const int64_t u = first_window_position(p) + k;
+      return u < p0 ? ring + (u % (window - 1)) * dim : new_keys + (u - p0) * dim;
+    }
+    const int64_t j = k - nw;
+    if (selection == backend::EntrySelection::Selected) {
+      const int64_t s = selected[i * topk + j];
+      return s >= 0 ? entries + s * dim : nullptr;
+    }
+    return entries + j * dim;
+  }
+};
+
+size_t attention_smem_bytes(int64_t dim) {
+  return sizeof(float) * size_t(kAttnKeys * (dim + 1) + kAttnHeads * dim + kAttnHeads * kAttnKeys + 3 * kAttnHeads);
+}
+
+// Block (query i, heads 8·blockIdx.y …, split blockIdx.z): online softmax over the keys
+// [split·keys_per_split, …) of query i. With one split the block finishes the softmax
+// with the sink and writes `out`; otherwise it leaves its running max, sum and
+// unnormalised value sum for combine_kernel.
+__global__ void __launch_bounds__(kAttnThreads) sink_attention_kernel(KeySet keys, const float* q, int64_t n_heads,
+                                                                      const float* sinks, float scale,
+                                                                      int64_t keys_per_split, float* out,
+                                                                      float* part_acc, float* part_max,
+                                                                      float* part_sum) {
+  extern __shared__ float smem[];
+  const int64_t D = keys.dim, stride = D + 1;  // +1: lanes reading one dim of 32 keys hit 32 banks
+  float* k_s = smem;                            // [kAttnKeys][D + 1]
+  float* q_s = k_s + kAttnKeys * stride;        // [kAttnHeads][D]
+  float* p_s = q_s + kAttnHeads * D;            // [kAttnHeads][kAttnKeys]
+  float* alpha_s = p_s + kAttnHeads * kAttnKeys;
+  float* max_s = alpha_s + kAttnHeads;
+  float* sum_s = max_s + kAttnHeads;
+  __shared__ const float* rows[kAttnKeys];
+
+  const int64_t i = blockIdx.x, h0 = int64_t(blockIdx.y) * kAttnHeads;
+  const int split = blockIdx.z, n_splits = gridDim.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int heads_here = int(std::min<int64_t>(kAttnHeads, n_heads - h0));
+  const int64_t k_begin = split * keys_per_split, k_end = std::min(keys.count(i), k_begin + keys_per_split);
+
+  for (int64_t idx = threadIdx.x; idx < kAttnHeads * D; idx += blockDim.x)
+    q_s[idx] = idx / D < heads_here ? q[(i * n_heads + h0) * D + idx] : 0.0f;
+
+  float acc[kAttnHeads][kDimsPerThread] = {};
+  float run_max = kNegInf, run_sum = 0;  // of head h0 + warp, the same in every lane
+  for (int64_t kt = k_begin; kt < k_end; kt += kAttnKeys) {
+    __syncthreads();  // the previous tile is consumed (and q_s is written, first time)
+    if (threadIdx.x < kAttnKeys) rows[threadIdx.x] = kt + threadIdx.x < k_end ? keys.row(i, kt + threadIdx.x) : nullptr;
+    __syncthreads();
+    for (int64_t idx = threadIdx.x; idx < kAttnKeys * D; idx += blockDim.x) {
+      const int64_t kk = idx / D, d = idx - kk * D;
+      const float* r = rows[kk];
+      k_s[kk * stride + d] = r ? r[d] : 0.0f;
+    }
+    __syncthreads();
+    float logit = kNegInf;
+    if (warp < heads_here && rows[lane]) {
+      const float* qh = q_s + warp * D;
+      const float* kr = k_s + lane * stride;
+      float dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += qh[d] * kr[d];
+      logit = dot * scale;
+    }
+    const float new_max = fmaxf(run_max, warp_max(logit));
+    const float p = logit == kNegInf ? 0.0f : expf(logit - new_max);
+    const float alpha = run_max == kNegInf ? 0.0f : expf(run_max - new_max);
+    run_sum = run_sum * alpha + warp_sum(p);
+    run_max = new_max;
+    p_s[warp * kAttnKeys + lane] = p;
+    if (lane == 0) alpha_s[warp] = alpha;
+    __syncthreads();
+#pragma unroll
+    for (int h = 0; h < kAttnHeads; ++h) {
+      const float a = alpha_s[h];
+#pragma unroll
+      for (int j = 0; j < kDimsPerThread; ++j) acc[h][j] *= a;
+    }
+    for (int kk = 0; kk < kAttnKeys; ++kk) {
+#pragma unroll
+      for (int j = 0; j < kDimsPerThread; ++j) {
+        const int64_t d = threadIdx.x + j * kAttnThreads;
+        if (d >= D) continue;
+        const float v = k_s[kk * stride + d];
+#pragma unroll
+        for (int h = 0; h < kAttnHeads; ++h) acc[h][j] += p_s[h * kAttnKeys + kk] * v;
+      }
+    }
+  }
+  if (lane == 0) {
+    max_s[warp] = run_max;
+    sum_s[warp] = run_sum;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int h = 0; h < kAttnHeads; ++h) {  // unrolled: acc stays in registers
+    if (h >= heads_here) continue;
+    const int64_t head = h0 + h;
+    const float m = max_s[h];
+    if (n_splits == 1) {
+      const float sink = sinks[head], top = fmaxf(sink, m);
+      const float weight = m == kNegInf ? 0.0f : expf(m - top);
+      const float denom = expf(sink - top) + sum_s[h] * weight;
+#pragma unroll
+      for (int j = 0; j < kDimsPerThread; ++j) {
+        const int64_t d = threadIdx.x + j * kAttnThreads;
+        if (d < D) out[(i * n_heads + head) * D + d] = acc[h][j] * weight / denom;
+      }
+    } else {
+      const int64_t slot = (i * n_splits + split) * n_heads + head;
+      if (threadIdx.x == 0) {
+        part_max[slot] = m;
+        part_sum[slot] = sum_s[h];
+      }
+#pragma unroll
+      for (int j = 0; j < kDimsPerThread; ++j) {
+        const int64_t d = threadIdx.x + j * kAttnThreads;
+        if (d < D) part_acc[slot * D + d] = acc[h][j];
+      }
+    }
+  }
+}
+
+// Block (query i, head h): merges the splits' partial softmaxes with the sink logit.
+__global__ void combine_kernel(const float* part_acc, const float* part_max, const float* part_sum, int n_splits,
+                               int64_t n_heads, int64_t dim, const float* sinks, float* out) {
+  const int64_t i = blockIdx.x, h = blockIdx.y;
+  const float sink = sinks[h];
+  float top = sink;
+  for (int s = 0; s < n_splits; ++s) top = fmaxf(top, part_max[(i * n_splits + s) * n_heads + h]);
+  float denom = expf(sink - top);
+  for (int s = 0; s < n_splits; ++s) {
+    const float m = part_max[(i * n_splits + s) * n_heads + h];
+    if (m != kNegInf) denom += part_sum[(i * n_splits + s) * n_heads + h] * expf(m - top);
+  }
+  for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
+    float v = 0;
+    for (int s = 0; s < n_splits; ++s) {
+      const int64_t slot = (i * n_splits + s) * n_heads + h;
+      const float m = part_max[slot];
+      if (m != kNegInf) v += part_acc[slot * dim + d] * expf(m - top);
+    }
+    out[(i * n_heads + h) * dim + d] = v / denom;
+  }
+}
+
+}  // namespace
+
+void CudaOps::compress(const backend::CompressorParams& p, float* ring_kv, float* ring_gate, float* entries,
+                       const float* kv, const float* gate, int64_t p0, int64_t S) {
+  DSQ_CHECK(p.rate > 0 && p.width > 0 && p.rope && p.ape && p.norm, "compress: incomplete compressor parameters");
+  DSQ_CHECK(p.rope->rope_dim <= p.width, "compress: ", p.rope->rope_dim, " rotary dims exceed an entry of ",
+            p.width);
+  const int64_t raw = p.overlap ? 2 * p.width : p.width;
+  DSQ_CHECK(int64_t(p.ape->size()) == p.rate * raw, "compress: position bias has ", p.ape->size(),
+            " values, expected ", p.rate * raw);
+  DSQ_CHECK(int64_t(p.norm->size()) == p.width, "compress: norm weight has ", p.norm->size(), " values, expected ",
+            p.width);
+  if (S <= 0) return;
+  const int64_t first = p0 / p.rate, n_close = (p0 + S) / p.rate - first;
+  if (n_close > 0) {
+    CompressArgs a{ring_kv, ring_gate, kv, gate, resident(*p.ape), resident(*p.norm), rope_table(*p.rope),
+                   entries, p0, p.rate, p.width, raw, p.rope->rope_dim, first, p.overlap, p.eps};
+    compress_kernel<<<unsigned(n_close), 256, size_t(p.width) * sizeof(float), ctx_.stream()>>>(a);
+    DSQ_CUDA_CHECK_LAUNCH();
+  }
+  store_ring_rows(ctx_.stream(), ring_kv, kv, p0, S, raw, 2 * p.rate);
+  store_ring_rows(ctx_.stream(), ring_gate, gate, p0, S, raw, 2 * p.rate);
+}
+
+void CudaOps::indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim,
+                             const float* keys, int64_t n_keys, float* scores) {
+  if (S <= 0 || n_keys <= 0) return;
+  DSQ_CHECK(S <= 65535, "indexer_scores: ", S, " queries in one call (at most 65535)");
+  const float scale = 1.0f / std::sqrt(float(head_dim)) / std::sqrt(float(n_heads));
+  const dim3 grid{unsigned((n_keys + kIxKeys - 1) / kIxKeys), unsigned(S)};
+  indexer_scores_kernel<<<grid, 256, 0, ctx_.stream()>>>(q, weights, n_heads, head_dim, keys, n_keys, scale, scores);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t topk, int64_t p0, int64_t rate,
+                           int64_t* selected) {
+  DSQ_CHECK(rate > 0, "indexer_topk: compression rate ", rate);
+  if (S <= 0 || topk <= 0) return;
+  indexer_topk_kernel<<<unsigned(S), kTopkThreads, 0, ctx_.stream()>>>(scores, n_keys, topk, p0, rate, selected);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys,
+                             const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection,
+                             const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
+                             int64_t topk, const float* sinks, float scale, float* out) {
+  DSQ_CHECK(dim > 0 && dim <= kAttnMaxDim, "sink_attention: head dim ", dim, " outside [1, ", kAttnMaxDim, "]");
+  DSQ_CHECK(window >= 1, "sink_attention: window ", window);
+  DSQ_CHECK(selection == backend::EntrySelection::None || rate > 0, "sink_attention: compression rate ", rate);
+  if (S <= 0 || n_heads <= 0) return;
+  const KeySet keys{new_keys, ring, entries, selected, p0, window, dim, n_entries, rate, topk, selection};
+
+  // Split the longest key list so that the grid fills the GPU at decode.
+  int64_t max_keys = std::min(window, p0 + S);
+  if (selection == backend::EntrySelection::AllVisible) max_keys += std::min(n_entries, (p0 + S) / rate);
+  if (selection == backend::EntrySelection::Selected) max_keys += topk;
+  const int64_t tiles = (max_keys + kAttnKeys - 1) / kAttnKeys;
+  const int64_t head_groups = (n_heads + kAttnHeads - 1) / kAttnHeads;
+  const int64_t wanted = 2 * int64_t(ctx_.sm_count());
+  int64_t splits = std::clamp<int64_t>((wanted + S * head_groups - 1) / (S * head_groups), 1, std::max<int64_t>(tiles, 1));
+  const int64_t keys_per_split = ((tiles + splits - 1) / splits) * kAttnKeys;
+  splits = std::max<int64_t>(1, (max_keys + keys_per_split - 1) / keys_per_split);
+
+  float* part_acc = nullptr;
+  float* part_max = nullptr;
+  float* part_sum = nullptr;
+  if (splits > 1) {
+    const size_t slots = size_t(S * splits * n_heads);
+    float* base = static_cast<float*>(scratch(20, slots * size_t(dim + 2) * sizeof(float)));
+    part_acc = base;
+    part_max = base + slots * size_t(dim);
+    part_sum = part_max + slots;
+  }
+  const size_t smem = attention_smem_bytes(dim);
+  static const bool smem_ready = [] {
+    DSQ_CUDA_CHECK(cudaFuncSetAttribute(sink_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(attention_smem_bytes(kAttnMaxDim))));
+    return true;
+  }();
+  (void)smem_ready;
+  DSQ_CHECK(S <= INT32_MAX && head_groups <= 65535, "sink_attention: ", S, " queries × ", n_heads, " heads too many");
+  const dim3 grid{unsigned(S), unsigned(head_groups), unsigned(splits)};
+  sink_attention_kernel<<<grid, kAttnThreads, smem, ctx_.stream()>>>(keys, q, n_heads, sinks, scale, keys_per_split,
+                                                                     out, part_acc, part_max, part_sum);
+  DSQ_CUDA_CHECK_LAUNCH();
+  if (splits > 1) {
+    combine_kernel<<<dim3(unsigned(S), unsigned(n_heads)), 128, 0, ctx_.stream()>>>(
+        part_acc, part_max, part_sum, int(splits), n_heads, dim, sinks, out);
+    DSQ_CUDA_CHECK_LAUNCH();
+  }
+}
+
+void CudaOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
+                            int64_t window) {
+  store_ring_rows(ctx_.stream(), ring, new_keys, p0, S, dim, window - 1);
+}
+
+}  // namespace dsq::cuda
