@@ -251,8 +251,11 @@ std::unique_ptr<Fp8BlockLinear> fp8_rows(const QuantizedMatrix& w, int64_t r0, i
   const int64_t b0 = r0 / 128, b1 = (r1 + 127) / 128;
   std::vector<float> scales(size_t((b1 - b0) * scale_cols));
   for (int64_t i = 0; i < int64_t(scales.size()); ++i) scales[size_t(i)] = w.scales.get_f32(b0 * scale_cols + i);
-  return std::make_unique<Fp8BlockLinear>(w.values.data<uint8_t>() + r0 * w.cols, scales.data(), r1 - r0, w.cols,
-                                          describe(w));
+  auto lin = std::make_unique<Fp8BlockLinear>(w.values.data<uint8_t>() + r0 * w.cols, scales.data(), r1 - r0,
+                                              w.cols, describe(w));
+  // Fp8Path::Auto sends M <= 8 to the decode kernel, which refuses K % 256 != 0.
+  if (w.cols % 256 != 0) lin->set_path(Fp8Path::CublasLt);
+  return lin;
 }
 
 PreparedLinear prepare(const QuantizedMatrix& w, int64_t groups, Precision precision) {

@@ -1,0 +1,444 @@
+// GPU-vs-CPU checks of CudaOps' linear layers (linear_ops.cu): linear, linear_grouped and
+// moe_experts against CpuOps (the fp32 reference), for every weight format (dense
+// f32/bf16/f16, FP8 block with f32/bf16/e8m0 scales, INT4 with bf16 scales in groups of
+// 128 or f32 scales in groups of 32, MXFP4) × both precisions, at tiny shapes and at
+// DeepSeek-V4-Flash's (wq_a 1024×4096, wq_b 32768×1024, wkv 512×4096, wo_b 4096×8192;
+// wo_a 8 groups of 1024×4096; experts 2048×4096 / 4096×2048, 16 of them instead of
+// 256), for M in {1, 5, 64, 300}; MoE routing is ragged, with empty experts. GPU outputs
+// start as NaN, so an element never written fails (op_check.h).
+//
+// Error metric: relative L2, ‖gpu − cpu‖ / ‖cpu‖; any NaN/Inf fails.
+//  - Precision::F32: 1e-5. The same fp32 weights and inputs; only the GEMM's summation
+//    order differs (≈ 2⁻²⁴·√K ≈ 4e-6 at K = 8192 in the worst case, ~1e-7 typical).
+//  - Precision::Fast: a rounding model predicts the error from what each path rounds,
+//    and the measured error must lie within [model/4, 2·model] — tight enough to catch a
+//    wrong kernel choice (fp8 errors are 16× bf16's) and not loose. Rounding a value to
+//    p significant bits (nearest) has RMS relative error 2^(1−p)/√12·√E[1/m²] ≈ 0.2125
+//    · 2^(1−p) for log-uniform mantissas m, and random errors add in quadrature through
+//    a dot product:
+//      kBf16 = 1.66e-3 (p = 8): bf16 activations; weights that bf16 cannot hold (dense
+//              f16, f32-scaled INT4 or FP8 in the bf16 path); the FP8 path's bf16 output;
+//              the INT4 kernel's unrounded q·s against the checkpoint's bf16(q·s).
+//      kE4m3 = 2.66e-2 (p = 4): FP8 activations (1×128 blocks scaled to amax = 448, so
+//              no value of a Gaussian row falls into e4m3's subnormal range).
+//    An expert chains two GEMMs through SwiGLU: the product silu(g)·u carries both
+//    input errors (×√2), and the down projection adds its own.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "op_check.h"
+
+namespace dsq::test {
+namespace {
+
+using cuda::CudaOps;
+using cuda::Precision;
+
+constexpr double kF32Tolerance = 1e-5;
+constexpr double kBf16 = 1.66e-3;
+constexpr double kE4m3 = 2.66e-2;
+
+// ---- random data (fast: the Flash-sized weights hold ~10^8 values) ----
+
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : s_(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t bits() {  // splitmix64
+    uint64_t z = (s_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  float uniform() { return float(bits() >> 40) * (1.0f / 16777216.0f); }  // [0, 1)
+  float symmetric() { return 2.0f * uniform() - 1.0f; }                   // [−1, 1)
+  float normal() {  // Box–Muller
+    const float u = std::max(uniform(), 1e-7f), v = uniform();
+    return std::sqrt(-2.0f * std::log(u)) * std::cos(6.2831853f * v);
+  }
+
+ private:
+  uint64_t s_;
+};
+
+std::vector<float> normals(int64_t n, Rng& rng) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = rng.normal();
+  return v;
+}
+
+// ---- weights in every format ----
+
+enum class Format { DenseF32, DenseBf16, DenseF16, Fp8F32, Fp8Bf16, Fp8E8m0, Int4Bf16G128, Int4F32G32, Mxfp4 };
+constexpr Format kAllFormats[] = {Format::DenseF32, Format::DenseBf16,    Format::DenseF16,
+                                  Format::Fp8F32,   Format::Fp8Bf16,      Format::Fp8E8m0,
+                                  Format::Int4Bf16G128, Format::Int4F32G32, Format::Mxfp4};
+
+const char* format_name(Format f) {
+  switch (f) {
+    case Format::DenseF32: return "dense f32";
+    case Format::DenseBf16: return "dense bf16";
+    case Format::DenseF16: return "dense f16";
+    case Format::Fp8F32: return "fp8 f32-scales";
+    case Format::Fp8Bf16: return "fp8 bf16-scales";
+    case Format::Fp8E8m0: return "fp8 e8m0-scales";
+    case Format::Int4Bf16G128: return "int4 bf16-scales g128";
+    case Format::Int4F32G32: return "int4 f32-scales g32";
+    case Format::Mxfp4: return "mxfp4";
+  }
+  return "?";
+}
+
+// A random [rows, cols] weight whose dequantized entries are O(0.02) (so that expert
+// activations stay O(1) and SwiGLU's clamp at 10 rarely bites).
+QuantizedMatrix random_weight(Format f, int64_t rows, int64_t cols, Rng& rng) {
+  QuantizedMatrix w;
+  w.rows = rows;
+  w.cols = cols;
+  const int64_t n = rows * cols;
+  switch (f) {
+    case Format::DenseF32:
+    case Format::DenseBf16:
+    case Format::DenseF16: {
+      Tensor t = Tensor::zeros(DType::F32, {rows, cols});
+      float* v = t.mutable_data<float>();
+      for (int64_t i = 0; i < n; ++i) v[i] = 0.03f * rng.symmetric();
+      w = QuantizedMatrix::dense(f == Format::DenseF32 ? t : t.cast(f == Format::DenseBf16 ? DType::BF16 : DType::F16));
+      break;
+    }
+    case Format::Fp8F32:
+    case Format::Fp8Bf16:
+    case Format::Fp8E8m0: {
+      w.format = WeightFormat::Fp8Block;
+      w.group_size = 128;
+      w.values = Tensor::zeros(DType::F8_E4M3, {rows, cols});
+      uint8_t* v = w.values.mutable_data<uint8_t>();
+      for (int64_t i = 0; i < n; ++i) v[i] = f32_to_f8e4m3(200.0f * rng.symmetric());
+      const Shape scale_shape{(rows + 127) / 128, (cols + 127) / 128};
+      Tensor s = Tensor::zeros(DType::F32, scale_shape);
+      for (int64_t i = 0; i < s.numel(); ++i) s.mutable_data<float>()[i] = 1e-4f * (1.0f + 2.0f * rng.uniform());
+      if (f == Format::Fp8F32) w.scales = s;
+      if (f == Format::Fp8Bf16) w.scales = s.cast(DType::BF16);
+      if (f == Format::Fp8E8m0) {  // 2^-14 … 2^-12
+        w.scales = Tensor::zeros(DType::F8_E8M0, scale_shape);
+        for (int64_t i = 0; i < s.numel(); ++i) w.scales.mutable_data<uint8_t>()[i] = uint8_t(113 + rng.bits() % 3);
+      }
+      break;
+    }
+    case Format::Int4Bf16G128:
+    case Format::Int4F32G32: {
+      w.format = WeightFormat::Int4Group;
+      // Tiny matrices have fewer inputs than a group of 128: one group per row then.
+      w.group_size = f == Format::Int4F32G32 ? 32 : std::min<int64_t>(128, cols);
+      w.values = Tensor::zeros(DType::I32, {rows, cols / 8});
+      for (int64_t i = 0; i < w.values.numel(); ++i) w.values.mutable_data<int32_t>()[i] = int32_t(uint32_t(rng.bits()));
+      Tensor s = Tensor::zeros(DType::F32, {rows, cols / w.group_size});
+      for (int64_t i = 0; i < s.numel(); ++i) s.mutable_data<float>()[i] = 0.002f + 0.004f * rng.uniform();
+      w.scales = f == Format::Int4F32G32 ? s : s.cast(DType::BF16);
+      break;
+    }
+    case Format::Mxfp4: {
+      w.format = WeightFormat::Mxfp4;
+      w.values = Tensor::zeros(DType::U8, {rows, cols / 2});
+      for (int64_t i = 0; i < w.values.numel(); ++i) w.values.mutable_data<uint8_t>()[i] = uint8_t(rng.bits());
+      w.scales = Tensor::zeros(DType::F8_E8M0, {rows, cols / 32});
+      for (int64_t i = 0; i < w.scales.numel(); ++i) w.scales.mutable_data<uint8_t>()[i] = uint8_t(120 + rng.bits() % 2);
+      break;
+    }
+  }
+  w.validate(format_name(f));
+  return w;
+}
+
+// ---- the rounding model of Precision::Fast (file comment) ----
+
+// Error of one Fast GEMM over a [rows_per_group, cols] slice of a weight, by the path
+// linear_ops.cu takes for it. 0: the path rounds nothing (dense f32 stays fp32).
+double fast_gemm_error(Format f, int64_t rows_per_group, int64_t cols, int64_t groups) {
+  const bool fp8_kernel = cols % 128 == 0 && rows_per_group % 8 == 0 && (groups == 1 || rows_per_group % 128 == 0);
+  const bool int4_kernel = groups == 1 && rows_per_group % 16 == 0 && cols % 512 == 0;
+  switch (f) {
+    case Format::DenseF32: return 0.0;
+    case Format::DenseBf16:
+    case Format::Mxfp4: return kBf16;                     // activations only
+    case Format::DenseF16:
+    case Format::Int4F32G32: return std::sqrt(2.0) * kBf16;  // + weights rounded to bf16
+    case Format::Int4Bf16G128: return int4_kernel ? std::sqrt(2.0) * kBf16 : kBf16;  // + unrounded q·s
+    case Format::Fp8F32:
+    case Format::Fp8Bf16:
+    case Format::Fp8E8m0:
+      if (fp8_kernel) {  // fp8 activations, bf16 output, (bf16 scales) unrounded v·s
+        const double scale_rounding = f == Format::Fp8Bf16 ? kBf16 : 0.0;
+        return std::sqrt(kE4m3 * kE4m3 + kBf16 * kBf16 + scale_rounding * scale_rounding);
+      }
+      // bf16 path: activations, and f32-scaled v·s rounded to bf16
+      return f == Format::Fp8F32 ? std::sqrt(2.0) * kBf16 : kBf16;
+  }
+  return 0.0;
+}
+
+// ---- comparison ----
+
+// ‖got − want‖ / ‖want‖; fails the test (returns NaN) on a non-finite GPU value.
+double relative_error(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  EXPECT_EQ(got.size(), want.size()) << what;
+  if (got.size() != want.size()) return NAN;
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) {
+      ADD_FAILURE() << what << ": element " << i << " is " << got[i];
+      return NAN;
+    }
+    const double d = double(got[i]) - double(want[i]);
+    diff += d * d;
+    norm += double(want[i]) * double(want[i]);
+  }
+  EXPECT_GT(norm, 0.0) << what << ": the reference is all zero";
+  return std::sqrt(diff / norm);
+}
+
+// Checks both precisions' errors of one case and prints them; `fast_model` is the
+// predicted Fast error (0: exact path, held to the F32 tolerance).
+void check_errors(const std::string& what, double f32_error, double fast_error, double fast_model) {
+  EXPECT_LE(f32_error, kF32Tolerance) << what << " [F32]";
+  if (fast_model == 0.0) {
+    EXPECT_LE(fast_error, kF32Tolerance) << what << " [Fast]";
+    std::printf("  %-58s F32 %.2e  Fast %.2e (fp32 path, tol %.0e)\n", what.c_str(), f32_error, fast_error,
+                kF32Tolerance);
+  } else {
+    EXPECT_LE(fast_error, 2.0 * fast_model) << what << " [Fast] model " << fast_model;
+    EXPECT_GE(fast_error, fast_model / 4.0) << what << " [Fast] model " << fast_model;
+    std::printf("  %-58s F32 %.2e  Fast %.2e (model %.2e, ratio %.2f)\n", what.c_str(), f32_error, fast_error,
+                fast_model, fast_error / fast_model);
+  }
+}
+
+const int64_t kRowCounts[] = {1, 5, 64, 300};
+
+// One linear (or grouped linear, groups > 1) case: the weight in one format, all M.
+void check_linear(const std::string& name, Format f, int64_t rows, int64_t cols, int64_t groups, uint64_t seed) {
+  Rng rng(seed);
+  const QuantizedMatrix w = random_weight(f, rows, cols, rng);
+  const int64_t in = groups * cols;
+  cpu::CpuOps cpu;
+  CudaOps fast(Precision::Fast), exact(Precision::F32);
+  for (int64_t M : kRowCounts) {
+    const std::string what = name + " " + format_name(f) + " M=" + std::to_string(M);
+    SCOPED_TRACE(what);
+    const std::vector<float> x = normals(M * in, rng);
+    std::vector<float> want(size_t(M * rows));
+    if (groups == 1) cpu.linear(w, x.data(), M, want.data());
+    else cpu.linear_grouped(w, groups, x.data(), M, want.data());
+    double errors[2];
+    CudaOps* ops[2] = {&exact, &fast};
+    for (int i = 0; i < 2; ++i) {
+      const Tensor xg = on_gpu(*ops[i], x);
+      Tensor yg = poisoned_gpu(*ops[i], M * rows);
+      if (groups == 1) ops[i]->linear(w, xg.data<float>(), M, yg.mutable_data<float>());
+      else ops[i]->linear_grouped(w, groups, xg.data<float>(), M, yg.mutable_data<float>());
+      errors[i] = relative_error(floats_of(*ops[i], yg), want, what);
+    }
+    check_errors(what, errors[0], errors[1], fast_gemm_error(f, rows / groups, cols, groups));
+  }
+}
+
+struct LinearShape {
+  const char* name;
+  int64_t rows, cols;
+};
+
+// Tiny shapes (the fixtures' widths; 40×96 is off the kernels' alignments) and V4-Flash's.
+constexpr LinearShape kTinyLinears[] = {{"tiny 24x64", 24, 64}, {"tiny 40x96", 40, 96}, {"tiny 256x128", 256, 128}};
+constexpr LinearShape kFlashLinears[] = {
+    {"flash wq_a 1024x4096", 1024, 4096},
+    {"flash wq_b 32768x1024", 32768, 1024},
+    {"flash wkv 512x4096", 512, 4096},
+    {"flash wo_b 4096x8192", 4096, 8192},
+};
+
+class CudaLinearOps : public ::testing::Test {
+ protected:
+  void SetUp() override { DSQ_REQUIRE_GPU(); }
+};
+
+TEST_F(CudaLinearOps, LinearTinyShapesEveryFormat) {
+  uint64_t seed = 1;
+  for (const LinearShape& s : kTinyLinears)
+    for (Format f : kAllFormats) check_linear(s.name, f, s.rows, s.cols, 1, seed++);
+}
+
+TEST_F(CudaLinearOps, LinearFlashShapesEveryFormat) {
+  uint64_t seed = 100;
+  for (const LinearShape& s : kFlashLinears)
+    for (Format f : kAllFormats) check_linear(s.name, f, s.rows, s.cols, 1, seed++);
+}
+
+// attn.wo_a: tiny-a (2 groups of 16 rows × 64 inputs), tiny-brown (2 × 128 × 256, where
+// FP8 runs per group) and V4-Flash (8 groups of 1024 rows × 4096 inputs).
+TEST_F(CudaLinearOps, LinearGroupedEveryFormat) {
+  uint64_t seed = 200;
+  for (Format f : kAllFormats) {
+    check_linear("tiny-a wo_a 2x16x64", f, 32, 64, 2, seed++);
+    check_linear("tiny-brown wo_a 2x128x256", f, 256, 256, 2, seed++);
+    check_linear("flash wo_a 8x1024x4096", f, 8192, 4096, 8, seed++);
+  }
+}
+
+// ---- routed experts ----
+
+struct ExpertSet {
+  std::vector<QuantizedMatrix> gate, up, down;
+  std::vector<backend::ExpertLinears> linears;
+
+  ExpertSet(Format f, int64_t E, int64_t H, int64_t F, Rng& rng) {
+    for (int64_t e = 0; e < E; ++e) {
+      gate.push_back(random_weight(f, F, H, rng));
+      up.push_back(random_weight(f, F, H, rng));
+      down.push_back(random_weight(f, H, F, rng));
+    }
+    for (int64_t e = 0; e < E; ++e) linears.push_back({&gate[size_t(e)], &up[size_t(e)], &down[size_t(e)]});
+  }
+};
+
+// Ragged routing: each token picks k distinct experts among the first E − 2 with
+// probability ∝ 1/(e + 1) (the last two experts never get a token; with few tokens many
+// more are empty), weights in [0.1, 1).
+void random_routing(int64_t T, int64_t E, int64_t k, Rng& rng, std::vector<int64_t>& chosen,
+                    std::vector<float>& weights) {
+  chosen.assign(size_t(T * k), -1);
+  weights.resize(size_t(T * k));
+  double total = 0;
+  for (int64_t e = 0; e < E - 2; ++e) total += 1.0 / double(e + 1);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t e = 0;
+      do {
+        double u = rng.uniform() * total;
+        for (e = 0; e < E - 3 && u >= 1.0 / double(e + 1); ++e) u -= 1.0 / double(e + 1);
+      } while (std::find(chosen.begin() + t * k, chosen.begin() + t * k + j, e) != chosen.begin() + t * k + j);
+      chosen[size_t(t * k + j)] = e;
+      weights[size_t(t * k + j)] = 0.1f + 0.9f * rng.uniform();
+    }
+}
+
+// Predicted Fast error of the expert output (file comment): gate/up errors through
+// SwiGLU (×√2), plus the down projection's own.
+double fast_expert_error(Format f, int64_t H, int64_t F) {
+  const bool int4_stacked = f == Format::Int4Bf16G128 && H % 512 == 0 && F % 512 == 0;
+  const double gate_up = int4_stacked ? std::sqrt(2.0) * kBf16 : fast_gemm_error(f, F, H, 1);
+  const double down = int4_stacked ? std::sqrt(2.0) * kBf16 : fast_gemm_error(f, H, F, 1);
+  return std::sqrt(2.0 * gate_up * gate_up + down * down);
+}
+
+constexpr float kSwigluLimit = 10.0f;
+
+void check_moe(const std::string& name, Format f, int64_t E, int64_t H, int64_t F, int64_t k, uint64_t seed) {
+  Rng rng(seed);
+  const ExpertSet experts(f, E, H, F, rng);
+  cpu::CpuOps cpu;
+  CudaOps fast(Precision::Fast), exact(Precision::F32);
+  for (int64_t T : kRowCounts) {
+    const std::string what = name + " " + format_name(f) + " T=" + std::to_string(T);
+    SCOPED_TRACE(what);
+    const std::vector<float> x = normals(T * H, rng);
+    std::vector<int64_t> chosen;
+    std::vector<float> weights;
+    random_routing(T, E, k, rng, chosen, weights);
+    std::vector<float> want(size_t(T * H));
+    cpu.moe_experts(x.data(), T, H, experts.linears.data(), E, chosen.data(), weights.data(), k, kSwigluLimit,
+                    want.data(), nullptr);
+    double errors[2];
+    CudaOps* ops[2] = {&exact, &fast};
+    for (int i = 0; i < 2; ++i) {
+      const Tensor xg = on_gpu(*ops[i], x), cg = on_gpu(*ops[i], chosen), wg = on_gpu(*ops[i], weights);
+      Tensor out = poisoned_gpu(*ops[i], T * H);
+      ops[i]->moe_experts(xg.data<float>(), T, H, experts.linears.data(), E, cg.data<int64_t>(), wg.data<float>(), k,
+                          kSwigluLimit, out.mutable_data<float>(), nullptr);
+      errors[i] = relative_error(floats_of(*ops[i], out), want, what);
+    }
+    check_errors(what, errors[0], errors[1], fast_expert_error(f, H, F));
+  }
+}
+
+constexpr Format kExpertFormats[] = {Format::DenseBf16, Format::Fp8E8m0, Format::Int4Bf16G128, Format::Mxfp4};
+
+// tiny-a's experts (8 of 64 → 32 → 64, k = 2): the per-expert path in every format.
+TEST_F(CudaLinearOps, MoeTinyEveryExpertFormat) {
+  uint64_t seed = 300;
+  for (Format f : kAllFormats) check_moe("tiny-a experts E=8 k=2", f, 8, 64, 32, 2, seed++);
+}
+
+// V4-Flash experts (4096 → 2048 → 4096, k = 6), 16 of them: INT4 through the stacked
+// grouped kernels (T = 300 gives experts over 64 rows, the many-row path), the other
+// formats per expert.
+TEST_F(CudaLinearOps, MoeFlashShapes) {
+  uint64_t seed = 400;
+  for (Format f : kExpertFormats) check_moe("flash experts E=16 k=6", f, 16, 4096, 2048, 6, seed++);
+}
+
+// ---- contracts: no-ops and clear errors ----
+
+TEST_F(CudaLinearOps, MoeRefusesBadInputsWithClearErrors) {
+  Rng rng(500);
+  ExpertSet experts(Format::DenseBf16, 4, 64, 32, rng);
+  CudaOps ops(Precision::Fast);
+  const Tensor xg = on_gpu(ops, normals(3 * 64, rng));
+  const Tensor wg = on_gpu(ops, std::vector<float>(6, 0.5f));
+  const Tensor good = on_gpu(ops, std::vector<int64_t>{0, 1, 2, 3, 1, 0});
+  Tensor out = poisoned_gpu(ops, 3 * 64);
+  float* y = out.mutable_data<float>();
+
+  // T = 0 is a no-op (no pointer is touched).
+  EXPECT_NO_THROW(ops.moe_experts(nullptr, 0, 64, experts.linears.data(), 4, nullptr, nullptr, 2, kSwigluLimit,
+                                  nullptr, nullptr));
+  // A tap is a CPU feature.
+  struct NullTap : backend::ExpertInputTap {
+    void on_expert_input(int64_t, int, const float*, int64_t, int64_t) override {}
+  } tap;
+  EXPECT_THROW(ops.moe_experts(xg.data<float>(), 3, 64, experts.linears.data(), 4, good.data<int64_t>(),
+                               wg.data<float>(), 2, kSwigluLimit, y, &tap),
+               Error);
+  // An expert id outside [0, E).
+  const Tensor bad = on_gpu(ops, std::vector<int64_t>{0, 1, 2, 7, 1, 0});
+  try {
+    ops.moe_experts(xg.data<float>(), 3, 64, experts.linears.data(), 4, bad.data<int64_t>(), wg.data<float>(), 2,
+                    kSwigluLimit, y, nullptr);
+    ADD_FAILURE() << "an expert id out of range was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("outside [0, 4)"), std::string::npos) << e.what();
+  }
+  // A weight of the wrong shape is named with its shape.
+  experts.up[2] = random_weight(Format::DenseBf16, 32, 48, rng);
+  try {
+    ops.moe_experts(xg.data<float>(), 3, 64, experts.linears.data(), 4, good.data<int64_t>(), wg.data<float>(), 2,
+                    kSwigluLimit, y, nullptr);
+    ADD_FAILURE() << "a mis-shaped expert weight was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expert 2 up is a dense weight [32, 48], expected [32, 64]"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST_F(CudaLinearOps, GroupedRefusesRowsThatDoNotSplit) {
+  Rng rng(600);
+  const QuantizedMatrix w = random_weight(Format::DenseBf16, 30, 64, rng);
+  CudaOps ops(Precision::Fast);
+  const Tensor x = on_gpu(ops, normals(4 * 64, rng));
+  Tensor y = poisoned_gpu(ops, 30);
+  try {
+    ops.linear_grouped(w, 4, x.data<float>(), 1, y.mutable_data<float>());
+    ADD_FAILURE() << "30 rows were split into 4 groups";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[30, 64]"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace dsq::test
