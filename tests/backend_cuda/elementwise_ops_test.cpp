@@ -118,12 +118,16 @@ TEST(CudaElementwise, RopeMatchesCpu) {
   cpu::CpuOps cpu;
   CudaOps gpu(Precision::F32);
   std::mt19937 rng(2);
+  // CudaOps keeps a device copy per host table address: the tables must outlive it.
+  std::vector<cpu::RopeFrequencies> tables;
+  tables.reserve(shapes.size());
   for (const RopeShape& s : shapes) {
     SCOPED_TRACE(s.name);
     cpu::YarnScaling yarn;
     yarn.factor = 16;
     yarn.original_max_positions = 65536;
-    const cpu::RopeFrequencies table = cpu::rope_frequencies(s.rope_dim, 10000.0, s.yarn ? &yarn : nullptr);
+    const cpu::RopeFrequencies& table =
+        tables.emplace_back(cpu::rope_frequencies(s.rope_dim, 10000.0, s.yarn ? &yarn : nullptr));
     const std::vector<float> x = random_floats(size_t(s.tokens * s.heads * s.dim), rng);
     const std::vector<int64_t> pos = random_ints(size_t(s.tokens), 0, s.max_position, rng);
     std::vector<float> want = x;
@@ -233,10 +237,13 @@ TEST(CudaElementwise, EmbedStreamsMatchesCpuExactly) {
   cpu::CpuOps cpu;
   CudaOps gpu(Precision::F32);
   std::mt19937 rng(6);
+  // CudaOps keeps a device copy per host table address: the tables must outlive it (a
+  // freed table's address may be reused by the next one).
+  std::vector<QuantizedMatrix> tables;
   for (const EmbedShape& s : shapes) {
     SCOPED_TRACE(s.name);
-    const QuantizedMatrix table = QuantizedMatrix::dense(
-        Tensor::from_f32(random_floats(size_t(s.vocab * s.hidden), rng), {s.vocab, s.hidden}).cast(s.dtype));
+    const QuantizedMatrix& table = tables.emplace_back(QuantizedMatrix::dense(
+        Tensor::from_f32(random_floats(size_t(s.vocab * s.hidden), rng), {s.vocab, s.hidden}).cast(s.dtype)));
     const std::vector<int64_t> ids = random_ints(size_t(s.tokens), 0, s.vocab - 1, rng);
     const int64_t width = s.streams * s.hidden;
     std::vector<float> want(size_t(s.tokens * width));
@@ -281,6 +288,7 @@ const std::vector<MhcShape> kMhcShapes = {
     {"tiny", 3, 4, 64, 20},
     {"tiny, ragged hidden", 5, 4, 37, 20},
     {"two streams, one Sinkhorn round", 2, 2, 64, 1},
+    {"eight streams (two Sinkhorn entries per lane)", 3, 8, 64, 20},
     {"flash T=1", 1, 4, 4096, 20},
     {"flash T=7", 7, 4, 4096, 20},
     {"flash T=300", 300, 4, 4096, 20},
@@ -392,6 +400,8 @@ TEST(CudaElementwise, RouteMatchesCpu) {
       {"flash top-k T=300", 300, 256, 6, true, false},
       {"flash hash T=300", 300, 256, 6, false, true},
       {"k = 8 of 256", 64, 256, 8, true, false},
+      {"ragged: 72 experts", 9, 72, 3, true, false},
+      {"384 experts", 5, 384, 8, true, false},
   };
   cpu::CpuOps cpu;
   CudaOps gpu(Precision::F32);

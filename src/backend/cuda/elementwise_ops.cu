@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "backend/cuda/cuda_ops.h"
 
@@ -28,10 +29,9 @@ namespace dsq::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-// mHC kernels keep one value per stream in registers; route keeps its k picks in lanes.
-constexpr int kMaxStreams = 8;
-constexpr int kMaxRouteExperts = 2048;  // 64 slots per lane in a 64-bit mask
-constexpr int kRouteWarps = 4;          // tokens per route block
+constexpr int kMaxStreams = 8;  // mHC kernels are instantiated for 1..8 streams
+constexpr int kRouteSlots = 16;  // experts per lane: route takes up to 32·16 = 512
+constexpr int kRouteWarps = 4;   // tokens per route block
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
@@ -243,25 +243,31 @@ void launch_embed(const void* table, int64_t vocab, int64_t hidden, const int64_
 }
 
 // ---- mHC (spec §2.4): blockIdx.y = token, blockIdx.x = a slice of kThreads·V columns ----
+// The stream count N is a template parameter (1..kMaxStreams) so that the per-stream
+// loops unroll and the old streams of mhc_post stay in registers.
 
 // Sinkhorn of cpu::mhc_coefficients on the N×N matrix A in shared memory, by one warp:
 // lane-strided entries, each recomputing its own row or column sum sequentially in the
 // CPU's order. __syncwarp separates the reads of a step from its writes.
-__device__ void sinkhorn_warp(float* A, int N, int64_t iters, float eps) {
-  constexpr int kPerLane = kMaxStreams * kMaxStreams / 32;
-  const int lane = threadIdx.x % 32, NN = N * N;
+template <int N>
+__device__ void sinkhorn_warp(float* A, int64_t iters, float eps) {
+  constexpr int NN = N * N, kPerLane = (NN + 31) / 32;
+  const int lane = threadIdx.x % 32;
   float next[kPerLane];
   // Row softmax, then + eps.
 #pragma unroll
   for (int s = 0; s < kPerLane; ++s) {
     const int idx = lane + 32 * s;
-    if (idx >= NN) break;
-    const float* row = A + (idx / N) * N;
-    float m = row[0];
-    for (int k = 1; k < N; ++k) m = fmaxf(m, row[k]);
-    float sum = 0;
-    for (int k = 0; k < N; ++k) sum += expf(row[k] - m);
-    next[s] = expf(A[idx] - m) / sum + eps;
+    if (idx < NN) {
+      const float* row = A + (idx / N) * N;
+      float m = row[0];
+#pragma unroll
+      for (int k = 1; k < N; ++k) m = fmaxf(m, row[k]);
+      float sum = 0;
+#pragma unroll
+      for (int k = 0; k < N; ++k) sum += expf(row[k] - m);
+      next[s] = expf(A[idx] - m) / sum + eps;
+    }
   }
   __syncwarp();
 #pragma unroll
@@ -275,15 +281,18 @@ __device__ void sinkhorn_warp(float* A, int N, int64_t iters, float eps) {
 #pragma unroll
     for (int s = 0; s < kPerLane; ++s) {
       const int idx = lane + 32 * s;
-      if (idx >= NN) break;
-      const int j = idx / N, k = idx % N;
-      float sum = 0;
-      if (columns) {
-        for (int r = 0; r < N; ++r) sum += A[r * N + k];
-      } else {
-        for (int c = 0; c < N; ++c) sum += A[j * N + c];
+      if (idx < NN) {
+        const int j = idx / N, k = idx % N;
+        float sum = 0;
+        if (columns) {
+#pragma unroll
+          for (int r = 0; r < N; ++r) sum += A[r * N + k];
+        } else {
+#pragma unroll
+          for (int c = 0; c < N; ++c) sum += A[j * N + c];
+        }
+        next[s] = A[idx] / (sum + eps);
       }
-      next[s] = A[idx] / (sum + eps);
     }
     __syncwarp();
 #pragma unroll
@@ -294,13 +303,14 @@ __device__ void sinkhorn_warp(float* A, int N, int64_t iters, float eps) {
 }
 
 // x[c] = Σ_j pre[j]·X[j][c] for this block's slice of columns (in the CPU's j order).
-template <int V>
-__device__ void collapse_slice(const float* X, const float* pre, int N, int64_t hidden, float* x) {
+template <int N, int V>
+__device__ void collapse_slice(const float* X, const float* pre, int64_t hidden, float* x) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i * V >= hidden) return;
   Floats<V> acc;
 #pragma unroll
   for (int e = 0; e < V; ++e) acc.v[e] = 0;
+#pragma unroll
   for (int j = 0; j < N; ++j) {
     const Floats<V> f = load<V>(X + j * hidden + i * V);
 #pragma unroll
@@ -312,14 +322,13 @@ __device__ void collapse_slice(const float* X, const float* pre, int N, int64_t 
 // Every block recomputes its token's coefficients (a few hundred flops) so that the
 // columns of one token spread over several blocks; blocks with blockIdx.x == 0 write
 // post and comb.
-template <int V>
+template <int N, int V>
 __global__ void mhc_pre_kernel(const float* streams, const float* mix, const float* base, const float* scale,
-                               int N, int64_t hidden, int64_t iters, float eps, float* x, float* post,
-                               float* comb) {
-  __shared__ float pre[kMaxStreams];
-  __shared__ float A[kMaxStreams * kMaxStreams];
+                               int64_t hidden, int64_t iters, float eps, float* x, float* post, float* comb) {
+  constexpr int NN = N * N;
+  __shared__ float pre[N];
+  __shared__ float A[NN];
   const int64_t t = blockIdx.y;
-  const int NN = N * N;
   const float* m = mix + t * (2 + N) * N;
   const bool writer = blockIdx.x == 0;
   if (threadIdx.x < 32) {
@@ -330,51 +339,47 @@ __global__ void mhc_pre_kernel(const float* streams, const float* mix, const flo
     }
     for (int i = lane; i < NN; i += 32) A[i] = m[2 * N + i] * scale[2] + base[2 * N + i];
     __syncwarp();
-    sinkhorn_warp(A, N, iters, eps);
+    sinkhorn_warp<N>(A, iters, eps);
     if (writer)
       for (int i = lane; i < NN; i += 32) comb[t * NN + i] = A[i];
   }
   __syncthreads();
-  collapse_slice<V>(streams + t * N * hidden, pre, N, hidden, x + t * hidden);
+  collapse_slice<N, V>(streams + t * N * hidden, pre, hidden, x + t * hidden);
 }
 
-template <int V>
-__global__ void hc_head_kernel(const float* streams, const float* mix, const float* base, float scale, int N,
+template <int N, int V>
+__global__ void hc_head_kernel(const float* streams, const float* mix, const float* base, float scale,
                                int64_t hidden, float eps, float* out) {
-  __shared__ float pre[kMaxStreams];
+  __shared__ float pre[N];
   const int64_t t = blockIdx.y;
   if (threadIdx.x < N) pre[threadIdx.x] = sigmoid(mix[t * N + threadIdx.x] * scale + base[threadIdx.x]) + eps;
   __syncthreads();
-  collapse_slice<V>(streams + t * N * hidden, pre, N, hidden, out + t * hidden);
+  collapse_slice<N, V>(streams + t * N * hidden, pre, hidden, out + t * hidden);
 }
 
 // X[k] ← post[k]·y + Σ_j comb[j][k]·X[j]: each thread reads all N old streams of its
 // columns into registers before writing any.
-template <int V>
-__global__ void mhc_post_kernel(float* streams, const float* post, const float* comb, const float* y, int N,
+template <int N, int V>
+__global__ void mhc_post_kernel(float* streams, const float* post, const float* comb, const float* y,
                                 int64_t hidden) {
-  __shared__ float coef[kMaxStreams + kMaxStreams * kMaxStreams];  // post, then comb
+  __shared__ float coef[N + N * N];  // post, then comb
   const int64_t t = blockIdx.y;
-  const int NN = N * N;
-  for (int i = threadIdx.x; i < N + NN; i += blockDim.x) coef[i] = i < N ? post[t * N + i] : comb[t * NN + i - N];
+  for (int i = threadIdx.x; i < N + N * N; i += blockDim.x) coef[i] = i < N ? post[t * N + i] : comb[t * N * N + i - N];
   __syncthreads();
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i * V >= hidden) return;
   float* X = streams + t * N * hidden + i * V;
-  Floats<V> old[kMaxStreams];
+  Floats<V> old[N];
 #pragma unroll
-  for (int j = 0; j < kMaxStreams; ++j)
-    if (j < N) old[j] = load<V>(X + j * hidden);
+  for (int j = 0; j < N; ++j) old[j] = load<V>(X + j * hidden);
   const Floats<V> a = load<V>(y + t * hidden + i * V);
 #pragma unroll
-  for (int k = 0; k < kMaxStreams; ++k) {
-    if (k >= N) break;
+  for (int k = 0; k < N; ++k) {
     Floats<V> out;
 #pragma unroll
     for (int e = 0; e < V; ++e) out.v[e] = coef[k] * a.v[e];
 #pragma unroll
-    for (int j = 0; j < kMaxStreams; ++j) {
-      if (j >= N) break;
+    for (int j = 0; j < N; ++j) {
       const float w = coef[N + j * N + k];
 #pragma unroll
       for (int e = 0; e < V; ++e) out.v[e] += w * old[j].v[e];
@@ -383,27 +388,48 @@ __global__ void mhc_post_kernel(float* streams, const float* post, const float* 
   }
 }
 
-// ---- route (spec §2.11): one warp per token ----
+// Calls f(std::integral_constant<int, N>{}) for a runtime stream count N in 1..kMaxStreams.
+template <typename F>
+void with_stream_count(int64_t n, const char* op, F&& f) {
+  switch (n) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    default: throw error(op, ": ", n, " streams (the CUDA kernels take 1..", kMaxStreams, ")");
+  }
+}
 
-// Whether candidate (av, ai) ranks before (bv, bi): torch's "largest" order (NaN first,
-// then larger), lower index on exact ties; index −1 is "no candidate".
-__device__ bool ranks_before(float av, int ai, float bv, int bi) {
-  if (ai < 0) return false;
-  if (bi < 0) return true;
-  const bool an = isnan(av), bn = isnan(bv);
-  if (an != bn) return an;
-  if (!an && av != bv) return av > bv;
-  return ai < bi;
+// The grid over (column slices, rows) of a width-`hidden` row, for vector width V.
+dim3 column_grid(int64_t hidden, int V, int64_t rows) {
+  return dim3(unsigned(std::max<int64_t>(1, ceil_div(ceil_div(hidden, V), kThreads))), unsigned(rows));
+}
+
+// ---- route (spec §2.11): one warp per token, experts held in registers ----
+
+// A key whose unsigned order is the ranking of (score, expert): torch's "largest" order
+// (NaN first, then larger scores; −0 equals +0), lower expert first on exact ties. Key 0
+// ranks below every real key and marks an empty or already chosen slot.
+__device__ uint64_t rank_key(float score, int expert) {
+  uint32_t u = 0xFFFFFFFFu;
+  if (!isnan(score)) {
+    u = __float_as_uint(score == 0.0f ? 0.0f : score);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  }
+  return (uint64_t(u) << 32) | (0xFFFFFFFFu - uint32_t(expert));
 }
 
 // Lane j < k ends with the j-th pick in `expert` and its unbiased score in `score`.
 __global__ void route_kernel(const float* logits, int64_t T, int E, const float* bias, const int64_t* tid2eid,
                              const int64_t* tokens, int64_t vocab, int k, float scaling, int64_t* chosen,
                              float* weights) {
-  extern __shared__ float choice_all[];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
-  if (t >= T) return;
+  const int lane = threadIdx.x % 32;
+  const int64_t t = int64_t(blockIdx.x) * kRouteWarps + threadIdx.x / 32;
+  if (t >= T) return;  // whole warps leave together
   const float* lg = logits + t * E;
   int expert = 0;
   float score = 0;
@@ -419,23 +445,23 @@ __global__ void route_kernel(const float* logits, int64_t T, int E, const float*
       }
     }
   } else {
-    float* choice = choice_all + warp * E;
-    for (int e = lane; e < E; e += 32) choice[e] = sqrt_softplus(lg[e]) + (bias ? bias[e] : 0.0f);
-    __syncwarp();
-    uint64_t taken = 0;  // bit s: slot e = lane + 32·s
-    for (int j = 0; j < k; ++j) {
-      float best_v = 0;
-      int best_i = -1;
-      for (int s = 0, e = lane; e < E; ++s, e += 32)
-        if (!(taken >> s & 1) && ranks_before(choice[e], e, best_v, best_i)) best_v = choice[e], best_i = e;
+    uint64_t keys[kRouteSlots];  // slot s: expert lane + 32·s
 #pragma unroll
-      for (int o = 16; o > 0; o /= 2) {
-        const float v = __shfl_xor_sync(0xffffffffu, best_v, o);
-        const int i = __shfl_xor_sync(0xffffffffu, best_i, o);
-        if (ranks_before(v, i, best_v, best_i)) best_v = v, best_i = i;
-      }
-      if (best_i % 32 == lane) taken |= uint64_t(1) << (best_i / 32);
-      if (lane == j) expert = best_i;
+    for (int s = 0; s < kRouteSlots; ++s) {
+      const int e = lane + 32 * s;
+      keys[s] = e < E ? rank_key(sqrt_softplus(lg[e]) + (bias ? bias[e] : 0.0f), e) : 0;
+    }
+    for (int j = 0; j < k; ++j) {
+      uint64_t best = 0;
+#pragma unroll
+      for (int s = 0; s < kRouteSlots; ++s) best = max(best, keys[s]);
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
+      // Keys are unique (they hold the expert), so only the owner's slot matches.
+#pragma unroll
+      for (int s = 0; s < kRouteSlots; ++s)
+        if (keys[s] == best) keys[s] = 0;
+      if (lane == j) expert = int(0xFFFFFFFFu - uint32_t(best));
     }
     if (lane < k) score = sqrt_softplus(lg[expert]);
   }
@@ -523,64 +549,59 @@ void CudaOps::embed_streams(const QuantizedMatrix& table, const int64_t* ids, in
 void CudaOps::mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
                       int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, float* x, float* post,
                       float* comb) {
-  DSQ_CHECK(n_streams >= 1 && n_streams <= kMaxStreams, "mhc_pre: ", n_streams, " streams (the CUDA kernels take 1..",
-            kMaxStreams, ")");
-  if (T <= 0) return;
-  const int N = int(n_streams);
-  if (hidden % 4 == 0 && aligned16(streams) && aligned16(x)) {
-    const dim3 grid(unsigned(std::max<int64_t>(1, ceil_div(hidden / 4, kThreads))), unsigned(T));
-    mhc_pre_kernel<4><<<grid, kThreads, 0, ctx_.stream()>>>(streams, mix, base, scale, N, hidden, sinkhorn_iters,
-                                                             eps, x, post, comb);
-  } else {
-    const dim3 grid(unsigned(std::max<int64_t>(1, ceil_div(hidden, kThreads))), unsigned(T));
-    mhc_pre_kernel<1><<<grid, kThreads, 0, ctx_.stream()>>>(streams, mix, base, scale, N, hidden, sinkhorn_iters,
-                                                             eps, x, post, comb);
-  }
-  DSQ_CUDA_CHECK_LAUNCH();
+  const bool vec = hidden % 4 == 0 && aligned16(streams) && aligned16(x);
+  with_stream_count(n_streams, "mhc_pre", [&](auto n) {
+    constexpr int N = decltype(n)::value;
+    if (T <= 0) return;
+    if (vec)
+      mhc_pre_kernel<N, 4><<<column_grid(hidden, 4, T), kThreads, 0, ctx_.stream()>>>(
+          streams, mix, base, scale, hidden, sinkhorn_iters, eps, x, post, comb);
+    else
+      mhc_pre_kernel<N, 1><<<column_grid(hidden, 1, T), kThreads, 0, ctx_.stream()>>>(
+          streams, mix, base, scale, hidden, sinkhorn_iters, eps, x, post, comb);
+    DSQ_CUDA_CHECK_LAUNCH();
+  });
 }
 
 void CudaOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T,
                        int64_t n_streams, int64_t hidden) {
-  DSQ_CHECK(n_streams >= 1 && n_streams <= kMaxStreams, "mhc_post: ", n_streams,
-            " streams (the CUDA kernels take 1..", kMaxStreams, ")");
-  if (T <= 0 || hidden <= 0) return;
-  const int N = int(n_streams);
-  if (hidden % 4 == 0 && aligned16(streams) && aligned16(y)) {
-    const dim3 grid(unsigned(ceil_div(hidden / 4, kThreads)), unsigned(T));
-    mhc_post_kernel<4><<<grid, kThreads, 0, ctx_.stream()>>>(streams, post, comb, y, N, hidden);
-  } else {
-    const dim3 grid(unsigned(ceil_div(hidden, kThreads)), unsigned(T));
-    mhc_post_kernel<1><<<grid, kThreads, 0, ctx_.stream()>>>(streams, post, comb, y, N, hidden);
-  }
-  DSQ_CUDA_CHECK_LAUNCH();
+  const bool vec = hidden % 4 == 0 && aligned16(streams) && aligned16(y);
+  with_stream_count(n_streams, "mhc_post", [&](auto n) {
+    constexpr int N = decltype(n)::value;
+    if (T <= 0 || hidden <= 0) return;
+    if (vec)
+      mhc_post_kernel<N, 4><<<column_grid(hidden, 4, T), kThreads, 0, ctx_.stream()>>>(streams, post, comb, y, hidden);
+    else
+      mhc_post_kernel<N, 1><<<column_grid(hidden, 1, T), kThreads, 0, ctx_.stream()>>>(streams, post, comb, y, hidden);
+    DSQ_CUDA_CHECK_LAUNCH();
+  });
 }
 
 void CudaOps::hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,
                       int64_t n_streams, int64_t hidden, float eps, float* out) {
-  DSQ_CHECK(n_streams >= 1 && n_streams <= kMaxStreams, "hc_head: ", n_streams, " streams (the CUDA kernels take 1..",
-            kMaxStreams, ")");
-  if (n <= 0 || hidden <= 0) return;
-  const int N = int(n_streams);
-  if (hidden % 4 == 0 && aligned16(streams) && aligned16(out)) {
-    const dim3 grid(unsigned(ceil_div(hidden / 4, kThreads)), unsigned(n));
-    hc_head_kernel<4><<<grid, kThreads, 0, ctx_.stream()>>>(streams, mix, base, scale, N, hidden, eps, out);
-  } else {
-    const dim3 grid(unsigned(ceil_div(hidden, kThreads)), unsigned(n));
-    hc_head_kernel<1><<<grid, kThreads, 0, ctx_.stream()>>>(streams, mix, base, scale, N, hidden, eps, out);
-  }
-  DSQ_CUDA_CHECK_LAUNCH();
+  const bool vec = hidden % 4 == 0 && aligned16(streams) && aligned16(out);
+  with_stream_count(n_streams, "hc_head", [&](auto ns) {
+    constexpr int N = decltype(ns)::value;
+    if (n <= 0 || hidden <= 0) return;
+    if (vec)
+      hc_head_kernel<N, 4><<<column_grid(hidden, 4, n), kThreads, 0, ctx_.stream()>>>(streams, mix, base, scale,
+                                                                                        hidden, eps, out);
+    else
+      hc_head_kernel<N, 1><<<column_grid(hidden, 1, n), kThreads, 0, ctx_.stream()>>>(streams, mix, base, scale,
+                                                                                        hidden, eps, out);
+    DSQ_CUDA_CHECK_LAUNCH();
+  });
 }
 
 void CudaOps::route(const float* logits, int64_t T, int64_t n_experts, const float* bias, const int64_t* tid2eid,
                     const int64_t* tokens, int64_t vocab, int64_t k, float scaling, int64_t* chosen,
                     float* weights) {
-  DSQ_CHECK(n_experts >= 1 && n_experts <= kMaxRouteExperts, "route: ", n_experts,
-            " experts (the CUDA kernel takes 1..", kMaxRouteExperts, ")");
+  DSQ_CHECK(n_experts >= 1 && n_experts <= 32 * kRouteSlots, "route: ", n_experts,
+            " experts (the CUDA kernel takes 1..", 32 * kRouteSlots, ")");
   DSQ_CHECK(k >= 1 && k <= 32 && k <= n_experts, "route: k = ", k, " outside [1, min(32, ", n_experts, ")]");
   DSQ_CHECK(!tid2eid || tokens, "route: hash routing needs the token ids");
   if (T <= 0) return;
-  const size_t smem = tid2eid ? 0 : size_t(kRouteWarps) * size_t(n_experts) * sizeof(float);
-  route_kernel<<<unsigned(ceil_div(T, kRouteWarps)), 32 * kRouteWarps, smem, ctx_.stream()>>>(
+  route_kernel<<<unsigned(ceil_div(T, kRouteWarps)), 32 * kRouteWarps, 0, ctx_.stream()>>>(
       logits, T, int(n_experts), bias, tid2eid, tokens, vocab, int(k), scaling, chosen, weights);
   DSQ_CUDA_CHECK_LAUNCH();
 }
