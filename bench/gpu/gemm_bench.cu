@@ -7,8 +7,8 @@
 // Decode inputs rotate over enough weight copies (> 5x the L2) that every call reads
 // its weights from memory. Times are the median over repeats of back-to-back batches.
 //
-// Usage: dsq_gemm_bench [--quick] [--decode-only] [--only SUBSTRING] [--out FILE]
-// (prints a markdown table; FILE gets a copy)
+// Usage: dsq_gemm_bench [--quick] [--decode-only] [--tune] [--only SUBSTRING] [--out FILE]
+// (prints a markdown table; FILE gets a copy; --tune adds the decode kernel's K-slice sweep)
 #include <algorithm>
 #include <cstdarg>
 #include <cstdio>
@@ -309,9 +309,10 @@ std::vector<int64_t> route(int64_t tokens, int64_t E, int top_k, std::mt19937& r
 }
 
 // swiglu: the w1/w3 pair followed by its activation (int4_grouped_swiglu; decode only),
-// N is then the width F of each half.
-void bench_int4(const GpuContext& ctx, Timing& tm, const Limits& lim, const char* name, int64_t E, int64_t N,
-                int64_t K, const std::vector<int64_t>& Ms, bool decode, bool swiglu = false) {
+// N is then the width F of each half. path: which kernels run (Auto: as in production).
+void bench_int4(const GpuContext& ctx, Timing& tm, const Limits& lim, const std::string& name, int64_t E, int64_t N,
+                int64_t K, const std::vector<int64_t>& Ms, bool decode, bool swiglu = false,
+                Int4Path path = Int4Path::Auto) {
   const auto random_packed = [](size_t n, uint64_t s) {
     std::vector<int32_t> v(n);
     for (auto& p : v) {
@@ -325,10 +326,10 @@ void bench_int4(const GpuContext& ctx, Timing& tm, const Limits& lim, const char
   if (swiglu) {
     const auto w1 = random_packed(size_t(E * N * K / 8), 1), w3 = random_packed(size_t(E * N * K / 8), 2);
     w = std::make_unique<Int4ExpertWeights>(
-        Int4ExpertWeights::gate_up(w1.data(), scales.data(), w3.data(), scales.data(), E, N, K, name));
+        Int4ExpertWeights::gate_up(w1.data(), scales.data(), w3.data(), scales.data(), E, N, K, name.c_str()));
   } else {
     const auto packed = random_packed(size_t(E * N * K / 8), 3);
-    w = std::make_unique<Int4ExpertWeights>(packed.data(), scales.data(), E, N, K, name);
+    w = std::make_unique<Int4ExpertWeights>(packed.data(), scales.data(), E, N, K, name.c_str());
   }
   const int64_t out_cols = w->rows();
   const int kTopK = 6;
@@ -351,29 +352,63 @@ void bench_int4(const GpuContext& ctx, Timing& tm, const Limits& lim, const char
       if (swiglu)
         int4_grouped_swiglu(ctx, *w, x.get(), offsets, 10.0f, h.get(), y.get());
       else
-        int4_grouped_linear(ctx, *w, x.get(), offsets, y.get(), decode ? nullptr : scratch.get());
+        int4_grouped_linear(ctx, *w, x.get(), offsets, y.get(), decode ? nullptr : scratch.get(), path);
     }, decode, decode ? 32 : 2);
     const double rows = double(M) * kTopK;
     // SwiGLU: the fp32 gate/up rows are written and read back, then h written in bf16.
     const double out_bytes = swiglu ? rows * out_cols * 4 * 2 + rows * N * 2 : rows * out_cols * 4;
     const double bytes = active * double(w->expert_bytes()) + rows * K * 2 + out_bytes;
-    report(name, M, sec, bytes, 2.0 * rows * out_cols * K, lim, decode, false);
+    report(name.c_str(), M, sec, bytes, 2.0 * rows * out_cols * K, lim, decode, false);
+  }
+}
+
+// The routed-expert GEMMs: as in production (Auto), and in prefill each forced path for
+// comparison in the same run; with `tune`, decode also with each K slice of the decode kernel.
+void bench_int4_all(const GpuContext& ctx, Timing& tm, const Limits& lim, const std::vector<int64_t>& Ms,
+                    bool decode, bool tune, const std::function<bool(const char*)>& wanted) {
+  struct Shape {
+    const char* name;
+    int64_t N, K;
+  };
+  const Shape shapes[] = {{"int4 experts w1+w3 256x[4096,4096]", 4096, 4096}, {"int4 experts w2 256x[4096,2048]", 4096, 2048}};
+  for (const Shape& sh : shapes) {
+    if (decode && sh.K == 4096 && wanted("int4 experts w1+w3+SwiGLU 256x[2x2048,4096]"))
+      bench_int4(ctx, tm, lim, "int4 experts w1+w3+SwiGLU 256x[2x2048,4096]", 256, 2048, 4096, Ms, decode, true);
+    if (!wanted(sh.name)) continue;
+    bench_int4(ctx, tm, lim, sh.name, 256, sh.N, sh.K, Ms, decode);
+    if (!decode) {
+      bench_int4(ctx, tm, lim, std::string(sh.name) + " gemm", 256, sh.N, sh.K, Ms, decode, false, Int4Path::GroupedGemm);
+      bench_int4(ctx, tm, lim, std::string(sh.name) + " mma", 256, sh.N, sh.K, Ms, decode, false, Int4Path::DecodeKernel);
+      bench_int4(ctx, tm, lim, std::string(sh.name) + " deq+cuBLAS", 256, sh.N, sh.K, Ms, decode, false,
+                 Int4Path::DequantCublas);
+    } else if (tune) {
+      const std::vector<int64_t> few = {1, 2, 4, 8, 16};
+      for (int chunks : {2, 4, 8}) {
+        int4_force_decode_chunks(chunks);
+        bench_int4(ctx, tm, lim, std::string(sh.name) + " slice " + std::to_string(64 * chunks), 256, sh.N, sh.K,
+                   few, decode);
+      }
+      int4_force_decode_chunks(0);
+    }
   }
 }
 
 int run(int argc, char** argv) {
-  bool quick = false, decode_only = false;
+  bool quick = false, decode_only = false, tune = false;
   std::string out_path, only;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--decode-only")) decode_only = true;
+    else if (!std::strcmp(argv[i], "--tune")) tune = true;
     else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
     else
       throw dsq::error("dsq_gemm_bench: unknown argument ", argv[i],
-                       " (usage: [--quick] [--decode-only] [--only SUBSTRING] [--out FILE])");
+                       " (usage: [--quick] [--decode-only] [--tune] [--only SUBSTRING] [--out FILE])");
   }
-  const auto wanted = [&](const char* name) { return only.empty() || std::strstr(name, only.c_str()); };
+  const std::function<bool(const char*)> wanted = [&](const char* name) {
+    return only.empty() || std::strstr(name, only.c_str()) != nullptr;
+  };
   if (!gpu_available()) {
     std::printf("no GPU: nothing to benchmark\n");
     return 0;
@@ -393,7 +428,7 @@ int run(int argc, char** argv) {
        lim.copy_bps / 1e9, lim.bf16_flops / 1e12, lim.fp8_flops / 1e12);
 
   const std::vector<int64_t> dec = quick ? std::vector<int64_t>{1, 64} : std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64};
-  const std::vector<int64_t> pre = quick ? std::vector<int64_t>{512} : std::vector<int64_t>{512, 2048, 8192, 16384};
+  const std::vector<int64_t> pre = quick ? std::vector<int64_t>{512} : std::vector<int64_t>{512, 2048, 4096, 8192, 16384};
   const Fp8Op fp8_ops[] = {{"fp8 wq_a [1024,4096]", 1024, 4096, 1},
                            {"fp8 wq_b [32768,1024]", 32768, 1024, 1},
                            {"fp8 wkv [512,4096]", 512, 4096, 1},
@@ -406,12 +441,7 @@ int run(int argc, char** argv) {
     emit(decode ? "| op | M | eager (us) | graph (us) | achieved (graph) | of copy |\n|---|---:|---:|---:|---:|---:|\n"
                 : "| op | M | time (us) | achieved | of limit | of roofline |\n|---|---:|---:|---:|---:|---:|\n");
     const auto& Ms = decode ? dec : pre;
-    if (wanted("int4 experts w1+w3 256x[4096,4096]"))
-      bench_int4(ctx, tm, lim, "int4 experts w1+w3 256x[4096,4096]", 256, 4096, 4096, Ms, decode);
-    if (decode && wanted("int4 experts w1+w3+SwiGLU 256x[2x2048,4096]"))
-      bench_int4(ctx, tm, lim, "int4 experts w1+w3+SwiGLU 256x[2x2048,4096]", 256, 2048, 4096, Ms, decode, true);
-    if (wanted("int4 experts w2 256x[4096,2048]"))
-      bench_int4(ctx, tm, lim, "int4 experts w2 256x[4096,2048]", 256, 4096, 2048, Ms, decode);
+    bench_int4_all(ctx, tm, lim, Ms, decode, tune, wanted);
     for (const Fp8Op& op : fp8_ops)
       if (wanted(op.name)) bench_fp8(ctx, tm, lim, op, Ms, decode);
     if (wanted("bf16 shared w1+w3 [4096,4096]"))
@@ -425,7 +455,8 @@ int run(int argc, char** argv) {
   emit("Prefill: eager time; roofline = max(FLOPs / GEMM peak, bytes / copy bandwidth) over the measured time.\n");
   emit("INT4 rows: M tokens x top-6 of 256 experts, random routing (16 routings rotated); bytes = "
        "active experts' int4+scales + activations + fp32 output. Experts with <= 64 rows run the "
-       "tensor-core W4A16 kernel; in prefill, experts with more rows run dequantize + cuBLAS.\n"
+       "tensor-core W4A16 decode kernel (mma.sync), experts with more rows the grouped wgmma GEMM; "
+       "prefill rows marked gemm / mma / deq+cuBLAS force one path for every expert.\n"
        "FP8 rows: M <= 8 runs dsq's decode kernel (activation quantization fused), larger M "
        "quantizes activations then runs cuBLASLt's 128x128 block-scaled GEMM.\n");
   if (!out_path.empty()) {

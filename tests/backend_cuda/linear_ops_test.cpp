@@ -369,9 +369,10 @@ struct Int4Experts {
 
 class Int4GroupedLinearTest : public LinearOpTest {
  public:
-  // with_scratch: experts with more than 64 rows go through dequantize + cuBLAS.
-  Int4GroupedLinearTest(std::vector<Dims> shapes, bool with_scratch)
-      : shapes_(std::move(shapes)), with_scratch_(with_scratch) {}
+  // with_scratch: the dequantize + cuBLAS path is allowed (Auto uses it only where the
+  // grouped GEMM cannot run).
+  Int4GroupedLinearTest(std::vector<Dims> shapes, bool with_scratch, Int4Path path = Int4Path::Auto)
+      : shapes_(std::move(shapes)), with_scratch_(with_scratch), path_(path) {}
   std::vector<Dims> shapes() const override { return shapes_; }
   void make_inputs(const Dims& d, std::mt19937& rng) override {
     d_ = d;
@@ -399,18 +400,20 @@ class Int4GroupedLinearTest : public LinearOpTest {
     auto y = poisoned<float>(size_t(d_.M * d_.N));
     DeviceBuffer<uint16_t> scratch(with_scratch_ ? size_t(d_.N * d_.K) : 0);
     int4_grouped_linear(ctx, w, reinterpret_cast<const __nv_bfloat16*>(x.get()), offsets_, y.get(),
-                        reinterpret_cast<__nv_bfloat16*>(scratch.get()));
+                        reinterpret_cast<__nv_bfloat16*>(scratch.get()), path_);
     ctx.synchronize();
     return y.to_host();
   }
   // The decode kernel multiplies by q*s exactly in fp32 where the checkpoint's definition
   // rounds q*s to bf16 (<= 2^-9 relative per weight, independent): NMSE ~ 2^-18/3 ≈ 1.3e-6;
-  // fp32 accumulation adds ~1e-13. The prefill path uses bf16(q*s) exactly.
+  // fp32 accumulation adds ~1e-13. The grouped GEMM and dequantize + cuBLAS use bf16(q*s)
+  // exactly (a wrong nibble, scale or tile row would cost NMSE ~1e-2 or more).
   double tolerance() const override { return 1e-5; }
 
  private:
   std::vector<Dims> shapes_;
   bool with_scratch_;
+  Int4Path path_;
   Dims d_{};
   Int4Experts experts_;
   std::vector<uint16_t> x_;
@@ -431,21 +434,62 @@ std::vector<Dims> int4_shapes() {
   };
 }
 
+// Ragged batches for the grouped GEMM: empty experts, 1 row, the 64-row narrow-tile
+// limit and one past it, full 128-row tiles with and without remainders, and V4-Flash's
+// w2 shape.
+std::vector<Dims> int4_gemm_shapes() {
+  return {
+      {887, 512, 1024, {0, 129, 1, 0, 200, 64, 65, 128, 300, 0}},
+      {190, 4096, 2048, {150, 0, 40}},
+      {300, 256, 4096, {0, 0, 300}},
+  };
+}
+
 TEST_F(CudaLinear, Int4TensorCoreKernel) {
-  Int4GroupedLinearTest op(int4_shapes(), false);
+  std::vector<Dims> shapes = int4_shapes();
+  shapes.push_back(int4_gemm_shapes()[0]);
+  Int4GroupedLinearTest op(shapes, false, Int4Path::DecodeKernel);
   check_op(op, 500);
 }
 
-TEST_F(CudaLinear, Int4WithPrefillPath) {
-  Int4GroupedLinearTest op(int4_shapes(), true);
+TEST_F(CudaLinear, Int4AutoPaths) {
+  std::vector<Dims> shapes = int4_shapes();
+  shapes.push_back(int4_gemm_shapes()[0]);
+  Int4GroupedLinearTest op(shapes, true);
   check_op(op, 600);
+}
+
+TEST_F(CudaLinear, Int4GroupedGemm) {
+  std::vector<Dims> shapes = int4_gemm_shapes();
+  for (const Dims& d : int4_shapes()) shapes.push_back(d);  // every expert through the GEMM, also tiny ones
+  Int4GroupedLinearTest op(shapes, false, Int4Path::GroupedGemm);
+  check_op(op, 550);
+}
+
+TEST_F(CudaLinear, Int4DequantizeThenCublas) {
+  Int4GroupedLinearTest op({int4_gemm_shapes()[0], int4_shapes()[4]}, true, Int4Path::DequantCublas);
+  check_op(op, 580);
+}
+
+// The decode kernel's K slices (2, 4, 8 chunks of 64) give the same results.
+TEST_F(CudaLinear, Int4DecodeSliceChoices) {
+  for (int chunks : {2, 4, 8}) {
+    SCOPED_TRACE("chunks " + std::to_string(chunks));
+    int4_force_decode_chunks(chunks);
+    Int4GroupedLinearTest op({int4_shapes()[0], int4_shapes()[5]}, false, Int4Path::DecodeKernel);
+    check_op(op, 590);
+  }
+  int4_force_decode_chunks(0);
 }
 
 // Routed experts' gate/up projections fused with the clamped SwiGLU (one launch).
 class Int4SwigluTest : public LinearOpTest {
  public:
   std::vector<Dims> shapes() const override {
-    return {{1, 2048, 4096, {1}}, {157, 256, 1024, {0, 1, 5, 0, 64, 70, 17, 0}}, {24, 2048, 4096, {6, 0, 18}}};
+    return {{1, 2048, 4096, {1}},
+            {157, 256, 1024, {0, 1, 5, 0, 64, 70, 17, 0}},
+            {24, 2048, 4096, {6, 0, 18}},
+            {330, 256, 1024, {200, 0, 130}}};
   }
   // N is the SwiGLU width F; the fused weight has 2F rows.
   void make_inputs(const Dims& d, std::mt19937& rng) override {
@@ -463,8 +507,10 @@ class Int4SwigluTest : public LinearOpTest {
       const int64_t rows = offsets_[size_t(e + 1)] - offsets_[size_t(e)];
       if (rows == 0) continue;
       const std::vector<float> xe(x.begin() + offsets_[size_t(e)] * d_.K, x.begin() + offsets_[size_t(e + 1)] * d_.K);
-      const std::vector<double> g = matmul_ref(xe, w1_.dequantize(e, true), rows, d_.N, d_.K);
-      const std::vector<double> u = matmul_ref(xe, w3_.dequantize(e, true), rows, d_.N, d_.K);
+      // Experts above kDecodeMaxRows run the grouped GEMM, which uses bf16(q*s).
+      const bool exact = rows <= kDecodeMaxRows;
+      const std::vector<double> g = matmul_ref(xe, w1_.dequantize(e, exact), rows, d_.N, d_.K);
+      const std::vector<double> u = matmul_ref(xe, w3_.dequantize(e, exact), rows, d_.N, d_.K);
       for (size_t i = 0; i < g.size(); ++i) {
         const double gc = std::min(g[i], double(kLimit)), uc = std::clamp(u[i], -double(kLimit), double(kLimit));
         h[size_t(offsets_[size_t(e)] * d_.N) + i] = gc / (1.0 + std::exp(-gc)) * uc;
@@ -483,7 +529,7 @@ class Int4SwigluTest : public LinearOpTest {
     ctx.synchronize();
     return widen_bf16(h.to_host());
   }
-  // The reference uses the exact products q*s, as the kernel does (the checkpoint's
+  // The reference uses the exact products q*s, as the decode kernel does (the checkpoint's
   // bf16(q*s) is checked by the plain INT4 tests; SwiGLU's slope would amplify that
   // difference). What remains is the bf16 output rounding (NMSE <= 2^-18 ≈ 3.8e-6), fp32
   // summation order (~1e-13) and __expf (~1e-7 relative). A block's partial sum lost to a

@@ -26,12 +26,12 @@ constexpr int kThreads = 256;  // 8 warps, one 16-row tile each
 constexpr int kTileN = 128;
 constexpr int kChunk = 64;     // inputs per 16-byte lane word
 constexpr int kMaxItems = 256;  // a decode step has at most one item per expert
-// 64-wide K chunks per block for 1..16 rows (more: 8). A compile-time knob so a tuning
-// build can compare slice lengths: -DDSQ_INT4_SMALL_M_CHUNKS=8.
-#ifndef DSQ_INT4_SMALL_M_CHUNKS
-#define DSQ_INT4_SMALL_M_CHUNKS 4
-#endif
-constexpr int kSmallMChunks = DSQ_INT4_SMALL_M_CHUNKS;
+// Up to this many work items (active experts, in decode) per launch the decode kernel
+// cuts K into 256-wide slices, above it into 512-wide ones: few experts need the extra
+// blocks to fill the GPU, many experts fill it anyway and then gain from fewer partial
+// sums meeting in the atomics (measured on an H100: bench/results/gpu-gemm.md).
+constexpr int kFewItems = 16;
+int g_forced_decode_chunks = 0;  // int4_force_decode_chunks()
 
 // One piece of work: up to 64 consecutive rows of one expert.
 struct WorkItem {
@@ -157,6 +157,218 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
+// ---- grouped prefill GEMM (Hopper wgmma) ----
+//
+// For experts with many rows: y_tile^T = W_block · x_tile^T on the warpgroup tensor
+// cores, without a bf16 copy of W. A block owns 256 rows of W (4 warpgroups × 64) and BN
+// consecutive rows of x of one expert. Per 128-wide K step it stages, with cp.async into
+// a 4-deep ring of shared-memory buffers: the x tile (K-major, 128-byte swizzled as the
+// wgmma descriptor expects), the 16 mma-tile words of W per lane (the load-time layout
+// is already the wgmma A-register layout, which per warp equals the mma.m16n8k16 one)
+// and the 256 scales of that group. Each thread turns its nibbles into bf16(q·s) in
+// registers (exactly the checkpoint's dequantized value) and feeds them as wgmma's A
+// operand; x is the B operand, read from shared memory through the descriptor.
+constexpr int kGemmRows = 256;        // rows of W per block
+constexpr int kGemmThreads = 512;     // 4 warpgroups
+constexpr int kGemmK = 128;           // K per pipeline stage (one scale group)
+constexpr int kGemmStages = 4;
+constexpr int kGemmWBytes = kGemmRows / 16 * 2 * 32 * 16;  // 16 tiles × 2 chunks × 32 lanes × 16 B
+constexpr int kGemmScaleBytes = kGemmRows * 4;
+constexpr int kMaxGemmTiles = 2048;   // tiles per launch (kernel parameter, 24 KB)
+
+template <int BN>
+constexpr int gemm_stage_bytes() { return BN * kGemmK * 2 + kGemmWBytes + kGemmScaleBytes; }
+template <int BN>
+constexpr int gemm_smem_bytes() { return kGemmStages * gemm_stage_bytes<BN>() + 1024; }  // + alignment
+
+struct GemmTile {
+  int expert;
+  int row_begin;
+  int rows;  // 1..BN
+};
+struct GemmTileList {
+  GemmTile tiles[kMaxGemmTiles];
+};
+
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Shared-memory descriptor of a K-major bf16 operand in the 128-byte swizzle: rows of 128
+// bytes, 8-row groups 1024 bytes apart (stride byte offset), leading offset unused (1).
+__device__ __forceinline__ uint64_t smem_desc_sw128(uint32_t addr) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+
+#define DSQ_ACC8(d, i) \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+
+// d[64 × BN] (+)= A (registers, bf16) · B (shared memory, descriptor), one k16 step;
+// accumulate == 0 overwrites d (the first step: no instruction but wgmma defines d).
+template <int BN>
+__device__ __forceinline__ void wgmma_rs(float (&d)[BN / 2], const uint32_t (&a)[4], uint64_t desc, int accumulate);
+template <>
+__device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a)[4], uint64_t desc,
+                                              int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+      "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, "
+      "%43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+      : DSQ_ACC8(d, 0), DSQ_ACC8(d, 8), DSQ_ACC8(d, 16), DSQ_ACC8(d, 24), DSQ_ACC8(d, 32), DSQ_ACC8(d, 40),
+        DSQ_ACC8(d, 48), DSQ_ACC8(d, 56)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc,
+                                             int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+      "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : DSQ_ACC8(d, 0), DSQ_ACC8(d, 8), DSQ_ACC8(d, 16), DSQ_ACC8(d, 24)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate));
+}
+#undef DSQ_ACC8
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Keeps the compiler from moving accumulator accesses across the asynchronous wgmmas.
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// One thread's share of loading a pipeline stage, fixed per block: x [2 halves of 64 K]
+// [BN rows][128 B, 16-byte chunks swizzled], W [16 tiles][2 chunks][32 lanes] uint4,
+// scales [256] fp32 of the stage's group. load(stage, kt) issues the cp.asyncs of step kt.
+template <int BN>
+struct GemmStageLoader {
+  static constexpr int kXChunks = BN * 16 / kGemmThreads;  // 16-byte chunks per thread
+  const __nv_bfloat16* x_src;  // first row of this thread, at its chunk
+  uint32_t x_dst;              // offset in the stage, first row
+  int x_valid_rows;            // rows of this thread's first chunk's row onwards that exist
+  size_t x_row_step;           // elements between this thread's successive rows
+  const uint4* w_src;
+  size_t w_tile_step;          // uint4s between this thread's two tiles
+  const float* s_src;          // nullptr: this thread loads no scales
+
+  __device__ GemmStageLoader(const GemmTile& tile, int n0, const uint4* tiles, const float* scales,
+                             const __nv_bfloat16* x, int N, int K) {
+    const int r = threadIdx.x / 16, c = threadIdx.x % 16, half = c / 8, cc = c % 8;
+    x_valid_rows = tile.rows - r;
+    x_row_step = size_t(kGemmThreads / 16) * K;
+    x_src = x + size_t(tile.row_begin + min(r, tile.rows - 1)) * K + c * 8;
+    x_dst = half * BN * 128 + r * 128 + ((cc ^ (r & 7)) << 4);  // rows advance by 32: same swizzle
+    const int nt = threadIdx.x / 64, rest = threadIdx.x % 64;
+    w_src = tiles + (size_t(tile.expert) * (N / 16) + n0 / 16 + nt) * (K / kChunk) * 32 + rest;
+    w_tile_step = size_t(kGemmThreads / 64) * (K / kChunk) * 32;
+    s_src = threadIdx.x < kGemmScaleBytes / 16
+                ? scales + size_t(tile.expert) * (K / kGroup) * N + n0 + threadIdx.x * 4 : nullptr;
+  }
+  __device__ __forceinline__ void load(uint32_t stage, int kt, int N) const {
+#pragma unroll
+    for (int m = 0; m < kXChunks; ++m) {
+      const bool valid = m * (kGemmThreads / 16) < x_valid_rows;
+      cp_async_16(stage + x_dst + m * (kGemmThreads / 16) * 128,
+                  valid ? x_src + m * x_row_step + kt * kGemmK : x_src, valid);
+    }
+    const uint32_t w_dst = stage + BN * kGemmK * 2;
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+      cp_async_16(w_dst + (threadIdx.x + m * kGemmThreads) * 16, w_src + m * w_tile_step + kt * 2 * 32, true);
+    if (s_src) cp_async_16(w_dst + kGemmWBytes + threadIdx.x * 16, s_src + size_t(kt) * N, true);
+  }
+};
+
+template <int BN>
+__global__ void __launch_bounds__(kGemmThreads, 1)
+    w4a16_gemm_kernel(const uint4* __restrict__ tiles, const float* __restrict__ scales,
+                      const __nv_bfloat16* __restrict__ x, float* __restrict__ y, int N, int K,
+                      const __grid_constant__ GemmTileList work) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t base = (uint32_t(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;
+  const unsigned char* base_ptr = smem_raw + (base - uint32_t(__cvta_generic_to_shared(smem_raw)));
+  constexpr int kStage = gemm_stage_bytes<BN>();
+
+  const GemmTile tile = work.tiles[blockIdx.y];
+  const int n0 = blockIdx.x * kGemmRows;
+  const int ktiles = K / kGemmK;
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int ntile = wg * 4 + warp;  // this warp's 16-row tile within the block
+
+  const GemmStageLoader<BN> loader(tile, n0, tiles, scales, x, N, K);
+  for (int s = 0; s < kGemmStages - 2; ++s) {
+    if (s < ktiles) loader.load(base + s * kStage, s, N);
+    cp_async_commit();
+  }
+  float acc[BN / 2];  // first written by the first wgmma (accumulate == 0)
+
+  for (int kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<kGemmStages - 3>();  // this thread's copies for stage kt have landed
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // visible to wgmma's reads
+    __syncthreads();  // everyone's copies landed; every warpgroup has issued stage kt-1
+    // The buffer of stage kt-2 is free: its wgmmas completed before the previous barrier.
+    const int next = kt + kGemmStages - 2;
+    if (next < ktiles) loader.load(base + (next % kGemmStages) * kStage, next, N);
+    cp_async_commit();
+
+    const uint32_t stage = base + (kt % kGemmStages) * kStage;
+    const unsigned char* stage_ptr = base_ptr + (kt % kGemmStages) * kStage;
+    const uint4* wsm = reinterpret_cast<const uint4*>(stage_ptr + BN * kGemmK * 2) + ntile * 64 + lane;
+    const uint4 w0 = wsm[0], w1 = wsm[32];
+    const float* ssm = reinterpret_cast<const float*>(stage_ptr + BN * kGemmK * 2 + kGemmWBytes) + ntile * 16 + g;
+    const __nv_bfloat162 s_lo = __float2bfloat162_rn(ssm[0]), s_hi = __float2bfloat162_rn(ssm[8]);
+    wgmma_wait_all();  // stage kt-1's wgmmas no longer read the A registers
+    uint32_t a[8][4];
+    const uint32_t words[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        // bf16(q) exactly, then bf16(q * s): one rounding, the checkpoint's value.
+        const uint32_t q = nibbles_to_bf16x2(words[j], 4 * r);
+        const __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&q), (r & 1) ? s_hi : s_lo);
+        a[j][r] = *reinterpret_cast<const uint32_t*>(&v);
+      }
+    fence_operands(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      wgmma_rs<BN>(acc, a[j], smem_desc_sw128(stage + (j / 4) * BN * 128 + (j % 4) * 32), kt > 0 || j > 0);
+    wgmma_commit();
+  }
+  wgmma_wait_all();
+  fence_operands(acc);
+
+  // Accumulator fragment: for each 8-token group i, (row g, tokens 8i+2t, +1) and
+  // (row g+8, same tokens); rows are W rows (output features), tokens are x rows.
+  const int n = n0 + ntile * 16 + g;
+#pragma unroll
+  for (int i = 0; i < BN / 8; ++i) {
+    const int tok = 8 * i + 2 * t;
+    if (tok < tile.rows) {
+      float* out = y + size_t(tile.row_begin + tok) * N + n;
+      out[0] = acc[4 * i];
+      out[8] = acc[4 * i + 2];
+    }
+    if (tok + 1 < tile.rows) {
+      float* out = y + size_t(tile.row_begin + tok + 1) * N + n;
+      out[0] = acc[4 * i + 1];
+      out[8] = acc[4 * i + 3];
+    }
+  }
+}
+
 // One thread per lane word (uint4): writes its 16 rows × 4 input pairs as bf16x2.
 __global__ void int4_dequant_kernel(const uint4* __restrict__ tiles, const float* __restrict__ scales,
                                     int expert, int N, int K, __nv_bfloat16* __restrict__ out) {
@@ -250,13 +462,54 @@ void run_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bf
       work.items[i] = items[begin + i];
       max_rows = std::max(max_rows, items[begin + i].rows);
     }
-    // Few rows: shorter K slices, more blocks in flight. More rows: longer slices so
-    // fewer partial sums meet in the fp32 atomics.
-    if (max_rows <= 8) launch_decode<1, kSmallMChunks>(ctx, w, x, y, work, count);
-    else if (max_rows <= 16) launch_decode<2, kSmallMChunks>(ctx, w, x, y, work, count);
-    else if (max_rows <= 32) launch_decode<4, 8>(ctx, w, x, y, work, count);
-    else launch_decode<8, 8>(ctx, w, x, y, work, count);
+    // Few rows and few items: shorter K slices, more blocks in flight. Otherwise longer
+    // slices so fewer partial sums meet in the fp32 atomics.
+    const int chunks = g_forced_decode_chunks ? g_forced_decode_chunks : count <= kFewItems ? 4 : 8;
+    if (max_rows <= 16 && chunks != 8) {
+      const bool one = max_rows <= 8;
+      if (chunks == 2) one ? launch_decode<1, 2>(ctx, w, x, y, work, count) : launch_decode<2, 2>(ctx, w, x, y, work, count);
+      else one ? launch_decode<1, 4>(ctx, w, x, y, work, count) : launch_decode<2, 4>(ctx, w, x, y, work, count);
+    } else if (max_rows <= 8) {
+      launch_decode<1, 8>(ctx, w, x, y, work, count);
+    } else if (max_rows <= 16) {
+      launch_decode<2, 8>(ctx, w, x, y, work, count);
+    } else if (max_rows <= 32) {
+      launch_decode<4, 8>(ctx, w, x, y, work, count);
+    } else {
+      launch_decode<8, 8>(ctx, w, x, y, work, count);
+    }
   }
+}
+
+template <int BN>
+void launch_gemm(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x, float* y,
+                 const std::vector<GemmTile>& tiles) {
+  if (tiles.empty()) return;
+  static bool configured = false;  // the attribute belongs to the function: set it once
+  if (!configured) {
+    DSQ_CUDA_CHECK(cudaFuncSetAttribute(w4a16_gemm_kernel<BN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        gemm_smem_bytes<BN>()));
+    configured = true;
+  }
+  auto list = std::make_unique<GemmTileList>();
+  for (size_t begin = 0; begin < tiles.size(); begin += kMaxGemmTiles) {
+    const size_t count = std::min<size_t>(kMaxGemmTiles, tiles.size() - begin);
+    std::copy(tiles.begin() + begin, tiles.begin() + begin + count, list->tiles);
+    // x: the 256-row blocks of W vary fastest, so neighbouring blocks share one x tile.
+    const dim3 grid(unsigned(w.rows() / kGemmRows), unsigned(count));
+    w4a16_gemm_kernel<BN><<<grid, kGemmThreads, gemm_smem_bytes<BN>(), ctx.stream()>>>(
+        w.tiles(), w.scales(), x, y, int(w.rows()), int(w.cols()), *list);
+    DSQ_CUDA_CHECK_LAUNCH();
+  }
+}
+
+// An expert's rows for the grouped GEMM: full 128-row tiles, and a remainder of up to 64
+// rows as a 64-row tile (less wasted tensor work than a mostly empty 128-row one).
+void add_gemm_tiles(int expert, int64_t begin, int64_t rows, std::vector<GemmTile>& wide,
+                    std::vector<GemmTile>& narrow) {
+  int64_t r = 0;
+  for (; rows - r > 64; r += 128) wide.push_back({expert, int(begin + r), int(std::min<int64_t>(128, rows - r))});
+  if (r < rows) narrow.push_back({expert, int(begin + r), int(rows - r)});
 }
 
 }  // namespace
@@ -319,29 +572,66 @@ void int4_dequantize_expert(const GpuContext& ctx, const Int4ExpertWeights& w, i
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
+void int4_force_decode_chunks(int chunks) {
+  DSQ_CHECK(chunks == 0 || chunks == 2 || chunks == 4 || chunks == 8, "int4_force_decode_chunks: ", chunks,
+            " is not 0, 2, 4 or 8");
+  g_forced_decode_chunks = chunks;
+}
+
+bool int4_gemm_supported(const Int4ExpertWeights& w) { return w.rows() % kGemmRows == 0; }
+
 void int4_grouped_linear(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x,
-                         const std::vector<int64_t>& offsets, float* y, __nv_bfloat16* dequant_scratch) {
+                         const std::vector<int64_t>& offsets, float* y, __nv_bfloat16* dequant_scratch,
+                         Int4Path path) {
   DSQ_CHECK(int64_t(offsets.size()) == w.experts() + 1, "int4_grouped_linear: ", offsets.size(),
             " offsets for ", w.experts(), " experts (need experts + 1)");
   DSQ_CHECK(offsets.front() == 0, "int4_grouped_linear: offsets must start at 0");
   for (size_t e = 0; e + 1 < offsets.size(); ++e)
     DSQ_CHECK(offsets[e + 1] >= offsets[e], "int4_grouped_linear: offsets decrease at expert ", e);
+  DSQ_CHECK(path != Int4Path::GroupedGemm || int4_gemm_supported(w), "int4_grouped_linear: the grouped GEMM "
+            "needs out-features divisible by ", kGemmRows, ", got ", w.rows());
+  DSQ_CHECK(path != Int4Path::DequantCublas || dequant_scratch, "int4_grouped_linear: the dequantize + cuBLAS "
+            "path needs a scratch buffer");
   const int64_t total = offsets.back();
   if (total == 0) return;
-  DSQ_CUDA_CHECK(cudaMemsetAsync(y, 0, size_t(total * w.rows()) * sizeof(float), ctx.stream()));
   std::vector<WorkItem> items;
+  std::vector<GemmTile> wide, narrow;
+  // Rows the decode kernel accumulates into (split K, atomics) must start at zero; the
+  // other paths store. Adjacent experts' ranges are cleared together.
+  int64_t clear_begin = 0, clear_end = 0;
+  const auto clear = [&] {
+    if (clear_end > clear_begin)
+      DSQ_CUDA_CHECK(cudaMemsetAsync(y + clear_begin * w.rows(), 0,
+                                     size_t((clear_end - clear_begin) * w.rows()) * sizeof(float), ctx.stream()));
+  };
   for (int64_t e = 0; e < w.experts(); ++e) {
     const int64_t rows = offsets[e + 1] - offsets[e];
     if (rows == 0) continue;
-    if (dequant_scratch && rows > kDecodeMaxRows) {
-      int4_dequantize_expert(ctx, w, e, dequant_scratch);
-      bf16_linear_f32_out(ctx, x + offsets[e] * w.cols(), dequant_scratch, y + offsets[e] * w.rows(),
-                          rows, w.rows(), w.cols());
-      continue;
+    Int4Path use = path;
+    if (use == Int4Path::Auto) {
+      if (rows <= kDecodeMaxRows) use = Int4Path::DecodeKernel;
+      else if (int4_gemm_supported(w)) use = Int4Path::GroupedGemm;
+      else use = dequant_scratch ? Int4Path::DequantCublas : Int4Path::DecodeKernel;
     }
-    for (int64_t r = 0; r < rows; r += kDecodeMaxRows)
-      items.push_back({int(e), int(offsets[e] + r), int(std::min<int64_t>(kDecodeMaxRows, rows - r))});
+    if (use == Int4Path::GroupedGemm) {
+      add_gemm_tiles(int(e), offsets[e], rows, wide, narrow);
+    } else if (use == Int4Path::DequantCublas) {
+      int4_dequantize_expert(ctx, w, e, dequant_scratch);
+      bf16_linear_f32_out(ctx, x + offsets[e] * w.cols(), dequant_scratch, y + offsets[e] * w.rows(), rows,
+                          w.rows(), w.cols());
+    } else {
+      if (offsets[e] != clear_end) {
+        clear();
+        clear_begin = offsets[e];
+      }
+      clear_end = offsets[e + 1];
+      for (int64_t r = 0; r < rows; r += kDecodeMaxRows)
+        items.push_back({int(e), int(offsets[e] + r), int(std::min<int64_t>(kDecodeMaxRows, rows - r))});
+    }
   }
+  clear();
+  launch_gemm<128>(ctx, w, x, y, wide);
+  launch_gemm<64>(ctx, w, x, y, narrow);
   if (!items.empty()) run_decode(ctx, w, x, y, items);
 }
 

@@ -9,11 +9,14 @@
 // nibbles into bf16 with two integer/bf16 operations per pair, and applies the group
 // scale in fp32 after each 128-wide group's partial product (exact: q is small).
 //
-// Two execution paths, chosen per call by int4_grouped_linear():
-//  - tensor-core decode kernel, for experts with few rows (<= 64 rows per tile of
-//    work; more rows are cut into 64-row tiles): memory-bound, reads each weight once;
-//  - prefill: dequantize the expert to bf16 in a scratch buffer, then cuBLAS BF16 GEMM,
-//    when an expert has more rows than kDecodeMaxRows and the caller gave scratch.
+// Execution paths, chosen per expert by int4_grouped_linear():
+//  - tensor-core decode kernel (mma.sync), for experts with few rows (<= 64 rows per
+//    item of work): memory-bound, reads each weight once per item;
+//  - grouped prefill GEMM (Hopper wgmma), for experts with more rows: the nibbles become
+//    bf16(q·s) in registers and feed the tensor cores directly, no bf16 copy of W;
+//  - dequantize the expert to bf16 in a scratch buffer, then cuBLAS BF16 GEMM: only
+//    where the GEMM cannot run (out-features not a multiple of 256) and the caller gave
+//    scratch, or when forced (benchmark comparison).
 #pragma once
 
 #include <cstdint>
@@ -26,8 +29,12 @@
 
 namespace dsq::cuda {
 
-// Above this many rows for one expert the dequantize + cuBLAS path wins (when allowed).
+// Above this many rows for one expert the grouped GEMM takes over from the decode kernel.
 constexpr int64_t kDecodeMaxRows = 64;
+
+// Which kernels int4_grouped_linear() uses: Auto chooses per expert by its row count
+// (above); the others force one path for every expert (tests, benchmark comparisons).
+enum class Int4Path { Auto, DecodeKernel, GroupedGemm, DequantCublas };
 
 // E experts of identical shape [N, K], on the device in the kernel's layout.
 class Int4ExpertWeights {
@@ -64,10 +71,17 @@ class Int4ExpertWeights {
 // Grouped W4A16: x[rows, K] bf16 holds the rows of all experts, sorted by expert; expert
 // e owns rows [offsets[e], offsets[e+1]) (host array of E+1 entries; experts with no
 // rows cost nothing). Writes y[rows, N] fp32 = x_row · W_e^T. `dequant_scratch`
-// (N*K bf16, may be null) enables the prefill path for experts with many rows.
+// (N*K bf16, may be null) enables the dequantize + cuBLAS path.
 void int4_grouped_linear(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x,
                          const std::vector<int64_t>& offsets, float* y,
-                         __nv_bfloat16* dequant_scratch = nullptr);
+                         __nv_bfloat16* dequant_scratch = nullptr, Int4Path path = Int4Path::Auto);
+
+// Whether the grouped prefill GEMM can run on these weights (N % 256 == 0).
+bool int4_gemm_supported(const Int4ExpertWeights& w);
+
+// Benchmark hook: the decode kernel's K slice per block in 64-wide chunks (2, 4 or 8) for
+// items of <= 16 rows; 0 (the default) chooses by the number of active experts.
+void int4_force_decode_chunks(int chunks);
 
 // The routed experts' first half with their activation: for weights built with
 // Int4ExpertWeights::gate_up(), h[rows, F] bf16 = SiLU(min(x·W1^T, limit)) ⊙
