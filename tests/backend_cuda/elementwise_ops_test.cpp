@@ -201,6 +201,7 @@ TEST(CudaElementwise, GatherRowsMatchesCpuExactly) {
       {"tiny", 10, 6, 64},
       {"ragged width", 9, 20, 37},
       {"flash: T=300 tokens to 6 expert slots each", 300, 300 * 6, 4096},
+      {"70000 narrow rows (past a 65535 grid axis)", 100, 70000, 8},
   };
   cpu::CpuOps cpu;
   CudaOps gpu(Precision::F32);
@@ -233,6 +234,7 @@ TEST(CudaElementwise, EmbedStreamsMatchesCpuExactly) {
       {"tiny f16, ragged hidden", 40, 37, 4, 6, DType::F16},
       {"flash bf16 T=1", 1000, 4096, 4, 1, DType::BF16},
       {"flash bf16 T=300", 1000, 4096, 4, 300, DType::BF16},
+      {"70000 tokens of a narrow table", 50, 8, 1, 70000, DType::F32},
   };
   cpu::CpuOps cpu;
   CudaOps gpu(Precision::F32);
@@ -292,6 +294,7 @@ const std::vector<MhcShape> kMhcShapes = {
     {"flash T=1", 1, 4, 4096, 20},
     {"flash T=7", 7, 4, 4096, 20},
     {"flash T=300", 300, 4, 4096, 20},
+    {"70000 narrow tokens", 70000, 2, 4, 2},
 };
 
 // Random mHC parameters: the projection `mix` of each token, base and scale.

@@ -191,17 +191,17 @@ void launch_binary(const float* a, const float* b, int64_t n, Op op, float* out,
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
-// ---- gather_rows: blockIdx.y = output row ----
+// ---- gather_rows: blockIdx.x = output row (up to 2³¹−1; y is limited to 65535) ----
 
 template <int V>
 __global__ void gather_rows_kernel(const float* src, const int64_t* rows, int64_t width, float* dst) {
-  const int64_t r = blockIdx.y;
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t r = blockIdx.x;
+  const int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
   if (i * V >= width) return;
   store<V>(dst + r * width + i * V, load<V>(src + rows[r] * width + i * V));
 }
 
-// ---- embed_streams: blockIdx.y = token ----
+// ---- embed_streams: blockIdx.x = token ----
 
 __device__ float widen(float v) { return v; }
 __device__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -210,8 +210,8 @@ __device__ float widen(__half v) { return __half2float(v); }
 template <typename T, int V>
 __global__ void embed_streams_kernel(const T* table, int64_t vocab, int64_t hidden, const int64_t* ids,
                                      int64_t n_streams, float* streams) {
-  const int64_t t = blockIdx.y;
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t t = blockIdx.x;
+  const int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
   if (i * V >= hidden) return;
   const int64_t id = ids[t];
   Floats<V> f;
@@ -233,16 +233,16 @@ void launch_embed(const void* table, int64_t vocab, int64_t hidden, const int64_
   const T* tab = static_cast<const T*>(table);
   // V = 4 stores float4 into the streams; table elements are read one by one.
   if (hidden % 4 == 0 && aligned16(streams)) {
-    const dim3 grid(unsigned(ceil_div(hidden / 4, kThreads)), unsigned(T_));
+    const dim3 grid(unsigned(T_), unsigned(ceil_div(hidden / 4, kThreads)));
     embed_streams_kernel<T, 4><<<grid, kThreads, 0, ctx.stream()>>>(tab, vocab, hidden, ids, n, streams);
   } else {
-    const dim3 grid(unsigned(ceil_div(hidden, kThreads)), unsigned(T_));
+    const dim3 grid(unsigned(T_), unsigned(ceil_div(hidden, kThreads)));
     embed_streams_kernel<T, 1><<<grid, kThreads, 0, ctx.stream()>>>(tab, vocab, hidden, ids, n, streams);
   }
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
-// ---- mHC (spec §2.4): blockIdx.y = token, blockIdx.x = a slice of kThreads·V columns ----
+// ---- mHC (spec §2.4): blockIdx.x = token, blockIdx.y = a slice of kThreads·V columns ----
 // The stream count N is a template parameter (1..kMaxStreams) so that the per-stream
 // loops unroll and the old streams of mhc_post stay in registers.
 
@@ -305,7 +305,7 @@ __device__ void sinkhorn_warp(float* A, int64_t iters, float eps) {
 // x[c] = Σ_j pre[j]·X[j][c] for this block's slice of columns (in the CPU's j order).
 template <int N, int V>
 __device__ void collapse_slice(const float* X, const float* pre, int64_t hidden, float* x) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
   if (i * V >= hidden) return;
   Floats<V> acc;
 #pragma unroll
@@ -320,7 +320,7 @@ __device__ void collapse_slice(const float* X, const float* pre, int64_t hidden,
 }
 
 // Every block recomputes its token's coefficients (a few hundred flops) so that the
-// columns of one token spread over several blocks; blocks with blockIdx.x == 0 write
+// columns of one token spread over several blocks; blocks with blockIdx.y == 0 write
 // post and comb.
 template <int N, int V>
 __global__ void mhc_pre_kernel(const float* streams, const float* mix, const float* base, const float* scale,
@@ -328,9 +328,9 @@ __global__ void mhc_pre_kernel(const float* streams, const float* mix, const flo
   constexpr int NN = N * N;
   __shared__ float pre[N];
   __shared__ float A[NN];
-  const int64_t t = blockIdx.y;
+  const int64_t t = blockIdx.x;
   const float* m = mix + t * (2 + N) * N;
-  const bool writer = blockIdx.x == 0;
+  const bool writer = blockIdx.y == 0;
   if (threadIdx.x < 32) {
     const int lane = threadIdx.x;
     if (lane < N) {
@@ -351,7 +351,7 @@ template <int N, int V>
 __global__ void hc_head_kernel(const float* streams, const float* mix, const float* base, float scale,
                                int64_t hidden, float eps, float* out) {
   __shared__ float pre[N];
-  const int64_t t = blockIdx.y;
+  const int64_t t = blockIdx.x;
   if (threadIdx.x < N) pre[threadIdx.x] = sigmoid(mix[t * N + threadIdx.x] * scale + base[threadIdx.x]) + eps;
   __syncthreads();
   collapse_slice<N, V>(streams + t * N * hidden, pre, hidden, out + t * hidden);
@@ -363,10 +363,10 @@ template <int N, int V>
 __global__ void mhc_post_kernel(float* streams, const float* post, const float* comb, const float* y,
                                 int64_t hidden) {
   __shared__ float coef[N + N * N];  // post, then comb
-  const int64_t t = blockIdx.y;
+  const int64_t t = blockIdx.x;
   for (int i = threadIdx.x; i < N + N * N; i += blockDim.x) coef[i] = i < N ? post[t * N + i] : comb[t * N * N + i - N];
   __syncthreads();
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
   if (i * V >= hidden) return;
   float* X = streams + t * N * hidden + i * V;
   Floats<V> old[N];
@@ -404,9 +404,9 @@ void with_stream_count(int64_t n, const char* op, F&& f) {
   }
 }
 
-// The grid over (column slices, rows) of a width-`hidden` row, for vector width V.
+// The grid over (rows, column slices of kThreads·V) of width-`hidden` rows.
 dim3 column_grid(int64_t hidden, int V, int64_t rows) {
-  return dim3(unsigned(std::max<int64_t>(1, ceil_div(ceil_div(hidden, V), kThreads))), unsigned(rows));
+  return dim3(unsigned(rows), unsigned(std::max<int64_t>(1, ceil_div(ceil_div(hidden, V), kThreads))));
 }
 
 // ---- route (spec §2.11): one warp per token, experts held in registers ----
@@ -521,10 +521,10 @@ void CudaOps::add(float* dst, const float* src, int64_t n) { launch_binary(dst, 
 void CudaOps::gather_rows(const float* src, const int64_t* rows, int64_t n, int64_t width, float* dst) {
   if (n <= 0 || width <= 0) return;
   if (width % 4 == 0 && aligned16(src) && aligned16(dst)) {
-    const dim3 grid(unsigned(ceil_div(width / 4, kThreads)), unsigned(n));
+    const dim3 grid(unsigned(n), unsigned(ceil_div(width / 4, kThreads)));
     gather_rows_kernel<4><<<grid, kThreads, 0, ctx_.stream()>>>(src, rows, width, dst);
   } else {
-    const dim3 grid(unsigned(ceil_div(width, kThreads)), unsigned(n));
+    const dim3 grid(unsigned(n), unsigned(ceil_div(width, kThreads)));
     gather_rows_kernel<1><<<grid, kThreads, 0, ctx_.stream()>>>(src, rows, width, dst);
   }
   DSQ_CUDA_CHECK_LAUNCH();
