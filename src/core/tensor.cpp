@@ -48,6 +48,13 @@ Tensor Tensor::view(DType dtype, Shape shape, const void* data, std::shared_ptr<
   return t;
 }
 
+Tensor Tensor::writable_view(DType dtype, Shape shape, void* data, std::shared_ptr<const void> owner,
+                             Device device) {
+  Tensor t = view(dtype, std::move(shape), data, std::move(owner), device);
+  t.writable_ = true;
+  return t;
+}
+
 Tensor Tensor::from_f32(const std::vector<float>& values, Shape shape) {
   DSQ_CHECK(shape_numel(shape) == int64_t(values.size()), "from_f32: ", values.size(),
             " values do not fill shape ", shape_string(shape));

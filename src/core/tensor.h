@@ -32,6 +32,9 @@ class Tensor {
   // A view of `data` (not copied); `owner` keeps the bytes alive as long as the view lives.
   static Tensor view(DType dtype, Shape shape, const void* data, std::shared_ptr<const void> owner,
                      Device device = Device::CPU);
+  // The same over writable memory (a device allocation, a buffer the owner lends out).
+  static Tensor writable_view(DType dtype, Shape shape, void* data, std::shared_ptr<const void> owner,
+                              Device device = Device::CPU);
   // A copy of a vector's contents as a 1-D or reshaped tensor.
   static Tensor from_f32(const std::vector<float>& values, Shape shape);
 

@@ -1,28 +1,42 @@
 // The attention of one layer over a batch (spec §2.5–§2.10, state update §3.2): q/kv
-// projections for all tokens at once; per sequence the window and the compressors (and
-// the indexer scores); the indexer selection and sink attention of all tokens together;
-// then the grouped output projection.
-#include <algorithm>
+// projections for all tokens at once; per sequence the compressors' update, the indexer's
+// scores and selection, the sink attention over window, new keys and entries, and the
+// window update; then the inverse rope and the grouped output projection.
 #include <cmath>
 #include <cstring>
 
-#include "backend/cpu/attention.h"
-#include "backend/cpu/indexer.h"
-#include "backend/cpu/linear.h"
-#include "backend/cpu/rms_norm.h"
 #include "core/error.h"
-#include "core/thread_pool.h"
 #include "model/layer_blocks.h"
 
 namespace dsq::model {
 
 namespace {
 
-std::vector<int64_t> repeat_each(const std::vector<int64_t>& v, int64_t times) {
-  std::vector<int64_t> out;
-  out.reserve(v.size() * size_t(times));
-  for (int64_t x : v) out.insert(out.end(), size_t(times), x);
-  return out;
+// Allocates a layer's state buffers on first use (sizes from the config).
+void ensure_layer_state(backend::Ops& ops, const ModelConfig& c, AttentionKind kind, int64_t rate,
+                        LayerState& ls) {
+  if (ls.window.defined()) return;
+  const int64_t D = c.head_dim, DI = c.index_head_dim;
+  ls.window = ops.alloc(DType::F32, {std::max<int64_t>(c.sliding_window - 1, 1), D});
+  if (kind == AttentionKind::Sliding) return;
+  const int64_t raw = kind == AttentionKind::CSA ? 2 * D : D;
+  ls.compressor.ring_kv = ops.alloc(DType::F32, {2 * rate, raw});
+  ls.compressor.ring_gate = ops.alloc(DType::F32, {2 * rate, raw});
+  if (kind != AttentionKind::CSA) return;
+  ls.indexer.ring_kv = ops.alloc(DType::F32, {2 * rate, 2 * DI});
+  ls.indexer.ring_gate = ops.alloc(DType::F32, {2 * rate, 2 * DI});
+}
+
+// Runs one compressor over a sequence's S new raw rows; returns the entries now valid.
+int64_t run_compressor(backend::Ops& ops, CompressorState& st, const CompressorWeights& w, bool overlap,
+                       int64_t rate, int64_t width, const cpu::RopeFrequencies& rope, float eps, const float* kv,
+                       const float* gate, int64_t p0, int64_t S) {
+  const int64_t count = (p0 + S) / rate;
+  ops.grow_rows(st.entries, std::max<int64_t>(count, 1), width);
+  const backend::CompressorParams params{&w.ape, &w.norm, rate, width, overlap, eps, &rope};
+  ops.compress(params, st.ring_kv.mutable_data<float>(), st.ring_gate.mutable_data<float>(),
+               st.entries.mutable_data<float>(), kv, gate, p0, S);
+  return count;
 }
 
 }  // namespace
@@ -30,139 +44,101 @@ std::vector<int64_t> repeat_each(const std::vector<int64_t>& v, int64_t times) {
 void attention_block(const PassContext& ctx, int layer, const AttentionWeights& w,
                      const cpu::RopeFrequencies& rope, const float* x, float* out) {
   const ModelConfig& c = ctx.config;
+  backend::Ops& ops = ctx.ops;
+  Workspace& ws = ctx.workspace;
   const int64_t T = ctx.num_tokens(), D = c.head_dim, nh = c.num_heads, qr = c.q_lora_rank;
   const float eps = float(c.rms_norm_eps);
   const AttentionKind kind = c.attention[layer];
   const int64_t rate = c.compress_rate(layer);
+  const bool csa = kind == AttentionKind::CSA;
 
   // Queries: q_residual = q_norm(wq_a·x); per-head unweighted norm; rope.
-  std::vector<float> q_residual(size_t(T * qr));
-  run_linear(ctx, w.wq_a, x, T, q_residual.data());
-  cpu::rms_norm(q_residual.data(), T, qr, qr, w.q_norm.data(), eps, q_residual.data());
-  std::vector<float> q(size_t(T * nh * D));
-  run_linear(ctx, w.wq_b, q_residual.data(), T, q.data());
-  cpu::rms_norm(q.data(), T * nh, D, D, nullptr, eps, q.data());
-  const std::vector<int64_t> head_positions = repeat_each(ctx.positions, nh);
-  cpu::apply_rope(q.data(), T * nh, D, D, head_positions.data(), rope, false);
+  float* q_residual = ws.f32("attn.q_residual", T * qr);
+  run_linear(ctx, w.wq_a, x, T, q_residual);
+  ops.rms_norm(q_residual, T, qr, qr, ops.resident(w.q_norm), eps, q_residual);
+  float* q = ws.f32("attn.q", T * nh * D);
+  run_linear(ctx, w.wq_b, q_residual, T, q);
+  ops.rms_norm(q, T * nh, D, D, nullptr, eps, q);
+  ops.rope(q, T, nh, D, ctx.positions_dev, rope, false);
 
   // The shared key/value head.
-  std::vector<float> kv(size_t(T * D));
-  run_linear(ctx, w.wkv, x, T, kv.data());
-  cpu::rms_norm(kv.data(), T, D, D, w.kv_norm.data(), eps, kv.data());
-  cpu::apply_rope(kv.data(), T, D, D, ctx.positions.data(), rope, false);
+  float* kv = ws.f32("attn.kv", T * D);
+  run_linear(ctx, w.wkv, x, T, kv);
+  ops.rms_norm(kv, T, D, D, ops.resident(w.kv_norm), eps, kv);
+  ops.rope(kv, T, 1, D, ctx.positions_dev, rope, false);
 
   // Raw compressor projections.
-  const bool csa = kind == AttentionKind::CSA;
   const int64_t raw = csa ? 2 * D : D;
-  std::vector<float> comp_kv, comp_gate;
+  float *comp_kv = nullptr, *comp_gate = nullptr;
   if (kind != AttentionKind::Sliding) {
-    comp_kv.resize(size_t(T * raw));
-    comp_gate.resize(size_t(T * raw));
-    run_linear(ctx, w.compressor.wkv, x, T, comp_kv.data());
-    run_linear(ctx, w.compressor.wgate, x, T, comp_gate.data());
+    comp_kv = ws.f32("attn.comp_kv", T * raw);
+    comp_gate = ws.f32("attn.comp_gate", T * raw);
+    run_linear(ctx, w.compressor.wkv, x, T, comp_kv);
+    run_linear(ctx, w.compressor.wgate, x, T, comp_gate);
   }
   // Indexer queries (from the q_residual), head weights (from x) and its compressor.
-  const int64_t nI = c.index_n_heads, DI = c.index_head_dim;
-  std::vector<float> iq, iw, ikv, igate;
+  const int64_t nI = c.index_n_heads, DI = c.index_head_dim, topk = c.index_topk;
+  float *iq = nullptr, *iw = nullptr, *ikv = nullptr, *igate = nullptr;
   if (csa) {
-    iq.resize(size_t(T * nI * DI));
-    run_linear(ctx, w.indexer.wq_b, q_residual.data(), T, iq.data());
-    const std::vector<int64_t> index_positions = repeat_each(ctx.positions, nI);
-    cpu::apply_rope(iq.data(), T * nI, DI, DI, index_positions.data(), rope, false);
-    iw.resize(size_t(T * nI));
-    run_linear(ctx, w.indexer.weights_proj, x, T, iw.data());
-    ikv.resize(size_t(T * 2 * DI));
-    igate.resize(size_t(T * 2 * DI));
-    run_linear(ctx, w.indexer.compressor.wkv, x, T, ikv.data());
-    run_linear(ctx, w.indexer.compressor.wgate, x, T, igate.data());
+    iq = ws.f32("attn.index_q", T * nI * DI);
+    run_linear(ctx, w.indexer.wq_b, q_residual, T, iq);
+    ops.rope(iq, T, nI, DI, ctx.positions_dev, rope, false);
+    iw = ws.f32("attn.index_w", T * nI);
+    run_linear(ctx, w.indexer.weights_proj, x, T, iw);
+    ikv = ws.f32("attn.index_kv", T * 2 * DI);
+    igate = ws.f32("attn.index_gate", T * 2 * DI);
+    run_linear(ctx, w.indexer.compressor.wkv, x, T, ikv);
+    run_linear(ctx, w.indexer.compressor.wgate, x, T, igate);
   }
 
-  // Per sequence (in order): window keys, compressor updates, indexer scores. Keys of
-  // sequence b: its cached window rows, then this call's; keys[k] sits at first_pos + k.
-  struct SequenceKeys {
-    std::vector<float> keys;
-    int64_t first_pos = 0;
-    std::vector<float> scores;  // CSA: [S, entries]
-    const LayerState* state = nullptr;
-  };
-  const int64_t W = c.sliding_window;
-  std::vector<SequenceKeys> seqs(ctx.batch.size());
-  std::vector<size_t> sequence_of(static_cast<size_t>(T));
-  for (size_t b = 0; b < ctx.batch.size(); ++b) {
-    LayerState& ls = ctx.batch[b].state->layers[size_t(layer)];
-    const int64_t s0 = ctx.offsets[b], S = ctx.offsets[b + 1] - s0;
-    SequenceKeys& sk = seqs[b];
-    sk.state = &ls;
-    std::fill(sequence_of.begin() + s0, sequence_of.begin() + s0 + S, b);
-    if (S == 0) continue;
-    sk.first_pos = ctx.batch[b].state->position - ls.window_rows;
-    sk.keys.assign(ls.window.begin(), ls.window.begin() + ls.window_rows * D);
-    sk.keys.insert(sk.keys.end(), kv.begin() + s0 * D, kv.begin() + (s0 + S) * D);
-    // Keep the last W−1 keys for the next call.
-    const int64_t n_keys = ls.window_rows + S, keep = std::min(W - 1, n_keys);
-    ls.window.assign(sk.keys.end() - keep * D, sk.keys.end());
-    ls.window_rows = keep;
-
-    // Compressors before attention, so tokens that close a window can see its entry.
-    if (kind != AttentionKind::Sliding)
-      compress_tokens(ls.compressor, w.compressor, csa, rate, D, comp_kv.data() + s0 * raw,
-                      comp_gate.data() + s0 * raw, S, rope, eps);
-    if (csa) {
-      compress_tokens(ls.indexer, w.indexer.compressor, true, rate, DI, ikv.data() + s0 * 2 * DI,
-                      igate.data() + s0 * 2 * DI, S, rope, eps);
-      DSQ_CHECK(ls.indexer.count == ls.compressor.count, "layer ", layer,
-                ": indexer and compressor entry counts differ");
-      // Indexer scores of this sequence's queries against all entries now held.
-      sk.scores.resize(size_t(S * ls.compressor.count));
-      cpu::indexer_scores(iq.data() + s0 * nI * DI, iw.data() + s0 * nI, S, nI, DI, ls.indexer.entries.data(),
-                          ls.compressor.count, sk.scores.data());
-    }
-  }
-
-  // Attention of every token of every sequence, split over the thread pool.
-  std::vector<float> o(size_t(T * nh * D));
+  // Per sequence: compressors first (a token that closes a window sees its entry), the
+  // indexer's picks, attention, then the window ring takes the new keys.
+  float* o = ws.f32("attn.o", T * nh * D);
   const float scale = 1.0f / std::sqrt(float(D));
-  parallel_for(T, 4, [&](int64_t t0, int64_t t1) {
-    std::vector<const float*> key_rows;
-    std::vector<float> scratch;
-    for (int64_t t = t0; t < t1; ++t) {
-      SequenceKeys& sk = seqs[sequence_of[t]];  // token t alone touches its row of scores
-      const CompressorState& comp = sk.state->compressor;
-      const int64_t p = ctx.positions[t], i = t - ctx.offsets[sequence_of[t]];
-      key_rows.clear();
-      for (int64_t u = std::max(p - W + 1, sk.first_pos); u <= p; ++u)
-        key_rows.push_back(sk.keys.data() + (u - sk.first_pos) * D);
-      const int64_t visible = (p + 1) / std::max<int64_t>(rate, 1);
-      if (kind == AttentionKind::HCA) {
-        for (int64_t s = 0; s < std::min(visible, comp.count); ++s) key_rows.push_back(comp.entries.data() + s * D);
-      } else if (csa) {
-        for (int64_t s : cpu::indexer_select(sk.scores.data() + i * comp.count, comp.count, c.index_topk, visible))
-          key_rows.push_back(comp.entries.data() + s * D);
-      }
-      scratch.resize(key_rows.size());
-      float* ot = o.data() + t * nh * D;
-      cpu::sink_attention(q.data() + t * nh * D, nh, D, key_rows.data(), int64_t(key_rows.size()), w.sinks.data(),
-                          scale, ot, scratch.data());
-      for (int64_t h = 0; h < nh; ++h) cpu::apply_rope_one(ot + h * D, D, p, rope, true);
+  for (size_t b = 0; b < ctx.batch.size(); ++b) {
+    const int64_t s0 = ctx.offsets[b], S = ctx.offsets[b + 1] - s0;
+    if (S == 0) continue;
+    const int64_t p0 = ctx.batch[b].state->position;
+    LayerState& ls = ctx.batch[b].state->layers[size_t(layer)];
+    ensure_layer_state(ops, c, kind, rate, ls);
+    backend::EntrySelection selection = backend::EntrySelection::None;
+    int64_t n_entries = 0;
+    int64_t* selected = nullptr;
+    if (kind != AttentionKind::Sliding) {
+      n_entries = run_compressor(ops, ls.compressor, w.compressor, csa, rate, D, rope, eps, comp_kv + s0 * raw,
+                                 comp_gate + s0 * raw, p0, S);
+      selection = backend::EntrySelection::AllVisible;
     }
-  });
+    if (csa) {
+      run_compressor(ops, ls.indexer, w.indexer.compressor, true, rate, DI, rope, eps, ikv + s0 * 2 * DI,
+                     igate + s0 * 2 * DI, p0, S);
+      float* scores = ws.f32("attn.index_scores", S * n_entries);
+      ops.indexer_scores(iq + s0 * nI * DI, iw + s0 * nI, S, nI, DI, ls.indexer.entries.data<float>(), n_entries,
+                         scores);
+      selected = ws.i64("attn.index_selected", S * topk);
+      ops.indexer_topk(scores, S, n_entries, topk, p0, rate, selected);
+      selection = backend::EntrySelection::Selected;
+    }
+    ops.sink_attention(q + s0 * nh * D, S, nh, D, kv + s0 * D, ls.window.data<float>(), p0, c.sliding_window,
+                       selection, n_entries > 0 ? ls.compressor.entries.data<float>() : nullptr, n_entries, rate,
+                       selected, topk, ops.resident(w.sinks), scale, o + s0 * nh * D);
+    ops.update_window(ls.window.mutable_data<float>(), kv + s0 * D, p0, S, D, c.sliding_window);
+  }
+  ops.rope(o, T, nh, D, ctx.positions_dev, rope, true);
 
   // Grouped output projection: group g's heads through rows [g·R, (g+1)·R) of wo_a.
   const int64_t G = c.o_groups, R = c.o_lora_rank, group_width = nh * D / G;
-  std::vector<float> z(size_t(T * G * R));
-  std::vector<float> group_in;
-  for (int64_t g = 0; g < G; ++g) {
-    if (ctx.observer) {
-      group_in.resize(size_t(T * group_width));
+  float* z = ws.f32("attn.z", T * G * R);
+  if (ctx.observer) {
+    std::vector<float> group_in(size_t(T * group_width));
+    for (int64_t g = 0; g < G; ++g) {
       for (int64_t t = 0; t < T; ++t)
-        std::memcpy(group_in.data() + t * group_width, o.data() + t * nh * D + g * group_width,
-                    group_width * sizeof(float));
+        std::memcpy(group_in.data() + t * group_width, o + t * nh * D + g * group_width, group_width * sizeof(float));
       ctx.observer->on_linear({w.wo_a.name, group_in.data(), T, group_width, g * R, (g + 1) * R});
     }
-    cpu::linear_rows(o.data() + g * group_width, T, nh * D, w.wo_a.w, g * R, (g + 1) * R, z.data() + g * R,
-                     G * R);
   }
-  run_linear(ctx, w.wo_b, z.data(), T, out);
+  ops.linear_grouped(w.wo_a.w, G, o, T, z);
+  run_linear(ctx, w.wo_b, z, T, out);
 }
 
 }  // namespace dsq::model

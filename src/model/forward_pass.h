@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "model/layer_blocks.h"
 #include "model/model.h"
 
 namespace dsq::model {
@@ -30,26 +31,33 @@ class ForwardPass {
   // First token of sequence b in batch order (size B + 1).
   const std::vector<int64_t>& sequence_offsets() const { return offsets_; }
 
-  // The residual streams, [num_tokens, N·H] f32 (stream-major per token).
-  float* streams() { return streams_.data(); }
-  const float* streams() const { return streams_.data(); }
+  // The residual streams, [num_tokens, N·H] f32 (stream-major per token), in the memory
+  // of the model's ops (host memory for CpuOps).
+  float* streams() { return streams_.mutable_data<float>(); }
+  const float* streams() const { return streams_.data<float>(); }
 
   // Runs decoder layer `layer`; layers must run in order 0, 1, …
   void run_layer(int layer);
   int layers_done() const { return next_layer_; }
-  // hc_head + final norm on the current streams: the head's input, f32 [rows, H].
+  // hc_head + final norm on the current streams: the head's input, f32 [rows, H], in
+  // the ops' memory.
   Tensor final_hidden(LogitRows rows) const;
-  // final_hidden followed by the head: f32 [rows, V].
+  // final_hidden followed by the head: f32 [rows, V], in host memory.
   Tensor logits(LogitRows rows) const;
   // Advances each sequence's position by its token count (all layers must have run).
   void commit();
 
  private:
+  PassContext context() const;
+
   const Model& model_;
   std::vector<SequenceInput> batch_;
   LinearObserver* observer_;
-  std::vector<int64_t> tokens_, positions_, offsets_;
-  std::vector<float> streams_;
+  PassTokens ids_;
+  const std::vector<int64_t>& tokens_ = ids_.tokens;
+  const std::vector<int64_t>& positions_ = ids_.positions;
+  const std::vector<int64_t>& offsets_ = ids_.offsets;
+  Tensor streams_;
   int next_layer_ = 0;
   bool committed_ = false;
 };

@@ -1,29 +1,43 @@
-// The blocks of one decoder layer (internal to model/): attention (§2.5–§2.10), the
-// compressors' state update (§2.7, §2.8, §3.2) and the MoE (§2.11). They work on all
-// tokens of a ForwardPass at once; per-sequence work (attention keys, compressor state)
-// loops over the batch.
+// The blocks of one decoder layer (internal to model/): attention (§2.5–§2.10) with the
+// compressors' state update (§2.7, §2.8, §3.2), and the MoE (§2.11). They work on all
+// tokens of a ForwardPass at once through backend::Ops; per-sequence work (attention
+// keys, compressor state) loops over the batch.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "backend/cpu/rope.h"
+#include "backend/ops.h"
 #include "model/linear_observer.h"
 #include "model/model.h"
 #include "model/model_weights.h"
 #include "model/sequence_state.h"
+#include "model/workspace.h"
 
 namespace dsq::model {
 
-// What the blocks need to know about the call.
+// What the blocks need to know about the call. Host vectors plan the work; positions_dev
+// and tokens_dev are the same per-token values in the ops' memory.
 struct PassContext {
   const ModelConfig& config;
+  backend::Ops& ops;
+  Workspace& workspace;
   const std::vector<SequenceInput>& batch;
   const std::vector<int64_t>& offsets;    // first token of each sequence, size B + 1
   const std::vector<int64_t>& positions;  // per token
   const std::vector<int64_t>& tokens;     // per token
-  LinearObserver* observer;
+  const int64_t* positions_dev;
+  const int64_t* tokens_dev;
+  LinearObserver* observer;  // host memory only (CpuOps)
   int64_t num_tokens() const { return int64_t(tokens.size()); }
+};
+
+// The per-token ids of a batch in host vectors and in the ops' memory, for a PassContext.
+struct PassTokens {
+  std::vector<int64_t> tokens, positions, offsets;
+  Tensor tokens_dev, positions_dev;
+  PassTokens(backend::Ops& ops, const std::vector<SequenceInput>& batch);
 };
 
 // y[n, rows] = x[n, cols]·Wᵀ, reporting the input to the observer first.
@@ -42,12 +56,5 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
 
 // x: [T, H] normalised ffn input; out: [T, H].
 void moe_block(const PassContext& ctx, int layer, const MoeWeights& w, const float* x, float* out);
-
-// Appends the S new tokens' raw projections kv, gate ([S, raw width] each) to a compressor
-// and closes every complete window into a finished entry (pooled, normalised, rotated at
-// its first position). `overlap` selects the CSA scheme (raw width = 2·width).
-void compress_tokens(CompressorState& state, const CompressorWeights& w, bool overlap, int64_t rate,
-                     int64_t width, const float* kv, const float* gate, int64_t S,
-                     const cpu::RopeFrequencies& rope, float eps);
 
 }  // namespace dsq::model

@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include "backend/cpu/cpu_ops.h"
 #include "core/error.h"
 #include "model/forward_pass.h"
 
@@ -18,11 +19,15 @@ cpu::RopeFrequencies table_for(const RopeParams& p, int64_t rope_dim) {
 
 }  // namespace
 
-Model Model::load(const std::string& dir) { return Model(Checkpoint::open(dir)); }
+Model Model::load(const std::string& dir, std::shared_ptr<backend::Ops> ops) {
+  return Model(Checkpoint::open(dir), std::move(ops));
+}
 
-Model::Model(Checkpoint checkpoint)
+Model::Model(Checkpoint checkpoint, std::shared_ptr<backend::Ops> ops)
     : checkpoint_(std::move(checkpoint)),
       weights_(ModelWeights::load(checkpoint_)),
+      ops_(ops ? std::move(ops) : std::make_shared<cpu::CpuOps>()),
+      workspace_(std::make_unique<Workspace>(*ops_)),
       rope_main_(table_for(config().rope_main, config().rope_dim)),
       rope_compress_(table_for(config().rope_compress, config().rope_dim)) {}
 

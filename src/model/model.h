@@ -1,5 +1,6 @@
-// dsq::model::Model: a DeepSeek-V4 checkpoint loaded for inference on the CPU backend,
-// and the forward pass over a batch of sequences, each with its own decoding state.
+// dsq::model::Model: a DeepSeek-V4 checkpoint loaded for inference on a backend (CpuOps
+// unless told otherwise), and the forward pass over a batch of sequences, each with its
+// own decoding state.
 //
 // Usage:
 //   Model m = Model::load("models/tiny-a");
@@ -14,16 +15,19 @@
 // For layer-by-layer work (quantizer calibration), use ForwardPass (forward_pass.h).
 #pragma once
 
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "backend/cpu/rope.h"
+#include "backend/ops.h"
 #include "core/tensor.h"
 #include "formats/checkpoint.h"
 #include "model/linear_observer.h"
 #include "model/model_weights.h"
 #include "model/sequence_state.h"
+#include "model/workspace.h"
 
 namespace dsq::model {
 
@@ -41,8 +45,10 @@ enum class LogitRows {
 
 class Model {
  public:
-  static Model load(const std::string& dir);
-  explicit Model(Checkpoint checkpoint);
+  // `ops` runs the forward (null: the CPU reference). Weights stay host objects; the ops
+  // keep their own device copies (backend/ops.h).
+  static Model load(const std::string& dir, std::shared_ptr<backend::Ops> ops = nullptr);
+  explicit Model(Checkpoint checkpoint, std::shared_ptr<backend::Ops> ops = nullptr);
 
   const ModelConfig& config() const { return checkpoint_.config(); }
   const Checkpoint& checkpoint() const { return checkpoint_; }
@@ -52,6 +58,10 @@ class Model {
 
   SequenceState new_sequence() const { return SequenceState(config()); }
 
+  backend::Ops& ops() const { return *ops_; }
+  // The forward's reusable temporary buffers (one forward at a time per model).
+  Workspace& workspace() const { return *workspace_; }
+
   // Runs every layer over the batch, advances each state and returns f32 logits.
   Tensor forward(const std::vector<SequenceInput>& batch, LogitRows rows = LogitRows::All,
                  LinearObserver* observer = nullptr) const;
@@ -59,6 +69,8 @@ class Model {
  private:
   Checkpoint checkpoint_;
   ModelWeights weights_;
+  std::shared_ptr<backend::Ops> ops_;
+  std::unique_ptr<Workspace> workspace_;
   cpu::RopeFrequencies rope_main_, rope_compress_;
 };
 

@@ -3,7 +3,6 @@
 #include <cmath>
 #include <vector>
 
-#include "backend/cpu/linear.h"
 #include "backend/cpu/log_softmax.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -44,17 +43,21 @@ PerplexityResult evaluate_perplexity(const Model& model, std::span<const int64_t
     // blocks of rows so the full [rows, V] logits never exist at once.
     const int64_t H = hidden.dim(1), rows = hidden.dim(0), block = 256;
     std::vector<double> nll(static_cast<size_t>(rows), 0.0);
-    std::vector<float> logits(static_cast<size_t>(block * V));
+    backend::Ops& ops = model.ops();
+    float* logits_dev = model.workspace().f32("ppl.logits", block * V);
     for (int64_t r0 = 0; r0 < rows; r0 += block) {
       const int64_t r1 = std::min(rows, r0 + block);
-      cpu::linear(hidden.data<float>() + r0 * H, r1 - r0, model.weights().head.w, logits.data());
+      ops.linear(model.weights().head.w, hidden.data<float>() + r0 * H, r1 - r0, logits_dev);
+      const Tensor block_logits =
+          ops.to_host(Tensor::view(DType::F32, {(r1 - r0) * V}, logits_dev, nullptr, ops.device()));
+      const float* logits = block_logits.data<float>();
       parallel_for(r1 - r0, 16, [&](int64_t a, int64_t b) {
         for (int64_t r = r0 + a; r < r0 + b; ++r) {
           const int64_t w = r / ctx, j = r % ctx;
           if (j == ctx - 1) continue;
           const int64_t target = ids[size_t((w0 + w) * ctx + j + 1)];
           DSQ_CHECK(target >= 0 && target < V, "perplexity: token id ", target, " outside the vocabulary");
-          nll[r] = -cpu::log_prob_of(logits.data() + (r - r0) * V, V, target);
+          nll[r] = -cpu::log_prob_of(logits + (r - r0) * V, V, target);
         }
       });
     }

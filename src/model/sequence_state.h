@@ -1,34 +1,30 @@
 // The incremental decoding state of one sequence (spec §3.1): everything a later call
-// needs from the tokens already consumed, per layer. A fresh state is empty (position 0);
-// a stateless forward is one call on a fresh state. It is a plain value: copying it is a
-// snapshot (e.g. to roll back rejected speculative tokens, spec §6).
+// needs from the tokens already consumed, per layer, in the memory of the ops the model
+// runs on, laid out as backend/ops.h describes (window ring, compressor raw-row rings,
+// compressed entries). A fresh state is empty (position 0, buffers allocated on first
+// use); a stateless forward is one call on a fresh state. How many rows of each buffer
+// are valid follows from `position` alone.
+//
+// Copying a SequenceState shares its buffers (tensors are shared handles): it is not a
+// snapshot.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "core/tensor.h"
 #include "formats/model_config.h"
 
 namespace dsq::model {
 
 // One compressor's state (the main compressor of a CSA/HCA layer, or the indexer's).
 struct CompressorState {
-  // Raw projections (kv, gate without position bias) of the tokens after the last closed
-  // window: `buffered` rows of the raw width (< rate rows).
-  std::vector<float> buffer_kv, buffer_gate;
-  int64_t buffered = 0;
-  // Finished entries C_0 … C_{count−1} (normalised and rotated), `width` floats each.
-  std::vector<float> entries;
-  int64_t count = 0;
-  // CSA: the Ca half of the last closed window, kv and gate with the position bias
-  // already added, [rate, width] each; empty until a window has closed.
-  std::vector<float> overlap_kv, overlap_gate;
+  Tensor ring_kv, ring_gate;  // [2m, raw width]: raw rows of the last 2m positions
+  Tensor entries;             // [capacity, width]: the first ⌊position/m⌋ rows are valid
 };
 
 struct LayerState {
-  // The last min(position, W−1) keys (normalised, rotated), head_dim floats each.
-  std::vector<float> window;
-  int64_t window_rows = 0;
+  Tensor window;              // [W−1, head_dim] ring of normalised, rotated keys
   CompressorState compressor;  // CSA / HCA
   CompressorState indexer;     // CSA
 };

@@ -50,19 +50,13 @@ void LayerRunner::run_layer(int layer, const model::LayerWeights& w, model::Line
   for (const Batch& b : batches_) {
     std::vector<model::SequenceState> states;
     std::vector<model::SequenceInput> batch;
-    std::vector<int64_t> offsets{0}, positions, tokens;
     states.reserve(b.num_samples);
     for (size_t s = 0; s < b.num_samples; ++s) states.push_back(model_.new_sequence());
-    for (size_t s = 0; s < b.num_samples; ++s) {
-      const std::vector<int64_t>& ids = samples_[b.first_sample + s];
-      batch.push_back({&states[s], ids});
-      for (size_t i = 0; i < ids.size(); ++i) {
-        tokens.push_back(ids[i]);
-        positions.push_back(int64_t(i));
-      }
-      offsets.push_back(int64_t(tokens.size()));
-    }
-    const model::PassContext ctx{c, batch, offsets, positions, tokens, observer};
+    for (size_t s = 0; s < b.num_samples; ++s) batch.push_back({&states[s], samples_[b.first_sample + s]});
+    const model::PassTokens ids(model_.ops(), batch);
+    const model::PassContext ctx{c,         model_.ops(),  model_.workspace(), batch,
+                                 ids.offsets, ids.positions, ids.tokens,        ids.positions_dev.data<int64_t>(),
+                                 ids.tokens_dev.data<int64_t>(), observer};
     model::decoder_layer(ctx, layer, w, model_.rope_for_layer(layer), streams_.data() + b.first_token * NH);
   }
 }

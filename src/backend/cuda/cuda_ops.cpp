@@ -1,0 +1,98 @@
+// CudaOps: construction, device memory, resident parameters and scratch (cuda_ops.h).
+// All copies run on the context's stream; to_host() waits for it.
+#include "backend/cuda/cuda_ops.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace dsq::cuda {
+
+namespace {
+
+// A tensor viewing a fresh zero-filled device allocation that frees itself with the
+// last copy of the tensor.
+Tensor device_tensor(DType dtype, Shape shape, cudaStream_t stream) {
+  const size_t bytes = dtype_bytes(dtype, shape_numel(shape));
+  void* ptr = nullptr;
+  if (bytes > 0) {
+    DSQ_CUDA_CHECK(cudaMalloc(&ptr, bytes));
+    const cudaError_t err = cudaMemsetAsync(ptr, 0, bytes, stream);
+    if (err != cudaSuccess) {
+      cudaFree(ptr);
+      DSQ_CUDA_CHECK(err);
+    }
+  }
+  std::shared_ptr<const void> owner(ptr, [](const void* p) { cudaFree(const_cast<void*>(p)); });
+  return Tensor::writable_view(dtype, std::move(shape), ptr, std::move(owner), Device::CUDA);
+}
+
+}  // namespace
+
+CudaOps::CudaOps(Precision precision) : precision_(precision) {}
+CudaOps::~CudaOps() = default;
+
+Tensor CudaOps::alloc(DType dtype, Shape shape) { return device_tensor(dtype, std::move(shape), ctx_.stream()); }
+
+Tensor CudaOps::upload(const Tensor& host) {
+  DSQ_CHECK(host.device() == Device::CPU, "upload: the tensor is already on the GPU");
+  Tensor t = alloc(host.dtype(), host.shape());
+  if (host.nbytes() > 0)
+    DSQ_CUDA_CHECK(cudaMemcpyAsync(t.mutable_bytes(), host.bytes(), host.nbytes(), cudaMemcpyHostToDevice,
+                                   ctx_.stream()));
+  // The host tensor may die right after the call: finish the copy first.
+  ctx_.synchronize();
+  return t;
+}
+
+Tensor CudaOps::to_host(const Tensor& t) {
+  DSQ_CHECK(t.device() == Device::CUDA, "to_host: the tensor is not on the GPU");
+  Tensor h = Tensor::zeros(t.dtype(), t.shape());
+  if (t.nbytes() > 0)
+    DSQ_CUDA_CHECK(cudaMemcpyAsync(h.mutable_bytes(), t.bytes(), t.nbytes(), cudaMemcpyDeviceToHost,
+                                   ctx_.stream()));
+  ctx_.synchronize();
+  return h;
+}
+
+void CudaOps::grow_rows(Tensor& t, int64_t rows, int64_t width) {
+  const int64_t have = t.defined() ? t.dim(0) : 0;
+  if (have >= rows) return;
+  const int64_t capacity = std::max(rows, 2 * have);
+  Tensor grown = alloc(DType::F32, {capacity, width});
+  if (have > 0)
+    DSQ_CUDA_CHECK(cudaMemcpyAsync(grown.mutable_bytes(), t.bytes(), t.nbytes(), cudaMemcpyDeviceToDevice,
+                                   ctx_.stream()));
+  t = std::move(grown);
+}
+
+const float* CudaOps::resident(const std::vector<float>& host) {
+  auto it = float_params_.find(host.data());
+  if (it == float_params_.end() || it->second.size() != host.size())
+    it = float_params_.insert_or_assign(host.data(), DeviceBuffer<float>::from_host(host)).first;
+  return it->second.get();
+}
+
+const int64_t* CudaOps::resident(const std::vector<int64_t>& host) {
+  auto it = int_params_.find(host.data());
+  if (it == int_params_.end() || it->second.size() != host.size())
+    it = int_params_.insert_or_assign(host.data(), DeviceBuffer<int64_t>::from_host(host)).first;
+  return it->second.get();
+}
+
+const float* CudaOps::rope_table(const cpu::RopeFrequencies& table) { return resident(table.freqs); }
+
+void CudaOps::copy(float* dst, const float* src, int64_t n) {
+  if (n > 0)
+    DSQ_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(n) * sizeof(float), cudaMemcpyDeviceToDevice, ctx_.stream()));
+}
+
+void* CudaOps::scratch(int slot, size_t bytes) {
+  DeviceBuffer<unsigned char>& b = scratch_[slot];
+  if (b.size() < bytes) {
+    ctx_.synchronize();  // the old buffer may still be in use by queued work
+    b = DeviceBuffer<unsigned char>(std::max(bytes, 2 * b.size()));
+  }
+  return b.get();
+}
+
+}  // namespace dsq::cuda
