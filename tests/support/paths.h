@@ -2,6 +2,7 @@
 // fixtures, data) and the build directory (the dsq binary for CLI tests).
 #pragma once
 
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -9,17 +10,21 @@
 
 namespace dsq::test {
 
-// A path under ../shared; throws (failing the test loudly) when it does not exist, so a
-// missing fixture can never make a test pass or skip silently.
+// A path under ../shared (or under $DSQ_SHARED_DIR when set: the GPU machine gets a copy
+// of the fixtures it needs, elsewhere); throws (failing the test loudly) when it does not
+// exist, so a missing fixture can never make a test pass or skip silently.
 inline std::string shared_path(const std::string& relative) {
-  const std::filesystem::path p = std::filesystem::path(DSQ_SHARED_DIR) / relative;
+  const char* override_dir = std::getenv("DSQ_SHARED_DIR");
+  const std::filesystem::path p = std::filesystem::path(override_dir ? override_dir : DSQ_SHARED_DIR) / relative;
   DSQ_CHECK(std::filesystem::exists(p), "test fixture missing: ", p.string(),
             " (the tests need ../shared beside the project)");
   return p.string();
 }
 
+// A path in the project (or under $DSQ_PROJECT_DIR when set, as on the GPU machine).
 inline std::string project_path(const std::string& relative) {
-  return (std::filesystem::path(DSQ_PROJECT_DIR) / relative).string();
+  const char* override_dir = std::getenv("DSQ_PROJECT_DIR");
+  return (std::filesystem::path(override_dir ? override_dir : DSQ_PROJECT_DIR) / relative).string();
 }
 
 inline std::string dsq_binary() { return (std::filesystem::path(DSQ_BINARY_DIR) / "dsq").string(); }

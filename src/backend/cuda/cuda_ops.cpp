@@ -65,17 +65,44 @@ void CudaOps::grow_rows(Tensor& t, int64_t rows, int64_t width) {
   t = std::move(grown);
 }
 
+namespace {
+
+// A device copy of host values, queued on the ops' stream (so every later op on the
+// stream sees it) and waited for (so the host side may change afterwards).
+template <typename T>
+DeviceBuffer<T> stream_copy(const T* data, size_t count, const GpuContext& ctx) {
+  DeviceBuffer<T> b(count);
+  if (count > 0) {
+    DSQ_CUDA_CHECK(cudaMemcpyAsync(b.get(), data, count * sizeof(T), cudaMemcpyHostToDevice, ctx.stream()));
+    ctx.synchronize();
+  }
+  return b;
+}
+
+}  // namespace
+
 const float* CudaOps::resident(const std::vector<float>& host) {
   auto it = float_params_.find(host.data());
   if (it == float_params_.end() || it->second.size() != host.size())
-    it = float_params_.insert_or_assign(host.data(), DeviceBuffer<float>::from_host(host)).first;
+    it = float_params_.insert_or_assign(host.data(), stream_copy(host.data(), host.size(), ctx_)).first;
   return it->second.get();
 }
 
 const int64_t* CudaOps::resident(const std::vector<int64_t>& host) {
   auto it = int_params_.find(host.data());
   if (it == int_params_.end() || it->second.size() != host.size())
-    it = int_params_.insert_or_assign(host.data(), DeviceBuffer<int64_t>::from_host(host)).first;
+    it = int_params_.insert_or_assign(host.data(), stream_copy(host.data(), host.size(), ctx_)).first;
+  return it->second.get();
+}
+
+const void* CudaOps::resident_bytes(const Tensor& host) {
+  DSQ_CHECK(host.device() == Device::CPU, "resident_bytes: the tensor is already on the GPU");
+  auto it = byte_params_.find(host.bytes());
+  if (it == byte_params_.end() || it->second.size() != host.nbytes())
+    it = byte_params_
+             .insert_or_assign(host.bytes(), stream_copy(reinterpret_cast<const unsigned char*>(host.bytes()),
+                                                         host.nbytes(), ctx_))
+             .first;
   return it->second.get();
 }
 

@@ -474,20 +474,6 @@ __global__ void route_kernel(const float* logits, int64_t T, int E, const float*
 
 }  // namespace
 
-const void* CudaOps::resident_bytes(const Tensor& host) {
-  DSQ_CHECK(host.device() == Device::CPU, "resident_bytes: the tensor is already on the GPU");
-  auto it = byte_params_.find(host.bytes());
-  if (it == byte_params_.end() || it->second.size() != host.nbytes()) {
-    DeviceBuffer<unsigned char> copy(host.nbytes());
-    // On the ops' stream, so every later kernel sees the finished copy.
-    if (host.nbytes() > 0)
-      DSQ_CUDA_CHECK(cudaMemcpyAsync(copy.get(), host.bytes(), host.nbytes(), cudaMemcpyHostToDevice,
-                                     ctx_.stream()));
-    it = byte_params_.insert_or_assign(host.bytes(), std::move(copy)).first;
-  }
-  return it->second.get();
-}
-
 void CudaOps::rms_norm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float eps,
                        float* y) {
   if (n <= 0 || dim <= 0) return;
