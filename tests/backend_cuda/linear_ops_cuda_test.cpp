@@ -18,7 +18,9 @@
 //    a dot product:
 //      kBf16 = 1.66e-3 (p = 8): bf16 activations; weights that bf16 cannot hold (dense
 //              f16, f32-scaled INT4 or FP8 in the bf16 path); the FP8 path's bf16 output;
-//              the INT4 kernel's unrounded q·s against the checkpoint's bf16(q·s).
+//              the INT4 decode kernel's unrounded q·s against the checkpoint's bf16(q·s)
+//              (the many-row INT4 GEMM rounds q·s as the checkpoint does, so its error
+//              is the activations' alone, 1/√2 of the model: still inside the bounds).
 //      kE4m3 = 2.66e-2 (p = 4): FP8 activations (1×128 blocks scaled to amax = 448, so
 //              no value of a Gaussian row falls into e4m3's subnormal range).
 //    An expert chains two GEMMs through SwiGLU: the product silu(g)·u carries both
@@ -161,7 +163,7 @@ QuantizedMatrix random_weight(Format f, int64_t rows, int64_t cols, Rng& rng) {
 // Error of one Fast GEMM over a [rows_per_group, cols] slice of a weight, by the path
 // linear_ops.cu takes for it. 0: the path rounds nothing (dense f32 stays fp32).
 double fast_gemm_error(Format f, int64_t rows_per_group, int64_t cols, int64_t groups) {
-  const bool fp8_kernel = cols % 128 == 0 && rows_per_group % 8 == 0 && (groups == 1 || rows_per_group % 128 == 0);
+  const bool fp8_kernel = cols % 256 == 0 && rows_per_group % 8 == 0 && (groups == 1 || rows_per_group % 128 == 0);
   const bool int4_kernel = groups == 1 && rows_per_group % 16 == 0 && cols % 512 == 0;
   switch (f) {
     case Format::DenseF32: return 0.0;
@@ -374,12 +376,15 @@ TEST_F(CudaLinearOps, MoeTinyEveryExpertFormat) {
   for (Format f : kAllFormats) check_moe("tiny-a experts E=8 k=2", f, 8, 64, 32, 2, seed++);
 }
 
-// V4-Flash experts (4096 → 2048 → 4096, k = 6), 16 of them: INT4 through the stacked
-// grouped kernels (T = 300 gives experts over 64 rows, the many-row path), the other
-// formats per expert.
+// V4-Flash experts (4096 → 2048 → 4096, k = 6): INT4 through the stacked grouped kernels
+// (16 experts; T = 300 gives experts over 64 rows, the many-row path), the other formats
+// per expert (10 experts: their host-side preparation is what takes the time).
 TEST_F(CudaLinearOps, MoeFlashShapes) {
   uint64_t seed = 400;
-  for (Format f : kExpertFormats) check_moe("flash experts E=16 k=6", f, 16, 4096, 2048, 6, seed++);
+  for (Format f : kExpertFormats) {
+    const int64_t E = f == Format::Int4Bf16G128 ? 16 : 10;
+    check_moe("flash experts E=" + std::to_string(E) + " k=6", f, E, 4096, 2048, 6, seed++);
+  }
 }
 
 // ---- contracts: no-ops and clear errors ----
