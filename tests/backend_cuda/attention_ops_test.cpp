@@ -73,18 +73,28 @@ const std::vector<CompressCase> kCompressCases = {
     {"V4 indexer", 128, 4, true, 64, true, {1000, 3, 1}},
 };
 
+// One compressor's weights. CudaOps keeps device copies of them keyed by host address,
+// so every case's weights live as long as the ops object (as a model's do).
+struct CompressorWeights {
+  std::vector<float> ape, norm;
+  cpu::RopeFrequencies rope;
+};
+
 TEST_F(AttentionOpsTest, CompressMatchesCpu) {
+  std::vector<CompressorWeights> weights;
+  weights.reserve(kCompressCases.size());
   for (const CompressCase& c : kCompressCases) {
     SCOPED_TRACE(c.name);
     std::mt19937 rng(7);
     const int64_t raw = c.overlap ? 2 * c.width : c.width, ring_rows = 2 * c.rate;
     const int64_t total = std::accumulate(c.chunks.begin(), c.chunks.end(), int64_t(0));
     const int64_t capacity = total / c.rate;
-    const std::vector<float> ape = random_floats(size_t(c.rate * raw), rng, 0.5f);
-    std::vector<float> norm = random_floats(size_t(c.width), rng, 0.1f);
-    for (float& w : norm) w += 1.0f;
-    const cpu::RopeFrequencies rope = compress_rope(c.rope_dim, c.yarn);
-    const backend::CompressorParams params{&ape, &norm, c.rate, c.width, c.overlap, 1e-6f, &rope};
+    CompressorWeights& w = weights.emplace_back();
+    w.ape = random_floats(size_t(c.rate * raw), rng, 0.5f);
+    w.norm = random_floats(size_t(c.width), rng, 0.1f);
+    for (float& x : w.norm) x += 1.0f;
+    w.rope = compress_rope(c.rope_dim, c.yarn);
+    const backend::CompressorParams params{&w.ape, &w.norm, c.rate, c.width, c.overlap, 1e-6f, &w.rope};
 
     std::vector<float> cpu_ring_kv(size_t(ring_rows * raw)), cpu_ring_gate(cpu_ring_kv.size());
     std::vector<float> cpu_entries(size_t(capacity * c.width), std::nanf(""));
@@ -162,11 +172,13 @@ const std::vector<TopkCase> kTopkCases = {
     {"V4 decode 8k", 1, 2048, 512, 8191, 4, false},
     {"V4 decode 64k", 1, 16384, 512, 65535, 4, false},
     {"V4 16 queries 64k", 16, 16384, 512, 65520, 4, false},
+    {"V4 decode 120k (row read from global memory)", 1, 30000, 512, 119999, 4, false},
     {"V4 topk above the visible entries", 8, 600, 512, 1990, 4, false},
     {"V4 early prefill", 32, 40, 512, 100, 4, false},
     {"tiny ties", 6, 20, 4, 60, 4, true},
     {"V4 ties 8k", 4, 2048, 512, 8180, 4, true},
     {"V4 ties 64k", 1, 16384, 512, 65535, 4, true},
+    {"V4 ties 120k", 1, 30000, 512, 119999, 4, true},
 };
 
 TEST_F(AttentionOpsTest, IndexerTopkMatchesCpu) {

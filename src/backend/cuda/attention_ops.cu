@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "backend/cuda/cuda_ops.h"
 
@@ -140,28 +141,42 @@ __global__ void compress_kernel(CompressArgs a) {
 
 // ---- indexer scores ----
 
-constexpr int kIxKeys = 64, kIxHeads = 64, kIxDim = 32;  // block tile; 16×16 threads, 4×4 each
+constexpr int kIxKeys = 64, kIxHeads = 64, kIxDim = 64;  // block tile; 16×16 threads, 4×4 each
+constexpr int kIxLoads = kIxHeads * kIxDim / 4 / 256;    // float4 loads per thread and operand
 
 // Block (key tile, query i): the q·k products of up to 64 heads × 64 keys per pass over the
-// heads, accumulated over head_dim in slices of 32; ReLU and the head weight are applied
-// per pass and the per-key sums reduced over the 16 thread rows at the end.
-__global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, const float* weights, int64_t n_heads,
-                                                             int64_t head_dim, const float* keys, int64_t n_keys,
+// heads, accumulated over head_dim in slices of 64; ReLU and the head weight are applied
+// per pass and the per-key sums reduced over the 16 thread rows at the end. head_dim is a
+// multiple of 4.
+__global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, const float* weights, int n_heads,
+                                                             int head_dim, const float* keys, int n_keys,
                                                              float scale, float* scores) {
   __shared__ float q_s[kIxDim][kIxHeads + 1];
   __shared__ float k_s[kIxDim][kIxKeys + 1];
   __shared__ float key_sum[16][kIxKeys];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const int64_t i = blockIdx.y, s0 = int64_t(blockIdx.x) * kIxKeys;
+  const int64_t i = blockIdx.y;
+  const int s0 = blockIdx.x * kIxKeys;
+  const float* qi = q + i * n_heads * head_dim;
   float total[4] = {0, 0, 0, 0};
-  for (int64_t h0 = 0; h0 < n_heads; h0 += kIxHeads) {
+  for (int h0 = 0; h0 < n_heads; h0 += kIxHeads) {
     float acc[4][4] = {};
-    for (int64_t d0 = 0; d0 < head_dim; d0 += kIxDim) {
-      for (int idx = threadIdx.x; idx < kIxHeads * kIxDim; idx += blockDim.x) {
-        const int r = idx / kIxDim, d = idx % kIxDim;
-        const int64_t h = h0 + r, s = s0 + r, dd = d0 + d;
-        q_s[d][r] = (h < n_heads && dd < head_dim) ? q[(i * n_heads + h) * head_dim + dd] : 0.0f;
-        k_s[d][r] = (s < n_keys && dd < head_dim) ? keys[s * head_dim + dd] : 0.0f;
+    for (int d0 = 0; d0 < head_dim; d0 += kIxDim) {
+      // All loads of the slice first (they overlap), then the transposed stores.
+      float4 qv[kIxLoads], kv[kIxLoads];
+#pragma unroll
+      for (int x = 0; x < kIxLoads; ++x) {
+        const int idx = threadIdx.x + 256 * x, r = idx / (kIxDim / 4), d = d0 + 4 * (idx % (kIxDim / 4));
+        const int h = h0 + r, s = s0 + r;
+        const float4 zero = make_float4(0, 0, 0, 0);
+        qv[x] = h < n_heads && d < head_dim ? *reinterpret_cast<const float4*>(qi + h * head_dim + d) : zero;
+        kv[x] = s < n_keys && d < head_dim ? *reinterpret_cast<const float4*>(keys + int64_t(s) * head_dim + d) : zero;
+      }
+#pragma unroll
+      for (int x = 0; x < kIxLoads; ++x) {
+        const int idx = threadIdx.x + 256 * x, r = idx / (kIxDim / 4), d = 4 * (idx % (kIxDim / 4));
+        q_s[d][r] = qv[x].x, q_s[d + 1][r] = qv[x].y, q_s[d + 2][r] = qv[x].z, q_s[d + 3][r] = qv[x].w;
+        k_s[d][r] = kv[x].x, k_s[d + 1][r] = kv[x].y, k_s[d + 2][r] = kv[x].z, k_s[d + 3][r] = kv[x].w;
       }
       __syncthreads();
 #pragma unroll 8
@@ -178,7 +193,7 @@ __global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, con
     }
 #pragma unroll
     for (int x = 0; x < 4; ++x) {
-      const int64_t h = h0 + ty + 16 * x;
+      const int h = h0 + ty + 16 * x;
       if (h >= n_heads) continue;
       const float w = weights[i * n_heads + h];
 #pragma unroll
@@ -188,7 +203,7 @@ __global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, con
 #pragma unroll
   for (int y = 0; y < 4; ++y) key_sum[ty][tx + 16 * y] = total[y];
   __syncthreads();
-  if (threadIdx.x < kIxKeys && s0 + threadIdx.x < n_keys) {
+  if (threadIdx.x < kIxKeys && s0 + int(threadIdx.x) < n_keys) {
     float v = 0;
     for (int r = 0; r < 16; ++r) v += key_sum[r][threadIdx.x];
     scores[i * n_keys + s0 + threadIdx.x] = v * scale;
@@ -197,7 +212,9 @@ __global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, con
 
 // ---- indexer top-k ----
 
-constexpr int kTopkThreads = 512;
+constexpr int kTopkThreads = 1024;
+constexpr int kTopkWarps = kTopkThreads / 32;
+constexpr int64_t kTopkStagedKeys = 24576;  // rows up to this length are staged in shared memory
 
 // Order-preserving map of a float to an unsigned key (larger float, larger key); both
 // zeros map to +0's key so that they tie, as they compare equal on the CPU.
@@ -206,14 +223,17 @@ __device__ uint32_t order_key(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// One block per query row: radix select (4 passes of 8 bits) of the k-th largest key
-// among the visible entries, then the entries above it (any order) and, of those equal
-// to it, the lowest indices. Slots past the picks get −1.
+// One block per query row: radix select (4 passes of 8 bits, per-warp histograms) of the
+// k-th largest key among the visible entries, then the entries above it (any order) and,
+// of those equal to it, the lowest indices. Slots past the picks get −1. The row's keys
+// are staged in shared memory when `staged` (visible <= kTopkStagedKeys).
 __global__ void __launch_bounds__(kTopkThreads) indexer_topk_kernel(const float* scores, int64_t n_keys, int64_t topk,
-                                                                    int64_t p0, int64_t rate, int64_t* selected) {
+                                                                    int64_t p0, int64_t rate, bool staged,
+                                                                    int64_t* selected) {
   using Scan = cub::BlockScan<int, kTopkThreads>;
+  extern __shared__ uint32_t staged_keys[];
   __shared__ typename Scan::TempStorage scan_storage;
-  __shared__ int hist[256];
+  __shared__ int hist[kTopkWarps][256];
   __shared__ int chosen_digit, count_above;
   __shared__ int n_written;
   const int64_t i = blockIdx.x;
@@ -221,27 +241,37 @@ __global__ void __launch_bounds__(kTopkThreads) indexer_topk_kernel(const float*
   int64_t* out = selected + i * topk;
   const int64_t visible = std::min<int64_t>((p0 + i + 1) / rate, n_keys);
   const int64_t k = std::min(topk, visible);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t j = k + threadIdx.x; j < topk; j += blockDim.x) out[j] = -1;
   if (k == visible) {  // every visible entry is picked
     for (int64_t j = threadIdx.x; j < k; j += blockDim.x) out[j] = j;
     return;
   }
+  if (staged)
+    for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) staged_keys[s] = order_key(row[s]);
+  auto key_at = [&](int64_t s) { return staged ? staged_keys[s] : order_key(row[s]); };
+
   uint32_t prefix = 0, mask = 0;
   int remaining = int(k);  // how many of the keys matching `prefix` are still to be taken
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int d = threadIdx.x; d < 256; d += blockDim.x) hist[d] = 0;
+    for (int d = lane; d < 256; d += 32) hist[warp][d] = 0;
     __syncthreads();
     for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) {
-      const uint32_t key = order_key(row[s]);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xFF], 1);
+      const uint32_t key = key_at(s);
+      if ((key & mask) == prefix) atomicAdd(&hist[warp][(key >> shift) & 0xFF], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x < 256) {
+      int sum = 0;
+      for (int w = 0; w < kTopkWarps; ++w) sum += hist[w][threadIdx.x];
+      hist[0][threadIdx.x] = sum;
     }
     __syncthreads();
     if (threadIdx.x < 32) {
       // Lane l holds digits 255−8l … 248−8l (descending); scan the lanes from the top.
-      const int lane = threadIdx.x;
       int c[8], local = 0;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) local += (c[j] = hist[255 - 8 * lane - j]);
+      for (int j = 0; j < 8; ++j) local += (c[j] = hist[0][255 - 8 * lane - j]);
       int inclusive = local;
       for (int off = 1; off < 32; off <<= 1) {
         const int n = __shfl_up_sync(0xffffffffu, inclusive, off);
@@ -263,18 +293,25 @@ __global__ void __launch_bounds__(kTopkThreads) indexer_topk_kernel(const float*
     prefix |= uint32_t(chosen_digit) << shift;
     mask |= 0xFFu << shift;
     remaining -= count_above;
-    __syncthreads();  // chosen_digit / count_above are rewritten by the next pass
+    __syncthreads();  // hist, chosen_digit and count_above are rewritten by the next pass
   }
   // `prefix` is now the k-th largest key; `remaining` of the keys equal to it are taken.
   if (threadIdx.x == 0) n_written = 0;
   __syncthreads();
-  for (int64_t s = threadIdx.x; s < visible; s += blockDim.x)
-    if (order_key(row[s]) > prefix) out[atomicAdd(&n_written, 1)] = s;
+  for (int64_t start = 0; start < visible; start += blockDim.x) {
+    const int64_t s = start + threadIdx.x;
+    const bool above = s < visible && key_at(s) > prefix;
+    const unsigned ballot = __ballot_sync(0xffffffffu, above);
+    int base = 0;
+    if (lane == 0 && ballot) base = atomicAdd(&n_written, __popc(ballot));
+    base = __shfl_sync(0xffffffffu, base, 0);
+    if (above) out[base + __popc(ballot & ((1u << lane) - 1))] = s;
+  }
   const int64_t tie_base = k - remaining;
   int taken = 0;
   for (int64_t start = 0; start < visible && taken < remaining; start += blockDim.x) {
     const int64_t s = start + threadIdx.x;
-    const int flag = (s < visible && order_key(row[s]) == prefix) ? 1 : 0;
+    const int flag = (s < visible && key_at(s) == prefix) ? 1 : 0;
     int pos, total;
     Scan(scan_storage).ExclusiveSum(flag, pos, total);
     if (flag && taken + pos < remaining) out[tie_base + taken + pos] = s;
@@ -289,7 +326,6 @@ constexpr int kAttnThreads = 256;
 constexpr int kAttnHeads = 8;   // heads per block: one warp each for the logits
 constexpr int kAttnKeys = 32;   // keys per tile: one lane each for the logits
 constexpr int kAttnMaxDim = 512;
-constexpr int kDimsPerThread = kAttnMaxDim / kAttnThreads;
 
 // Where the keys of query i (position p0 + i) live: key k < n_window is window position
 // first(p) + k (the ring before p0, new_keys from p0 on); the rest are entries.
@@ -301,9 +337,9 @@ struct KeySet {
   int64_t p0, window, dim, n_entries, rate, topk;
   backend::EntrySelection selection;
 
-  __device__ int64_t first_window_position(int64_t p) const { return p - window + 1 > 0 ? p - window + 1 : 0; }
-  __device__ int64_t n_window(int64_t p) const { return p - first_window_position(p) + 1; }
-  __device__ int64_t count(int64_t i) const {
+  __device__ __forceinline__ int64_t first_window_position(int64_t p) const { return p - window + 1 > 0 ? p - window + 1 : 0; }
+  __device__ __forceinline__ int64_t n_window(int64_t p) const { return p - first_window_position(p) + 1; }
+  __device__ __forceinline__ int64_t count(int64_t i) const {
     const int64_t p = p0 + i;
     int64_t n = n_window(p);
     if (selection == backend::EntrySelection::AllVisible) n += std::min((p + 1) / rate, n_entries);
@@ -311,7 +347,7 @@ struct KeySet {
     return n;
   }
   // Row of key k of query i, or null for an empty CSA pick (−1).
-  __device__ const float* row(int64_t i, int64_t k) const {
+  __device__ __forceinline__ const float* row(int64_t i, int64_t k) const {
     const int64_t p = p0 + i, nw = n_window(p);
     if (k < nw) {
       const int64_t u = first_window_position(p) + k;
@@ -327,56 +363,70 @@ struct KeySet {
 };
 
 size_t attention_smem_bytes(int64_t dim) {
-  return sizeof(float) * size_t(kAttnKeys * (dim + 1) + kAttnHeads * dim + kAttnHeads * kAttnKeys + 3 * kAttnHeads);
+  const int64_t d4 = dim / 4;
+  return sizeof(float4) * size_t(kAttnKeys * (d4 + 1) + kAttnHeads * d4) +
+         sizeof(float) * size_t(kAttnHeads * kAttnKeys + 3 * kAttnHeads);
 }
 
 // Block (query i, heads 8·blockIdx.y …, split blockIdx.z): online softmax over the keys
 // [split·keys_per_split, …) of query i. With one split the block finishes the softmax
 // with the sink and writes `out`; otherwise it leaves its running max, sum and
-// unnormalised value sum for combine_kernel.
-__global__ void __launch_bounds__(kAttnThreads) sink_attention_kernel(KeySet keys, const float* q, int64_t n_heads,
+// unnormalised value sum for combine_kernel. dim is a multiple of 4, at most 512.
+__global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet keys, const float* q, int n_heads,
                                                                       const float* sinks, float scale,
-                                                                      int64_t keys_per_split, float* out,
+                                                                      int keys_per_split, float* out,
                                                                       float* part_acc, float* part_max,
                                                                       float* part_sum) {
-  extern __shared__ float smem[];
-  const int64_t D = keys.dim, stride = D + 1;  // +1: lanes reading one dim of 32 keys hit 32 banks
-  float* k_s = smem;                            // [kAttnKeys][D + 1]
-  float* q_s = k_s + kAttnKeys * stride;        // [kAttnHeads][D]
-  float* p_s = q_s + kAttnHeads * D;            // [kAttnHeads][kAttnKeys]
+  extern __shared__ float4 smem4[];
+  // Key rows padded by 16 bytes: the 128-bit reads of 8 lanes (one per key) at the same
+  // offset then fall into 8 different bank groups.
+  const int D = int(keys.dim), D4 = D / 4, stride4 = D4 + 1;
+  float4* k_s = smem4;                                          // [kAttnKeys][D4 + 1]
+  float4* q_s = k_s + kAttnKeys * stride4;                      // [kAttnHeads][D4]
+  float* p_s = reinterpret_cast<float*>(q_s + kAttnHeads * D4);  // [kAttnHeads][kAttnKeys]
   float* alpha_s = p_s + kAttnHeads * kAttnKeys;
   float* max_s = alpha_s + kAttnHeads;
   float* sum_s = max_s + kAttnHeads;
   __shared__ const float* rows[kAttnKeys];
 
-  const int64_t i = blockIdx.x, h0 = int64_t(blockIdx.y) * kAttnHeads;
-  const int split = blockIdx.z, n_splits = gridDim.z;
+  const int64_t i = blockIdx.x;
+  const int h0 = blockIdx.y * kAttnHeads, split = blockIdx.z, n_splits = gridDim.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int heads_here = int(std::min<int64_t>(kAttnHeads, n_heads - h0));
-  const int64_t k_begin = split * keys_per_split, k_end = std::min(keys.count(i), k_begin + keys_per_split);
+  const int heads_here = min(kAttnHeads, n_heads - h0);
+  const int64_t k_begin = int64_t(split) * keys_per_split;
+  const int64_t k_end = std::min(keys.count(i), k_begin + keys_per_split);
 
-  for (int64_t idx = threadIdx.x; idx < kAttnHeads * D; idx += blockDim.x)
-    q_s[idx] = idx / D < heads_here ? q[(i * n_heads + h0) * D + idx] : 0.0f;
+  const float4* q4 = reinterpret_cast<const float4*>(q + (i * n_heads + h0) * D);
+  for (int idx = threadIdx.x; idx < kAttnHeads * D4; idx += blockDim.x)
+    q_s[idx] = idx < heads_here * D4 ? q4[idx] : make_float4(0, 0, 0, 0);
 
-  float acc[kAttnHeads][kDimsPerThread] = {};
+  // Value sums: thread t owns dims 2t, 2t + 1 of every head of the block.
+  const bool owns_dims = 2 * int(threadIdx.x) < D;
+  float acc[kAttnHeads][2] = {};
   float run_max = kNegInf, run_sum = 0;  // of head h0 + warp, the same in every lane
   for (int64_t kt = k_begin; kt < k_end; kt += kAttnKeys) {
     __syncthreads();  // the previous tile is consumed (and q_s is written, first time)
     if (threadIdx.x < kAttnKeys) rows[threadIdx.x] = kt + threadIdx.x < k_end ? keys.row(i, kt + threadIdx.x) : nullptr;
     __syncthreads();
-    for (int64_t idx = threadIdx.x; idx < kAttnKeys * D; idx += blockDim.x) {
-      const int64_t kk = idx / D, d = idx - kk * D;
-      const float* r = rows[kk];
-      k_s[kk * stride + d] = r ? r[d] : 0.0f;
+    for (int kk = warp; kk < kAttnKeys; kk += kAttnThreads / 32) {
+      const float4* r = reinterpret_cast<const float4*>(rows[kk]);
+      for (int d4 = lane; d4 < D4; d4 += 32) k_s[kk * stride4 + d4] = r ? r[d4] : make_float4(0, 0, 0, 0);
     }
     __syncthreads();
     float logit = kNegInf;
     if (warp < heads_here && rows[lane]) {
-      const float* qh = q_s + warp * D;
-      const float* kr = k_s + lane * stride;
-      float dot = 0;
-      for (int64_t d = 0; d < D; ++d) dot += qh[d] * kr[d];
-      logit = dot * scale;
+      const float4* qh = q_s + warp * D4;
+      const float4* kr = k_s + lane * stride4;
+      float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma unroll 8
+      for (int d4 = 0; d4 < D4; ++d4) {
+        const float4 x = qh[d4], y = kr[d4];
+        a0 += x.x * y.x;
+        a1 += x.y * y.y;
+        a2 += x.z * y.z;
+        a3 += x.w * y.w;
+      }
+      logit = ((a0 + a1) + (a2 + a3)) * scale;
     }
     const float new_max = fmaxf(run_max, warp_max(logit));
     const float p = logit == kNegInf ? 0.0f : expf(logit - new_max);
@@ -386,20 +436,25 @@ __global__ void __launch_bounds__(kAttnThreads) sink_attention_kernel(KeySet key
     p_s[warp * kAttnKeys + lane] = p;
     if (lane == 0) alpha_s[warp] = alpha;
     __syncthreads();
+    if (owns_dims) {
 #pragma unroll
-    for (int h = 0; h < kAttnHeads; ++h) {
-      const float a = alpha_s[h];
+      for (int h = 0; h < kAttnHeads; ++h) {
+        const float a = alpha_s[h];
+        acc[h][0] *= a;
+        acc[h][1] *= a;
+      }
+      for (int kk = 0; kk < kAttnKeys; kk += 4) {
+        float4 pw[kAttnHeads];
 #pragma unroll
-      for (int j = 0; j < kDimsPerThread; ++j) acc[h][j] *= a;
-    }
-    for (int kk = 0; kk < kAttnKeys; ++kk) {
+        for (int h = 0; h < kAttnHeads; ++h) pw[h] = *reinterpret_cast<const float4*>(p_s + h * kAttnKeys + kk);
+        float2 v[4];
 #pragma unroll
-      for (int j = 0; j < kDimsPerThread; ++j) {
-        const int64_t d = threadIdx.x + j * kAttnThreads;
-        if (d >= D) continue;
-        const float v = k_s[kk * stride + d];
+        for (int x = 0; x < 4; ++x) v[x] = reinterpret_cast<const float2*>(k_s + (kk + x) * stride4)[threadIdx.x];
 #pragma unroll
-        for (int h = 0; h < kAttnHeads; ++h) acc[h][j] += p_s[h * kAttnKeys + kk] * v;
+        for (int h = 0; h < kAttnHeads; ++h) {
+          acc[h][0] += pw[h].x * v[0].x + pw[h].y * v[1].x + pw[h].z * v[2].x + pw[h].w * v[3].x;
+          acc[h][1] += pw[h].x * v[0].y + pw[h].y * v[1].y + pw[h].z * v[2].y + pw[h].w * v[3].y;
+        }
       }
     }
   }
@@ -408,31 +463,25 @@ __global__ void __launch_bounds__(kAttnThreads) sink_attention_kernel(KeySet key
     sum_s[warp] = run_sum;
   }
   __syncthreads();
+  if (!owns_dims) return;
 #pragma unroll
   for (int h = 0; h < kAttnHeads; ++h) {  // unrolled: acc stays in registers
     if (h >= heads_here) continue;
-    const int64_t head = h0 + h;
+    const int head = h0 + h;
     const float m = max_s[h];
     if (n_splits == 1) {
       const float sink = sinks[head], top = fmaxf(sink, m);
       const float weight = m == kNegInf ? 0.0f : expf(m - top);
       const float denom = expf(sink - top) + sum_s[h] * weight;
-#pragma unroll
-      for (int j = 0; j < kDimsPerThread; ++j) {
-        const int64_t d = threadIdx.x + j * kAttnThreads;
-        if (d < D) out[(i * n_heads + head) * D + d] = acc[h][j] * weight / denom;
-      }
+      reinterpret_cast<float2*>(out + (i * n_heads + head) * D)[threadIdx.x] =
+          make_float2(acc[h][0] * weight / denom, acc[h][1] * weight / denom);
     } else {
       const int64_t slot = (i * n_splits + split) * n_heads + head;
       if (threadIdx.x == 0) {
         part_max[slot] = m;
         part_sum[slot] = sum_s[h];
       }
-#pragma unroll
-      for (int j = 0; j < kDimsPerThread; ++j) {
-        const int64_t d = threadIdx.x + j * kAttnThreads;
-        if (d < D) part_acc[slot * D + d] = acc[h][j];
-      }
+      reinterpret_cast<float2*>(part_acc + slot * D)[threadIdx.x] = make_float2(acc[h][0], acc[h][1]);
     }
   }
 }
@@ -487,10 +536,14 @@ void CudaOps::compress(const backend::CompressorParams& p, float* ring_kv, float
 void CudaOps::indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim,
                              const float* keys, int64_t n_keys, float* scores) {
   if (S <= 0 || n_keys <= 0) return;
-  DSQ_CHECK(S <= 65535, "indexer_scores: ", S, " queries in one call (at most 65535)");
+  DSQ_CHECK(S <= 65535 && n_keys < INT32_MAX && n_heads * head_dim < INT32_MAX, "indexer_scores: ", S,
+            " queries × ", n_keys, " keys too many for one call");
+  DSQ_CHECK(head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 && reinterpret_cast<uintptr_t>(keys) % 16 == 0,
+            "indexer_scores: head dim ", head_dim, " not a multiple of 4, or q / keys not 16-byte aligned");
   const float scale = 1.0f / std::sqrt(float(head_dim)) / std::sqrt(float(n_heads));
   const dim3 grid{unsigned((n_keys + kIxKeys - 1) / kIxKeys), unsigned(S)};
-  indexer_scores_kernel<<<grid, 256, 0, ctx_.stream()>>>(q, weights, n_heads, head_dim, keys, n_keys, scale, scores);
+  indexer_scores_kernel<<<grid, 256, 0, ctx_.stream()>>>(q, weights, int(n_heads), int(head_dim), keys, int(n_keys),
+                                                         scale, scores);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -498,7 +551,18 @@ void CudaOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t top
                            int64_t* selected) {
   DSQ_CHECK(rate > 0, "indexer_topk: compression rate ", rate);
   if (S <= 0 || topk <= 0) return;
-  indexer_topk_kernel<<<unsigned(S), kTopkThreads, 0, ctx_.stream()>>>(scores, n_keys, topk, p0, rate, selected);
+  // Stage the rows in shared memory when the longest visible part fits.
+  const int64_t longest = std::min(n_keys, (p0 + S) / rate);
+  const bool staged = longest <= kTopkStagedKeys;
+  static const bool smem_ready = [] {
+    DSQ_CUDA_CHECK(cudaFuncSetAttribute(indexer_topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(kTopkStagedKeys * sizeof(uint32_t))));
+    return true;
+  }();
+  (void)smem_ready;
+  const size_t smem = staged ? size_t(longest) * sizeof(uint32_t) : 0;
+  indexer_topk_kernel<<<unsigned(S), kTopkThreads, smem, ctx_.stream()>>>(scores, n_keys, topk, p0, rate, staged,
+                                                                          selected);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -506,7 +570,10 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
                              const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection,
                              const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
                              int64_t topk, const float* sinks, float scale, float* out) {
-  DSQ_CHECK(dim > 0 && dim <= kAttnMaxDim, "sink_attention: head dim ", dim, " outside [1, ", kAttnMaxDim, "]");
+  DSQ_CHECK(dim > 0 && dim <= kAttnMaxDim && dim % 4 == 0, "sink_attention: head dim ", dim,
+            " is not a multiple of 4 in [4, ", kAttnMaxDim, "]");
+  for (const float* p : {q, new_keys, ring, entries, static_cast<const float*>(out)})
+    DSQ_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "sink_attention: a query, key or output pointer is not 16-byte aligned");
   DSQ_CHECK(window >= 1, "sink_attention: window ", window);
   DSQ_CHECK(selection == backend::EntrySelection::None || rate > 0, "sink_attention: compression rate ", rate);
   if (S <= 0 || n_heads <= 0) return;
@@ -540,10 +607,11 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
     return true;
   }();
   (void)smem_ready;
-  DSQ_CHECK(S <= INT32_MAX && head_groups <= 65535, "sink_attention: ", S, " queries × ", n_heads, " heads too many");
+  DSQ_CHECK(S <= INT32_MAX && n_heads <= 65535, "sink_attention: ", S, " queries × ", n_heads, " heads too many");
   const dim3 grid{unsigned(S), unsigned(head_groups), unsigned(splits)};
-  sink_attention_kernel<<<grid, kAttnThreads, smem, ctx_.stream()>>>(keys, q, n_heads, sinks, scale, keys_per_split,
-                                                                     out, part_acc, part_max, part_sum);
+  sink_attention_kernel<<<grid, kAttnThreads, smem, ctx_.stream()>>>(keys, q, int(n_heads), sinks, scale,
+                                                                     int(keys_per_split), out, part_acc, part_max,
+                                                                     part_sum);
   DSQ_CUDA_CHECK_LAUNCH();
   if (splits > 1) {
     combine_kernel<<<dim3(unsigned(S), unsigned(n_heads)), 128, 0, ctx_.stream()>>>(

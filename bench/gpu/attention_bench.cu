@@ -1,0 +1,221 @@
+// dsq_attention_bench: decode-step (S = 1) time of CudaOps' attention ops on
+// DeepSeek-V4-Flash shapes (64 heads, head dim 512, window 128, CSA m = 4 with top-512,
+// HCA m = 128, indexer 64 × 128) at 8k and 64k tokens of context, per layer kind:
+//   sink_attention (sliding, CSA, HCA): keys read per step (window ring + new key +
+//     compressed entries) over the time, next to the device-to-device copy bandwidth
+//     measured in the same run;
+//   the CSA indexer (indexer_scores + indexer_topk over all entries).
+// Every call reads another layer's copy of the state, and the copies together exceed
+// the L2 several times, so keys come from memory as in a real decode step. Times are
+// the median of repeats of 64 back-to-back calls, eager and replayed from a CUDA graph.
+//
+// Usage: dsq_attention_bench   (prints a markdown table)
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/cuda_ops.h"
+
+namespace dsq::cuda {
+namespace {
+
+constexpr int64_t kHeads = 64, kDim = 512, kWindow = 128, kCsaRate = 4, kHcaRate = 128, kTopk = 512;
+constexpr int64_t kIndexHeads = 64, kIndexDim = 128;
+constexpr size_t kStateBytes = size_t(384) << 20;  // all copies of a layer's state: ~7x the H100's L2
+constexpr int kBatch = 64;
+
+__global__ void fill_kernel(float* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t z = i * 0x9E3779B97F4A7C15ull + seed;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    p[i] = float(uint32_t(z ^ (z >> 31)) & 0xFFFF) / 32768.0f - 1.0f;  // uniform in [−1, 1)
+  }
+}
+
+DeviceBuffer<float> random_buffer(size_t n, uint32_t seed) {
+  DeviceBuffer<float> b(n);
+  fill_kernel<<<1024, 256>>>(b.get(), n, seed);
+  DSQ_CUDA_CHECK_LAUNCH();
+  DSQ_CUDA_CHECK(cudaDeviceSynchronize());  // the ops' stream does not wait for the default stream
+  return b;
+}
+
+struct Timer {
+  cudaEvent_t a, b;
+  Timer() {
+    DSQ_CUDA_CHECK(cudaEventCreate(&a));
+    DSQ_CUDA_CHECK(cudaEventCreate(&b));
+  }
+  ~Timer() {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+  double elapsed(cudaStream_t stream, const std::function<void()>& work) {
+    DSQ_CUDA_CHECK(cudaEventRecord(a, stream));
+    work();
+    DSQ_CUDA_CHECK(cudaEventRecord(b, stream));
+    DSQ_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    DSQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    return ms * 1e-3;
+  }
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Seconds per call of call(i), i = call index: eager, and replayed from a CUDA graph.
+struct Times {
+  double eager, graph;
+};
+Times measure(CudaOps& ops, Timer& timer, const std::function<void(int)>& call) {
+  cudaStream_t stream = ops.context().stream();
+  for (int i = 0; i < kBatch; ++i) call(i);  // warm-up: scratch, kernel attributes
+  ops.synchronize();
+  std::vector<double> eager, graph;
+  for (int r = 0; r < 5; ++r)
+    eager.push_back(timer.elapsed(stream, [&] {
+      for (int i = 0; i < kBatch; ++i) call(i);
+    }) / kBatch);
+  cudaGraph_t g;
+  DSQ_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < kBatch; ++i) call(i);
+  DSQ_CUDA_CHECK(cudaStreamEndCapture(stream, &g));
+  cudaGraphExec_t exec;
+  DSQ_CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
+  DSQ_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  ops.synchronize();
+  for (int r = 0; r < 5; ++r)
+    graph.push_back(timer.elapsed(stream, [&] { DSQ_CUDA_CHECK(cudaGraphLaunch(exec, stream)); }) / kBatch);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(g);
+  return {median(eager), median(graph)};
+}
+
+double copy_bandwidth(CudaOps& ops, Timer& timer) {
+  const size_t n = size_t(256) << 20;  // floats: 1 GiB
+  DeviceBuffer<float> src = random_buffer(n, 1), dst(n);
+  std::vector<double> t;
+  for (int r = 0; r < 5; ++r)
+    t.push_back(timer.elapsed(ops.context().stream(), [&] { ops.copy(dst.get(), src.get(), int64_t(n)); }));
+  return 2.0 * double(n) * sizeof(float) / median(t);  // read + write
+}
+
+// One layer's decode state at context `ctx` (the new token at position ctx − 1).
+struct LayerState {
+  DeviceBuffer<float> q, new_key, ring, entries;
+  DeviceBuffer<int64_t> selected;
+};
+
+enum class Kind { Sliding, CSA, HCA };
+
+void bench_attention(CudaOps& ops, Timer& timer, Kind kind, int64_t ctx, double copy_bps) {
+  const int64_t p0 = ctx - 1, rate = kind == Kind::CSA ? kCsaRate : kHcaRate;
+  const int64_t n_entries = kind == Kind::Sliding ? 0 : ctx / rate;
+  const int64_t n_selected = kind == Kind::CSA ? std::min(kTopk, n_entries) : kind == Kind::HCA ? n_entries : 0;
+  const int64_t keys = kWindow + n_selected;
+  const size_t state_bytes = sizeof(float) * size_t((kHeads + 1 + kWindow - 1 + n_entries) * kDim);
+  const int copies = int(std::clamp<size_t>(kStateBytes / state_bytes, 4, 2048));
+  std::mt19937 rng(5);
+  std::vector<LayerState> layers;
+  for (int c = 0; c < copies; ++c) {
+    LayerState s;
+    s.q = random_buffer(size_t(kHeads * kDim), 10 + c);
+    s.new_key = random_buffer(size_t(kDim), 20 + c);
+    s.ring = random_buffer(size_t((kWindow - 1) * kDim), 30 + c);
+    s.entries = random_buffer(size_t(std::max<int64_t>(n_entries, 1) * kDim), 40 + c);
+    std::vector<int64_t> pick(size_t(std::max<int64_t>(n_entries, 1)));
+    std::iota(pick.begin(), pick.end(), int64_t(0));
+    std::shuffle(pick.begin(), pick.end(), rng);
+    pick.resize(size_t(kTopk), -1);
+    s.selected = DeviceBuffer<int64_t>::from_host(pick);
+    layers.push_back(std::move(s));
+  }
+  DeviceBuffer<float> sinks = random_buffer(size_t(kHeads), 3), out(size_t(kHeads * kDim));
+  const backend::EntrySelection selection = kind == Kind::Sliding ? backend::EntrySelection::None
+                                            : kind == Kind::CSA   ? backend::EntrySelection::Selected
+                                                                  : backend::EntrySelection::AllVisible;
+  const float scale = 1.0f / std::sqrt(float(kDim));
+  const Times t = measure(ops, timer, [&](int i) {
+    const LayerState& s = layers[size_t(i % copies)];
+    ops.sink_attention(s.q.get(), 1, kHeads, kDim, s.new_key.get(), s.ring.get(), p0, kWindow, selection,
+                       s.entries.get(), n_entries, rate, s.selected.get(), kTopk, sinks.get(), scale, out.get());
+  });
+  const double key_bytes = double(keys * kDim) * sizeof(float);
+  const char* name = kind == Kind::Sliding ? "sliding" : kind == Kind::CSA ? "CSA top-512" : "HCA";
+  std::printf("| sink_attention %s | %lldk | %lld | %.2f | %.1f | %.1f | %.0f | %.1f%% |\n", name,
+              (long long)(ctx / 1024), (long long)keys, key_bytes / 1e6, t.eager * 1e6, t.graph * 1e6,
+              key_bytes / t.graph / 1e9, 100.0 * key_bytes / t.graph / copy_bps);
+}
+
+void bench_indexer(CudaOps& ops, Timer& timer, int64_t ctx, double copy_bps) {
+  const int64_t p0 = ctx - 1, n_keys = ctx / kCsaRate;
+  const size_t state_bytes = sizeof(float) * size_t(n_keys * kIndexDim);
+  const int copies = int(std::clamp<size_t>(kStateBytes / state_bytes, 4, 2048));
+  std::vector<DeviceBuffer<float>> keys;
+  for (int c = 0; c < copies; ++c) keys.push_back(random_buffer(size_t(n_keys * kIndexDim), 50 + c));
+  DeviceBuffer<float> q = random_buffer(size_t(kIndexHeads * kIndexDim), 4), w = random_buffer(size_t(kIndexHeads), 5);
+  DeviceBuffer<float> scores(static_cast<size_t>(n_keys));
+  DeviceBuffer<int64_t> selected(static_cast<size_t>(kTopk));
+  const Times t = measure(ops, timer, [&](int i) {
+    ops.indexer_scores(q.get(), w.get(), 1, kIndexHeads, kIndexDim, keys[size_t(i % copies)].get(), n_keys,
+                       scores.get());
+    ops.indexer_topk(scores.get(), 1, n_keys, kTopk, p0, kCsaRate, selected.get());
+  });
+  const Times scores_only = measure(ops, timer, [&](int i) {
+    ops.indexer_scores(q.get(), w.get(), 1, kIndexHeads, kIndexDim, keys[size_t(i % copies)].get(), n_keys,
+                       scores.get());
+  });
+  const double key_bytes = double(state_bytes);
+  std::printf("| indexer scores + top-512 | %lldk | %lld | %.2f | %.1f | %.1f | %.0f | %.1f%% |\n",
+              (long long)(ctx / 1024), (long long)n_keys, key_bytes / 1e6, t.eager * 1e6, t.graph * 1e6,
+              key_bytes / t.graph / 1e9, 100.0 * key_bytes / t.graph / copy_bps);
+  std::printf("| indexer scores only | %lldk | %lld | %.2f | %.1f | %.1f | %.0f | %.1f%% |\n",
+              (long long)(ctx / 1024), (long long)n_keys, key_bytes / 1e6, scores_only.eager * 1e6,
+              scores_only.graph * 1e6, key_bytes / scores_only.graph / 1e9,
+              100.0 * key_bytes / scores_only.graph / copy_bps);
+}
+
+int run() {
+  if (!gpu_available()) {
+    std::printf("no GPU: nothing to benchmark\n");
+    return 0;
+  }
+  CudaOps ops(Precision::Fast);
+  Timer timer;
+  cudaDeviceProp prop{};
+  DSQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  copy_bandwidth(ops, timer);  // warm-up
+  const double copy_bps = copy_bandwidth(ops, timer);
+  std::printf("Device: %s, %d SMs, %.0f MB L2; device-to-device copy %.0f GB/s (read+write)\n\n", prop.name,
+              prop.multiProcessorCount, prop.l2CacheSize / 1e6, copy_bps / 1e9);
+  std::printf("Decode (S = 1), V4-Flash shapes. Keys: rows read per step; achieved = key bytes / graph time.\n\n");
+  std::printf("| op | context | keys | key MB | eager (us) | graph (us) | achieved GB/s | of copy |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (int64_t ctx : {int64_t(8192), int64_t(65536)}) {
+    for (Kind kind : {Kind::Sliding, Kind::CSA, Kind::HCA}) bench_attention(ops, timer, kind, ctx, copy_bps);
+    bench_indexer(ops, timer, ctx, copy_bps);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace dsq::cuda
+
+int main() {
+  try {
+    return dsq::cuda::run();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dsq_attention_bench: %s\n", e.what());
+    return 1;
+  }
+}
