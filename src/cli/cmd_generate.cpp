@@ -1,5 +1,5 @@
 // `dsq generate <model> --prompt TEXT [--max-tokens N --temperature T --top-p P
-//                --top-k K --seed S --threads N]`
+//                --top-k K --seed S --device cpu|cuda --precision fast|f32 --threads N]`
 //
 // Encodes the prompt as BOS + encode(TEXT), prefills it in one call and then decodes one
 // token per step through the decoding state, streaming the continuation to stdout as
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/device_options.h"
 #include "core/error.h"
 #include "model/model.h"
 #include "model/sampler.h"
@@ -22,6 +23,7 @@ namespace dsq::cli {
 namespace {
 
 struct GenerateOptions {
+  DeviceOptions device;
   std::string model_dir, prompt;
   int64_t max_tokens = 128;
   model::SamplingParams sampling;
@@ -34,7 +36,7 @@ void emit(const std::string& text) {
 }
 
 void run_generate(const GenerateOptions& opt) {
-  const model::Model m = model::Model::load(opt.model_dir);
+  const model::Model m = model::Model::load(opt.model_dir, make_ops(opt.device));
   const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(opt.model_dir);
   std::vector<int64_t> prompt;
   if (tok.bos_id() >= 0) prompt.push_back(tok.bos_id());
@@ -80,6 +82,7 @@ void register_generate(CLI::App& app, CommonOptions& common) {
   cmd->add_option("--top-p", opt->sampling.top_p, "Nucleus mass")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--top-k", opt->sampling.top_k, "Keep the K best tokens (0 = all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", opt->sampling.seed, "Sampling seed");
+  add_device_options(cmd, &opt->device);
   add_threads_option(cmd, &common);
   cmd->callback([opt, &common] {
     apply_common(common);

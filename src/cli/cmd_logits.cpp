@@ -1,5 +1,5 @@
 // `dsq logits <model> --input ids.safetensors --out logits.safetensors
-//              [--chunks 37,27] [--decode N] [--threads N]`
+//              [--chunks 37,27] [--decode N] [--device cpu|cuda] [--precision fast|f32] [--threads N]`
 //
 // Writes logits in the layout of the reference fixtures (shared/docs/dsv4-architecture.md
 // §7.2): input_ids (i64 [1, L]); logits_full (f32 [1, L, V], one stateless forward);
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/device_options.h"
 #include "core/error.h"
 #include "formats/safetensors.h"
 #include "model/model.h"
@@ -22,6 +23,7 @@ namespace dsq::cli {
 namespace {
 
 struct LogitsOptions {
+  DeviceOptions device;
   std::string model_dir, input, output, chunks;
   int64_t decode = 0;
 };
@@ -76,7 +78,7 @@ void run_logits(const LogitsOptions& opt) {
   DSQ_CHECK(chunks.empty() || sum == L, "chunks sum to ", sum, " but input_ids has ", L, " tokens");
   DSQ_CHECK(opt.decode >= 0, "--decode must be >= 0");
 
-  const model::Model m = model::Model::load(opt.model_dir);
+  const model::Model m = model::Model::load(opt.model_dir, make_ops(opt.device));
   const int64_t V = m.config().vocab_size;
   std::vector<NamedTensor> out;
   out.push_back({"input_ids", ids_t});
@@ -125,6 +127,7 @@ void register_logits(CLI::App& app, CommonOptions& common) {
   cmd->add_option("--out", opt->output, "Output safetensors file")->required();
   cmd->add_option("--chunks", opt->chunks, "Prefill chunk lengths, comma-separated (default: the input's chunks)");
   cmd->add_option("--decode", opt->decode, "Greedy decode steps after the prefill")->check(CLI::NonNegativeNumber);
+  add_device_options(cmd, &opt->device);
   add_threads_option(cmd, &common);
   cmd->callback([opt, &common] {
     apply_common(common);

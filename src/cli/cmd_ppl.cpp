@@ -1,4 +1,4 @@
-// `dsq ppl <model> <text file> [--ctx 512] [--batch N] [--threads N]`
+// `dsq ppl <model> <text file> [--ctx 512] [--batch N] [--device cpu|cuda] [--precision fast|f32] [--threads N]`
 //
 // Perplexity as tiny-brown's reference was computed (shared/docs/dsv4-architecture.md
 // §7.3): paragraphs are blank-line-separated blocks stripped of surrounding whitespace,
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/device_options.h"
 #include "core/read_file.h"
 #include "core/error.h"
 #include "core/progress.h"
@@ -25,6 +26,7 @@ namespace dsq::cli {
 namespace {
 
 struct PplOptions {
+  DeviceOptions device;
   std::string model_dir, text_file;
   int64_t ctx = 512;
   int64_t batch = 8;
@@ -32,7 +34,7 @@ struct PplOptions {
 
 
 void run_ppl(const PplOptions& opt) {
-  const model::Model m = model::Model::load(opt.model_dir);
+  const model::Model m = model::Model::load(opt.model_dir, make_ops(opt.device));
   const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(opt.model_dir);
   DSQ_CHECK(tok.bos_id() >= 0 && tok.eos_id() >= 0, tok.source(), ": perplexity needs BOS and EOS tokens");
   const std::vector<int64_t> ids = tokenizer::encode_paragraphs(tok, read_file(opt.text_file));
@@ -58,6 +60,7 @@ void register_ppl(CLI::App& app, CommonOptions& common) {
   cmd->add_option("text", opt->text_file, "Text file; paragraphs separated by blank lines")->required();
   cmd->add_option("--ctx", opt->ctx, "Window length in tokens")->check(CLI::Range(2, 1 << 20));
   cmd->add_option("--batch", opt->batch, "Windows per forward call")->check(CLI::Range(1, 1024));
+  add_device_options(cmd, &opt->device);
   add_threads_option(cmd, &common);
   cmd->callback([opt, &common] {
     apply_common(common);

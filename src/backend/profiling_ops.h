@@ -1,0 +1,81 @@
+// ProfilingOps: a backend::Ops that forwards every call to another Ops and measures it:
+// after each op it waits for the device, so the wall time it adds to the op's total is
+// the op's own run time (plus one synchronisation). For finding where a forward spends
+// its time (dsq_model_bench prints its table); the waiting makes the whole forward slower, so
+// its totals are a breakdown, not a speed.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "backend/ops.h"
+
+namespace dsq::backend {
+
+class ProfilingOps final : public Ops {
+ public:
+  explicit ProfilingOps(std::shared_ptr<Ops> inner) : inner_(std::move(inner)) {}
+  // While disabled (the default) calls are only forwarded: no waiting, no totals.
+  void set_enabled(bool on) { enabled_ = on; }
+
+  struct Entry {
+    int64_t calls = 0;
+    double seconds = 0;
+  };
+  // Totals per op name ("linear fp8-block", "sink_attention", ...) since the last reset.
+  const std::map<std::string, Entry>& totals() const { return totals_; }
+  void reset() { totals_.clear(); }
+  // A markdown table of the totals, largest first, with each op's share.
+  std::string table() const;
+
+  Device device() const override { return inner_->device(); }
+  Tensor alloc(DType dtype, Shape shape) override { return inner_->alloc(dtype, std::move(shape)); }
+  Tensor upload(const Tensor& host) override { return inner_->upload(host); }
+  Tensor to_host(const Tensor& t) override { return inner_->to_host(t); }
+  void grow_rows(Tensor& t, int64_t rows, int64_t width) override { inner_->grow_rows(t, rows, width); }
+  const float* resident(const std::vector<float>& host) override { return inner_->resident(host); }
+  const int64_t* resident(const std::vector<int64_t>& host) override { return inner_->resident(host); }
+  void copy(float* dst, const float* src, int64_t n) override { inner_->copy(dst, src, n); }
+  void synchronize() override { inner_->synchronize(); }
+
+  void linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) override;
+  void linear_grouped(const QuantizedMatrix& w, int64_t groups, const float* x, int64_t n, float* y) override;
+  void rms_norm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float eps, float* y) override;
+  void rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const int64_t* positions, const cpu::RopeFrequencies& table, bool inverse) override;
+  void swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) override;
+  void add(float* dst, const float* src, int64_t n) override;
+  void gather_rows(const float* src, const int64_t* rows, int64_t n, int64_t width, float* dst) override;
+  void embed_streams(const QuantizedMatrix& table, const int64_t* ids, int64_t T, int64_t n_streams, float* streams) override;
+  void mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, float* x, float* post, float* comb) override;
+  void mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T, int64_t n_streams, int64_t hidden) override;
+  void hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n, int64_t n_streams, int64_t hidden, float eps, float* out) override;
+  void route(const float* logits, int64_t T, int64_t n_experts, const float* bias, const int64_t* tid2eid, const int64_t* tokens, int64_t vocab, int64_t k, float scaling, int64_t* chosen, float* weights) override;
+  void moe_experts(const float* x, int64_t T, int64_t hidden, const backend::ExpertLinears* experts, int64_t n_experts, const int64_t* chosen, const float* weights, int64_t k, float limit, float* out, backend::ExpertInputTap* tap) override;
+  void compress(const backend::CompressorParams& p, float* ring_kv, float* ring_gate, float* entries, const float* kv, const float* gate, int64_t p0, int64_t S) override;
+  void indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim, const float* keys, int64_t n_keys, float* scores) override;
+  void indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t topk, int64_t p0, int64_t rate, int64_t* selected) override;
+  void sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys, const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection, const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected, int64_t topk, const float* sinks, float scale, float* out) override;
+  void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim, int64_t window) override;
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point start() {
+    if (enabled_) inner_->synchronize();
+    return Clock::now();
+  }
+  void stop(const std::string& name, Clock::time_point t0) {
+    if (!enabled_) return;
+    inner_->synchronize();
+    Entry& e = totals_[name];
+    ++e.calls;
+    e.seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+
+  std::shared_ptr<Ops> inner_;
+  bool enabled_ = false;
+  std::map<std::string, Entry> totals_;
+};
+
+}  // namespace dsq::backend
