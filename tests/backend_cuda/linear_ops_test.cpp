@@ -219,7 +219,9 @@ class Fp8BlockLinearTest : public LinearOpTest {
   std::vector<Dims> shapes() const override {
     switch (path_) {
       case Fp8Path::Decode:
-        return {{1, 1024, 4096}, {2, 512, 4096}, {5, 144, 512}, {16, 4096, 8192}, {33, 1024, 1024}, {64, 512, 4096}};
+        // K = 2304: an odd number (9) of 256-wide slices.
+        return {{1, 1024, 4096}, {2, 512, 4096}, {5, 144, 512}, {16, 4096, 8192}, {33, 1024, 1024},
+                {64, 512, 4096}, {3, 256, 2304}, {40, 144, 2304}, {1, 4096, 8192}};
       case Fp8Path::Fallback:
         return {{5, 136, 512}, {33, 256, 1024}};
       default:  // M = 1 and 5 have no cuBLASLt algorithm on an H100: they run padded
@@ -507,8 +509,8 @@ class Int4SwigluTest : public LinearOpTest {
       const int64_t rows = offsets_[size_t(e + 1)] - offsets_[size_t(e)];
       if (rows == 0) continue;
       const std::vector<float> xe(x.begin() + offsets_[size_t(e)] * d_.K, x.begin() + offsets_[size_t(e + 1)] * d_.K);
-      // Experts above kDecodeMaxRows run the grouped GEMM, which uses bf16(q*s).
-      const bool exact = rows <= kDecodeMaxRows;
+      // Experts with kInt4GemmMinRows rows or more run the grouped GEMM, which uses bf16(q*s).
+      const bool exact = rows < kInt4GemmMinRows;
       const std::vector<double> g = matmul_ref(xe, w1_.dequantize(e, exact), rows, d_.N, d_.K);
       const std::vector<double> u = matmul_ref(xe, w3_.dequantize(e, exact), rows, d_.N, d_.K);
       for (size_t i = 0; i < g.size(); ++i) {

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 
+#include "backend/cuda/dependent_launch.h"
+
 namespace dsq::cuda {
 
 namespace {
@@ -55,6 +57,9 @@ __device__ float e4m3_to_float(uint8_t v) {
 // partial sums into the workspace accumulator. The last block to finish a column block
 // (counted with an atomic ticket) converts those columns to bf16 and zeroes the
 // accumulator and its ticket again, so no separate memset or conversion launch is needed.
+// It is launched as a programmatic dependent (dependent_launch.h): its weight loads are
+// issued before it waits for the previous kernel, which may have written x, and before
+// it touches the workspace that the previous run may still be finalizing.
 //
 // Swapped operands: W is the mma's A, the tokens are its B (8 per tile). For m16n8k32
 // each lane must hold A bytes k = 4t..4t+3 and 16+4t..16+4t+3 of rows g and g+8; we
@@ -89,6 +94,7 @@ __global__ void __launch_bounds__(kDecWarps * 32)
   const int g = lane / 4, t = lane % 4;
   const int n0 = blockIdx.x * kDecCols + warp * 16;
   const bool active = n0 < N;
+  allow_dependent_launch();
 
   // 4 blocks of 64 × rows {g, g+8}: 8 independent 16-byte loads in flight per lane.
   uint4 wv[4][2];
@@ -101,6 +107,7 @@ __global__ void __launch_bounds__(kDecWarps * 32)
       wv[b][1] = __ldcs(reinterpret_cast<const uint4*>(r1 + 64 * b));
     }
   }
+  wait_for_previous_kernel();  // x is written, the workspace is clean
   // Quantize the x slice: one warp per (row, 128-block), 4 values per lane.
   for (int p = warp; p < MT * 8 * 2; p += kDecWarps) {
     const int r = p / 2, h = p % 2;
@@ -381,15 +388,14 @@ void Fp8BlockLinear::run(const GpuContext& ctx, const __nv_bfloat16* x, int64_t 
     const dim3 grid(unsigned(ceil_div(N_, kDecCols)), unsigned(K_ / kDecSlice));
     const int threads = kDecWarps * 32;
     const float* wsc = kmajor_scales_.get();
-#define DSQ_FP8_DECODE(MT)                                                                    \
-  fp8_decode_kernel<MT><<<grid, threads, 0, ctx.stream()>>>(values_.get(), wsc, x, ws.acc, ws.tickets, \
-                                                            y, int(M), int(N_), int(K_))
+#define DSQ_FP8_DECODE(MT)                                                                                 \
+  launch_dependent(ctx, fp8_decode_kernel<MT>, grid, dim3(threads), 0, values_.get(), wsc, x, ws.acc, ws.tickets, y, \
+                   int(M), int(N_), int(K_))
     if (M <= 8) DSQ_FP8_DECODE(1);
     else if (M <= 16) DSQ_FP8_DECODE(2);
     else if (M <= 32) DSQ_FP8_DECODE(4);
     else DSQ_FP8_DECODE(8);
 #undef DSQ_FP8_DECODE
-    DSQ_CUDA_CHECK_LAUNCH();
     last_path_ = Fp8Path::Decode;
     return;
   }

@@ -7,8 +7,10 @@
 // Decode (M <= 64 rows) runs our own tensor-core kernel in a single launch: memory-bound,
 // it quantizes x per block, streams W once with 16-byte loads straight from the row-major
 // checkpoint layout (k is permuted the same way in both mma operands, so no re-layout is
-// needed) and applies both scales in fp32 per 128-wide block. Larger M runs cuBLASLt's block-scaling mode (VEC128_32F for
-// x, BLK128x128_32F for W; Hopper, cuBLAS >= 12.9), which has no algorithm for some
+// needed) and applies both scales in fp32 per 128-wide block; launched as a programmatic
+// dependent, it streams W while the kernel before it finishes. Larger M runs cuBLASLt's
+// block-scaling mode (VEC128_32F for x, BLK128x128_32F for W; Hopper, cuBLAS >= 12.9),
+// which has no algorithm for some
 // small M (M = 1 on an H100): M is then padded to a multiple of 16. Where cuBLASLt has
 // nothing at all, a plain CUDA-core kernel computes the same function (slowly).
 #pragma once

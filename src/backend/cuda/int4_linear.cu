@@ -14,8 +14,10 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <utility>
 
 #include "backend/cuda/bf16_linear.h"
+#include "backend/cuda/dependent_launch.h"
 
 namespace dsq::cuda {
 
@@ -70,6 +72,10 @@ __device__ __forceinline__ uint32_t nibbles_to_bf16x2(uint32_t word, int shift) 
 }
 
 // MT token tiles of 8 rows (MT*8 rows per work item); CH 64-wide chunks of K per block.
+// The K slices of one output tile add up in fp32 atomics into y, zeroed just before by
+// zero_rows_kernel. This kernel is launched as that one's programmatic dependent: it
+// streams its weights and stages x while the zeroing still runs, and waits for it
+// (griddepcontrol.wait) only before its atomics.
 template <int MT, int CH>
 __global__ void __launch_bounds__(kThreads, 1)
     w4a16_decode_kernel(const uint4* __restrict__ tiles, const float* __restrict__ scales,
@@ -79,6 +85,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kRowStride = kSlice + 8;  // +16 bytes: conflict-free fragment reads
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  // A following kernel launched as our dependent (the SwiGLU pass) may be scheduled now;
+  // it waits for this whole grid before reading y.
+  allow_dependent_launch();
 
   const WorkItem item = work.items[blockIdx.z];
   const int k0 = blockIdx.y * kSlice;
@@ -139,6 +148,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
+  wait_for_previous_kernel();  // y is zeroed
   // C fragment: (row g, tokens 2t, 2t+1) and (row g+8, same tokens). K slices add up.
   const int n = ntile * 16 + g;
 #pragma unroll
@@ -154,6 +164,25 @@ __global__ void __launch_bounds__(kThreads, 1)
       atomicAdd(out, acc[m][1]);
       atomicAdd(out + 8, acc[m][3]);
     }
+  }
+}
+
+// Row ranges of y the decode kernel accumulates into, zeroed by one launch.
+struct ZeroRanges {
+  int count;
+  int64_t begin[kMaxItems], end[kMaxItems];  // rows
+};
+
+// Zeroes the rows of `ranges` (N floats each) and lets the decode kernel, launched as its
+// programmatic dependent, start streaming weights at once.
+__global__ void zero_rows_kernel(float* __restrict__ y, int N, const __grid_constant__ ZeroRanges ranges) {
+  allow_dependent_launch();
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  for (int r = 0; r < ranges.count; ++r) {
+    float4* p = reinterpret_cast<float4*>(y + ranges.begin[r] * N);  // N % 16 == 0: 16-byte aligned rows
+    const size_t n = size_t(ranges.end[r] - ranges.begin[r]) * N / 4;
+    for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+      p[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   }
 }
 
@@ -233,6 +262,16 @@ __device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const uint32_t (&a)
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
       "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
       : DSQ_ACC8(d, 0), DSQ_ACC8(d, 8), DSQ_ACC8(d, 16), DSQ_ACC8(d, 24)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs<32>(float (&d)[16], const uint32_t (&a)[4], uint64_t desc,
+                                             int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+      : DSQ_ACC8(d, 0), DSQ_ACC8(d, 8)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate));
 }
 #undef DSQ_ACC8
@@ -420,8 +459,11 @@ __global__ void int4_relayout_kernel(const int32_t* __restrict__ packed, int N, 
 
 // SwiGLU over the fp32 output of a gate/up weight (Int4ExpertWeights::gate_up): in each
 // 16-column tile, columns 0..7 are gates and 8..15 the matching ups.
+// Launched as the programmatic dependent of the GEMM before it: scheduled while that one
+// still runs, it waits for it before reading (hides this launch's latency in decode).
 __global__ void swiglu_interleaved_kernel(const float* __restrict__ gu, int64_t rows, int F, float limit,
                                           __nv_bfloat16* __restrict__ h) {
+  wait_for_previous_kernel();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * F) return;
   const int64_t r = i / F;
@@ -433,8 +475,8 @@ __global__ void swiglu_interleaved_kernel(const float* __restrict__ gu, int64_t 
 }
 
 template <int MT, int CH>
-void launch_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x,
-                   float* y, const WorkList& work, int count) {
+void launch_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x, float* y,
+                   const WorkList& work, int count) {
   const size_t smem = size_t(MT) * 8 * (CH * kChunk + 8) * sizeof(__nv_bfloat16);
   static bool configured = false;  // the attribute belongs to the function: set it once
   if (!configured) {
@@ -444,15 +486,36 @@ void launch_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv
   }
   const dim3 grid(unsigned((w.rows() + kTileN - 1) / kTileN), unsigned(w.cols() / (CH * kChunk)),
                   unsigned(count));
-  w4a16_decode_kernel<MT, CH><<<grid, kThreads, smem, ctx.stream()>>>(
-      w.tiles(), w.scales(), x, y, int(w.rows()), int(w.cols()), work);
-  DSQ_CUDA_CHECK_LAUNCH();
+  launch_dependent(ctx, w4a16_decode_kernel<MT, CH>, grid, dim3(kThreads), smem, w.tiles(), w.scales(), x, y,
+                   int(w.rows()), int(w.cols()), work);
 }
 
-// Launches the decode kernel over `items`, in batches of kMaxItems, with the smallest
-// token-tile count that covers the largest item.
+// The decode kernel's K slice (in 64-wide chunks) for a launch of `count` items of at
+// most `max_rows` rows. Few rows and few items: shorter slices, more blocks in flight.
+// Otherwise longer slices, so fewer partial sums meet in the atomics.
+int decode_chunks(int count, int max_rows) {
+  if (max_rows > 16) return 8;
+  if (g_forced_decode_chunks) return g_forced_decode_chunks;
+  return count <= kFewItems ? 4 : 8;
+}
+
+// Zeroes `zero_ranges` (row ranges of y), then launches the decode kernel over `items`,
+// in batches of kMaxItems, with the smallest token-tile count that covers the largest item.
 void run_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x, float* y,
-                const std::vector<WorkItem>& items) {
+                const std::vector<WorkItem>& items, const std::vector<std::pair<int64_t, int64_t>>& zero_ranges) {
+  auto ranges = std::make_unique<ZeroRanges>();
+  for (size_t begin = 0; begin < zero_ranges.size(); begin += kMaxItems) {
+    ranges->count = int(std::min<size_t>(kMaxItems, zero_ranges.size() - begin));
+    int64_t floats = 0;
+    for (int i = 0; i < ranges->count; ++i) {
+      ranges->begin[i] = zero_ranges[begin + i].first;
+      ranges->end[i] = zero_ranges[begin + i].second;
+      floats += (ranges->end[i] - ranges->begin[i]) * w.rows();
+    }
+    const unsigned blocks = unsigned(std::clamp<int64_t>(floats / 4 / 256, 1, 1024));
+    zero_rows_kernel<<<blocks, 256, 0, ctx.stream()>>>(y, int(w.rows()), *ranges);
+    DSQ_CUDA_CHECK_LAUNCH();
+  }
   auto work_list = std::make_unique<WorkList>();
   WorkList& work = *work_list;
   for (size_t begin = 0; begin < items.size(); begin += kMaxItems) {
@@ -462,17 +525,15 @@ void run_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bf
       work.items[i] = items[begin + i];
       max_rows = std::max(max_rows, items[begin + i].rows);
     }
-    // Few rows and few items: shorter K slices, more blocks in flight. Otherwise longer
-    // slices so fewer partial sums meet in the fp32 atomics.
-    const int chunks = g_forced_decode_chunks ? g_forced_decode_chunks : count <= kFewItems ? 4 : 8;
-    if (max_rows <= 16 && chunks != 8) {
-      const bool one = max_rows <= 8;
-      if (chunks == 2) one ? launch_decode<1, 2>(ctx, w, x, y, work, count) : launch_decode<2, 2>(ctx, w, x, y, work, count);
-      else one ? launch_decode<1, 4>(ctx, w, x, y, work, count) : launch_decode<2, 4>(ctx, w, x, y, work, count);
-    } else if (max_rows <= 8) {
-      launch_decode<1, 8>(ctx, w, x, y, work, count);
+    const int chunks = decode_chunks(count, max_rows);
+    if (max_rows <= 8) {
+      if (chunks == 2) launch_decode<1, 2>(ctx, w, x, y, work, count);
+      else if (chunks == 4) launch_decode<1, 4>(ctx, w, x, y, work, count);
+      else launch_decode<1, 8>(ctx, w, x, y, work, count);
     } else if (max_rows <= 16) {
-      launch_decode<2, 8>(ctx, w, x, y, work, count);
+      if (chunks == 2) launch_decode<2, 2>(ctx, w, x, y, work, count);
+      else if (chunks == 4) launch_decode<2, 4>(ctx, w, x, y, work, count);
+      else launch_decode<2, 8>(ctx, w, x, y, work, count);
     } else if (max_rows <= 32) {
       launch_decode<4, 8>(ctx, w, x, y, work, count);
     } else {
@@ -503,13 +564,14 @@ void launch_gemm(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_b
   }
 }
 
-// An expert's rows for the grouped GEMM: full 128-row tiles, and a remainder of up to 64
-// rows as a 64-row tile (less wasted tensor work than a mostly empty 128-row one).
-void add_gemm_tiles(int expert, int64_t begin, int64_t rows, std::vector<GemmTile>& wide,
-                    std::vector<GemmTile>& narrow) {
+// An expert's rows for the grouped GEMM, by tile width (128, 64, 32 rows): full 128-row
+// tiles, and a remainder of up to 32 or 64 rows in a narrower tile (less wasted tensor
+// work than a mostly empty 128-row one).
+void add_gemm_tiles(int expert, int64_t begin, int64_t rows, std::vector<GemmTile> (&by_width)[3]) {
   int64_t r = 0;
-  for (; rows - r > 64; r += 128) wide.push_back({expert, int(begin + r), int(std::min<int64_t>(128, rows - r))});
-  if (r < rows) narrow.push_back({expert, int(begin + r), int(rows - r)});
+  for (; rows - r > 64; r += 128) by_width[0].push_back({expert, int(begin + r), int(std::min<int64_t>(128, rows - r))});
+  if (rows - r > 32) by_width[1].push_back({expert, int(begin + r), int(rows - r)});
+  else if (r < rows) by_width[2].push_back({expert, int(begin + r), int(rows - r)});
 }
 
 }  // namespace
@@ -595,44 +657,36 @@ void int4_grouped_linear(const GpuContext& ctx, const Int4ExpertWeights& w, cons
   const int64_t total = offsets.back();
   if (total == 0) return;
   std::vector<WorkItem> items;
-  std::vector<GemmTile> wide, narrow;
-  // Rows the decode kernel accumulates into (split K, atomics) must start at zero; the
-  // other paths store. Adjacent experts' ranges are cleared together.
-  int64_t clear_begin = 0, clear_end = 0;
-  const auto clear = [&] {
-    if (clear_end > clear_begin)
-      DSQ_CUDA_CHECK(cudaMemsetAsync(y + clear_begin * w.rows(), 0,
-                                     size_t((clear_end - clear_begin) * w.rows()) * sizeof(float), ctx.stream()));
-  };
+  std::vector<GemmTile> gemm_tiles[3];
+  // Rows of the decode kernel, adjacent experts' rows merged (zeroed first if it adds K
+  // slices with atomics).
+  std::vector<std::pair<int64_t, int64_t>> decode_ranges;
   for (int64_t e = 0; e < w.experts(); ++e) {
     const int64_t rows = offsets[e + 1] - offsets[e];
     if (rows == 0) continue;
     Int4Path use = path;
     if (use == Int4Path::Auto) {
-      if (rows <= kDecodeMaxRows) use = Int4Path::DecodeKernel;
+      if (rows < kInt4GemmMinRows) use = Int4Path::DecodeKernel;
       else if (int4_gemm_supported(w)) use = Int4Path::GroupedGemm;
       else use = dequant_scratch ? Int4Path::DequantCublas : Int4Path::DecodeKernel;
     }
     if (use == Int4Path::GroupedGemm) {
-      add_gemm_tiles(int(e), offsets[e], rows, wide, narrow);
+      add_gemm_tiles(int(e), offsets[e], rows, gemm_tiles);
     } else if (use == Int4Path::DequantCublas) {
       int4_dequantize_expert(ctx, w, e, dequant_scratch);
       bf16_linear_f32_out(ctx, x + offsets[e] * w.cols(), dequant_scratch, y + offsets[e] * w.rows(), rows,
                           w.rows(), w.cols());
     } else {
-      if (offsets[e] != clear_end) {
-        clear();
-        clear_begin = offsets[e];
-      }
-      clear_end = offsets[e + 1];
+      if (!decode_ranges.empty() && decode_ranges.back().second == offsets[e]) decode_ranges.back().second = offsets[e + 1];
+      else decode_ranges.emplace_back(offsets[e], offsets[e + 1]);
       for (int64_t r = 0; r < rows; r += kDecodeMaxRows)
         items.push_back({int(e), int(offsets[e] + r), int(std::min<int64_t>(kDecodeMaxRows, rows - r))});
     }
   }
-  clear();
-  launch_gemm<128>(ctx, w, x, y, wide);
-  launch_gemm<64>(ctx, w, x, y, narrow);
-  if (!items.empty()) run_decode(ctx, w, x, y, items);
+  launch_gemm<128>(ctx, w, x, y, gemm_tiles[0]);
+  launch_gemm<64>(ctx, w, x, y, gemm_tiles[1]);
+  launch_gemm<32>(ctx, w, x, y, gemm_tiles[2]);
+  if (!items.empty()) run_decode(ctx, w, x, y, items, decode_ranges);
 }
 
 void int4_grouped_swiglu(const GpuContext& ctx, const Int4ExpertWeights& gate_up, const __nv_bfloat16* x,
@@ -643,9 +697,8 @@ void int4_grouped_swiglu(const GpuContext& ctx, const Int4ExpertWeights& gate_up
   int4_grouped_linear(ctx, gate_up, x, offsets, gate_up_out, dequant_scratch);
   const int64_t rows = offsets.back(), F = gate_up.rows() / 2;
   if (rows == 0) return;
-  swiglu_interleaved_kernel<<<unsigned((rows * F + 255) / 256), 256, 0, ctx.stream()>>>(gate_up_out, rows, int(F),
-                                                                                        limit, h);
-  DSQ_CUDA_CHECK_LAUNCH();
+  launch_dependent(ctx, swiglu_interleaved_kernel, dim3(unsigned((rows * F + 255) / 256)), dim3(256), 0,
+                   static_cast<const float*>(gate_up_out), rows, int(F), limit, h);
 }
 
 void int4_linear(const GpuContext& ctx, const Int4ExpertWeights& w, int64_t expert,

@@ -10,8 +10,8 @@
 // scale in fp32 after each 128-wide group's partial product (exact: q is small).
 //
 // Execution paths, chosen per expert by int4_grouped_linear():
-//  - tensor-core decode kernel (mma.sync), for experts with few rows (<= 64 rows per
-//    item of work): memory-bound, reads each weight once per item;
+//  - tensor-core decode kernel (mma.sync), for experts with few rows (< kInt4GemmMinRows;
+//    forced: <= 64 rows per item of work): memory-bound, reads each weight once per item;
 //  - grouped prefill GEMM (Hopper wgmma), for experts with more rows: the nibbles become
 //    bf16(q·s) in registers and feed the tensor cores directly, no bf16 copy of W;
 //  - dequantize the expert to bf16 in a scratch buffer, then cuBLAS BF16 GEMM: only
@@ -29,8 +29,13 @@
 
 namespace dsq::cuda {
 
-// Above this many rows for one expert the grouped GEMM takes over from the decode kernel.
+// Rows per work item of the decode kernel (more rows are cut into items of this size).
+// Experts with more rows need `dequant_scratch` only where int4_gemm_supported() is false.
 constexpr int64_t kDecodeMaxRows = 64;
+// Experts with at least this many rows run the grouped GEMM (Int4Path::Auto). Below, the
+// decode kernel's 8-row token tiles waste less tensor work than a 32-row GEMM tile and
+// the work is memory-bound anyway (measured on an H100: bench/results/gpu-gemm.md).
+constexpr int64_t kInt4GemmMinRows = 9;
 
 // Which kernels int4_grouped_linear() uses: Auto chooses per expert by its row count
 // (above); the others force one path for every expert (tests, benchmark comparisons).
