@@ -4,7 +4,8 @@
 //   sink_attention (sliding, CSA, HCA): keys read per step (window ring + new key +
 //     compressed entries) over the time, next to the device-to-device copy bandwidth
 //     measured in the same run;
-//   the CSA indexer (indexer_scores + indexer_topk over all entries).
+//   the CSA indexer (indexer_scores + indexer_topk over all entries);
+// and, for reference, one 4096-token prefill chunk of sink_attention per layer kind.
 // Every call reads another layer's copy of the state, and the copies together exceed
 // the L2 several times, so keys come from memory as in a real decode step. Times are
 // the median of repeats of 64 back-to-back calls, eager and replayed from a CUDA graph.
@@ -185,6 +186,39 @@ void bench_indexer(CudaOps& ops, Timer& timer, int64_t ctx, double copy_bps) {
               100.0 * key_bytes / scores_only.graph / copy_bps);
 }
 
+// A prefill chunk of S tokens at positions p0 … p0+S−1 (one copy of the state: a chunk
+// this size is compute-bound): time per chunk and per token.
+void bench_prefill(CudaOps& ops, Timer& timer, Kind kind, int64_t p0, int64_t S) {
+  const int64_t rate = kind == Kind::CSA ? kCsaRate : kHcaRate;
+  const int64_t n_entries = kind == Kind::Sliding ? 0 : (p0 + S) / rate;
+  DeviceBuffer<float> q = random_buffer(size_t(S * kHeads * kDim), 6), new_keys = random_buffer(size_t(S * kDim), 7);
+  DeviceBuffer<float> ring = random_buffer(size_t((kWindow - 1) * kDim), 8);
+  DeviceBuffer<float> entries = random_buffer(size_t(std::max<int64_t>(n_entries, 1) * kDim), 9);
+  DeviceBuffer<float> sinks = random_buffer(size_t(kHeads), 3), out(size_t(S * kHeads * kDim));
+  std::mt19937 rng(5);
+  std::vector<int64_t> picks(size_t(S * kTopk), -1);
+  for (int64_t i = 0; i < S; ++i) {
+    const int64_t visible = std::min(n_entries, (p0 + i + 1) / rate);
+    for (int64_t j = 0; j < std::min(kTopk, visible); ++j) picks[size_t(i * kTopk + j)] = int64_t(rng() % visible);
+  }
+  DeviceBuffer<int64_t> selected = DeviceBuffer<int64_t>::from_host(picks);
+  const backend::EntrySelection selection = kind == Kind::Sliding ? backend::EntrySelection::None
+                                            : kind == Kind::CSA   ? backend::EntrySelection::Selected
+                                                                  : backend::EntrySelection::AllVisible;
+  std::vector<double> t;
+  for (int r = 0; r < 4; ++r)
+    t.push_back(timer.elapsed(ops.context().stream(), [&] {
+      ops.sink_attention(q.get(), S, kHeads, kDim, new_keys.get(), ring.get(), p0, kWindow, selection, entries.get(),
+                         n_entries, rate, selected.get(), kTopk, sinks.get(), 1.0f / std::sqrt(float(kDim)),
+                         out.get());
+    }));
+  t.erase(t.begin());  // warm-up
+  const double sec = median(t);
+  const char* name = kind == Kind::Sliding ? "sliding" : kind == Kind::CSA ? "CSA top-512" : "HCA";
+  std::printf("| sink_attention %s | %lld | %lld | %.0f | %.2f |\n", name, (long long)p0, (long long)S, sec * 1e6,
+              sec * 1e6 / double(S));
+}
+
 int run() {
   if (!gpu_available()) {
     std::printf("no GPU: nothing to benchmark\n");
@@ -205,6 +239,9 @@ int run() {
     for (Kind kind : {Kind::Sliding, Kind::CSA, Kind::HCA}) bench_attention(ops, timer, kind, ctx, copy_bps);
     bench_indexer(ops, timer, ctx, copy_bps);
   }
+  std::printf("\nPrefill chunk, V4-Flash shapes (eager, median of 3).\n\n| op | p0 | S | time (us) | per token (us) |\n"
+              "|---|---:|---:|---:|---:|\n");
+  for (Kind kind : {Kind::Sliding, Kind::CSA, Kind::HCA}) bench_prefill(ops, timer, kind, 4096, 4096);
   return 0;
 }
 

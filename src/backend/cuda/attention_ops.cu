@@ -12,6 +12,7 @@
 // blocks (flash-decoding) and a combine kernel merges the partial softmaxes with the
 // sink; a prefill has enough queries to fill the GPU without a split.
 #include <cub/block/block_scan.cuh>
+#include <cuda_pipeline.h>
 
 #include <algorithm>
 #include <cmath>
@@ -141,18 +142,19 @@ __global__ void compress_kernel(CompressArgs a) {
 
 // ---- indexer scores ----
 
-constexpr int kIxKeys = 64, kIxHeads = 64, kIxDim = 64;  // block tile; 16×16 threads, 4×4 each
+constexpr int kIxKeys = 64, kIxHeads = 64, kIxDim = 64;  // block tile; 16×16 threads, 4 heads × 4 keys each
 constexpr int kIxLoads = kIxHeads * kIxDim / 4 / 256;    // float4 loads per thread and operand
 
 // Block (key tile, query i): the q·k products of up to 64 heads × 64 keys per pass over the
 // heads, accumulated over head_dim in slices of 64; ReLU and the head weight are applied
-// per pass and the per-key sums reduced over the 16 thread rows at the end. head_dim is a
-// multiple of 4.
+// per pass and the per-key sums reduced over the 16 thread rows at the end. Tiles are
+// stored dim-major so that a thread reads its 4 heads and its 4 keys as one float4 each.
+// head_dim is a multiple of 4.
 __global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, const float* weights, int n_heads,
                                                              int head_dim, const float* keys, int n_keys,
                                                              float scale, float* scores) {
-  __shared__ float q_s[kIxDim][kIxHeads + 1];
-  __shared__ float k_s[kIxDim][kIxKeys + 1];
+  __shared__ __align__(16) float q_s[kIxDim][kIxHeads];
+  __shared__ __align__(16) float k_s[kIxDim][kIxKeys];
   __shared__ float key_sum[16][kIxKeys];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int64_t i = blockIdx.y;
@@ -162,11 +164,12 @@ __global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, con
   for (int h0 = 0; h0 < n_heads; h0 += kIxHeads) {
     float acc[4][4] = {};
     for (int d0 = 0; d0 < head_dim; d0 += kIxDim) {
-      // All loads of the slice first (they overlap), then the transposed stores.
+      // All loads of the slice first (they overlap), then the transposed stores; a warp
+      // covers 32 rows at one dim offset, so the stores hit 32 banks.
       float4 qv[kIxLoads], kv[kIxLoads];
 #pragma unroll
       for (int x = 0; x < kIxLoads; ++x) {
-        const int idx = threadIdx.x + 256 * x, r = idx / (kIxDim / 4), d = d0 + 4 * (idx % (kIxDim / 4));
+        const int idx = threadIdx.x + 256 * x, r = idx % kIxHeads, d = d0 + 4 * (idx / kIxHeads);
         const int h = h0 + r, s = s0 + r;
         const float4 zero = make_float4(0, 0, 0, 0);
         qv[x] = h < n_heads && d < head_dim ? *reinterpret_cast<const float4*>(qi + h * head_dim + d) : zero;
@@ -174,26 +177,26 @@ __global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, con
       }
 #pragma unroll
       for (int x = 0; x < kIxLoads; ++x) {
-        const int idx = threadIdx.x + 256 * x, r = idx / (kIxDim / 4), d = 4 * (idx % (kIxDim / 4));
+        const int idx = threadIdx.x + 256 * x, r = idx % kIxHeads, d = 4 * (idx / kIxHeads);
         q_s[d][r] = qv[x].x, q_s[d + 1][r] = qv[x].y, q_s[d + 2][r] = qv[x].z, q_s[d + 3][r] = qv[x].w;
         k_s[d][r] = kv[x].x, k_s[d + 1][r] = kv[x].y, k_s[d + 2][r] = kv[x].z, k_s[d + 3][r] = kv[x].w;
       }
       __syncthreads();
 #pragma unroll 8
       for (int d = 0; d < kIxDim; ++d) {
-        float a[4], b[4];
-#pragma unroll
-        for (int x = 0; x < 4; ++x) a[x] = q_s[d][ty + 16 * x], b[x] = k_s[d][tx + 16 * x];
+        const float4 a = *reinterpret_cast<const float4*>(&q_s[d][4 * ty]);
+        const float4 b = *reinterpret_cast<const float4*>(&k_s[d][4 * tx]);
+        const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
         for (int x = 0; x < 4; ++x)
 #pragma unroll
-          for (int y = 0; y < 4; ++y) acc[x][y] += a[x] * b[y];
+          for (int y = 0; y < 4; ++y) acc[x][y] += av[x] * bv[y];
       }
       __syncthreads();
     }
 #pragma unroll
     for (int x = 0; x < 4; ++x) {
-      const int h = h0 + ty + 16 * x;
+      const int h = h0 + 4 * ty + x;
       if (h >= n_heads) continue;
       const float w = weights[i * n_heads + h];
 #pragma unroll
@@ -201,7 +204,7 @@ __global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, con
     }
   }
 #pragma unroll
-  for (int y = 0; y < 4; ++y) key_sum[ty][tx + 16 * y] = total[y];
+  for (int y = 0; y < 4; ++y) key_sum[ty][4 * tx + y] = total[y];
   __syncthreads();
   if (threadIdx.x < kIxKeys && s0 + int(threadIdx.x) < n_keys) {
     float v = 0;
@@ -234,7 +237,7 @@ __global__ void __launch_bounds__(kTopkThreads) indexer_topk_kernel(const float*
   extern __shared__ uint32_t staged_keys[];
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int hist[kTopkWarps][256];
-  __shared__ int chosen_digit, count_above;
+  __shared__ int chosen_digit, count_above, count_equal;
   __shared__ int n_written;
   const int64_t i = blockIdx.x;
   const float* row = scores + i * n_keys;
@@ -247,8 +250,22 @@ __global__ void __launch_bounds__(kTopkThreads) indexer_topk_kernel(const float*
     for (int64_t j = threadIdx.x; j < k; j += blockDim.x) out[j] = j;
     return;
   }
-  if (staged)
-    for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) staged_keys[s] = order_key(row[s]);
+  if (staged) {
+    constexpr int kBatch = 8;  // loads in flight per thread
+    for (int64_t s0 = 0; s0 < visible; s0 += kBatch * blockDim.x) {
+      float v[kBatch];
+#pragma unroll
+      for (int x = 0; x < kBatch; ++x) {
+        const int64_t s = s0 + x * blockDim.x + threadIdx.x;
+        v[x] = s < visible ? row[s] : 0.0f;
+      }
+#pragma unroll
+      for (int x = 0; x < kBatch; ++x) {
+        const int64_t s = s0 + x * blockDim.x + threadIdx.x;
+        if (s < visible) staged_keys[s] = order_key(v[x]);
+      }
+    }
+  }
   auto key_at = [&](int64_t s) { return staged ? staged_keys[s] : order_key(row[s]); };
 
   uint32_t prefix = 0, mask = 0;
@@ -283,6 +300,7 @@ __global__ void __launch_bounds__(kTopkThreads) indexer_topk_kernel(const float*
           if (run + c[j] >= remaining) {
             chosen_digit = 255 - 8 * lane - j;
             count_above = run;
+            count_equal = c[j];
             break;
           }
           run += c[j];
@@ -295,18 +313,22 @@ __global__ void __launch_bounds__(kTopkThreads) indexer_topk_kernel(const float*
     remaining -= count_above;
     __syncthreads();  // hist, chosen_digit and count_above are rewritten by the next pass
   }
-  // `prefix` is now the k-th largest key; `remaining` of the keys equal to it are taken.
+  // `prefix` is now the k-th largest key; `remaining` of the keys equal to it are taken:
+  // all of them when that is all there are (no tie at the boundary), else the lowest
+  // indices, in an ordered scan.
+  const bool take_all_equal = count_equal == remaining;
   if (threadIdx.x == 0) n_written = 0;
   __syncthreads();
   for (int64_t start = 0; start < visible; start += blockDim.x) {
     const int64_t s = start + threadIdx.x;
-    const bool above = s < visible && key_at(s) > prefix;
+    const bool above = s < visible && (take_all_equal ? key_at(s) >= prefix : key_at(s) > prefix);
     const unsigned ballot = __ballot_sync(0xffffffffu, above);
     int base = 0;
     if (lane == 0 && ballot) base = atomicAdd(&n_written, __popc(ballot));
     base = __shfl_sync(0xffffffffu, base, 0);
     if (above) out[base + __popc(ballot & ((1u << lane) - 1))] = s;
   }
+  if (take_all_equal) return;
   const int64_t tie_base = k - remaining;
   int taken = 0;
   for (int64_t start = 0; start < visible && taken < remaining; start += blockDim.x) {
@@ -362,10 +384,12 @@ struct KeySet {
   }
 };
 
+constexpr int kAttnWarps = kAttnThreads / 32;
+
 size_t attention_smem_bytes(int64_t dim) {
   const int64_t d4 = dim / 4;
   return sizeof(float4) * size_t(kAttnKeys * (d4 + 1) + kAttnHeads * d4) +
-         sizeof(float) * size_t(kAttnHeads * kAttnKeys + 3 * kAttnHeads);
+         sizeof(float) * size_t(kAttnWarps * kAttnHeads * kAttnKeys + kAttnHeads * kAttnKeys + 3 * kAttnHeads);
 }
 
 // Block (query i, heads 8·blockIdx.y …, split blockIdx.z): online softmax over the keys
@@ -383,7 +407,8 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
   const int D = int(keys.dim), D4 = D / 4, stride4 = D4 + 1;
   float4* k_s = smem4;                                          // [kAttnKeys][D4 + 1]
   float4* q_s = k_s + kAttnKeys * stride4;                      // [kAttnHeads][D4]
-  float* p_s = reinterpret_cast<float*>(q_s + kAttnHeads * D4);  // [kAttnHeads][kAttnKeys]
+  float* dot_s = reinterpret_cast<float*>(q_s + kAttnHeads * D4);  // [kAttnWarps][kAttnHeads][kAttnKeys]
+  float* p_s = dot_s + kAttnWarps * kAttnHeads * kAttnKeys;         // [kAttnHeads][kAttnKeys]
   float* alpha_s = p_s + kAttnHeads * kAttnKeys;
   float* max_s = alpha_s + kAttnHeads;
   float* sum_s = max_s + kAttnHeads;
@@ -396,9 +421,16 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
   const int64_t k_begin = int64_t(split) * keys_per_split;
   const int64_t k_end = std::min(keys.count(i), k_begin + keys_per_split);
 
+  // Shared-memory tiles are filled with asynchronous copies (cp.async): all of a tile's
+  // loads are in flight at once instead of one round trip per loop iteration.
   const float4* q4 = reinterpret_cast<const float4*>(q + (i * n_heads + h0) * D);
-  for (int idx = threadIdx.x; idx < kAttnHeads * D4; idx += blockDim.x)
-    q_s[idx] = idx < heads_here * D4 ? q4[idx] : make_float4(0, 0, 0, 0);
+  for (int idx = threadIdx.x; idx < kAttnHeads * D4; idx += blockDim.x) {
+    if (idx < heads_here * D4)
+      __pipeline_memcpy_async(q_s + idx, q4 + idx, sizeof(float4));
+    else
+      q_s[idx] = make_float4(0, 0, 0, 0);
+  }
+  __pipeline_commit();
 
   // Value sums: thread t owns dims 2t, 2t + 1 of every head of the block.
   const bool owns_dims = 2 * int(threadIdx.x) < D;
@@ -410,23 +442,39 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
     __syncthreads();
     for (int kk = warp; kk < kAttnKeys; kk += kAttnThreads / 32) {
       const float4* r = reinterpret_cast<const float4*>(rows[kk]);
-      for (int d4 = lane; d4 < D4; d4 += 32) k_s[kk * stride4 + d4] = r ? r[d4] : make_float4(0, 0, 0, 0);
+      for (int d4 = lane; d4 < D4; d4 += 32) {
+        if (r)
+          __pipeline_memcpy_async(k_s + kk * stride4 + d4, r + d4, sizeof(float4));
+        else
+          k_s[kk * stride4 + d4] = make_float4(0, 0, 0, 0);
+      }
+    }
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    // Logits: lane = key; warp w sums the dims d4 ≡ w (mod 8) for all 8 heads, so each
+    // key element is read from shared memory once and q is a broadcast.
+    {
+      const float4* kr = k_s + lane * stride4;
+      float part[kAttnHeads] = {};
+      for (int d4 = warp; d4 < D4; d4 += kAttnWarps) {
+        const float4 kv = kr[d4];
+#pragma unroll
+        for (int h = 0; h < kAttnHeads; ++h) {
+          const float4 qv = q_s[h * D4 + d4];
+          part[h] += qv.x * kv.x + qv.y * kv.y + qv.z * kv.z + qv.w * kv.w;
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < kAttnHeads; ++h) dot_s[(warp * kAttnHeads + h) * kAttnKeys + lane] = part[h];
     }
     __syncthreads();
-    float logit = kNegInf;
+    float logit = kNegInf;  // warp = head, lane = key from here on
     if (warp < heads_here && rows[lane]) {
-      const float4* qh = q_s + warp * D4;
-      const float4* kr = k_s + lane * stride4;
-      float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma unroll 8
-      for (int d4 = 0; d4 < D4; ++d4) {
-        const float4 x = qh[d4], y = kr[d4];
-        a0 += x.x * y.x;
-        a1 += x.y * y.y;
-        a2 += x.z * y.z;
-        a3 += x.w * y.w;
-      }
-      logit = ((a0 + a1) + (a2 + a3)) * scale;
+      float dot = 0;
+#pragma unroll
+      for (int w = 0; w < kAttnWarps; ++w) dot += dot_s[(w * kAttnHeads + warp) * kAttnKeys + lane];
+      logit = dot * scale;
     }
     const float new_max = fmaxf(run_max, warp_max(logit));
     const float p = logit == kNegInf ? 0.0f : expf(logit - new_max);
@@ -486,26 +534,43 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
   }
 }
 
+constexpr int kMaxSplits = 64;
+
 // Block (query i, head h): merges the splits' partial softmaxes with the sink logit.
+// Warp 0 turns the splits' maxima into weights; then each thread sums float4 columns.
 __global__ void combine_kernel(const float* part_acc, const float* part_max, const float* part_sum, int n_splits,
-                               int64_t n_heads, int64_t dim, const float* sinks, float* out) {
-  const int64_t i = blockIdx.x, h = blockIdx.y;
-  const float sink = sinks[h];
-  float top = sink;
-  for (int s = 0; s < n_splits; ++s) top = fmaxf(top, part_max[(i * n_splits + s) * n_heads + h]);
-  float denom = expf(sink - top);
-  for (int s = 0; s < n_splits; ++s) {
-    const float m = part_max[(i * n_splits + s) * n_heads + h];
-    if (m != kNegInf) denom += part_sum[(i * n_splits + s) * n_heads + h] * expf(m - top);
-  }
-  for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
-    float v = 0;
-    for (int s = 0; s < n_splits; ++s) {
-      const int64_t slot = (i * n_splits + s) * n_heads + h;
-      const float m = part_max[slot];
-      if (m != kNegInf) v += part_acc[slot * dim + d] * expf(m - top);
+                               int n_heads, int dim, const float* sinks, float* out) {
+  __shared__ float weight_s[kMaxSplits];
+  __shared__ float denom_s;
+  const int64_t i = blockIdx.x;
+  const int h = blockIdx.y, lane = threadIdx.x % 32;
+  auto slot = [&](int s) { return (i * n_splits + s) * n_heads + h; };
+  if (threadIdx.x < 32) {
+    const float sink = sinks[h];
+    float top = sink;
+    for (int s = lane; s < n_splits; s += 32) top = fmaxf(top, part_max[slot(s)]);
+    top = warp_max(top);
+    float denom = 0;
+    for (int s = lane; s < n_splits; s += 32) {
+      const float m = part_max[slot(s)];
+      const float w = m == kNegInf ? 0.0f : expf(m - top);
+      weight_s[s] = w;
+      denom += part_sum[slot(s)] * w;
     }
-    out[(i * n_heads + h) * dim + d] = v / denom;
+    denom = warp_sum(denom);
+    if (lane == 0) denom_s = denom + expf(sink - top);
+  }
+  __syncthreads();
+  const float inv = 1.0f / denom_s;
+  for (int d4 = threadIdx.x; d4 < dim / 4; d4 += blockDim.x) {
+    float4 v = make_float4(0, 0, 0, 0);
+#pragma unroll 4
+    for (int s = 0; s < n_splits; ++s) {
+      const float w = weight_s[s];
+      const float4 a = reinterpret_cast<const float4*>(part_acc + slot(s) * dim)[d4];
+      v.x += a.x * w, v.y += a.y * w, v.z += a.z * w, v.w += a.w * w;
+    }
+    reinterpret_cast<float4*>(out + (i * n_heads + h) * dim)[d4] = make_float4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
   }
 }
 
@@ -586,7 +651,8 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
   const int64_t tiles = (max_keys + kAttnKeys - 1) / kAttnKeys;
   const int64_t head_groups = (n_heads + kAttnHeads - 1) / kAttnHeads;
   const int64_t wanted = 2 * int64_t(ctx_.sm_count());
-  int64_t splits = std::clamp<int64_t>((wanted + S * head_groups - 1) / (S * head_groups), 1, std::max<int64_t>(tiles, 1));
+  int64_t splits = std::clamp<int64_t>((wanted + S * head_groups - 1) / (S * head_groups), 1,
+                                      std::clamp<int64_t>(tiles, 1, kMaxSplits));
   const int64_t keys_per_split = ((tiles + splits - 1) / splits) * kAttnKeys;
   splits = std::max<int64_t>(1, (max_keys + keys_per_split - 1) / keys_per_split);
 
@@ -615,7 +681,7 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
   DSQ_CUDA_CHECK_LAUNCH();
   if (splits > 1) {
     combine_kernel<<<dim3(unsigned(S), unsigned(n_heads)), 128, 0, ctx_.stream()>>>(
-        part_acc, part_max, part_sum, int(splits), n_heads, dim, sinks, out);
+        part_acc, part_max, part_sum, int(splits), int(n_heads), int(dim), sinks, out);
     DSQ_CUDA_CHECK_LAUNCH();
   }
 }
