@@ -73,9 +73,10 @@ __device__ __forceinline__ uint32_t nibbles_to_bf16x2(uint32_t word, int shift) 
 
 // MT token tiles of 8 rows (MT*8 rows per work item); CH 64-wide chunks of K per block.
 // The K slices of one output tile add up in fp32 atomics into y, zeroed just before by
-// zero_rows_kernel. This kernel is launched as that one's programmatic dependent: it
-// streams its weights and stages x while the zeroing still runs, and waits for it
-// (griddepcontrol.wait) only before its atomics.
+// zero_rows_kernel. Both are programmatic dependents (dependent_launch.h) in a chain
+// previous kernel -> zeroing -> this: this kernel issues its weight loads before it
+// waits for the zeroing, which itself waits for the kernel that wrote x, so the weights
+// stream while those finish.
 template <int MT, int CH>
 __global__ void __launch_bounds__(kThreads, 1)
     w4a16_decode_kernel(const uint4* __restrict__ tiles, const float* __restrict__ scales,
@@ -85,8 +86,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kRowStride = kSlice + 8;  // +16 bytes: conflict-free fragment reads
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  // A following kernel launched as our dependent (the SwiGLU pass) may be scheduled now;
-  // it waits for this whole grid before reading y.
+  // A following kernel launched as our dependent (the SwiGLU pass, the next zeroing) may
+  // be scheduled now; it waits for this whole grid before touching our data.
   allow_dependent_launch();
 
   const WorkItem item = work.items[blockIdx.z];
@@ -102,6 +103,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int c = 0; c < CH; ++c) wv[c] = __ldcs(src + c * 32);
   }
+  wait_for_previous_kernel();  // y is zeroed, and (through the zeroing's own wait) x is written
   // Stage the activation slice; rows past the item are zero.
   for (int i = threadIdx.x; i < MT * 8 * (kSlice / 8); i += kThreads) {
     const int r = i / (kSlice / 8), c = i % (kSlice / 8);
@@ -148,7 +150,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
-  wait_for_previous_kernel();  // y is zeroed
   // C fragment: (row g, tokens 2t, 2t+1) and (row g+8, same tokens). K slices add up.
   const int n = ntile * 16 + g;
 #pragma unroll
@@ -173,10 +174,12 @@ struct ZeroRanges {
   int64_t begin[kMaxItems], end[kMaxItems];  // rows
 };
 
-// Zeroes the rows of `ranges` (N floats each) and lets the decode kernel, launched as its
-// programmatic dependent, start streaming weights at once.
+// Zeroes the rows of `ranges` (N floats each) once the previous kernel (which may still
+// read y) is done, and lets the decode kernel, its programmatic dependent, start
+// streaming weights at once.
 __global__ void zero_rows_kernel(float* __restrict__ y, int N, const __grid_constant__ ZeroRanges ranges) {
   allow_dependent_launch();
+  wait_for_previous_kernel();
   const size_t stride = size_t(gridDim.x) * blockDim.x;
   for (int r = 0; r < ranges.count; ++r) {
     float4* p = reinterpret_cast<float4*>(y + ranges.begin[r] * N);  // N % 16 == 0: 16-byte aligned rows
@@ -460,9 +463,11 @@ __global__ void int4_relayout_kernel(const int32_t* __restrict__ packed, int N, 
 // SwiGLU over the fp32 output of a gate/up weight (Int4ExpertWeights::gate_up): in each
 // 16-column tile, columns 0..7 are gates and 8..15 the matching ups.
 // Launched as the programmatic dependent of the GEMM before it: scheduled while that one
-// still runs, it waits for it before reading (hides this launch's latency in decode).
+// still runs, it waits for it before reading (hides this launch's latency in decode),
+// and lets the next dependent (the down projection's zeroing) be scheduled in turn.
 __global__ void swiglu_interleaved_kernel(const float* __restrict__ gu, int64_t rows, int F, float limit,
                                           __nv_bfloat16* __restrict__ h) {
+  allow_dependent_launch();
   wait_for_previous_kernel();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * F) return;
@@ -513,8 +518,7 @@ void run_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bf
       floats += (ranges->end[i] - ranges->begin[i]) * w.rows();
     }
     const unsigned blocks = unsigned(std::clamp<int64_t>(floats / 4 / 256, 1, 1024));
-    zero_rows_kernel<<<blocks, 256, 0, ctx.stream()>>>(y, int(w.rows()), *ranges);
-    DSQ_CUDA_CHECK_LAUNCH();
+    launch_dependent(ctx, zero_rows_kernel, dim3(blocks), dim3(256), 0, y, int(w.rows()), *ranges);
   }
   auto work_list = std::make_unique<WorkList>();
   WorkList& work = *work_list;
