@@ -138,6 +138,7 @@ const std::vector<ScoresCase> kScoresCases = {
     {"V4 decode 64k", 1, 64, 128, 16384},
     {"V4 4 queries 64k", 4, 64, 128, 16384},
     {"V4 prefill", 64, 64, 128, 300},
+    {"more queries than one grid row holds", 70000, 16, 16, 3},
 };
 
 TEST_F(AttentionOpsTest, IndexerScoresMatchCpu) {

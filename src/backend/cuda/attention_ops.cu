@@ -150,66 +150,68 @@ constexpr int kIxLoads = kIxHeads * kIxDim / 4 / 256;    // float4 loads per thr
 // per pass and the per-key sums reduced over the 16 thread rows at the end. Tiles are
 // stored dim-major so that a thread reads its 4 heads and its 4 keys as one float4 each.
 // head_dim is a multiple of 4.
-__global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, const float* weights, int n_heads,
-                                                             int head_dim, const float* keys, int n_keys,
-                                                             float scale, float* scores) {
+__global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, const float* weights, int64_t S,
+                                                             int n_heads, int head_dim, const float* keys,
+                                                             int n_keys, float scale, float* scores) {
   __shared__ __align__(16) float q_s[kIxDim][kIxHeads];
   __shared__ __align__(16) float k_s[kIxDim][kIxKeys];
   __shared__ float key_sum[16][kIxKeys];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const int64_t i = blockIdx.y;
   const int s0 = blockIdx.x * kIxKeys;
-  const float* qi = q + i * n_heads * head_dim;
-  float total[4] = {0, 0, 0, 0};
-  for (int h0 = 0; h0 < n_heads; h0 += kIxHeads) {
-    float acc[4][4] = {};
-    for (int d0 = 0; d0 < head_dim; d0 += kIxDim) {
-      // All loads of the slice first (they overlap), then the transposed stores; a warp
-      // covers 32 rows at one dim offset, so the stores hit 32 banks.
-      float4 qv[kIxLoads], kv[kIxLoads];
+  for (int64_t i = blockIdx.y; i < S; i += gridDim.y) {
+    const float* qi = q + i * n_heads * head_dim;
+    float total[4] = {0, 0, 0, 0};
+    for (int h0 = 0; h0 < n_heads; h0 += kIxHeads) {
+      float acc[4][4] = {};
+      for (int d0 = 0; d0 < head_dim; d0 += kIxDim) {
+        // All loads of the slice first (they overlap), then the transposed stores; a warp
+        // covers 32 rows at one dim offset, so the stores hit 32 banks.
+        float4 qv[kIxLoads], kv[kIxLoads];
 #pragma unroll
-      for (int x = 0; x < kIxLoads; ++x) {
-        const int idx = threadIdx.x + 256 * x, r = idx % kIxHeads, d = d0 + 4 * (idx / kIxHeads);
-        const int h = h0 + r, s = s0 + r;
-        const float4 zero = make_float4(0, 0, 0, 0);
-        qv[x] = h < n_heads && d < head_dim ? *reinterpret_cast<const float4*>(qi + h * head_dim + d) : zero;
-        kv[x] = s < n_keys && d < head_dim ? *reinterpret_cast<const float4*>(keys + int64_t(s) * head_dim + d) : zero;
-      }
+        for (int x = 0; x < kIxLoads; ++x) {
+          const int idx = threadIdx.x + 256 * x, r = idx % kIxHeads, d = d0 + 4 * (idx / kIxHeads);
+          const int h = h0 + r, s = s0 + r;
+          const float4 zero = make_float4(0, 0, 0, 0);
+          qv[x] = h < n_heads && d < head_dim ? *reinterpret_cast<const float4*>(qi + h * head_dim + d) : zero;
+          kv[x] = s < n_keys && d < head_dim ? *reinterpret_cast<const float4*>(keys + int64_t(s) * head_dim + d)
+                                             : zero;
+        }
 #pragma unroll
-      for (int x = 0; x < kIxLoads; ++x) {
-        const int idx = threadIdx.x + 256 * x, r = idx % kIxHeads, d = 4 * (idx / kIxHeads);
-        q_s[d][r] = qv[x].x, q_s[d + 1][r] = qv[x].y, q_s[d + 2][r] = qv[x].z, q_s[d + 3][r] = qv[x].w;
-        k_s[d][r] = kv[x].x, k_s[d + 1][r] = kv[x].y, k_s[d + 2][r] = kv[x].z, k_s[d + 3][r] = kv[x].w;
-      }
-      __syncthreads();
+        for (int x = 0; x < kIxLoads; ++x) {
+          const int idx = threadIdx.x + 256 * x, r = idx % kIxHeads, d = 4 * (idx / kIxHeads);
+          q_s[d][r] = qv[x].x, q_s[d + 1][r] = qv[x].y, q_s[d + 2][r] = qv[x].z, q_s[d + 3][r] = qv[x].w;
+          k_s[d][r] = kv[x].x, k_s[d + 1][r] = kv[x].y, k_s[d + 2][r] = kv[x].z, k_s[d + 3][r] = kv[x].w;
+        }
+        __syncthreads();
 #pragma unroll 8
-      for (int d = 0; d < kIxDim; ++d) {
-        const float4 a = *reinterpret_cast<const float4*>(&q_s[d][4 * ty]);
-        const float4 b = *reinterpret_cast<const float4*>(&k_s[d][4 * tx]);
-        const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+        for (int d = 0; d < kIxDim; ++d) {
+          const float4 a = *reinterpret_cast<const float4*>(&q_s[d][4 * ty]);
+          const float4 b = *reinterpret_cast<const float4*>(&k_s[d][4 * tx]);
+          const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
-        for (int x = 0; x < 4; ++x)
+          for (int x = 0; x < 4; ++x)
 #pragma unroll
-          for (int y = 0; y < 4; ++y) acc[x][y] += av[x] * bv[y];
+            for (int y = 0; y < 4; ++y) acc[x][y] += av[x] * bv[y];
+        }
+        __syncthreads();
       }
-      __syncthreads();
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int h = h0 + 4 * ty + x;
+        if (h >= n_heads) continue;
+        const float w = weights[i * n_heads + h];
+#pragma unroll
+        for (int y = 0; y < 4; ++y) total[y] += fmaxf(acc[x][y], 0.0f) * w;
+      }
     }
 #pragma unroll
-    for (int x = 0; x < 4; ++x) {
-      const int h = h0 + 4 * ty + x;
-      if (h >= n_heads) continue;
-      const float w = weights[i * n_heads + h];
-#pragma unroll
-      for (int y = 0; y < 4; ++y) total[y] += fmaxf(acc[x][y], 0.0f) * w;
+    for (int y = 0; y < 4; ++y) key_sum[ty][4 * tx + y] = total[y];
+    __syncthreads();
+    if (threadIdx.x < kIxKeys && s0 + int(threadIdx.x) < n_keys) {
+      float v = 0;
+      for (int r = 0; r < 16; ++r) v += key_sum[r][threadIdx.x];
+      scores[i * n_keys + s0 + threadIdx.x] = v * scale;
     }
-  }
-#pragma unroll
-  for (int y = 0; y < 4; ++y) key_sum[ty][4 * tx + y] = total[y];
-  __syncthreads();
-  if (threadIdx.x < kIxKeys && s0 + int(threadIdx.x) < n_keys) {
-    float v = 0;
-    for (int r = 0; r < 16; ++r) v += key_sum[r][threadIdx.x];
-    scores[i * n_keys + s0 + threadIdx.x] = v * scale;
   }
 }
 
@@ -359,7 +361,9 @@ struct KeySet {
   int64_t p0, window, dim, n_entries, rate, topk;
   backend::EntrySelection selection;
 
-  __device__ __forceinline__ int64_t first_window_position(int64_t p) const { return p - window + 1 > 0 ? p - window + 1 : 0; }
+  __device__ __forceinline__ int64_t first_window_position(int64_t p) const {
+    return p - window + 1 > 0 ? p - window + 1 : 0;
+  }
   __device__ __forceinline__ int64_t n_window(int64_t p) const { return p - first_window_position(p) + 1; }
   __device__ __forceinline__ int64_t count(int64_t i) const {
     const int64_t p = p0 + i;
@@ -570,7 +574,8 @@ __global__ void combine_kernel(const float* part_acc, const float* part_max, con
       const float4 a = reinterpret_cast<const float4*>(part_acc + slot(s) * dim)[d4];
       v.x += a.x * w, v.y += a.y * w, v.z += a.z * w, v.w += a.w * w;
     }
-    reinterpret_cast<float4*>(out + (i * n_heads + h) * dim)[d4] = make_float4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
+    reinterpret_cast<float4*>(out + (i * n_heads + h) * dim)[d4] =
+        make_float4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
   }
 }
 
@@ -601,14 +606,15 @@ void CudaOps::compress(const backend::CompressorParams& p, float* ring_kv, float
 void CudaOps::indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim,
                              const float* keys, int64_t n_keys, float* scores) {
   if (S <= 0 || n_keys <= 0) return;
-  DSQ_CHECK(S <= 65535 && n_keys < INT32_MAX && n_heads * head_dim < INT32_MAX, "indexer_scores: ", S,
-            " queries × ", n_keys, " keys too many for one call");
-  DSQ_CHECK(head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 && reinterpret_cast<uintptr_t>(keys) % 16 == 0,
+  DSQ_CHECK(n_keys < INT32_MAX && n_heads * head_dim < INT32_MAX, "indexer_scores: ", n_keys, " keys × ", n_heads,
+            " heads × ", head_dim, " dims too many for one call");
+  DSQ_CHECK(head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 &&
+                reinterpret_cast<uintptr_t>(keys) % 16 == 0,
             "indexer_scores: head dim ", head_dim, " not a multiple of 4, or q / keys not 16-byte aligned");
   const float scale = 1.0f / std::sqrt(float(head_dim)) / std::sqrt(float(n_heads));
-  const dim3 grid{unsigned((n_keys + kIxKeys - 1) / kIxKeys), unsigned(S)};
-  indexer_scores_kernel<<<grid, 256, 0, ctx_.stream()>>>(q, weights, int(n_heads), int(head_dim), keys, int(n_keys),
-                                                         scale, scores);
+  const dim3 grid{unsigned((n_keys + kIxKeys - 1) / kIxKeys), unsigned(std::min<int64_t>(S, 65535))};
+  indexer_scores_kernel<<<grid, 256, 0, ctx_.stream()>>>(q, weights, S, int(n_heads), int(head_dim), keys,
+                                                         int(n_keys), scale, scores);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -638,7 +644,8 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
   DSQ_CHECK(dim > 0 && dim <= kAttnMaxDim && dim % 4 == 0, "sink_attention: head dim ", dim,
             " is not a multiple of 4 in [4, ", kAttnMaxDim, "]");
   for (const float* p : {q, new_keys, ring, entries, static_cast<const float*>(out)})
-    DSQ_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "sink_attention: a query, key or output pointer is not 16-byte aligned");
+    DSQ_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0,
+              "sink_attention: a query, key or output pointer is not 16-byte aligned");
   DSQ_CHECK(window >= 1, "sink_attention: window ", window);
   DSQ_CHECK(selection == backend::EntrySelection::None || rate > 0, "sink_attention: compression rate ", rate);
   if (S <= 0 || n_heads <= 0) return;
