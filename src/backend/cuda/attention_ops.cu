@@ -5,9 +5,9 @@
 // summation order (and, for the top-k, by which of exactly tied scores is picked).
 //
 // sink_attention is the speed-critical one. Keys are shared by every head (MQA, V = K),
-// so a block takes a tile of 32 keys into shared memory once and serves 8 heads with it
-// (one warp per head, one lane per key for the logits; all threads over the dims for the
-// value sum), with an online softmax across tiles. A query's keys are at most W + top-k
+// so a block copies a tile of 32 keys into shared memory once and serves 8 heads with it
+// (logits: one lane per key, the warps splitting the dims; softmax: one warp per head;
+// value sums: all threads over the dims), with an online softmax across tiles. A query's keys are at most W + top-k
 // (CSA) or W + visible entries (HCA), so at decode the few hundred keys are split over
 // blocks (flash-decoding) and a combine kernel merges the partial softmaxes with the
 // sink; a prefill has enough queries to fill the GPU without a split.
