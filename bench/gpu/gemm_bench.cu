@@ -8,7 +8,7 @@
 // its weights from memory. Times are the median over repeats of back-to-back batches.
 //
 // Usage: dsq_gemm_bench [--quick] [--decode-only] [--tune] [--only SUBSTRING] [--out FILE]
-// (prints a markdown table; FILE gets a copy; --tune adds the decode kernel's K-slice sweep)
+// (prints a markdown table; FILE gets a copy; --tune adds the decode kernels' K-slice sweeps)
 #include <algorithm>
 #include <cstdarg>
 #include <cstdio>
@@ -236,8 +236,9 @@ struct Fp8Op {
   int64_t N, K, groups;  // groups > 1: `groups` independent [N, K] GEMMs on slices of x
 };
 
+// steps > 0: the decode kernel forced to that many 256-wide K steps per block (tuning).
 void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op& op,
-               const std::vector<int64_t>& Ms, bool decode) {
+               const std::vector<int64_t>& Ms, bool decode, int steps = 0) {
   const size_t wbytes = size_t(op.N * op.K + ((op.N + 127) / 128) * (op.K / 128) * 4);
   const int copies = decode ? int(std::clamp<size_t>(kRotateBytes / (wbytes * op.groups) + 1, 2, 64)) : 1;
   const auto values = random_fp8(size_t(op.N * op.K), 7);
@@ -248,6 +249,8 @@ void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op
   std::vector<std::unique_ptr<Fp8BlockLinear>> w;
   for (int i = 0; i < copies * op.groups; ++i)
     w.push_back(std::make_unique<Fp8BlockLinear>(values.data(), scales.data(), op.N, op.K, op.name));
+  for (auto& lin : w) lin->set_decode_steps(steps);
+  const std::string name = steps ? std::string(op.name) + " steps " + std::to_string(steps) : op.name;
   const int64_t maxM = *std::max_element(Ms.begin(), Ms.end());
   DeviceBuffer<__nv_bfloat16> x(size_t(maxM * op.K * op.groups)), y(size_t(maxM * op.N * op.groups));
   fill_bf16(x.get(), x.size(), 9);
@@ -264,7 +267,7 @@ void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op
     }, decode, decode ? 50 : 3);
     const double bytes = double(wbytes) * op.groups + double(M) * op.K * op.groups * 2 + double(M) * op.N * op.groups * 2;
     const double flops = 2.0 * M * op.N * op.K * op.groups;
-    report(op.name, M, s, bytes, flops, lim, decode, true);
+    report(name.c_str(), M, s, bytes, flops, lim, decode, true);
   }
 }
 
@@ -442,8 +445,12 @@ int run(int argc, char** argv) {
                 : "| op | M | time (us) | achieved | of limit | of roofline |\n|---|---:|---:|---:|---:|---:|\n");
     const auto& Ms = decode ? dec : pre;
     bench_int4_all(ctx, tm, lim, Ms, decode, tune, wanted);
-    for (const Fp8Op& op : fp8_ops)
-      if (wanted(op.name)) bench_fp8(ctx, tm, lim, op, Ms, decode);
+    for (const Fp8Op& op : fp8_ops) {
+      if (!wanted(op.name)) continue;
+      bench_fp8(ctx, tm, lim, op, Ms, decode);
+      if (decode && tune && op.N * op.K >= (int64_t(32) << 20))  // the large projections
+        for (int steps : {1, 2, 4}) bench_fp8(ctx, tm, lim, op, {1, 2, 4, 8}, decode, steps);
+    }
     if (wanted("bf16 shared w1+w3 [4096,4096]"))
       bench_bf16(ctx, tm, lim, "bf16 shared w1+w3 [4096,4096]", 4096, 4096, Ms, decode);
     if (wanted("bf16 shared w2 [4096,2048]"))

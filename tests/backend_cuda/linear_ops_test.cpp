@@ -216,7 +216,13 @@ class Fp8BlockLinearTest : public LinearOpTest {
     weight_order_ = weight;
     orders_set_ = true;
   }
+  // Forces the decode kernel's steps per block (0: automatic) and these shapes.
+  void set_decode_steps(int steps, std::vector<Dims> shapes) {
+    decode_steps_ = steps;
+    shapes_ = std::move(shapes);
+  }
   std::vector<Dims> shapes() const override {
+    if (!shapes_.empty()) return shapes_;
     switch (path_) {
       case Fp8Path::Decode:
         // K = 2304: an odd number (9) of 256-wide slices.
@@ -254,6 +260,7 @@ class Fp8BlockLinearTest : public LinearOpTest {
   std::vector<float> run_gpu(GpuContext& ctx) override {
     Fp8BlockLinear lin(w_.data(), scales_.data(), d_.N, d_.K, "test.fp8");
     lin.set_path(path_);
+    lin.set_decode_steps(decode_steps_);
     if (orders_set_) lin.set_scale_orders(act_order_, weight_order_);
     auto x = DeviceBuffer<uint16_t>::from_host(x_);
     DeviceBuffer<unsigned char> ws(lin.workspace_bytes(d_.M));
@@ -278,6 +285,8 @@ class Fp8BlockLinearTest : public LinearOpTest {
   Fp8Path path_;
   ScaleOrder act_order_ = ScaleOrder::OuterMajor, weight_order_ = ScaleOrder::KMajor;
   bool orders_set_ = false;
+  int decode_steps_ = 0;
+  std::vector<Dims> shapes_;
   Dims d_{};
   std::vector<uint16_t> x_;
   std::vector<uint8_t> w_;
@@ -287,6 +296,17 @@ class Fp8BlockLinearTest : public LinearOpTest {
 TEST_F(CudaLinear, Fp8BlockDecodeKernel) {
   Fp8BlockLinearTest op(Fp8Path::Decode);
   check_op(op, 250);
+}
+
+// 1, 2 and 4 steps of 256 inputs per block: split K with the workspace, or (K = 1024 in
+// 4 steps) one slice storing y directly.
+TEST_F(CudaLinear, Fp8BlockDecodeSteps) {
+  for (int steps : {1, 2, 4}) {
+    SCOPED_TRACE("steps " + std::to_string(steps));
+    Fp8BlockLinearTest op(Fp8Path::Decode);
+    op.set_decode_steps(steps, {{1, 1024, 4096}, {8, 256, 1024}, {5, 144, 2048}});
+    check_op(op, 270);
+  }
 }
 
 TEST_F(CudaLinear, Fp8BlockCublasLt) {

@@ -51,12 +51,14 @@ __device__ float e4m3_to_float(uint8_t v) {
 
 // Decode GEMM: y[M, N] = quant(x) · W^T for M <= 64, in one launch.
 //
-// Grid: (N/128 column blocks) × (K/256 slices). Each block quantizes its own 256-wide
-// slice of x (1×128 blocks, exactly as quantize_act_kernel does; x is small and stays in
-// L2), multiplies it with 128 rows of W (one 16-row tile per warp) and adds its fp32
-// partial sums into the workspace accumulator. The last block to finish a column block
-// (counted with an atomic ticket) converts those columns to bf16 and zeroes the
-// accumulator and its ticket again, so no separate memset or conversion launch is needed.
+// Grid: (N/128 column blocks) × (K/(256·R) slices). Each block quantizes its own slice
+// of x (1×128 blocks, exactly as quantize_act_kernel does; x is small and stays in L2)
+// and multiplies it with 128 rows of W (one 16-row tile per warp), R steps of 256 inputs
+// with the next step's weights loading during the current one. A single slice stores y
+// directly; otherwise the blocks add their fp32 partial sums into the workspace
+// accumulator, and the last block to finish a column block (counted with an atomic
+// ticket) converts those columns to bf16 and zeroes the accumulator and its ticket
+// again, so no separate memset or conversion launch is needed.
 // It is launched as a programmatic dependent (dependent_launch.h): its weight loads are
 // issued before it waits for the previous kernel, which may have written x, and before
 // it touches the workspace that the previous run may still be finalizing.
@@ -67,10 +69,9 @@ __device__ float e4m3_to_float(uint8_t v) {
 // them as two k32 steps, step s taking bytes 16t+8s..+3 as the "4t" part and
 // 16t+8s+4..+7 as the "16+4t" part. B is read with the same permutation, so the dot
 // products are unchanged, and W needs no re-layout.
-constexpr int kDecSlice = 256;                 // K per block
+constexpr int kDecStep = 256;                  // K per step
 constexpr int kDecWarps = 8;                   // 16 rows of N each
 constexpr int kDecCols = kDecWarps * 16;       // N per block
-constexpr int kDecRowStride = kDecSlice + 64;  // bytes; conflict-free 16-byte reads
 
 __device__ __forceinline__ void mma_e4m3_16832(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                                uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -81,36 +82,39 @@ __device__ __forceinline__ void mma_e4m3_16832(float (&c)[4], uint32_t a0, uint3
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-template <int MT>
+// 4 blocks of 64 inputs × rows {g, g+8} of one step: 8 independent 16-byte loads per lane.
+__device__ __forceinline__ void load_step(uint4 (&wv)[4][2], const uint8_t* r0, int K) {
+#pragma unroll
+  for (int b = 0; b < 4; ++b) {
+    wv[b][0] = __ldcs(reinterpret_cast<const uint4*>(r0 + 64 * b));
+    wv[b][1] = __ldcs(reinterpret_cast<const uint4*>(r0 + size_t(8) * K + 64 * b));
+  }
+}
+
+template <int MT, int R>
 __global__ void __launch_bounds__(kDecWarps * 32)
     fp8_decode_kernel(const uint8_t* __restrict__ w, const float* __restrict__ w_scales,
                       const __nv_bfloat16* __restrict__ x, float* __restrict__ acc,
                       unsigned* __restrict__ tickets, __nv_bfloat16* __restrict__ y, int M, int N, int K) {
-  __shared__ __align__(16) uint8_t xs[MT * 8 * kDecRowStride];
-  __shared__ float x_scale[MT * 8][2];
+  constexpr int kSlice = R * kDecStep;
+  constexpr int kRowStride = kSlice + 64;  // bytes; conflict-free 16-byte reads
+  __shared__ __align__(16) uint8_t xs[MT * 8 * kRowStride];
+  __shared__ float x_scale[MT * 8][2 * R];
   __shared__ bool last_block;
-  const int k0 = blockIdx.y * kDecSlice;
+  const int k0 = blockIdx.y * kSlice;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int n0 = blockIdx.x * kDecCols + warp * 16;
   const bool active = n0 < N;
+  const uint8_t* wrow = w + size_t(n0 + g) * K + k0 + 16 * t;
   allow_dependent_launch();
 
-  // 4 blocks of 64 × rows {g, g+8}: 8 independent 16-byte loads in flight per lane.
-  uint4 wv[4][2];
-  if (active) {
-    const uint8_t* r0 = w + size_t(n0 + g) * K + k0 + 16 * t;
-    const uint8_t* r1 = r0 + size_t(8) * K;
-#pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      wv[b][0] = __ldcs(reinterpret_cast<const uint4*>(r0 + 64 * b));
-      wv[b][1] = __ldcs(reinterpret_cast<const uint4*>(r1 + 64 * b));
-    }
-  }
+  uint4 wv[R > 1 ? 2 : 1][4][2];
+  if (active) load_step(wv[0], wrow, K);
   wait_for_previous_kernel();  // x is written, the workspace is clean
   // Quantize the x slice: one warp per (row, 128-block), 4 values per lane.
-  for (int p = warp; p < MT * 8 * 2; p += kDecWarps) {
-    const int r = p / 2, h = p % 2;
+  for (int p = warp; p < MT * 8 * 2 * R; p += kDecWarps) {
+    const int r = p / (2 * R), h = p % (2 * R);
     float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (r < M) {
       const uint2 raw = *reinterpret_cast<const uint2*>(x + size_t(r) * K + k0 + h * kBlock + lane * 4);
@@ -125,7 +129,7 @@ __global__ void __launch_bounds__(kDecWarps * 32)
     uint32_t packed = 0;
     for (int i = 0; i < 4; ++i)
       packed |= uint32_t(__nv_cvt_float_to_fp8(v[i] * inv, __NV_SATFINITE, __NV_E4M3)) << (8 * i);
-    *reinterpret_cast<uint32_t*>(xs + r * kDecRowStride + h * kBlock + lane * 4) = packed;
+    *reinterpret_cast<uint32_t*>(xs + r * kRowStride + h * kBlock + lane * 4) = packed;
     if (lane == 0) x_scale[r][h] = r < M ? scale : 0.0f;  // rows past M contribute nothing
   }
   __syncthreads();
@@ -133,41 +137,54 @@ __global__ void __launch_bounds__(kDecWarps * 32)
   if (active) {
     float sum[MT][4] = {};
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {  // the two 128-wide scale blocks of the slice
-      float part[MT][4] = {};
+    for (int step = 0; step < R; ++step) {
+      if (step + 1 < R) load_step(wv[(step + 1) % 2], wrow + (step + 1) * kDecStep, K);
+      const uint4 (&cur)[4][2] = wv[step % 2];
 #pragma unroll
-      for (int b = 2 * half; b < 2 * half + 2; ++b) {
+      for (int half = 0; half < 2; ++half) {  // the two 128-wide scale blocks of the step
+        float part[MT][4] = {};
+#pragma unroll
+        for (int b = 2 * half; b < 2 * half + 2; ++b) {
+#pragma unroll
+          for (int m = 0; m < MT; ++m) {
+            const uint4 xv =
+                *reinterpret_cast<const uint4*>(xs + (m * 8 + g) * kRowStride + step * kDecStep + 64 * b + 16 * t);
+            mma_e4m3_16832(part[m], cur[b][0].x, cur[b][1].x, cur[b][0].y, cur[b][1].y, xv.x, xv.y);
+            mma_e4m3_16832(part[m], cur[b][0].z, cur[b][1].z, cur[b][0].w, cur[b][1].w, xv.z, xv.w);
+          }
+        }
+        const int h = 2 * step + half;
+        const float ws = __ldg(w_scales + size_t(n0 / kBlock) * (K / kBlock) + k0 / kBlock + h);
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
-          const uint4 xv = *reinterpret_cast<const uint4*>(xs + (m * 8 + g) * kDecRowStride + 64 * b + 16 * t);
-          mma_e4m3_16832(part[m], wv[b][0].x, wv[b][1].x, wv[b][0].y, wv[b][1].y, xv.x, xv.y);
-          mma_e4m3_16832(part[m], wv[b][0].z, wv[b][1].z, wv[b][0].w, wv[b][1].w, xv.z, xv.w);
+          const float s0 = ws * x_scale[m * 8 + 2 * t][h];
+          const float s1 = ws * x_scale[m * 8 + 2 * t + 1][h];
+          sum[m][0] += part[m][0] * s0;
+          sum[m][1] += part[m][1] * s1;
+          sum[m][2] += part[m][2] * s0;
+          sum[m][3] += part[m][3] * s1;
         }
       }
-      const float ws = __ldg(w_scales + size_t(n0 / kBlock) * (K / kBlock) + k0 / kBlock + half);
-#pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        const float s0 = ws * x_scale[m * 8 + 2 * t][half];
-        const float s1 = ws * x_scale[m * 8 + 2 * t + 1][half];
-        sum[m][0] += part[m][0] * s0;
-        sum[m][1] += part[m][1] * s1;
-        sum[m][2] += part[m][2] * s0;
-        sum[m][3] += part[m][3] * s1;
-      }
     }
+    // C fragment: (row g, tokens 2t, 2t+1) and (row g+8, same tokens).
+    const bool single_slice = gridDim.y == 1;
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       const int tok = m * 8 + 2 * t;
-      if (tok < M) {
-        atomicAdd(acc + size_t(tok) * N + n0 + g, sum[m][0]);
-        atomicAdd(acc + size_t(tok) * N + n0 + g + 8, sum[m][2]);
-      }
-      if (tok + 1 < M) {
-        atomicAdd(acc + size_t(tok + 1) * N + n0 + g, sum[m][1]);
-        atomicAdd(acc + size_t(tok + 1) * N + n0 + g + 8, sum[m][3]);
+      for (int j = 0; j < 2; ++j) {
+        if (tok + j >= M) continue;
+        const size_t at = size_t(tok + j) * N + n0 + g;
+        if (single_slice) {
+          y[at] = __float2bfloat16(sum[m][j]);
+          y[at + 8] = __float2bfloat16(sum[m][j + 2]);
+        } else {
+          atomicAdd(acc + at, sum[m][j]);
+          atomicAdd(acc + at + 8, sum[m][j + 2]);
+        }
       }
     }
   }
+  if (gridDim.y == 1) return;
   // Ticket: the block that completes a column block finalizes it.
   __threadfence();
   __syncthreads();
@@ -334,6 +351,19 @@ Fp8BlockLinear::Workspace Fp8BlockLinear::carve(void* base, int64_t M) const {
 
 size_t Fp8BlockLinear::workspace_bytes(int64_t M) const { return carve(nullptr, M).bytes; }
 
+int Fp8BlockLinear::decode_steps(int sm_count) const {
+  const int64_t slices = K_ / kDecStep;
+  if (decode_steps_) {
+    DSQ_CHECK(slices % decode_steps_ == 0, what_, ": ", decode_steps_, " decode steps do not divide K=", K_);
+    return decode_steps_;
+  }
+  // Longer slices (fewer atomics, each block streams more) while two blocks per SM remain.
+  const int64_t units = ceil_div(N_, kDecCols) * slices;
+  for (int steps : {4, 2})
+    if (slices % steps == 0 && units / steps >= 2 * int64_t(sm_count)) return steps;
+  return 1;
+}
+
 bool Fp8BlockLinear::has_plan(const GpuContext& ctx, int64_t M) {
   auto it = plans_.find(M);
   if (it != plans_.end()) return it->second.ok;
@@ -382,19 +412,22 @@ void Fp8BlockLinear::run(const GpuContext& ctx, const __nv_bfloat16* x, int64_t 
   Fp8Path path = path_;
   if (path == Fp8Path::Auto) path = M <= kFp8DecodeAutoRows && N_ % 16 == 0 ? Fp8Path::Decode : Fp8Path::CublasLt;
   if (path == Fp8Path::Decode) {
-    DSQ_CHECK(M <= kFp8DecodeMaxRows && N_ % 16 == 0 && K_ % kDecSlice == 0, what_,
+    DSQ_CHECK(M <= kFp8DecodeMaxRows && N_ % 16 == 0 && K_ % kDecStep == 0, what_,
               ": FP8 decode kernel needs M <= 64, N % 16 == 0 and K % 256 == 0 (M=", M, ", N=", N_,
               ", K=", K_, ")");
-    const dim3 grid(unsigned(ceil_div(N_, kDecCols)), unsigned(K_ / kDecSlice));
-    const int threads = kDecWarps * 32;
+    const int steps = M <= 8 ? decode_steps(ctx.sm_count()) : 1;
+    const dim3 grid(unsigned(ceil_div(N_, kDecCols)), unsigned(K_ / (steps * kDecStep)));
+    const dim3 threads(kDecWarps * 32);
     const float* wsc = kmajor_scales_.get();
-#define DSQ_FP8_DECODE(MT)                                                                                 \
-  launch_dependent(ctx, fp8_decode_kernel<MT>, grid, dim3(threads), 0, values_.get(), wsc, x, ws.acc, ws.tickets, y, \
+#define DSQ_FP8_DECODE(MT, R)                                                                                 \
+  launch_dependent(ctx, fp8_decode_kernel<MT, R>, grid, threads, 0, values_.get(), wsc, x, ws.acc, ws.tickets, y, \
                    int(M), int(N_), int(K_))
-    if (M <= 8) DSQ_FP8_DECODE(1);
-    else if (M <= 16) DSQ_FP8_DECODE(2);
-    else if (M <= 32) DSQ_FP8_DECODE(4);
-    else DSQ_FP8_DECODE(8);
+    if (M <= 8 && steps == 4) DSQ_FP8_DECODE(1, 4);
+    else if (M <= 8 && steps == 2) DSQ_FP8_DECODE(1, 2);
+    else if (M <= 8) DSQ_FP8_DECODE(1, 1);
+    else if (M <= 16) DSQ_FP8_DECODE(2, 1);
+    else if (M <= 32) DSQ_FP8_DECODE(4, 1);
+    else DSQ_FP8_DECODE(8, 1);
 #undef DSQ_FP8_DECODE
     last_path_ = Fp8Path::Decode;
     return;

@@ -57,6 +57,12 @@ class Fp8BlockLinear {
   // it reads), and the GEMM path.
   void set_scale_orders(ScaleOrder act, ScaleOrder weight);
   void set_path(Fp8Path path) { path_ = path; }
+  // Test/benchmark hook: 256-wide K steps per block of the decode kernel for M <= 8 (1,
+  // 2 or 4; must divide K/256); 0 (the default) chooses by the weight's size.
+  void set_decode_steps(int steps) {
+    DSQ_CHECK(steps == 0 || steps == 1 || steps == 2 || steps == 4, what_, ": decode steps must be 0, 1, 2 or 4");
+    decode_steps_ = steps;
+  }
 
   // Bytes of device scratch run() needs for M rows. The workspace must be zero-filled
   // once when allocated; every run leaves it fit for the next (the decode kernel zeroes
@@ -80,6 +86,7 @@ class Fp8BlockLinear {
   void run_cublaslt(const GpuContext& ctx, const uint8_t* xq, const float* x_scales, int64_t M,
                     __nv_bfloat16* y);
   void upload_weight_scales();
+  int decode_steps(int sm_count) const;
 
   int64_t N_, K_;
   std::string what_;
@@ -91,6 +98,7 @@ class Fp8BlockLinear {
   ScaleOrder weight_order_ = ScaleOrder::KMajor;
   Fp8Path path_ = Fp8Path::Auto;
   Fp8Path last_path_ = Fp8Path::Auto;
+  int decode_steps_ = 0;
   // M -> cuBLASLt algorithm from the heuristic (ok == false: cuBLASLt has none).
   struct Plan {
     bool ok = false;
