@@ -20,11 +20,15 @@
 
 namespace dsq::test {
 
+// The fixture's weights and its reference logits. tiny-brown's weights are read from the
+// project's embedded copy (models/tiny-brown, byte-identical to ../shared's), so the GPU
+// machine needs only the reference file from ../shared.
 struct ReferenceFixture {
   model::Model model;
   std::shared_ptr<const SafetensorsFile> ref;
   ReferenceFixture(const std::string& name, std::shared_ptr<backend::Ops> ops)
-      : model(model::Model::load(shared_path("models/" + name), std::move(ops))),
+      : model(model::Model::load(
+            name == "tiny-brown" ? project_path("models/tiny-brown") : shared_path("models/" + name), std::move(ops))),
         ref(SafetensorsFile::open(shared_path("models/" + name + "/reference.safetensors"))) {}
 };
 
