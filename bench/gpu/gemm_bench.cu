@@ -461,7 +461,7 @@ int run(int argc, char** argv) {
        "and %% of copy use the graph time.\n");
   emit("Prefill: eager time; roofline = max(FLOPs / GEMM peak, bytes / copy bandwidth) over the measured time.\n");
   emit("INT4 rows: M tokens x top-6 of 256 experts, random routing (16 routings rotated); bytes = "
-       "active experts' int4+scales + activations + fp32 output. Experts with <= 64 rows run the "
+       "active experts' int4+scales + activations + fp32 output. Experts with < 9 rows run the "
        "tensor-core W4A16 decode kernel (mma.sync), experts with more rows the grouped wgmma GEMM; "
        "prefill rows marked gemm / mma / deq+cuBLAS force one path for every expert.\n"
        "FP8 rows: M <= 8 runs dsq's decode kernel (activation quantization fused), larger M "

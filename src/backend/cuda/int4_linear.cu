@@ -1,5 +1,6 @@
-// W4A16 kernels: the load-time re-layout into mma tiles, the tensor-core decode kernel,
-// the dequantize kernel of the prefill path, and the dispatcher (see int4_linear.h).
+// W4A16 kernels: the load-time re-layout into mma tiles, the tensor-core decode kernel
+// (mma.sync) with its zeroing kernel, the grouped prefill GEMM (wgmma), the dequantize
+// kernel, the SwiGLU pass and the dispatcher (see int4_linear.h).
 //
 // Tile layout, per expert: tiles[n16][k64][lane][word], uint32 words, word j covering
 // the 16×16 sub-tile j of the 16×64 piece. With g = lane/4 and t = lane%4 the tensor
