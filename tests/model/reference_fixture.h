@@ -50,8 +50,9 @@ inline double expect_logits_match(const Tensor& got, const Tensor& ref, int64_t 
     const double err = std::sqrt(diff / norm);
     worst = std::max(worst, err);
     EXPECT_LE(err, tolerance) << what << ": position " << ref_row0 + i;
-    if (check_argmax)
+    if (check_argmax) {
       EXPECT_EQ(argmax_row(g + i * V, V), argmax_row(r + i * V, V)) << what << ": argmax at " << ref_row0 + i;
+    }
   }
   return worst;
 }

@@ -18,10 +18,16 @@ class DeviceBuffer {
   explicit DeviceBuffer(size_t count) : count_(count) {
     if (count > 0) DSQ_CUDA_CHECK(cudaMalloc(&ptr_, count * sizeof(T)));
   }
-  // A device copy of host data.
+  // A device copy of host data, complete on return. (cudaMemcpy from pageable memory may
+  // return before its DMA has landed, and kernels on a non-blocking stream do not wait
+  // for the legacy stream: without the synchronisation a weight's first use could read
+  // it half-copied — seen as rare wrong results on an H100.)
   static DeviceBuffer from_host(const T* data, size_t count) {
     DeviceBuffer b(count);
-    if (count > 0) DSQ_CUDA_CHECK(cudaMemcpy(b.ptr_, data, count * sizeof(T), cudaMemcpyHostToDevice));
+    if (count > 0) {
+      DSQ_CUDA_CHECK(cudaMemcpy(b.ptr_, data, count * sizeof(T), cudaMemcpyHostToDevice));
+      DSQ_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
+    }
     return b;
   }
   static DeviceBuffer from_host(const std::vector<T>& v) { return from_host(v.data(), v.size()); }

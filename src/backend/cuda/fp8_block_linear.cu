@@ -389,6 +389,9 @@ bool Fp8BlockLinear::has_plan(const GpuContext& ctx, int64_t M) {
 }
 
 int64_t Fp8BlockLinear::cublaslt_rows(const GpuContext& ctx, int64_t M) {
+  // On an H100 (cuBLAS 13.0) block-scaled FP8 with K = 256 and N = 256 returned garbage
+  // (M = 37; [128, 256] was right), as K = 128 did: below K = 512 the fallback runs.
+  if (K_ < 512) return 0;
   if (has_plan(ctx, M)) return M;
   const int64_t padded = ceil_div(M, 16) * 16;
   if (padded != M && has_plan(ctx, padded)) return padded;

@@ -12,7 +12,8 @@
 // block-scaling mode (VEC128_32F for x, BLK128x128_32F for W; Hopper, cuBLAS >= 12.9),
 // which has no algorithm for some
 // small M (M = 1 on an H100): M is then padded to a multiple of 16. Where cuBLASLt has
-// nothing at all, a plain CUDA-core kernel computes the same function (slowly).
+// nothing at all, or K < 512 (where it computed wrong results on an H100), a plain
+// CUDA-core kernel computes the same function (slowly).
 #pragma once
 
 #include <cstdint>
