@@ -25,6 +25,7 @@
 #include "backend/cuda/fp8_block_linear.h"
 #include "backend/cuda/gpu_context.h"
 #include "backend/cuda/int4_linear.h"
+#include "backend/cuda/int4_moe_decode.h"
 
 namespace dsq::cuda {
 namespace {
@@ -294,6 +295,16 @@ void bench_bf16(const GpuContext& ctx, Timing& tm, const Limits& lim, const char
 
 // ---- INT4 routed experts (grouped) ----
 
+// n random int32 words (every nibble pattern): packed INT4 weights.
+std::vector<int32_t> random_packed(size_t n, uint64_t s) {
+  std::vector<int32_t> v(n);
+  for (auto& p : v) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    p = int32_t(s >> 32);
+  }
+  return v;
+}
+
 // Rows per expert when `tokens` tokens each pick `top_k` distinct experts of E at random.
 std::vector<int64_t> route(int64_t tokens, int64_t E, int top_k, std::mt19937& rng) {
   std::vector<int64_t> count(static_cast<size_t>(E), 0);
@@ -316,14 +327,6 @@ std::vector<int64_t> route(int64_t tokens, int64_t E, int top_k, std::mt19937& r
 void bench_int4(const GpuContext& ctx, Timing& tm, const Limits& lim, const std::string& name, int64_t E, int64_t N,
                 int64_t K, const std::vector<int64_t>& Ms, bool decode, bool swiglu = false,
                 Int4Path path = Int4Path::Auto) {
-  const auto random_packed = [](size_t n, uint64_t s) {
-    std::vector<int32_t> v(n);
-    for (auto& p : v) {
-      s = s * 6364136223846793005ull + 1442695040888963407ull;
-      p = int32_t(s >> 32);
-    }
-    return v;
-  };
   std::vector<uint16_t> scales(size_t(E * N * K / 128), 0x3C00);  // bf16 0.0078125
   std::unique_ptr<Int4ExpertWeights> w;
   if (swiglu) {
@@ -396,6 +399,97 @@ void bench_int4_all(const GpuContext& ctx, Timing& tm, const Limits& lim, const 
   }
 }
 
+// The whole routed-expert step of a decode token batch with the expert ids on the device
+// (int4_moe_decode: gate/up, SwiGLU, down, combine; no host synchronisation), next to
+// what it replaces in CudaOps::moe_experts, measured from its expensive parts only: the
+// expert offsets copied to the host and waited for, then the grouped SwiGLU and down
+// kernels on pre-gathered rows (the permutation, gather and combine kernels not
+// included; eager only: a synchronisation cannot be captured in a graph). Bytes: the
+// distinct experts' int4 + scales (what must come from memory). `tune`: also each forced
+// K slice of the decode kernel.
+void bench_int4_moe_decode(const GpuContext& ctx, Timing& tm, const Limits& lim, const std::vector<int64_t>& Ms,
+                           bool tune) {
+  const int64_t E = 256, H = 4096, F = 2048;
+  const int kTopK = 6, kRoutings = 16;
+  std::vector<uint16_t> scales(size_t(E * F * H / 128), 0x3C00);  // bf16 0.0078125
+  const auto w1 = random_packed(size_t(E * F * H / 8), 1), w3 = random_packed(size_t(E * F * H / 8), 2);
+  const Int4ExpertWeights gate_up =
+      Int4ExpertWeights::gate_up(w1.data(), scales.data(), w3.data(), scales.data(), E, F, H, "bench gate/up");
+  const Int4ExpertWeights down(random_packed(size_t(E * H * F / 8), 3).data(), scales.data(), E, H, F, "bench down");
+  const double expert_bytes = double(gate_up.expert_bytes() + down.expert_bytes());
+  const int64_t max_slots = *std::max_element(Ms.begin(), Ms.end()) * kTopK;
+  const std::vector<int> slices = tune ? std::vector<int>{0, 4, 8, 16} : std::vector<int>{0};  // 0: default
+  size_t gate_up_floats = 0, down_floats = 0;
+  for (int chunks : slices)
+    for (int64_t M : Ms) {
+      int4_moe_decode_force_chunks(chunks);
+      const MoeDecodeScratch need = moe_decode_scratch(gate_up, down, M * kTopK);
+      gate_up_floats = std::max(gate_up_floats, need.gate_up_partials);
+      down_floats = std::max(down_floats, need.down_partials);
+    }
+  int4_moe_decode_force_chunks(0);
+  DeviceBuffer<float> gate_up_partials(gate_up_floats), down_partials(down_floats), y(size_t(max_slots * H));
+  DeviceBuffer<float> gate_up_out(size_t(max_slots * 2 * F));
+  DeviceBuffer<__nv_bfloat16> h(size_t(max_slots * F)), rows(size_t(max_slots * H));
+  fill_bf16(rows.get(), rows.size(), 21);
+  std::vector<float> x_host(size_t(max_slots / kTopK * H));
+  std::mt19937 rng(22);
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+  for (float& v : x_host) v = unit(rng);
+  const auto x = DeviceBuffer<float>::from_host(x_host);
+  DeviceBuffer<float> out(x_host.size());
+  const auto route_weights = DeviceBuffer<float>::from_host(std::vector<float>(size_t(max_slots), 1.0f / kTopK));
+  for (int64_t M : Ms) {
+    // kRoutings random routings (k distinct experts per token), rotated call by call.
+    std::vector<int64_t> ids(size_t(kRoutings * M * kTopK));
+    std::vector<std::vector<int64_t>> offsets(kRoutings, std::vector<int64_t>(size_t(E + 1), 0));
+    double distinct = 0;
+    std::vector<int> order(static_cast<size_t>(E));
+    for (int r = 0; r < kRoutings; ++r) {
+      std::vector<int64_t> count(size_t(E), 0);
+      for (int64_t t = 0; t < M; ++t) {
+        for (int i = 0; i < int(E); ++i) order[size_t(i)] = i;
+        for (int j = 0; j < kTopK; ++j) {
+          std::swap(order[size_t(j)], order[size_t(std::uniform_int_distribution<int>(j, int(E) - 1)(rng))]);
+          ids[size_t((r * M + t) * kTopK + j)] = order[size_t(j)];
+          ++count[size_t(order[size_t(j)])];
+        }
+      }
+      for (int64_t e = 0; e < E; ++e) {
+        offsets[size_t(r)][size_t(e + 1)] = offsets[size_t(r)][size_t(e)] + count[size_t(e)];
+        distinct += count[size_t(e)] > 0;
+      }
+    }
+    distinct /= kRoutings;
+    const auto chosen = DeviceBuffer<int64_t>::from_host(ids);
+    const auto device_offsets = DeviceBuffer<int64_t>::from_host(offsets[0]);
+    for (int chunks : slices) {
+      int4_moe_decode_force_chunks(chunks);
+      const Times t = measure(ctx, tm, [&](int call) {
+        int4_moe_decode(ctx, gate_up, down, x.get(), M, chosen.get() + (call % kRoutings) * M * kTopK,
+                        route_weights.get(), kTopK, 10.0f, out.get(), gate_up_partials.get(), h.get(),
+                        down_partials.get());
+      }, true, 32);
+      const std::string name =
+          "INT4 MoE decode (device ids) 256x[w1+w3+w2]" + (chunks ? " slice " + std::to_string(64 * chunks) : "");
+      report(name.c_str(), M, t, distinct * expert_bytes, 0, lim, true, false);
+    }
+    int4_moe_decode_force_chunks(0);
+    std::vector<int64_t> host_offsets(size_t(E + 1));
+    const double before = tm.seconds(ctx, [&](int call) {
+      DSQ_CUDA_CHECK(cudaMemcpyAsync(host_offsets.data(), device_offsets.get(), host_offsets.size() * sizeof(int64_t),
+                                     cudaMemcpyDeviceToHost, ctx.stream()));
+      ctx.synchronize();
+      const auto& o = offsets[size_t(call % kRoutings)];
+      int4_grouped_swiglu(ctx, gate_up, rows.get(), o, 10.0f, h.get(), gate_up_out.get());
+      int4_grouped_linear(ctx, down, h.get(), o, y.get());
+    }, 32);
+    const double bps = distinct * expert_bytes / before;
+    emit("| %-44s | %6lld | %8.1f | %8s | %8.0f GB/s | %5.1f %% |\n", "INT4 MoE host offsets+sync (before; eager)",
+         (long long)M, before * 1e6, "-", bps / 1e9, 100.0 * bps / lim.copy_bps);
+  }
+}
+
 int run(int argc, char** argv) {
   bool quick = false, decode_only = false, tune = false;
   std::string out_path, only;
@@ -445,6 +539,7 @@ int run(int argc, char** argv) {
                 : "| op | M | time (us) | achieved | of limit | of roofline |\n|---|---:|---:|---:|---:|---:|\n");
     const auto& Ms = decode ? dec : pre;
     bench_int4_all(ctx, tm, lim, Ms, decode, tune, wanted);
+    if (decode && wanted("INT4 MoE decode (device ids)")) bench_int4_moe_decode(ctx, tm, lim, {1, 2, 4}, tune);
     for (const Fp8Op& op : fp8_ops) {
       if (!wanted(op.name)) continue;
       bench_fp8(ctx, tm, lim, op, Ms, decode);
@@ -465,7 +560,10 @@ int run(int argc, char** argv) {
        "tensor-core W4A16 decode kernel (mma.sync), experts with more rows the grouped wgmma GEMM; "
        "prefill rows marked gemm / mma / deq+cuBLAS force one path for every expert.\n"
        "FP8 rows: M <= 8 runs dsq's decode kernel (activation quantization fused), larger M "
-       "quantizes activations then runs cuBLASLt's 128x128 block-scaled GEMM.\n");
+       "quantizes activations then runs cuBLASLt's 128x128 block-scaled GEMM.\n"
+       "INT4 MoE rows: the whole routed-expert step (M tokens x top-6 of 256 experts, 16 routings "
+       "rotated); bytes = the distinct experts' int4+scales (w1+w3+w2). 'host offsets+sync' is the "
+       "path the device-id one replaces, without its permutation/gather/combine kernels.\n");
   if (!out_path.empty()) {
     FILE* f = std::fopen(out_path.c_str(), "w");
     DSQ_CHECK(f, "dsq_gemm_bench: cannot write ", out_path);

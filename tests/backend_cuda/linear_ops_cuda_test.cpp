@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/int4_moe_decode.h"
 #include "op_check.h"
 
 namespace dsq::test {
@@ -384,6 +385,102 @@ TEST_F(CudaLinearOps, MoeFlashShapes) {
   for (Format f : kExpertFormats) {
     const int64_t E = f == Format::Int4Bf16G128 ? 16 : 10;
     check_moe("flash experts E=" + std::to_string(E) + " k=6", f, E, 4096, 2048, 6, seed++);
+  }
+}
+
+// ---- routed experts in decode: expert ids stay on the device ----
+
+// Each token picks k distinct experts among the `pool` experts E − pool … E − 1 (high
+// ids; with pool < 2k tokens share most experts), weights in [0.1, 1).
+void pooled_routing(int64_t T, int64_t E, int64_t k, int64_t pool, Rng& rng, std::vector<int64_t>& chosen,
+                    std::vector<float>& weights) {
+  chosen.assign(size_t(T * k), -1);
+  weights.resize(size_t(T * k));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t e = 0;
+      do e = E - pool + int64_t(rng.bits() % uint64_t(pool));
+      while (std::find(chosen.begin() + t * k, chosen.begin() + t * k + j, e) != chosen.begin() + t * k + j);
+      chosen[size_t(t * k + j)] = e;
+      weights[size_t(t * k + j)] = 0.1f + 0.9f * rng.uniform();
+    }
+}
+
+// V4-Flash experts (4096 → 2048 → 4096, INT4, k = 6) at T·k <= 64, the device-id decode
+// path (int4_moe_decode.h): T = 1, 2, 5 and 10 (10: 60 pairs, the largest at k = 6) from
+// pools of 7–12 experts, so tokens share experts; with a pool of 7 at T = 10 an expert
+// gets more than 8 rows, i.e. two 8-row tiles. Each case with the default K slice and
+// each forced one (256, 512, 1024 inputs). Fast only (F32 runs the per-expert GEMMs,
+// checked above), same rounding model; a second call must give identical bits (K slices
+// add in a fixed order, no atomics).
+TEST_F(CudaLinearOps, MoeDecodeDeviceIdsFlashShapes) {
+  struct Case {
+    int64_t E, T, pool;
+  };
+  const Case cases[] = {{16, 1, 8}, {16, 2, 7}, {32, 1, 12}, {32, 2, 8}, {32, 5, 8}, {32, 10, 7}};
+  const int64_t H = 4096, F = 2048, k = 6;
+  Rng rng(700);
+  cpu::CpuOps cpu;
+  CudaOps fast(Precision::Fast);
+  const ExpertSet experts32(Format::Int4Bf16G128, 32, H, F, rng);
+  const ExpertSet experts16(Format::Int4Bf16G128, 16, H, F, rng);
+  for (const Case& c : cases) {
+    const ExpertSet& experts = c.E == 32 ? experts32 : experts16;
+    const std::string what = "flash experts E=" + std::to_string(c.E) + " k=6 T=" + std::to_string(c.T) +
+                             " pool " + std::to_string(c.pool) + " (device ids)";
+    SCOPED_TRACE(what);
+    const std::vector<float> x = normals(c.T * H, rng);
+    std::vector<int64_t> chosen;
+    std::vector<float> weights;
+    pooled_routing(c.T, c.E, k, c.pool, rng, chosen, weights);
+    std::vector<float> want(size_t(c.T * H));
+    cpu.moe_experts(x.data(), c.T, H, experts.linears.data(), c.E, chosen.data(), weights.data(), k, kSwigluLimit,
+                    want.data(), nullptr);
+    const Tensor xg = on_gpu(fast, x), cg = on_gpu(fast, chosen), wg = on_gpu(fast, weights);
+    for (int chunks : {0, 4, 8, 16}) {
+      const std::string run = what + (chunks ? " slice " + std::to_string(64 * chunks) : " default");
+      cuda::int4_moe_decode_force_chunks(chunks);
+      std::vector<float> got[2];
+      for (auto& g : got) {
+        Tensor out = poisoned_gpu(fast, c.T * H);
+        fast.moe_experts(xg.data<float>(), c.T, H, experts.linears.data(), c.E, cg.data<int64_t>(),
+                         wg.data<float>(), k, kSwigluLimit, out.mutable_data<float>(), nullptr);
+        g = floats_of(fast, out);
+      }
+      const double model = fast_expert_error(Format::Int4Bf16G128, H, F), error = relative_error(got[0], want, run);
+      EXPECT_LE(error, 2.0 * model) << run;
+      EXPECT_GE(error, model / 4.0) << run;
+      EXPECT_TRUE(got[0] == got[1]) << run << ": two calls differ";
+      std::printf("  %-66s Fast %.2e (model %.2e, ratio %.2f)\n", run.c_str(), error, model, error / model);
+    }
+    cuda::int4_moe_decode_force_chunks(0);
+  }
+}
+
+// The device-id path cannot throw on an expert id outside [0, E) (no synchronisation): the
+// token with such an id gets a NaN row, the other tokens their normal output.
+TEST_F(CudaLinearOps, MoeDecodeMarksBadExpertIdsWithNaN) {
+  Rng rng(800);
+  const int64_t E = 4, H = 512, F = 512, T = 3, k = 2;
+  const ExpertSet experts(Format::Int4Bf16G128, E, H, F, rng);
+  const std::vector<float> x = normals(T * H, rng);
+  const std::vector<float> weights = {0.5f, 0.25f, 0.75f, 0.5f, 1.0f, 0.125f};
+  const std::vector<int64_t> valid = {0, 3, 2, 1, 3, 0}, bad = {0, 3, 2, 9, 3, 0};
+  std::vector<float> want(size_t(T * H));
+  cpu::CpuOps().moe_experts(x.data(), T, H, experts.linears.data(), E, valid.data(), weights.data(), k, kSwigluLimit,
+                            want.data(), nullptr);
+  CudaOps fast(Precision::Fast);
+  const Tensor xg = on_gpu(fast, x), cg = on_gpu(fast, bad), wg = on_gpu(fast, weights);
+  Tensor out = poisoned_gpu(fast, T * H);
+  fast.moe_experts(xg.data<float>(), T, H, experts.linears.data(), E, cg.data<int64_t>(), wg.data<float>(), k,
+                   kSwigluLimit, out.mutable_data<float>(), nullptr);
+  const std::vector<float> got = floats_of(fast, out);
+  for (int64_t c = 0; c < H; ++c) EXPECT_TRUE(std::isnan(got[size_t(H + c)])) << "token 1, column " << c;
+  const double model = fast_expert_error(Format::Int4Bf16G128, H, F);
+  for (int64_t t : {0, 2}) {
+    const std::vector<float> row_got(got.begin() + t * H, got.begin() + (t + 1) * H);
+    const std::vector<float> row_want(want.begin() + t * H, want.begin() + (t + 1) * H);
+    EXPECT_LE(relative_error(row_got, row_want, "token " + std::to_string(t)), 2.0 * model) << "token " << t;
   }
 }
 

@@ -22,6 +22,8 @@
 //   → gate/up, SwiGLU, down per expert → out[t] = Σ_j w[t][j] · y[row(t, j)].
 // The expert offsets go to the host once per call (one small synchronisation): the
 // grouped INT4 kernels and the per-expert GEMM loop plan their launches from them.
+// Decode (stacked INT4 experts, T·k <= kMoeDecodeMaxSlots) skips all of that: the ids
+// stay on the device and int4_moe_decode.h runs the experts with no synchronisation.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -32,6 +34,7 @@
 #include <cuda_bf16.h>
 
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/int4_moe_decode.h"
 
 namespace dsq::cuda {
 
@@ -396,6 +399,18 @@ void CudaOps::moe_experts(const float* x, int64_t T, int64_t hidden, const backe
   PreparedExperts& pe = prepared_experts(linears_, experts, n_experts, hidden, precision_);
   const int64_t E = n_experts, H = hidden, F = pe.inter, entries = T * k;
   const cudaStream_t stream = ctx_.stream();
+  // λ <= 0 means no clamp (cpu/swiglu.h); the kernels always clamp, at ±∞ then.
+  const float clamp = limit > 0 ? limit : INFINITY;
+
+  if (pe.stacked() && entries <= kMoeDecodeMaxSlots) {
+    // Ids outside [0, E) cannot be refused here: they turn their token's row to NaN.
+    const MoeDecodeScratch need = moe_decode_scratch(*pe.gate_up, *pe.down, entries);
+    auto* gate_up = static_cast<float*>(scratch(kSlotMoeGate, need.gate_up_partials * sizeof(float)));
+    auto* h = static_cast<__nv_bfloat16*>(scratch(kSlotMoeUp, need.activations * sizeof(__nv_bfloat16)));
+    auto* down = static_cast<float*>(scratch(kSlotMoeOut, need.down_partials * sizeof(float)));
+    int4_moe_decode(ctx_, *pe.gate_up, *pe.down, x, T, chosen, weights, k, clamp, out, gate_up, h, down);
+    return;
+  }
 
   // The permutation: entries sorted by expert (see the file comment).
   auto* index = static_cast<int64_t*>(scratch(kSlotMoeIndex, size_t(2 * entries + 2 * E + 1) * sizeof(int64_t)));
@@ -429,8 +444,7 @@ void CudaOps::moe_experts(const float* x, int64_t T, int64_t hidden, const backe
     auto* dequant = most_rows > kDecodeMaxRows
                         ? static_cast<__nv_bfloat16*>(scratch(kSlotInt4Dequant, size_t(2 * F * H) * sizeof(__nv_bfloat16)))
                         : nullptr;
-    // λ <= 0 means no clamp (cpu/swiglu.h); the kernel always clamps, at ±∞ then.
-    int4_grouped_swiglu(ctx_, *pe.gate_up, xb, offsets, limit > 0 ? limit : INFINITY, h, gate_up, dequant);
+    int4_grouped_swiglu(ctx_, *pe.gate_up, xb, offsets, clamp, h, gate_up, dequant);
     int4_grouped_linear(ctx_, *pe.down, h, offsets, y_rows, dequant);
   } else {
     auto* xr = static_cast<float*>(scratch(kSlotMoeRows, size_t(entries * H) * sizeof(float)));

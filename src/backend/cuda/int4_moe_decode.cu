@@ -1,0 +1,290 @@
+// The device-id decode path of the routed experts (int4_moe_decode.h): a W4A16 mma
+// kernel whose blocks find their expert and token rows in `chosen` themselves, the
+// SwiGLU pass and the weighted combine, each adding the K-slice partial sums in order.
+//
+// The weights are in the mma-tile layout of int4_linear.cu (its file comment): per
+// expert, tiles[n16][k64][lane] one 16-byte word per lane holding its A fragments of
+// four 16×16 sub-tiles; scales fp32 [E][K/128][N]. The inner loop is that of its decode
+// kernel with one 8-row token tile; the helpers below restate its two bit tricks.
+#include "backend/cuda/int4_moe_decode.h"
+
+#include "backend/cuda/dependent_launch.h"
+
+namespace dsq::cuda {
+
+namespace {
+
+constexpr int kGroup = 128;
+constexpr int kThreads = 256;   // 8 warps, one 16-row tile of W each
+constexpr int kTileN = 128;     // rows of W per block
+constexpr int kChunk = 64;      // inputs per 16-byte lane word
+constexpr int kTokenRows = 8;   // slots per block: the n = 8 of mma.m16n8k16
+constexpr int kMaxSlots = int(kMoeDecodeMaxSlots);
+static_assert(kMaxSlots <= 64, "the slot scan uses the first two warps");
+// 512-wide K slices: on an H100 (V4-Flash widths, 256 experts) as fast as or faster than
+// 256- and 1024-wide ones at 1, 2 and 4 tokens (bench/gpu/gemm_bench.cu --tune).
+constexpr int kDefaultChunks = 8;
+int g_forced_chunks = 0;  // int4_moe_decode_force_chunks()
+
+// The K slice, in 64-wide chunks, on a weight of K inputs (K % 512 == 0;
+// 1024-wide slices only where they divide K).
+int chunks_for(int64_t K) {
+  const int chunks = g_forced_chunks ? g_forced_chunks : kDefaultChunks;
+  return K % (chunks * kChunk) == 0 ? chunks : 8;
+}
+
+__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two nibbles u (bits 0-3 and 16-19 after the shift) to the bf16 pair q = u − 8, exactly:
+// 0x4300 | u is bf16(128 + u), minus 136.
+__device__ __forceinline__ uint32_t nibbles_to_bf16x2(uint32_t word, int shift) {
+  const uint32_t biased = ((word >> shift) & 0x000F000Fu) | 0x43004300u;
+  const uint32_t offset_bits = 0x43084308u;  // (136, 136)
+  const __nv_bfloat162 r = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&biased),
+                                   *reinterpret_cast<const __nv_bfloat162*>(&offset_bits));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+// Eight activations as bf16 (RNE, as the grouped path's gather does), 16 bytes.
+__device__ __forceinline__ uint4 load8_bf16(const float* p) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  const __nv_bfloat162 v[4] = {__floats2bfloat162_rn(a.x, a.y), __floats2bfloat162_rn(a.z, a.w),
+                               __floats2bfloat162_rn(b.x, b.y), __floats2bfloat162_rn(b.z, b.w)};
+  return *reinterpret_cast<const uint4*>(v);
+}
+__device__ __forceinline__ uint4 load8_bf16(const __nv_bfloat16* p) { return *reinterpret_cast<const uint4*>(p); }
+
+// One block's token tile: up to 8 slots that chose one expert.
+struct SlotTile {
+  int expert;  // -1: this block has no tile
+  int rows;
+  int first_rank;  // rank of its first slot among the expert's slots
+  int slot[kTokenRows];
+};
+
+// Tiles are numbered by their first slot: slot s starts a tile when it is the 0th, 8th,
+// 16th… slot (in slot order) of its expert. Block z takes the z-th tile; the tile holds
+// that slot and the next up-to-7 slots of the same expert. Called by the whole block.
+__device__ void find_tile(const int64_t* __restrict__ chosen, int slots, int E, int z, SlotTile& tile) {
+  __shared__ int ids[kMaxSlots], rank[kMaxSlots], warp_starts[2];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  if (tid < slots) {
+    const int64_t e = chosen[tid];
+    ids[tid] = e >= 0 && e < E ? int(e) : -1;
+  }
+  if (tid == 0) {
+    tile.expert = -1;
+    tile.rows = 0;
+  }
+  __syncthreads();
+  bool starts = false;
+  if (tid < slots && ids[tid] >= 0) {
+    int r = 0;
+    for (int i = 0; i < tid; ++i) r += ids[i] == ids[tid];
+    rank[tid] = r;
+    starts = r % kTokenRows == 0;
+  }
+  unsigned mask = 0;
+  if (warp < 2) {
+    mask = __ballot_sync(0xffffffffu, starts);
+    if (lane == 0) warp_starts[warp] = __popc(mask);
+  }
+  __syncthreads();
+  if (starts && __popc(mask & ((1u << lane) - 1u)) + (warp == 1 ? warp_starts[0] : 0) == z) {
+    tile.expert = ids[tid];
+    tile.first_rank = rank[tid];
+  }
+  __syncthreads();
+  if (tile.expert < 0) return;
+  if (tid < slots && ids[tid] == tile.expert) {
+    const int r = rank[tid] - tile.first_rank;
+    if (r >= 0 && r < kTokenRows) {
+      tile.slot[r] = tid;
+      atomicAdd(&tile.rows, 1);  // an integer count: order-independent
+    }
+  }
+  __syncthreads();
+}
+
+// partials[blockIdx.y][slot][n] = x_row(slot)[K slice y] · W_e[n][K slice y]ᵀ for the
+// slots of this block's tile (expert e). x_row(slot) = x + (slot / slot_div)·K: the token
+// row of fp32 x (slot_div = k) or the slot's own bf16 row (slot_div = 1).
+template <typename In, int CH>
+__global__ void __launch_bounds__(kThreads)
+    moe_decode_linear_kernel(const uint4* __restrict__ tiles, const float* __restrict__ scales,
+                             const In* __restrict__ x, int slot_div, const int64_t* __restrict__ chosen, int slots,
+                             int E, int N, int K, float* __restrict__ partials) {
+  constexpr int kSlice = CH * kChunk;
+  constexpr int kRowStride = kSlice + 8;  // +16 bytes: conflict-free fragment reads
+  __shared__ __align__(16) __nv_bfloat16 xs[kTokenRows * kRowStride];
+  __shared__ SlotTile tile;
+  allow_dependent_launch();
+  wait_for_previous_kernel();  // chosen and x are written (the ids are known only now)
+  find_tile(chosen, slots, E, int(blockIdx.z), tile);
+  if (tile.expert < 0) return;
+
+  const int k0 = blockIdx.y * kSlice;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int ntile = blockIdx.x * (kTileN / 16) + warp;
+  const bool active = ntile * 16 < N;
+  uint4 wv[CH];
+  if (active) {
+    const uint4* src = tiles + ((size_t(tile.expert) * (N / 16) + ntile) * (K / kChunk) + k0 / kChunk) * 32 + lane;
+#pragma unroll
+    for (int c = 0; c < CH; ++c) wv[c] = __ldcs(src + c * 32);  // streamed: each byte used once
+  }
+  for (int i = threadIdx.x; i < kTokenRows * (kSlice / 8); i += kThreads) {
+    const int r = i / (kSlice / 8), c = i % (kSlice / 8);
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < tile.rows) v = load8_bf16(x + size_t(tile.slot[r] / slot_div) * K + k0 + c * 8);
+    *reinterpret_cast<uint4*>(xs + r * kRowStride + c * 8) = v;
+  }
+  __syncthreads();
+  if (!active) return;
+
+  const int g = lane / 4, t = lane % 4;
+  float acc[4] = {}, part[4];
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    if (c % 2 == 0) part[0] = part[1] = part[2] = part[3] = 0.0f;
+    const uint32_t words[4] = {wv[c].x, wv[c].y, wv[c].z, wv[c].w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      uint32_t a[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[r] = nibbles_to_bf16x2(words[j], 4 * r);
+      const __nv_bfloat16* row = xs + g * kRowStride + c * kChunk + j * 16 + 2 * t;
+      mma_bf16_16816(part, a, *reinterpret_cast<const uint32_t*>(row), *reinterpret_cast<const uint32_t*>(row + 8));
+    }
+    if (c % 2 == 1) {  // a 128-wide group is complete: apply its scales in fp32
+      const int group = (k0 + c * kChunk) / kGroup;
+      const float* s = scales + (size_t(tile.expert) * (K / kGroup) + group) * N + ntile * 16 + g;
+      const float s0 = __ldg(s), s1 = __ldg(s + 8);
+      acc[0] += part[0] * s0;
+      acc[1] += part[1] * s0;
+      acc[2] += part[2] * s1;
+      acc[3] += part[3] * s1;
+    }
+  }
+  // C fragment: (W row g, tokens 2t, 2t+1) and (W row g+8, same tokens).
+  const int n = ntile * 16 + g;
+  float* slice = partials + size_t(blockIdx.y) * slots * N;
+  if (2 * t < tile.rows) {
+    float* out = slice + size_t(tile.slot[2 * t]) * N + n;
+    out[0] = acc[0];
+    out[8] = acc[2];
+  }
+  if (2 * t + 1 < tile.rows) {
+    float* out = slice + size_t(tile.slot[2 * t + 1]) * N + n;
+    out[0] = acc[1];
+    out[8] = acc[3];
+  }
+}
+
+// h[slot][f] = SiLU(min(g, limit)) · clamp(u, −limit, limit) with g, u the gate/up sums of
+// the `slices` partials (interleaved weight: in each 16 columns, 8 gates then their 8
+// ups). Slots with an invalid id have no partials; their h is never read.
+__global__ void moe_decode_swiglu_kernel(const float* __restrict__ partials, int slices, int slots, int F, float limit,
+                                         __nv_bfloat16* __restrict__ h) {
+  allow_dependent_launch();
+  wait_for_previous_kernel();
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= slots * F) return;
+  const int s = i / F, f = i % F;
+  const float* p = partials + size_t(s) * 2 * F + (f / 8) * 16 + f % 8;
+  const size_t slice_stride = size_t(slots) * 2 * F;
+  float gate = 0.0f, up = 0.0f;
+  for (int sl = 0; sl < slices; ++sl) {
+    gate += p[sl * slice_stride];
+    up += p[sl * slice_stride + 8];
+  }
+  gate = fminf(gate, limit);
+  up = fminf(fmaxf(up, -limit), limit);
+  h[i] = __float2bfloat16(gate / (1.0f + __expf(-gate)) * up);
+}
+
+// out[t][c] = Σ_j weights[t·k+j] · (Σ_slice partials[slice][t·k+j][c]), j and slices in
+// order; NaN where the token has an id outside [0, E).
+__global__ void moe_decode_combine_kernel(const float* __restrict__ partials, int slices,
+                                          const int64_t* __restrict__ chosen, const float* __restrict__ weights,
+                                          int E, int T, int k, int H, float* __restrict__ out) {
+  allow_dependent_launch();
+  wait_for_previous_kernel();
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= T * H) return;
+  const int t = i / H, c = i % H;
+  const size_t slice_stride = size_t(T) * k * H;
+  float sum = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    const int slot = t * k + j;
+    const int64_t e = chosen[slot];
+    if (e < 0 || e >= E) {
+      sum = NAN;
+      break;
+    }
+    float y = 0.0f;
+    for (int sl = 0; sl < slices; ++sl) y += partials[sl * slice_stride + size_t(slot) * H + c];
+    sum += weights[slot] * y;
+  }
+  out[i] = sum;
+}
+
+template <typename In>
+void launch_linear(const GpuContext& ctx, const Int4ExpertWeights& w, const In* x, int slot_div,
+                   const int64_t* chosen, int slots, float* partials) {
+  const int chunks = chunks_for(w.cols());
+  const dim3 grid(unsigned((w.rows() + kTileN - 1) / kTileN), unsigned(w.cols() / (chunks * kChunk)),
+                  unsigned(slots));
+  const auto kernel = chunks == 4   ? moe_decode_linear_kernel<In, 4>
+                      : chunks == 8 ? moe_decode_linear_kernel<In, 8>
+                                    : moe_decode_linear_kernel<In, 16>;
+  launch_dependent(ctx, kernel, grid, dim3(kThreads), 0, w.tiles(), w.scales(), x, slot_div, chosen, slots,
+                   int(w.experts()), int(w.rows()), int(w.cols()), partials);
+}
+
+unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
+
+}  // namespace
+
+MoeDecodeScratch moe_decode_scratch(const Int4ExpertWeights& gate_up, const Int4ExpertWeights& down, int64_t slots) {
+  const int64_t gate_up_slices = gate_up.cols() / (chunks_for(gate_up.cols()) * kChunk),
+                down_slices = down.cols() / (chunks_for(down.cols()) * kChunk);
+  return {size_t(gate_up_slices * slots * gate_up.rows()), size_t(slots * down.cols()),
+          size_t(down_slices * slots * down.rows())};
+}
+
+void int4_moe_decode_force_chunks(int chunks) {
+  DSQ_CHECK(chunks == 0 || chunks == 4 || chunks == 8 || chunks == 16, "int4_moe_decode_force_chunks: ", chunks,
+            " is not 0, 4, 8 or 16");
+  g_forced_chunks = chunks;
+}
+
+void int4_moe_decode(const GpuContext& ctx, const Int4ExpertWeights& gate_up, const Int4ExpertWeights& down,
+                     const float* x, int64_t T, const int64_t* chosen, const float* weights, int64_t k, float limit,
+                     float* out, float* gate_up_partials, __nv_bfloat16* activations, float* down_partials) {
+  const int64_t slots = T * k, H = gate_up.cols(), F = gate_up.rows() / 2;
+  DSQ_CHECK(gate_up.gate_up_interleaved(), "int4_moe_decode: the gate/up weights are not interleaved "
+            "(build them with Int4ExpertWeights::gate_up)");
+  DSQ_CHECK(down.experts() == gate_up.experts() && down.rows() == H && down.cols() == F, "int4_moe_decode: down [",
+            down.experts(), "][", down.rows(), ", ", down.cols(), "] does not match gate/up [", gate_up.experts(),
+            "][2x", F, ", ", H, "]");
+  DSQ_CHECK(T > 0 && k > 0 && slots <= kMoeDecodeMaxSlots, "int4_moe_decode: ", T, " tokens x k = ", k,
+            " is not 1..", kMoeDecodeMaxSlots, " (token, expert) pairs");
+  const int s = int(slots), slices_gate_up = int(H / (chunks_for(H) * kChunk)),
+            slices_down = int(F / (chunks_for(F) * kChunk));
+  launch_linear(ctx, gate_up, x, int(k), chosen, s, gate_up_partials);
+  launch_dependent(ctx, moe_decode_swiglu_kernel, dim3(blocks_for(slots * F)), dim3(kThreads), 0,
+                   static_cast<const float*>(gate_up_partials), slices_gate_up, s, int(F), limit, activations);
+  launch_linear(ctx, down, static_cast<const __nv_bfloat16*>(activations), 1, chosen, s, down_partials);
+  launch_dependent(ctx, moe_decode_combine_kernel, dim3(blocks_for(T * H)), dim3(kThreads), 0,
+                   static_cast<const float*>(down_partials), slices_down, chosen, weights, int(gate_up.experts()),
+                   int(T), int(k), int(H), out);
+}
+
+}  // namespace dsq::cuda
