@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default model: build dsq, describe tiny-brown, quantize it
 # with the model card's recipe (GPTQ INT4 experts + FP8 attention), measure perplexity of
-# both, and generate from the quantized checkpoint.
+# both, and generate from the quantized checkpoint. On a machine with a usable NVIDIA GPU
+# (and a dsq built with the CUDA backend) the perplexity and generation run there too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -22,3 +23,10 @@ $dsq ppl "$out" "$valid"
 echo "== generate (quantized)"
 $dsq generate "$out" --prompt "The jury said" --max-tokens 60 --temperature 0.8 --top-p 0.95 --seed 1
 echo
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  echo "== the same on the GPU (--device cuda)"
+  $dsq ppl "$out" "$valid" --device cuda
+  $dsq generate "$out" --prompt "The jury said" --max-tokens 60 --temperature 0.8 --top-p 0.95 --seed 1 \
+    --device cuda
+  echo
+fi

@@ -84,6 +84,9 @@ class Ops {
   virtual Tensor upload(const Tensor& host) = 0;
   // A host copy of a device tensor (waits for the device).
   virtual Tensor to_host(const Tensor& t) = 0;
+  // Copies `bytes` host bytes into device memory at dst, in order with the ops' work; the
+  // host memory may be reused when it returns. No allocation: the per-call path.
+  virtual void upload_into(void* dst, const void* host, size_t bytes) = 0;
   // Makes t hold at least `rows` rows (leading axis) of its row width, keeping the
   // existing rows; grows geometrically. An undefined t becomes [rows, width] f32.
   virtual void grow_rows(Tensor& t, int64_t rows, int64_t width) = 0;

@@ -34,6 +34,7 @@ class ProfilingOps final : public Ops {
   Tensor alloc(DType dtype, Shape shape) override { return inner_->alloc(dtype, std::move(shape)); }
   Tensor upload(const Tensor& host) override { return inner_->upload(host); }
   Tensor to_host(const Tensor& t) override { return inner_->to_host(t); }
+  void upload_into(void* dst, const void* host, size_t bytes) override { inner_->upload_into(dst, host, bytes); }
   void grow_rows(Tensor& t, int64_t rows, int64_t width) override { inner_->grow_rows(t, rows, width); }
   const float* resident(const std::vector<float>& host) override { return inner_->resident(host); }
   const int64_t* resident(const std::vector<int64_t>& host) override { return inner_->resident(host); }

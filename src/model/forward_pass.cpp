@@ -1,20 +1,24 @@
 #include "model/forward_pass.h"
 
+#include <string>
+
 #include "core/error.h"
 
 namespace dsq::model {
 
 namespace {
 
-Tensor ids_tensor(backend::Ops& ops, const std::vector<int64_t>& v) {
-  Tensor host = Tensor::zeros(DType::I64, {int64_t(v.size())});
-  std::copy(v.begin(), v.end(), host.mutable_data<int64_t>());
-  return ops.upload(host);
+// Host ids in a workspace buffer of the ops' memory.
+const int64_t* ids_on_device(backend::Ops& ops, Workspace& ws, const std::string& name,
+                             const std::vector<int64_t>& ids) {
+  int64_t* dev = ws.i64(name, int64_t(ids.size()));
+  ops.upload_into(dev, ids.data(), ids.size() * sizeof(int64_t));
+  return dev;
 }
 
 }  // namespace
 
-PassTokens::PassTokens(backend::Ops& ops, const std::vector<SequenceInput>& batch) {
+PassTokens::PassTokens(backend::Ops& ops, Workspace& workspace, const std::vector<SequenceInput>& batch) {
   offsets.push_back(0);
   for (const SequenceInput& in : batch) {
     DSQ_CHECK(in.state != nullptr, "forward: a batch entry has no sequence state");
@@ -24,8 +28,8 @@ PassTokens::PassTokens(backend::Ops& ops, const std::vector<SequenceInput>& batc
     }
     offsets.push_back(int64_t(tokens.size()));
   }
-  tokens_dev = ids_tensor(ops, tokens);
-  positions_dev = ids_tensor(ops, positions);
+  tokens_dev = ids_on_device(ops, workspace, "pass.tokens", tokens);
+  positions_dev = ids_on_device(ops, workspace, "pass.positions", positions);
 }
 
 void run_linear(const PassContext& ctx, const Linear& w, const float* x, int64_t n, float* y) {
@@ -34,7 +38,7 @@ void run_linear(const PassContext& ctx, const Linear& w, const float* x, int64_t
 }
 
 ForwardPass::ForwardPass(const Model& model, std::vector<SequenceInput> batch, LinearObserver* observer)
-    : model_(model), batch_(std::move(batch)), observer_(observer), ids_(model.ops(), batch_) {
+    : model_(model), batch_(std::move(batch)), observer_(observer), ids_(model.ops(), model.workspace(), batch_) {
   const ModelConfig& c = model_.config();
   DSQ_CHECK(observer_ == nullptr || model_.ops().device() == Device::CPU,
             "forward: a linear observer needs the CPU backend");
@@ -44,12 +48,20 @@ ForwardPass::ForwardPass(const Model& model, std::vector<SequenceInput> batch, L
   // Embedding, copied into each of the N streams.
   const int64_t T = num_tokens();
   streams_ = model_.ops().alloc(DType::F32, {T, c.hc_mult * c.hidden_size});
-  model_.ops().embed_streams(model_.weights().embed, ids_.tokens_dev.data<int64_t>(), T, c.hc_mult, streams());
+  model_.ops().embed_streams(model_.weights().embed, ids_.tokens_dev, T, c.hc_mult, streams());
 }
 
 PassContext ForwardPass::context() const {
-  return PassContext{model_.config(), model_.ops(),  model_.workspace(), batch_, offsets_, positions_, tokens_,
-                     ids_.positions_dev.data<int64_t>(), ids_.tokens_dev.data<int64_t>(), observer_};
+  return PassContext{.config = model_.config(),
+                     .ops = model_.ops(),
+                     .workspace = model_.workspace(),
+                     .batch = batch_,
+                     .offsets = offsets_,
+                     .positions = positions_,
+                     .tokens = tokens_,
+                     .positions_dev = ids_.positions_dev,
+                     .tokens_dev = ids_.tokens_dev,
+                     .observer = observer_};
 }
 
 void ForwardPass::run_layer(int layer) {
@@ -68,25 +80,26 @@ Tensor ForwardPass::final_hidden(LogitRows rows) const {
   Workspace& ws = model_.workspace();
   const ModelWeights& w = model_.weights();
   const int64_t H = c.hidden_size, N = c.hc_mult, NH = N * H;
-  std::vector<int64_t> picked;
-  if (rows == LogitRows::All) {
-    for (int64_t t = 0; t < num_tokens(); ++t) picked.push_back(t);
-  } else {
+  // All rows: the streams as they are; Last: each sequence's last row, gathered.
+  const float* rows_in = streams();
+  int64_t n = num_tokens();
+  if (rows == LogitRows::Last) {
+    std::vector<int64_t> picked;
     for (size_t b = 0; b + 1 < offsets_.size(); ++b) {
       DSQ_CHECK(offsets_[b + 1] > offsets_[b], "forward: sequence ", b, " has no new token to take logits of");
       picked.push_back(offsets_[b + 1] - 1);
     }
+    n = int64_t(picked.size());
+    float* gathered = ws.f32("head.streams", n * NH);
+    ops.gather_rows(streams(), ids_on_device(ops, ws, "head.picked", picked), n, NH, gathered);
+    rows_in = gathered;
   }
-  const int64_t n = int64_t(picked.size());
-  float* rows_in = ws.f32("head.streams", n * NH);
-  const Tensor picked_dev = ids_tensor(ops, picked);
-  ops.gather_rows(streams(), picked_dev.data<int64_t>(), n, NH, rows_in);
   float* normed = ws.f32("head.normed", n * NH);
   float* mix = ws.f32("head.mix", n * N);
   ops.rms_norm(rows_in, n, NH, NH, nullptr, float(c.rms_norm_eps), normed);
   ops.linear(w.hc_head_fn.w, normed, n, mix);
-  Tensor hidden = ops.alloc(DType::F32, {n, H});
-  float* h = hidden.mutable_data<float>();
+  float* h = ws.f32("head.hidden", n * H);
+  const Tensor hidden = Tensor::writable_view(DType::F32, {n, H}, h, nullptr, ops.device());
   ops.hc_head(rows_in, mix, ops.resident(w.hc_head_base), w.hc_head_scale, n, N, H, float(c.hc_eps), h);
   ops.rms_norm(h, n, H, H, ops.resident(w.norm), float(c.rms_norm_eps), h);
   return hidden;
@@ -95,9 +108,16 @@ Tensor ForwardPass::final_hidden(LogitRows rows) const {
 Tensor ForwardPass::logits(LogitRows rows) const {
   const Tensor hidden = final_hidden(rows);
   const int64_t n = hidden.dim(0);
-  Tensor out = model_.ops().alloc(DType::F32, {n, model_.config().vocab_size});
+  backend::Ops& ops = model_.ops();
+  const int64_t V = model_.config().vocab_size;
+  // On the host the result is the buffer itself; on a device, a workspace buffer copied
+  // back (no device allocation per call).
+  Tensor out = ops.device() == Device::CPU
+                   ? ops.alloc(DType::F32, {n, V})
+                   : Tensor::writable_view(DType::F32, {n, V}, model_.workspace().f32("head.logits", n * V), nullptr,
+                                           ops.device());
   run_linear(context(), model_.weights().head, hidden.data<float>(), n, out.mutable_data<float>());
-  return model_.ops().device() == Device::CPU ? out : model_.ops().to_host(out);
+  return ops.device() == Device::CPU ? out : ops.to_host(out);
 }
 
 void ForwardPass::commit() {

@@ -40,7 +40,7 @@ class ForwardPass {
   void run_layer(int layer);
   int layers_done() const { return next_layer_; }
   // hc_head + final norm on the current streams: the head's input, f32 [rows, H], in
-  // the ops' memory.
+  // the ops' memory (a workspace buffer: valid until the model's next forward).
   Tensor final_hidden(LogitRows rows) const;
   // final_hidden followed by the head: f32 [rows, V], in host memory.
   Tensor logits(LogitRows rows) const;

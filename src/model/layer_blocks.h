@@ -33,11 +33,13 @@ struct PassContext {
   int64_t num_tokens() const { return int64_t(tokens.size()); }
 };
 
-// The per-token ids of a batch in host vectors and in the ops' memory, for a PassContext.
+// The per-token ids of a batch in host vectors and in the ops' memory (a workspace
+// buffer, valid until the model's next forward), for a PassContext.
 struct PassTokens {
   std::vector<int64_t> tokens, positions, offsets;
-  Tensor tokens_dev, positions_dev;
-  PassTokens(backend::Ops& ops, const std::vector<SequenceInput>& batch);
+  const int64_t* tokens_dev = nullptr;
+  const int64_t* positions_dev = nullptr;
+  PassTokens(backend::Ops& ops, Workspace& workspace, const std::vector<SequenceInput>& batch);
 };
 
 // y[n, rows] = x[n, cols]·Wᵀ, reporting the input to the observer first.

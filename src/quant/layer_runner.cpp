@@ -53,10 +53,17 @@ void LayerRunner::run_layer(int layer, const model::LayerWeights& w, model::Line
     states.reserve(b.num_samples);
     for (size_t s = 0; s < b.num_samples; ++s) states.push_back(model_.new_sequence());
     for (size_t s = 0; s < b.num_samples; ++s) batch.push_back({&states[s], samples_[b.first_sample + s]});
-    const model::PassTokens ids(model_.ops(), batch);
-    const model::PassContext ctx{c,         model_.ops(),  model_.workspace(), batch,
-                                 ids.offsets, ids.positions, ids.tokens,        ids.positions_dev.data<int64_t>(),
-                                 ids.tokens_dev.data<int64_t>(), observer};
+    const model::PassTokens ids(model_.ops(), model_.workspace(), batch);
+    const model::PassContext ctx{.config = c,
+                                 .ops = model_.ops(),
+                                 .workspace = model_.workspace(),
+                                 .batch = batch,
+                                 .offsets = ids.offsets,
+                                 .positions = ids.positions,
+                                 .tokens = ids.tokens,
+                                 .positions_dev = ids.positions_dev,
+                                 .tokens_dev = ids.tokens_dev,
+                                 .observer = observer};
     model::decoder_layer(ctx, layer, w, model_.rope_for_layer(layer), streams_.data() + b.first_token * NH);
   }
 }

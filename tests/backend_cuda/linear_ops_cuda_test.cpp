@@ -161,18 +161,22 @@ QuantizedMatrix random_weight(Format f, int64_t rows, int64_t cols, Rng& rng) {
 
 // ---- the rounding model of Precision::Fast (file comment) ----
 
-// Error of one Fast GEMM over a [rows_per_group, cols] slice of a weight, by the path
-// linear_ops.cu takes for it. 0: the path rounds nothing (dense f32 stays fp32).
-double fast_gemm_error(Format f, int64_t rows_per_group, int64_t cols, int64_t groups) {
+// Error of one Fast GEMM of M rows over a [rows_per_group, cols] slice of a weight, by the
+// path linear_ops.cu takes for it. 0: the path rounds nothing (dense f32 stays fp32).
+// Weights kept as bf16 on the device run, at M <= 8, through dense_gemv with the fp32
+// activations unrounded: only the weight's own rounding to bf16 remains.
+double fast_gemm_error(Format f, int64_t rows_per_group, int64_t cols, int64_t groups, int64_t M) {
   const bool fp8_kernel = cols % 256 == 0 && rows_per_group % 8 == 0 && (groups == 1 || rows_per_group % 128 == 0);
   const bool int4_kernel = groups == 1 && rows_per_group % 16 == 0 && cols % 512 == 0;
+  const double act = M <= 8 && cols % 8 == 0 ? 0.0 : kBf16;  // bf16 path: activations rounded?
+  const auto with_act = [&](double weight) { return std::sqrt(act * act + weight * weight); };
   switch (f) {
     case Format::DenseF32: return 0.0;
     case Format::DenseBf16:
-    case Format::Mxfp4: return kBf16;                     // activations only
+    case Format::Mxfp4: return with_act(0.0);
     case Format::DenseF16:
-    case Format::Int4F32G32: return std::sqrt(2.0) * kBf16;  // + weights rounded to bf16
-    case Format::Int4Bf16G128: return int4_kernel ? std::sqrt(2.0) * kBf16 : kBf16;  // + unrounded q·s
+    case Format::Int4F32G32: return with_act(kBf16);  // weights rounded to bf16
+    case Format::Int4Bf16G128: return int4_kernel ? std::sqrt(2.0) * kBf16 : with_act(0.0);  // kernel: unrounded q·s
     case Format::Fp8F32:
     case Format::Fp8Bf16:
     case Format::Fp8E8m0:
@@ -180,8 +184,8 @@ double fast_gemm_error(Format f, int64_t rows_per_group, int64_t cols, int64_t g
         const double scale_rounding = f == Format::Fp8Bf16 ? kBf16 : 0.0;
         return std::sqrt(kE4m3 * kE4m3 + kBf16 * kBf16 + scale_rounding * scale_rounding);
       }
-      // bf16 path: activations, and f32-scaled v·s rounded to bf16
-      return f == Format::Fp8F32 ? std::sqrt(2.0) * kBf16 : kBf16;
+      // bf16 path: f32-scaled v·s rounded to bf16
+      return with_act(f == Format::Fp8F32 ? kBf16 : 0.0);
   }
   return 0.0;
 }
@@ -247,7 +251,7 @@ void check_linear(const std::string& name, Format f, int64_t rows, int64_t cols,
       else ops[i]->linear_grouped(w, groups, xg.data<float>(), M, yg.mutable_data<float>());
       errors[i] = relative_error(floats_of(*ops[i], yg), want, what);
     }
-    check_errors(what, errors[0], errors[1], fast_gemm_error(f, rows / groups, cols, groups));
+    check_errors(what, errors[0], errors[1], fast_gemm_error(f, rows / groups, cols, groups, M));
   }
 }
 
@@ -331,11 +335,13 @@ void random_routing(int64_t T, int64_t E, int64_t k, Rng& rng, std::vector<int64
 }
 
 // Predicted Fast error of the expert output (file comment): gate/up errors through
-// SwiGLU (×√2), plus the down projection's own.
+// SwiGLU (×√2), plus the down projection's own. The per-expert loop always runs GEMMs
+// (bf16 activations), whatever its row count: kMoeRows stands for "many rows".
+constexpr int64_t kMoeRows = 1 << 20;
 double fast_expert_error(Format f, int64_t H, int64_t F) {
   const bool int4_stacked = f == Format::Int4Bf16G128 && H % 512 == 0 && F % 512 == 0;
-  const double gate_up = int4_stacked ? std::sqrt(2.0) * kBf16 : fast_gemm_error(f, F, H, 1);
-  const double down = int4_stacked ? std::sqrt(2.0) * kBf16 : fast_gemm_error(f, H, F, 1);
+  const double gate_up = int4_stacked ? std::sqrt(2.0) * kBf16 : fast_gemm_error(f, F, H, 1, kMoeRows);
+  const double down = int4_stacked ? std::sqrt(2.0) * kBf16 : fast_gemm_error(f, H, F, 1, kMoeRows);
   return std::sqrt(2.0 * gate_up * gate_up + down * down);
 }
 

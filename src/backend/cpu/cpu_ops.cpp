@@ -36,6 +36,10 @@ Tensor CpuOps::upload(const Tensor& host) {
 
 Tensor CpuOps::to_host(const Tensor& t) { return owned_copy(t); }
 
+void CpuOps::upload_into(void* dst, const void* host, size_t bytes) {
+  if (bytes > 0) std::memcpy(dst, host, bytes);
+}
+
 void CpuOps::grow_rows(Tensor& t, int64_t rows, int64_t width) {
   const int64_t have = t.defined() ? t.dim(0) : 0;
   if (have >= rows) return;

@@ -54,6 +54,12 @@ Tensor CudaOps::to_host(const Tensor& t) {
   return h;
 }
 
+void CudaOps::upload_into(void* dst, const void* host, size_t bytes) {
+  // From pageable memory the call returns once the bytes are staged: the caller may
+  // reuse them, and the stream orders the copy before later kernels.
+  if (bytes > 0) DSQ_CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, ctx_.stream()));
+}
+
 void CudaOps::grow_rows(Tensor& t, int64_t rows, int64_t width) {
   const int64_t have = t.defined() ? t.dim(0) : 0;
   if (have >= rows) return;

@@ -44,6 +44,7 @@ class CudaOps final : public backend::Ops {
   Tensor alloc(DType dtype, Shape shape) override;
   Tensor upload(const Tensor& host) override;
   Tensor to_host(const Tensor& t) override;
+  void upload_into(void* dst, const void* host, size_t bytes) override;
   void grow_rows(Tensor& t, int64_t rows, int64_t width) override;
   const float* resident(const std::vector<float>& host) override;
   const int64_t* resident(const std::vector<int64_t>& host) override;

@@ -35,6 +35,7 @@
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/int4_moe_decode.h"
+#include "backend/cuda/dense_gemv.h"
 
 namespace dsq::cuda {
 
@@ -174,13 +175,10 @@ const __nv_bfloat16* activations_bf16(CudaOps& ops, const float* x, int64_t x_ld
   return xb;
 }
 
-// One Fp8BlockLinear on n rows of fp32 x (x_ld apart) into fp32 y (y_ld apart).
-void run_fp8(CudaOps& ops, LinearCache& cache, Fp8BlockLinear& lin, const float* x, int64_t x_ld, int64_t n,
-             float* y, int64_t y_ld) {
+// One Fp8BlockLinear on n dense bf16 rows xb into dense bf16 yb [n, N].
+void run_fp8_bf16(CudaOps& ops, LinearCache& cache, Fp8BlockLinear& lin, const __nv_bfloat16* xb, int64_t n,
+                  __nv_bfloat16* yb) {
   const GpuContext& ctx = ops.context();
-  const int64_t N = lin.rows();
-  const __nv_bfloat16* xb = activations_bf16(ops, x, x_ld, n, lin.cols());
-  auto* yb = static_cast<__nv_bfloat16*>(ops.scratch(kSlotOutBf16, size_t(n * N) * sizeof(__nv_bfloat16)));
   // The workspace is shared by every FP8 weight. The decode kernel wants it zero and
   // leaves it zero; the other paths leave activation codes in it, which can overlap a
   // wider weight's accumulator, so the region is cleared after them.
@@ -196,7 +194,28 @@ void run_fp8(CudaOps& ops, LinearCache& cache, Fp8BlockLinear& lin, const float*
   }
   lin.run(ctx, xb, n, yb, ws);
   if (lin.last_path() != Fp8Path::Decode) DSQ_CUDA_CHECK(cudaMemsetAsync(ws, 0, bytes, ctx.stream()));
-  bf16_to_f32_kernel<<<blocks_for(n * N), kThreads, 0, ctx.stream()>>>(yb, n, N, y, y_ld);
+}
+
+// One Fp8BlockLinear on n rows of fp32 x (x_ld apart) into fp32 y (y_ld apart).
+void run_fp8(CudaOps& ops, LinearCache& cache, Fp8BlockLinear& lin, const float* x, int64_t x_ld, int64_t n,
+             float* y, int64_t y_ld) {
+  const int64_t N = lin.rows();
+  const __nv_bfloat16* xb = activations_bf16(ops, x, x_ld, n, lin.cols());
+  auto* yb = static_cast<__nv_bfloat16*>(ops.scratch(kSlotOutBf16, size_t(n * N) * sizeof(__nv_bfloat16)));
+  run_fp8_bf16(ops, cache, lin, xb, n, yb);
+  bf16_to_f32_kernel<<<blocks_for(n * N), kThreads, 0, ops.context().stream()>>>(yb, n, N, y, y_ld);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+// One token through every group of a grouped FP8 weight (decode's attn.wo_a): its row
+// is converted to bf16 once and the groups' bf16 outputs land side by side, so the whole
+// output row converts back in one pass — 2 + G launches instead of 3·G.
+void run_fp8_groups_one_row(CudaOps& ops, LinearCache& cache, PreparedLinear& p, const float* x, float* y) {
+  const int64_t G = p.groups, R = p.rows / G, C = p.cols;
+  const __nv_bfloat16* xb = activations_bf16(ops, x, G * C, 1, G * C);
+  auto* yb = static_cast<__nv_bfloat16*>(ops.scratch(kSlotOutBf16, size_t(G * R) * sizeof(__nv_bfloat16)));
+  for (int64_t g = 0; g < G; ++g) run_fp8_bf16(ops, cache, *p.fp8[size_t(g)], xb + g * C, 1, yb + g * R);
+  bf16_to_f32_kernel<<<blocks_for(G * R), kThreads, 0, ops.context().stream()>>>(yb, 1, G * R, y, G * R);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -204,10 +223,19 @@ void run_fp8(CudaOps& ops, LinearCache& cache, Fp8BlockLinear& lin, const float*
 //   y[:, g·R:(g+1)·R] = x[:, g·C:(g+1)·C] · W[g·R:(g+1)·R, :]ᵀ   (R = rows/groups, C = cols)
 // with x rows x_ld apart and y rows y_ld apart.
 void apply(CudaOps& ops, LinearCache& cache, PreparedLinear& p, const float* x, int64_t x_ld, int64_t n, float* y,
-           int64_t y_ld) {
+           int64_t y_ld, bool allow_gemv = false) {
   if (n == 0) return;
   const GpuContext& ctx = ops.context();
   const int64_t R = p.rows / p.groups, C = p.cols, G = p.groups;
+  // Few rows: one pass over the weight with the fp32 activations as they are (linear and
+  // linear_grouped; the per-expert loop below keeps one GEMM path for all its experts).
+  const void* dense = p.kind == Kind::F32 ? static_cast<const void*>(p.f32.get())
+                      : p.kind == Kind::Bf16 ? static_cast<const void*>(p.bf16.get())
+                                             : nullptr;
+  if (allow_gemv && dense && dense_gemv_fits(dense, x, x_ld, y, y_ld, n, C)) {
+    dense_gemv(ctx, dense, p.kind == Kind::Bf16, R, C, G, x, x_ld, C, n, y, y_ld);
+    return;
+  }
   switch (p.kind) {
     case Kind::F32:
       gemm_tn(ctx, CUDA_R_32F, p.f32.get(), R * C, x, x_ld, C, y, y_ld, R, n, R, C, G);
@@ -218,6 +246,10 @@ void apply(CudaOps& ops, LinearCache& cache, PreparedLinear& p, const float* x, 
       return;
     }
     case Kind::Fp8:
+      if (G > 1 && n == 1) {
+        run_fp8_groups_one_row(ops, cache, p, x, y);
+        return;
+      }
       for (int64_t g = 0; g < G; ++g) run_fp8(ops, cache, *p.fp8[size_t(g)], x + g * C, x_ld, n, y + g * R, y_ld);
       return;
     case Kind::Int4: {
@@ -378,7 +410,7 @@ PreparedExperts& prepared_experts(LinearCache& cache, const backend::ExpertLinea
 void CudaOps::linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) {
   if (n == 0) return;
   PreparedLinear& p = prepared(linears_, w, 1, precision_);
-  apply(*this, linears_, p, x, w.cols, n, y, w.rows);
+  apply(*this, linears_, p, x, w.cols, n, y, w.rows, true);
 }
 
 void CudaOps::linear_grouped(const QuantizedMatrix& w, int64_t groups, const float* x, int64_t n, float* y) {
@@ -386,7 +418,7 @@ void CudaOps::linear_grouped(const QuantizedMatrix& w, int64_t groups, const flo
             " groups of rows");
   if (n == 0) return;
   PreparedLinear& p = prepared(linears_, w, groups, precision_);
-  apply(*this, linears_, p, x, groups * w.cols, n, y, w.rows);
+  apply(*this, linears_, p, x, groups * w.cols, n, y, w.rows, true);
 }
 
 void CudaOps::moe_experts(const float* x, int64_t T, int64_t hidden, const backend::ExpertLinears* experts,
