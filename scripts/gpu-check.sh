@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 bin=build/carry
-quick=""; bench=1; layers=8; experts=32
+quick=""; bench=1; layers=43; experts=16
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=--quick ;;
