@@ -11,6 +11,7 @@
 //   input: 2t    2t     2t+8    2t+8     2t+1    2t+1    2t+9    2t+9
 // so (word >> 4r) & 0x000F000F puts the two halves of fragment register r side by side.
 #include "backend/cuda/int4_linear.h"
+#include "backend/cuda/int4_mma.cuh"
 
 #include <algorithm>
 #include <cstring>
@@ -51,26 +52,6 @@ struct WorkList {
 // Row (0 or 8, + g) and input (+ 2t) offsets of nibble p of a lane word (table above).
 __device__ __forceinline__ int nibble_row(int p) { return (p & 1) * 8; }
 __device__ __forceinline__ int nibble_col(int p) { return ((p >> 1) & 1) * 8 + (p >> 2); }
-
-__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                               uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two nibbles (bits 0-3 and 16-19 after the shift) to a bf16 pair of q = u - 8: the
-// nibble u becomes the mantissa of 128.0 (bf16 0x4300 + u == 128 + u exactly), then
-// 136 is subtracted, exactly.
-__device__ __forceinline__ uint32_t nibbles_to_bf16x2(uint32_t word, int shift) {
-  const uint32_t biased = ((word >> shift) & 0x000F000Fu) | 0x43004300u;
-  const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(&biased);
-  const uint32_t offset_bits = 0x43084308u;  // (136, 136)
-  const __nv_bfloat162 r = __hsub2(v, *reinterpret_cast<const __nv_bfloat162*>(&offset_bits));
-  return *reinterpret_cast<const uint32_t*>(&r);
-}
 
 // MT token tiles of 8 rows (MT*8 rows per work item); CH 64-wide chunks of K per block.
 // The K slices of one output tile add up in fp32 atomics into y, zeroed just before by

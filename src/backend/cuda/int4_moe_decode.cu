@@ -7,6 +7,7 @@
 // four 16×16 sub-tiles; scales fp32 [E][K/128][N]. The inner loop is that of its decode
 // kernel with one 8-row token tile; the helpers below restate its two bit tricks.
 #include "backend/cuda/int4_moe_decode.h"
+#include "backend/cuda/int4_mma.cuh"
 
 #include "backend/cuda/dependent_launch.h"
 
@@ -31,24 +32,6 @@ int g_forced_chunks = 0;  // int4_moe_decode_force_chunks()
 int chunks_for(int64_t K) {
   const int chunks = g_forced_chunks ? g_forced_chunks : kDefaultChunks;
   return K % (chunks * kChunk) == 0 ? chunks : 8;
-}
-
-__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two nibbles u (bits 0-3 and 16-19 after the shift) to the bf16 pair q = u − 8, exactly:
-// 0x4300 | u is bf16(128 + u), minus 136.
-__device__ __forceinline__ uint32_t nibbles_to_bf16x2(uint32_t word, int shift) {
-  const uint32_t biased = ((word >> shift) & 0x000F000Fu) | 0x43004300u;
-  const uint32_t offset_bits = 0x43084308u;  // (136, 136)
-  const __nv_bfloat162 r = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&biased),
-                                   *reinterpret_cast<const __nv_bfloat162*>(&offset_bits));
-  return *reinterpret_cast<const uint32_t*>(&r);
 }
 
 // Eight activations as bf16 (RNE, as the grouped path's gather does), 16 bytes.
