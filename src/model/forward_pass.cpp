@@ -18,11 +18,15 @@ const int64_t* ids_on_device(backend::Ops& ops, Workspace& ws, const std::string
 
 }  // namespace
 
-PassTokens::PassTokens(backend::Ops& ops, Workspace& workspace, const std::vector<SequenceInput>& batch) {
+PassTokens::PassTokens(backend::Ops& ops, Workspace& workspace, const std::vector<SequenceInput>& batch,
+                       int64_t vocab_size) {
   offsets.push_back(0);
   for (const SequenceInput& in : batch) {
     DSQ_CHECK(in.state != nullptr, "forward: a batch entry has no sequence state");
     for (size_t i = 0; i < in.tokens.size(); ++i) {
+      // Checked here, on the host, for every backend: a GPU kernel cannot throw.
+      DSQ_CHECK(in.tokens[i] >= 0 && in.tokens[i] < vocab_size, "forward: token id ", in.tokens[i],
+                " outside the vocabulary [0, ", vocab_size, ")");
       tokens.push_back(in.tokens[i]);
       positions.push_back(in.state->position + int64_t(i));
     }
@@ -38,7 +42,7 @@ void run_linear(const PassContext& ctx, const Linear& w, const float* x, int64_t
 }
 
 ForwardPass::ForwardPass(const Model& model, std::vector<SequenceInput> batch, LinearObserver* observer)
-    : model_(model), batch_(std::move(batch)), observer_(observer), ids_(model.ops(), model.workspace(), batch_) {
+    : model_(model), batch_(std::move(batch)), observer_(observer), ids_(model.ops(), model.workspace(), batch_, model.config().vocab_size) {
   const ModelConfig& c = model_.config();
   DSQ_CHECK(observer_ == nullptr || model_.ops().device() == Device::CPU,
             "forward: a linear observer needs the CPU backend");

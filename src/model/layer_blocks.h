@@ -34,12 +34,13 @@ struct PassContext {
 };
 
 // The per-token ids of a batch in host vectors and in the ops' memory (a workspace
-// buffer, valid until the model's next forward), for a PassContext.
+// buffer, valid until the model's next forward), for a PassContext. Throws for a token id
+// outside [0, vocab_size).
 struct PassTokens {
   std::vector<int64_t> tokens, positions, offsets;
   const int64_t* tokens_dev = nullptr;
   const int64_t* positions_dev = nullptr;
-  PassTokens(backend::Ops& ops, Workspace& workspace, const std::vector<SequenceInput>& batch);
+  PassTokens(backend::Ops& ops, Workspace& workspace, const std::vector<SequenceInput>& batch, int64_t vocab_size);
 };
 
 // y[n, rows] = x[n, cols]·Wᵀ, reporting the input to the observer first.

@@ -53,7 +53,7 @@ void LayerRunner::run_layer(int layer, const model::LayerWeights& w, model::Line
     states.reserve(b.num_samples);
     for (size_t s = 0; s < b.num_samples; ++s) states.push_back(model_.new_sequence());
     for (size_t s = 0; s < b.num_samples; ++s) batch.push_back({&states[s], samples_[b.first_sample + s]});
-    const model::PassTokens ids(model_.ops(), model_.workspace(), batch);
+    const model::PassTokens ids(model_.ops(), model_.workspace(), batch, c.vocab_size);
     const model::PassContext ctx{.config = c,
                                  .ops = model_.ops(),
                                  .workspace = model_.workspace(),

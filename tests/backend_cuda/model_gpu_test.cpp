@@ -64,6 +64,16 @@ TEST(GpuBatching, SequencesInOneCallMatchSeparateCalls) {
   check_batching(gpu(cuda::Precision::F32), 1e-3);
 }
 
+// Bad token ids are refused on the host before any kernel runs (a kernel cannot throw).
+TEST(GpuForward, TokenOutsideVocabularyIsRejected) {
+  DSQ_REQUIRE_GPU();
+  const model::Model m = model::Model::load(shared_path("models/tiny-a"), gpu(cuda::Precision::Fast));
+  model::SequenceState s = m.new_sequence();
+  const std::vector<int64_t> ids = {0, m.config().vocab_size};
+  EXPECT_THROW(m.forward({{&s, ids}}), Error);
+  EXPECT_EQ(s.position, 0);
+}
+
 double perplexity(const std::string& model_dir, std::shared_ptr<backend::Ops> ops) {
   const model::Model m = model::Model::load(model_dir, std::move(ops));
   const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(project_path("models/tiny-brown"));

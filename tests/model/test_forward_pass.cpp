@@ -79,5 +79,22 @@ TEST(ForwardPass, OutOfOrderLayersAreRejected) {
   EXPECT_THROW(pass.commit(), Error);
 }
 
+// A token id outside the vocabulary is one clear error before any work, and the state
+// is left as it was.
+TEST(ForwardPass, TokenOutsideVocabularyIsRejected) {
+  const Model m = Model::load(dsq::test::shared_path("models/tiny-a"));
+  SequenceState s = m.new_sequence();
+  for (int64_t bad : {int64_t(-1), m.config().vocab_size}) {
+    const std::vector<int64_t> ids = {0, bad};
+    try {
+      m.forward({{&s, ids}});
+      ADD_FAILURE() << "token " << bad << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("outside the vocabulary"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(s.position, 0);
+  }
+}
+
 }  // namespace
 }  // namespace dsq::model
