@@ -91,11 +91,27 @@ __device__ __forceinline__ void load_step(uint4 (&wv)[4][2], const uint8_t* r0, 
   }
 }
 
-template <int MT, int R>
+// Four consecutive activations as fp32, from bf16 (8 bytes) or fp32 (16 bytes).
+__device__ __forceinline__ void load4(const __nv_bfloat16* p, float (&v)[4]) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  const __nv_bfloat162 lo = *reinterpret_cast<const __nv_bfloat162*>(&raw.x);
+  const __nv_bfloat162 hi = *reinterpret_cast<const __nv_bfloat162*>(&raw.y);
+  v[0] = __low2float(lo), v[1] = __high2float(lo), v[2] = __low2float(hi), v[3] = __high2float(hi);
+}
+__device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
+  const float4 f = *reinterpret_cast<const float4*>(p);
+  v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+}
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+
+// X, Y: the activation and output types (bf16, or fp32 for CudaOps' fp32 activations,
+// which saves it a conversion launch on each side).
+template <int MT, int R, typename X, typename Y>
 __global__ void __launch_bounds__(kDecWarps * 32)
-    fp8_decode_kernel(const uint8_t* __restrict__ w, const float* __restrict__ w_scales,
-                      const __nv_bfloat16* __restrict__ x, float* __restrict__ acc,
-                      unsigned* __restrict__ tickets, __nv_bfloat16* __restrict__ y, int M, int N, int K) {
+    fp8_decode_kernel(const uint8_t* __restrict__ w, const float* __restrict__ w_scales, const X* __restrict__ x,
+                      float* __restrict__ acc, unsigned* __restrict__ tickets, Y* __restrict__ y, int M, int N,
+                      int K) {
   constexpr int kSlice = R * kDecStep;
   constexpr int kRowStride = kSlice + 64;  // bytes; conflict-free 16-byte reads
   __shared__ __align__(16) uint8_t xs[MT * 8 * kRowStride];
@@ -116,12 +132,7 @@ __global__ void __launch_bounds__(kDecWarps * 32)
   for (int p = warp; p < MT * 8 * 2 * R; p += kDecWarps) {
     const int r = p / (2 * R), h = p % (2 * R);
     float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (r < M) {
-      const uint2 raw = *reinterpret_cast<const uint2*>(x + size_t(r) * K + k0 + h * kBlock + lane * 4);
-      const __nv_bfloat162 lo = *reinterpret_cast<const __nv_bfloat162*>(&raw.x);
-      const __nv_bfloat162 hi = *reinterpret_cast<const __nv_bfloat162*>(&raw.y);
-      v[0] = __low2float(lo), v[1] = __high2float(lo), v[2] = __low2float(hi), v[3] = __high2float(hi);
-    }
+    if (r < M) load4(x + size_t(r) * K + k0 + h * kBlock + lane * 4, v);
     float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
     for (int off = 16; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
     const float scale = amax > 0.0f ? amax / kE4m3Max : 1.0f;
@@ -175,8 +186,8 @@ __global__ void __launch_bounds__(kDecWarps * 32)
         if (tok + j >= M) continue;
         const size_t at = size_t(tok + j) * N + n0 + g;
         if (single_slice) {
-          y[at] = __float2bfloat16(sum[m][j]);
-          y[at + 8] = __float2bfloat16(sum[m][j + 2]);
+          store(y + at, sum[m][j]);
+          store(y + at + 8, sum[m][j + 2]);
         } else {
           atomicAdd(acc + at, sum[m][j]);
           atomicAdd(acc + at + 8, sum[m][j + 2]);
@@ -197,7 +208,7 @@ __global__ void __launch_bounds__(kDecWarps * 32)
     const int r = i / kDecCols, c = c0 + i % kDecCols;
     if (c >= N) continue;
     float* a = acc + size_t(r) * N + c;
-    y[size_t(r) * N + c] = __float2bfloat16(__ldcg(a));
+    store(y + size_t(r) * N + c, __ldcg(a));
     *a = 0.0f;
   }
   if (threadIdx.x == 0) tickets[blockIdx.x] = 0;
@@ -408,31 +419,44 @@ void Fp8BlockLinear::run_cublaslt(const GpuContext& ctx, const uint8_t* xq, cons
                                   ctx.workspace_bytes(), ctx.stream()));
 }
 
+template <typename X, typename Y>
+void Fp8BlockLinear::launch_decode(const GpuContext& ctx, const X* x, int64_t M, Y* y, const Workspace& ws) {
+  DSQ_CHECK(decode_fits(M), what_, ": FP8 decode kernel needs M <= 64, N % 16 == 0 and K % 256 == 0 (M=", M,
+            ", N=", N_, ", K=", K_, ")");
+  const int steps = M <= 8 ? decode_steps(ctx.sm_count()) : 1;
+  const dim3 grid(unsigned(ceil_div(N_, kDecCols)), unsigned(K_ / (steps * kDecStep)));
+  const dim3 threads(kDecWarps * 32);
+  const float* wsc = kmajor_scales_.get();
+#define DSQ_FP8_DECODE(MT, R)                                                                                      \
+  launch_dependent(ctx, fp8_decode_kernel<MT, R, X, Y>, grid, threads, 0, values_.get(), wsc, x, ws.acc, ws.tickets, \
+                   y, int(M), int(N_), int(K_))
+  if (M <= 8 && steps == 4) DSQ_FP8_DECODE(1, 4);
+  else if (M <= 8 && steps == 2) DSQ_FP8_DECODE(1, 2);
+  else if (M <= 8) DSQ_FP8_DECODE(1, 1);
+  else if (M <= 16) DSQ_FP8_DECODE(2, 1);
+  else if (M <= 32) DSQ_FP8_DECODE(4, 1);
+  else DSQ_FP8_DECODE(8, 1);
+#undef DSQ_FP8_DECODE
+  last_path_ = Fp8Path::Decode;
+}
+
+bool Fp8BlockLinear::decode_fits(int64_t M) const {
+  return M >= 1 && M <= kFp8DecodeMaxRows && N_ % 16 == 0 && K_ % kDecStep == 0;
+}
+
+void Fp8BlockLinear::run_decode_f32(const GpuContext& ctx, const float* x, int64_t M, float* y, void* workspace) {
+  DSQ_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0, what_, ": fp32 activations must be 16-byte aligned");
+  launch_decode(ctx, x, M, y, carve(workspace, M));
+}
+
 void Fp8BlockLinear::run(const GpuContext& ctx, const __nv_bfloat16* x, int64_t M, __nv_bfloat16* y,
                          void* workspace) {
   DSQ_CHECK(M > 0, what_, ": FP8 linear called with ", M, " rows");
   const Workspace ws = carve(workspace, M);
   Fp8Path path = path_;
-  if (path == Fp8Path::Auto) path = M <= kFp8DecodeAutoRows && N_ % 16 == 0 ? Fp8Path::Decode : Fp8Path::CublasLt;
+  if (path == Fp8Path::Auto) path = M <= kFp8DecodeAutoRows && decode_fits(M) ? Fp8Path::Decode : Fp8Path::CublasLt;
   if (path == Fp8Path::Decode) {
-    DSQ_CHECK(M <= kFp8DecodeMaxRows && N_ % 16 == 0 && K_ % kDecStep == 0, what_,
-              ": FP8 decode kernel needs M <= 64, N % 16 == 0 and K % 256 == 0 (M=", M, ", N=", N_,
-              ", K=", K_, ")");
-    const int steps = M <= 8 ? decode_steps(ctx.sm_count()) : 1;
-    const dim3 grid(unsigned(ceil_div(N_, kDecCols)), unsigned(K_ / (steps * kDecStep)));
-    const dim3 threads(kDecWarps * 32);
-    const float* wsc = kmajor_scales_.get();
-#define DSQ_FP8_DECODE(MT, R)                                                                                 \
-  launch_dependent(ctx, fp8_decode_kernel<MT, R>, grid, threads, 0, values_.get(), wsc, x, ws.acc, ws.tickets, y, \
-                   int(M), int(N_), int(K_))
-    if (M <= 8 && steps == 4) DSQ_FP8_DECODE(1, 4);
-    else if (M <= 8 && steps == 2) DSQ_FP8_DECODE(1, 2);
-    else if (M <= 8) DSQ_FP8_DECODE(1, 1);
-    else if (M <= 16) DSQ_FP8_DECODE(2, 1);
-    else if (M <= 32) DSQ_FP8_DECODE(4, 1);
-    else DSQ_FP8_DECODE(8, 1);
-#undef DSQ_FP8_DECODE
-    last_path_ = Fp8Path::Decode;
+    launch_decode(ctx, x, M, y, ws);
     return;
   }
   const int64_t lt_rows = path == Fp8Path::CublasLt ? cublaslt_rows(ctx, M) : 0;

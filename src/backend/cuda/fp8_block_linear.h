@@ -72,6 +72,11 @@ class Fp8BlockLinear {
   // y[M,N] bf16 = x[M,K] bf16 · W^T. `workspace` holds workspace_bytes(M) bytes.
   void run(const GpuContext& ctx, const __nv_bfloat16* x, int64_t M, __nv_bfloat16* y,
            void* workspace);
+  // The decode kernel on fp32 activations x[M, K] (dense, 16-byte aligned), writing fp32
+  // y[M, N]: the same arithmetic as run() with Fp8Path::Decode minus the two conversions.
+  // Needs decode_fits(M).
+  void run_decode_f32(const GpuContext& ctx, const float* x, int64_t M, float* y, void* workspace);
+  bool decode_fits(int64_t M) const;
   // The path the last run() took (never Auto).
   Fp8Path last_path() const { return last_path_; }
 
@@ -81,6 +86,8 @@ class Fp8BlockLinear {
  private:
   struct Workspace;
   Workspace carve(void* workspace, int64_t M) const;
+  template <typename X, typename Y>
+  void launch_decode(const GpuContext& ctx, const X* x, int64_t M, Y* y, const Workspace& ws);
   // Rows cuBLASLt runs for M (M itself, or M rounded up to 16), 0 if it has no algorithm.
   int64_t cublaslt_rows(const GpuContext& ctx, int64_t M);
   bool has_plan(const GpuContext& ctx, int64_t M);

@@ -175,13 +175,11 @@ const __nv_bfloat16* activations_bf16(CudaOps& ops, const float* x, int64_t x_ld
   return xb;
 }
 
-// One Fp8BlockLinear on n dense bf16 rows xb into dense bf16 yb [n, N].
-void run_fp8_bf16(CudaOps& ops, LinearCache& cache, Fp8BlockLinear& lin, const __nv_bfloat16* xb, int64_t n,
-                  __nv_bfloat16* yb) {
-  const GpuContext& ctx = ops.context();
-  // The workspace is shared by every FP8 weight. The decode kernel wants it zero and
-  // leaves it zero; the other paths leave activation codes in it, which can overlap a
-  // wider weight's accumulator, so the region is cleared after them.
+// The FP8 workspace for n rows of `lin`, zero where the decode kernel needs it. It is
+// shared by every FP8 weight: the decode kernel leaves it zero, the other paths leave
+// activation codes in it (which can overlap a wider weight's accumulator), so callers
+// clear it after those (clear_fp8_workspace).
+void* fp8_workspace(CudaOps& ops, LinearCache& cache, const Fp8BlockLinear& lin, int64_t n) {
   const size_t bytes = lin.workspace_bytes(n);
   void* ws = ops.scratch(kSlotFp8Workspace, bytes);
   if (ws != cache.fp8_workspace) {
@@ -189,16 +187,36 @@ void run_fp8_bf16(CudaOps& ops, LinearCache& cache, Fp8BlockLinear& lin, const _
     cache.fp8_workspace_zeroed = 0;
   }
   if (bytes > cache.fp8_workspace_zeroed) {
-    DSQ_CUDA_CHECK(cudaMemsetAsync(ws, 0, bytes, ctx.stream()));
+    DSQ_CUDA_CHECK(cudaMemsetAsync(ws, 0, bytes, ops.context().stream()));
     cache.fp8_workspace_zeroed = bytes;
   }
-  lin.run(ctx, xb, n, yb, ws);
-  if (lin.last_path() != Fp8Path::Decode) DSQ_CUDA_CHECK(cudaMemsetAsync(ws, 0, bytes, ctx.stream()));
+  return ws;
 }
 
-// One Fp8BlockLinear on n rows of fp32 x (x_ld apart) into fp32 y (y_ld apart).
+// Whether the decode kernel can take n fp32 rows at x (x_ld apart) into y (y_ld apart)
+// directly: few rows, dense rows, aligned.
+bool fp8_decode_direct(const Fp8BlockLinear& lin, const float* x, int64_t x_ld, int64_t n, int64_t y_ld) {
+  return n <= kFp8DecodeAutoRows && lin.decode_fits(n) && (n == 1 || (x_ld == lin.cols() && y_ld == lin.rows())) &&
+         reinterpret_cast<uintptr_t>(x) % 16 == 0;
+}
+
+// One Fp8BlockLinear on n dense bf16 rows xb into dense bf16 yb [n, N].
+void run_fp8_bf16(CudaOps& ops, LinearCache& cache, Fp8BlockLinear& lin, const __nv_bfloat16* xb, int64_t n,
+                  __nv_bfloat16* yb) {
+  void* ws = fp8_workspace(ops, cache, lin, n);
+  lin.run(ops.context(), xb, n, yb, ws);
+  if (lin.last_path() != Fp8Path::Decode)
+    DSQ_CUDA_CHECK(cudaMemsetAsync(ws, 0, lin.workspace_bytes(n), ops.context().stream()));
+}
+
+// One Fp8BlockLinear on n rows of fp32 x (x_ld apart) into fp32 y (y_ld apart). Decode
+// sizes go straight through the decode kernel in fp32; others convert to bf16 and back.
 void run_fp8(CudaOps& ops, LinearCache& cache, Fp8BlockLinear& lin, const float* x, int64_t x_ld, int64_t n,
              float* y, int64_t y_ld) {
+  if (fp8_decode_direct(lin, x, x_ld, n, y_ld)) {
+    lin.run_decode_f32(ops.context(), x, n, y, fp8_workspace(ops, cache, lin, n));
+    return;
+  }
   const int64_t N = lin.rows();
   const __nv_bfloat16* xb = activations_bf16(ops, x, x_ld, n, lin.cols());
   auto* yb = static_cast<__nv_bfloat16*>(ops.scratch(kSlotOutBf16, size_t(n * N) * sizeof(__nv_bfloat16)));
@@ -207,11 +225,15 @@ void run_fp8(CudaOps& ops, LinearCache& cache, Fp8BlockLinear& lin, const float*
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
-// One token through every group of a grouped FP8 weight (decode's attn.wo_a): its row
-// is converted to bf16 once and the groups' bf16 outputs land side by side, so the whole
-// output row converts back in one pass — 2 + G launches instead of 3·G.
+// One token through every group of a grouped FP8 weight (decode's attn.wo_a): each
+// group's decode kernel on its slice of the fp32 row, writing its slice of the output;
+// groups the decode kernel cannot take share one bf16 conversion each way.
 void run_fp8_groups_one_row(CudaOps& ops, LinearCache& cache, PreparedLinear& p, const float* x, float* y) {
   const int64_t G = p.groups, R = p.rows / G, C = p.cols;
+  if (fp8_decode_direct(*p.fp8[0], x, G * C, 1, G * R)) {
+    for (int64_t g = 0; g < G; ++g) run_fp8(ops, cache, *p.fp8[size_t(g)], x + g * C, G * C, 1, y + g * R, G * R);
+    return;
+  }
   const __nv_bfloat16* xb = activations_bf16(ops, x, G * C, 1, G * C);
   auto* yb = static_cast<__nv_bfloat16*>(ops.scratch(kSlotOutBf16, size_t(G * R) * sizeof(__nv_bfloat16)));
   for (int64_t g = 0; g < G; ++g) run_fp8_bf16(ops, cache, *p.fp8[size_t(g)], xb + g * C, 1, yb + g * R);
