@@ -99,6 +99,10 @@ class Ops {
   // ---- dense math ----
   // y[n, w.rows] = x[n, w.cols] · Wᵀ for a weight in any format (cpu/linear.h).
   virtual void linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) = 0;
+  // Several linears of one input: y_i[n, W_i.rows] = x[n, cols] · W_iᵀ for i < count (every
+  // W_i has the same cols). A backend may read x once and launch once for all of them.
+  virtual void linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
+                           int64_t n) = 0;
   // Grouped projection (attn.wo_a, spec §2.10): for g < groups,
   //   y[:, g·R:(g+1)·R] = x[:, g·C:(g+1)·C] · W[g·R:(g+1)·R, :]ᵀ
   // with R = w.rows / groups, C = w.cols; x: [n, groups·C], y: [n, w.rows].

@@ -28,6 +28,13 @@ void ProfilingOps::linear(const QuantizedMatrix& w, const float* x, int64_t n, f
   stop("linear " + std::string(weight_format_name(w.format)), t0);
 }
 
+void ProfilingOps::linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
+                               int64_t n) {
+  const auto t0 = start();
+  inner_->linear_many(ws, ys, count, x, n);
+  stop("linear_many", t0);
+}
+
 void ProfilingOps::linear_grouped(const QuantizedMatrix& w, int64_t groups, const float* x, int64_t n, float* y) {
   const auto t0 = start();
   inner_->linear_grouped(w, groups, x, n, y);

@@ -42,6 +42,8 @@ class ProfilingOps final : public Ops {
   void synchronize() override { inner_->synchronize(); }
 
   void linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) override;
+  void linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
+                   int64_t n) override;
   void linear_grouped(const QuantizedMatrix& w, int64_t groups, const float* x, int64_t n, float* y) override;
   void rms_norm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float eps, float* y) override;
   void rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const int64_t* positions, const cpu::RopeFrequencies& table, bool inverse) override;

@@ -52,9 +52,31 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   const int64_t rate = c.compress_rate(layer);
   const bool csa = kind == AttentionKind::CSA;
 
-  // Queries: q_residual = q_norm(wq_a·x); per-head unweighted norm; rope.
+  // Every projection of x at once: the query and key/value heads, the compressors' raw
+  // rows, the indexer's head weights and its compressor.
+  const int64_t raw = csa ? 2 * D : D;
+  const int64_t nI = c.index_n_heads, DI = c.index_head_dim, topk = c.index_topk;
   float* q_residual = ws.f32("attn.q_residual", T * qr);
-  run_linear(ctx, w.wq_a, x, T, q_residual);
+  float* kv = ws.f32("attn.kv", T * D);
+  std::vector<LinearTarget> from_x = {{&w.wq_a, q_residual}, {&w.wkv, kv}};
+  float *comp_kv = nullptr, *comp_gate = nullptr;
+  if (kind != AttentionKind::Sliding) {
+    comp_kv = ws.f32("attn.comp_kv", T * raw);
+    comp_gate = ws.f32("attn.comp_gate", T * raw);
+    from_x.insert(from_x.end(), {{&w.compressor.wkv, comp_kv}, {&w.compressor.wgate, comp_gate}});
+  }
+  float *iw = nullptr, *ikv = nullptr, *igate = nullptr;
+  if (csa) {
+    iw = ws.f32("attn.index_w", T * nI);
+    ikv = ws.f32("attn.index_kv", T * 2 * DI);
+    igate = ws.f32("attn.index_gate", T * 2 * DI);
+    from_x.insert(from_x.end(), {{&w.indexer.weights_proj, iw},
+                                 {&w.indexer.compressor.wkv, ikv},
+                                 {&w.indexer.compressor.wgate, igate}});
+  }
+  run_linears(ctx, x, T, from_x);
+
+  // Queries: q_residual = q_norm(wq_a·x); per-head unweighted norm; rope.
   ops.rms_norm(q_residual, T, qr, qr, ops.resident(w.q_norm), eps, q_residual);
   float* q = ws.f32("attn.q", T * nh * D);
   run_linear(ctx, w.wq_b, q_residual, T, q);
@@ -62,33 +84,15 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   ops.rope(q, T, nh, D, ctx.positions_dev, rope, false);
 
   // The shared key/value head.
-  float* kv = ws.f32("attn.kv", T * D);
-  run_linear(ctx, w.wkv, x, T, kv);
   ops.rms_norm(kv, T, D, D, ops.resident(w.kv_norm), eps, kv);
   ops.rope(kv, T, 1, D, ctx.positions_dev, rope, false);
 
-  // Raw compressor projections.
-  const int64_t raw = csa ? 2 * D : D;
-  float *comp_kv = nullptr, *comp_gate = nullptr;
-  if (kind != AttentionKind::Sliding) {
-    comp_kv = ws.f32("attn.comp_kv", T * raw);
-    comp_gate = ws.f32("attn.comp_gate", T * raw);
-    run_linear(ctx, w.compressor.wkv, x, T, comp_kv);
-    run_linear(ctx, w.compressor.wgate, x, T, comp_gate);
-  }
-  // Indexer queries (from the q_residual), head weights (from x) and its compressor.
-  const int64_t nI = c.index_n_heads, DI = c.index_head_dim, topk = c.index_topk;
-  float *iq = nullptr, *iw = nullptr, *ikv = nullptr, *igate = nullptr;
+  // Indexer queries, from the normalised q_residual.
+  float* iq = nullptr;
   if (csa) {
     iq = ws.f32("attn.index_q", T * nI * DI);
     run_linear(ctx, w.indexer.wq_b, q_residual, T, iq);
     ops.rope(iq, T, nI, DI, ctx.positions_dev, rope, false);
-    iw = ws.f32("attn.index_w", T * nI);
-    run_linear(ctx, w.indexer.weights_proj, x, T, iw);
-    ikv = ws.f32("attn.index_kv", T * 2 * DI);
-    igate = ws.f32("attn.index_gate", T * 2 * DI);
-    run_linear(ctx, w.indexer.compressor.wkv, x, T, ikv);
-    run_linear(ctx, w.indexer.compressor.wgate, x, T, igate);
   }
 
   // Per sequence: compressors first (a token that closes a window sees its entry), the

@@ -41,6 +41,17 @@ void run_linear(const PassContext& ctx, const Linear& w, const float* x, int64_t
   ctx.ops.linear(w.w, x, n, y);
 }
 
+void run_linears(const PassContext& ctx, const float* x, int64_t n, const std::vector<LinearTarget>& targets) {
+  std::vector<const QuantizedMatrix*> ws;
+  std::vector<float*> ys;
+  for (const LinearTarget& t : targets) {
+    if (ctx.observer && n > 0) ctx.observer->on_linear({t.w->name, x, n, t.w->w.cols, 0, t.w->w.rows});
+    ws.push_back(&t.w->w);
+    ys.push_back(t.y);
+  }
+  ctx.ops.linear_many(ws.data(), ys.data(), int64_t(ws.size()), x, n);
+}
+
 ForwardPass::ForwardPass(const Model& model, std::vector<SequenceInput> batch, LinearObserver* observer)
     : model_(model), batch_(std::move(batch)), observer_(observer), ids_(model.ops(), model.workspace(), batch_, model.config().vocab_size) {
   const ModelConfig& c = model_.config();

@@ -46,6 +46,14 @@ struct PassTokens {
 // y[n, rows] = x[n, cols]·Wᵀ, reporting the input to the observer first.
 void run_linear(const PassContext& ctx, const Linear& w, const float* x, int64_t n, float* y);
 
+// Several linears of the same input x [n, cols] (y_i = x·W_iᵀ) as one ops.linear_many,
+// each reported to the observer first.
+struct LinearTarget {
+  const Linear* w;
+  float* y;
+};
+void run_linears(const PassContext& ctx, const float* x, int64_t n, const std::vector<LinearTarget>& targets);
+
 // One whole decoder layer (spec §2.3) on the residual streams [T, N·H], in place, with
 // the given weights (the model's own, or a quantizer's replacement for the layer):
 // X ← post ⊗ attention(norm(collapse(X))) + combᵀ·X, then the same with the MoE.

@@ -34,8 +34,12 @@ void moe_block(const PassContext& ctx, int layer, const MoeWeights& w, const flo
   Workspace& ws = ctx.workspace;
   const int64_t T = ctx.num_tokens(), H = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
 
+  // The router and the shared expert's gate/up read the same input: one call.
+  const int64_t F = w.shared.w1.w.rows;
   float* logits = ws.f32("moe.logits", T * E);
-  run_linear(ctx, w.gate, x, T, logits);
+  float* gate = ws.f32("moe.shared_gate", T * F);
+  float* up = ws.f32("moe.shared_up", T * F);
+  run_linears(ctx, x, T, {{&w.gate, logits}, {&w.shared.w1, gate}, {&w.shared.w3, up}});
   int64_t* chosen = ws.i64("moe.chosen", T * k);
   float* weights = ws.f32("moe.weights", T * k);
   const bool hash = c.moe[layer] == MoeKind::Hash;
@@ -51,12 +55,7 @@ void moe_block(const PassContext& ctx, int layer, const MoeWeights& w, const flo
                   tap ? &*tap : nullptr);
 
   // Shared expert: W2 · (SiLU(min(W1·x, λ)) ⊙ clamp(W3·x, −λ, λ)), added to the routed sum.
-  const int64_t F = w.shared.w1.w.rows;
-  float* gate = ws.f32("moe.shared_gate", T * F);
-  float* up = ws.f32("moe.shared_up", T * F);
   float* shared = ws.f32("moe.shared_out", T * H);
-  run_linear(ctx, w.shared.w1, x, T, gate);
-  run_linear(ctx, w.shared.w3, x, T, up);
   ops.swiglu(gate, up, T * F, float(c.swiglu_limit), gate);
   run_linear(ctx, w.shared.w2, gate, T, shared);
   ops.add(out, shared, T * H);

@@ -286,6 +286,50 @@ TEST_F(CudaLinearOps, LinearFlashShapesEveryFormat) {
     for (Format f : kAllFormats) check_linear(s.name, f, s.rows, s.cols, 1, seed++);
 }
 
+// linear_many: the projections a V4-Flash layer takes from one input (FP8 wq_a and wkv,
+// dense bf16 compressor and indexer weights, an fp32 one) in one call, against CpuOps
+// running each alone. Each output is held to its own format's rounding model.
+TEST_F(CudaLinearOps, LinearManySharesOneInput) {
+  Rng rng(250);
+  const int64_t H = 4096;
+  struct Target {
+    Format f;
+    int64_t rows;
+  };
+  const Target targets[] = {{Format::Fp8E8m0, 1024}, {Format::Fp8E8m0, 512}, {Format::DenseBf16, 1024},
+                            {Format::DenseBf16, 1024}, {Format::DenseBf16, 64}, {Format::DenseF32, 24}};
+  std::vector<QuantizedMatrix> ws;
+  for (const Target& t : targets) ws.push_back(random_weight(t.f, t.rows, H, rng));
+  std::vector<const QuantizedMatrix*> wp;
+  for (const QuantizedMatrix& w : ws) wp.push_back(&w);
+  cpu::CpuOps cpu;
+  CudaOps fast(Precision::Fast), exact(Precision::F32);
+  for (int64_t M : kRowCounts) {
+    const std::vector<float> x = normals(M * H, rng);
+    CudaOps* ops[2] = {&exact, &fast};
+    std::vector<std::vector<float>> got[2];
+    for (int i = 0; i < 2; ++i) {
+      const Tensor xg = on_gpu(*ops[i], x);
+      std::vector<Tensor> ys;
+      std::vector<float*> yp;
+      for (const Target& t : targets) {
+        ys.push_back(poisoned_gpu(*ops[i], M * t.rows));
+        yp.push_back(ys.back().mutable_data<float>());
+      }
+      ops[i]->linear_many(wp.data(), yp.data(), int64_t(wp.size()), xg.data<float>(), M);
+      for (const Tensor& y : ys) got[i].push_back(floats_of(*ops[i], y));
+    }
+    for (size_t j = 0; j < ws.size(); ++j) {
+      const std::string what = "linear_many target " + std::to_string(j) + " " + format_name(targets[j].f) +
+                               " M=" + std::to_string(M);
+      std::vector<float> want(size_t(M * targets[j].rows));
+      cpu.linear(ws[j], x.data(), M, want.data());
+      check_errors(what, relative_error(got[0][j], want, what), relative_error(got[1][j], want, what),
+                   fast_gemm_error(targets[j].f, targets[j].rows, H, 1, M));
+    }
+  }
+}
+
 // attn.wo_a: tiny-a (2 groups of 16 rows × 64 inputs), tiny-brown (2 × 128 × 256, where
 // FP8 runs per group) and V4-Flash (8 groups of 1024 rows × 4096 inputs).
 TEST_F(CudaLinearOps, LinearGroupedEveryFormat) {

@@ -54,6 +54,11 @@ void CpuOps::copy(float* dst, const float* src, int64_t n) {
 
 void CpuOps::linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) { cpu::linear(x, n, w, y); }
 
+void CpuOps::linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
+                         int64_t n) {
+  for (int64_t i = 0; i < count; ++i) cpu::linear(x, n, *ws[i], ys[i]);
+}
+
 void CpuOps::linear_grouped(const QuantizedMatrix& w, int64_t groups, const float* x, int64_t n, float* y) {
   DSQ_CHECK(groups > 0 && w.rows % groups == 0, "linear_grouped: ", w.rows, " rows do not split into ", groups,
             " groups");

@@ -54,6 +54,8 @@ class CudaOps final : public backend::Ops {
   void copy(float* dst, const float* src, int64_t n) override;
 
   void linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) override;
+  void linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
+                   int64_t n) override;
   void linear_grouped(const QuantizedMatrix& w, int64_t groups, const float* x, int64_t n, float* y) override;
   void rms_norm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float eps,
                 float* y) override;

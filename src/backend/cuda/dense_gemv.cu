@@ -28,17 +28,12 @@ __device__ __forceinline__ void load8(const float* w, float (&out)[8]) {
   out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
 }
 
+// Rows [row0, row0 + kRows) of y[n, N] = x[n, K] · W[N, K]ᵀ, by one block.
 template <typename W, int M>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const W* __restrict__ w, int N, int K,
-                                                           const float* __restrict__ x, int64_t x_ld,
-                                                           int64_t x_group_stride, int n, float* __restrict__ y,
-                                                           int64_t y_ld) {
+__device__ __forceinline__ void gemv_rows(const W* __restrict__ w, int N, int K, const float* __restrict__ x,
+                                          int64_t x_ld, int n, float* __restrict__ y, int64_t y_ld, int row0) {
   __shared__ float partial[kWarps][M][kRows];
-  const int g = blockIdx.y, row0 = blockIdx.x * kRows;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  w += (int64_t(g) * N) * K;
-  x += g * x_group_stride;
-  y += int64_t(g) * N;
   float acc[M][kRows] = {};
   // Warp `warp` takes every kWarps-th 256-wide step of K (8 values per lane).
   for (int k = (warp * 32 + lane) * 8; k < K; k += kWarps * 32 * 8) {
@@ -87,6 +82,36 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const W* __restrict__
   }
 }
 
+// Group blockIdx.y of a stacked weight (dense_gemv).
+template <typename W, int M>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const W* __restrict__ w, int N, int K,
+                                                           const float* __restrict__ x, int64_t x_ld,
+                                                           int64_t x_group_stride, int n, float* __restrict__ y,
+                                                           int64_t y_ld) {
+  const int g = blockIdx.y;
+  gemv_rows<W, M>(w + (int64_t(g) * N) * K, N, K, x + g * x_group_stride, x_ld, n, y + int64_t(g) * N, y_ld,
+                  blockIdx.x * kRows);
+}
+
+// Several weights on one input (dense_gemv_many): block b serves the target whose block
+// range holds it. Passed by value (a few hundred bytes).
+struct ManyTargets {
+  const void* w[kGemvMaxTargets];
+  float* y[kGemvMaxTargets];
+  int rows[kGemvMaxTargets];
+  int first_block[kGemvMaxTargets + 1];
+  int count;
+};
+
+template <typename W, int M>
+__global__ void __launch_bounds__(kWarps * 32) gemv_many_kernel(ManyTargets t, int K, const float* __restrict__ x,
+                                                                int64_t x_ld, int n) {
+  int i = 0;
+  while (i + 1 < t.count && int(blockIdx.x) >= t.first_block[i + 1]) ++i;
+  const int row0 = (int(blockIdx.x) - t.first_block[i]) * kRows;
+  gemv_rows<W, M>(static_cast<const W*>(t.w[i]), t.rows[i], K, x, x_ld, n, t.y[i], t.rows[i], row0);
+}
+
 template <typename W>
 void launch(const GpuContext& ctx, const W* w, int64_t N, int64_t K, int64_t groups, const float* x, int64_t x_ld,
             int64_t x_group_stride, int64_t n, float* y, int64_t y_ld) {
@@ -103,7 +128,37 @@ void launch(const GpuContext& ctx, const W* w, int64_t N, int64_t K, int64_t gro
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+template <typename W>
+void launch_many(const GpuContext& ctx, const ManyTargets& t, int64_t K, const float* x, int64_t x_ld, int64_t n) {
+  const dim3 grid(unsigned(t.first_block[t.count])), block(kWarps * 32);
+  const auto run = [&](auto kernel) { kernel<<<grid, block, 0, ctx.stream()>>>(t, int(K), x, x_ld, int(n)); };
+  if (n == 1) run(gemv_many_kernel<W, 1>);
+  else if (n == 2) run(gemv_many_kernel<W, 2>);
+  else if (n <= 4) run(gemv_many_kernel<W, 4>);
+  else run(gemv_many_kernel<W, 8>);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
+
+void dense_gemv_many(const GpuContext& ctx, const GemvTarget* targets, int count, bool w_bf16, int64_t K,
+                     const float* x, int64_t x_ld, int64_t n) {
+  DSQ_CHECK(count >= 1 && count <= kGemvMaxTargets, "dense_gemv_many: ", count, " targets (1 to ",
+            kGemvMaxTargets, ")");
+  ManyTargets t{};
+  t.count = count;
+  for (int i = 0; i < count; ++i) {
+    DSQ_CHECK(dense_gemv_fits(targets[i].w, x, x_ld, targets[i].y, targets[i].rows, n, K),
+              "dense_gemv_many: operands it does not take (n=", n, ", K=", K, ")");
+    t.w[i] = targets[i].w;
+    t.y[i] = targets[i].y;
+    t.rows[i] = int(targets[i].rows);
+    t.first_block[i + 1] = t.first_block[i] + int((targets[i].rows + kRows - 1) / kRows);
+  }
+  if (t.first_block[count] == 0) return;
+  if (w_bf16) launch_many<__nv_bfloat16>(ctx, t, K, x, x_ld, n);
+  else launch_many<float>(ctx, t, K, x, x_ld, n);
+}
 
 bool dense_gemv_fits(const void* w, const float* x, int64_t x_ld, const float* y, int64_t y_ld, int64_t n,
                      int64_t K) {

@@ -7,7 +7,8 @@
 //
 // One launch covers `groups` independent weights of the same shape stacked in memory
 // (attn.wo_a's groups): group g multiplies x[:, g·x_group_stride ...] by rows
-// [g·N, (g+1)·N) and writes y[:, g·N ...].
+// [g·N, (g+1)·N) and writes y[:, g·N ...]. dense_gemv_many runs several separate weights
+// that share one input (the projections a layer takes from the same activations).
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,7 @@
 namespace dsq::cuda {
 
 constexpr int64_t kGemvMaxRows = 8;
+constexpr int kGemvMaxTargets = 8;
 
 // Whether dense_gemv takes these operands: n <= kGemvMaxRows, K a multiple of 8, row
 // strides multiples of 4 floats, and 16-byte aligned pointers.
@@ -27,5 +29,18 @@ bool dense_gemv_fits(const void* w, const float* x, int64_t x_ld, const float* y
 // y_ld apart (floats). Group g reads x + g·x_group_stride and writes y + g·N.
 void dense_gemv(const GpuContext& ctx, const void* w, bool w_bf16, int64_t N, int64_t K, int64_t groups,
                 const float* x, int64_t x_ld, int64_t x_group_stride, int64_t n, float* y, int64_t y_ld);
+
+// One weight of dense_gemv_many: w [rows, K] (device; bf16 or fp32 as the call says),
+// y [n, rows] dense fp32.
+struct GemvTarget {
+  const void* w;
+  float* y;
+  int64_t rows;
+};
+
+// Up to kGemvMaxTargets weights of the same width and dtype on the same input, in one
+// launch: y_i = x · W_iᵀ. Each target must pass dense_gemv_fits.
+void dense_gemv_many(const GpuContext& ctx, const GemvTarget* targets, int count, bool w_bf16, int64_t K,
+                     const float* x, int64_t x_ld, int64_t n);
 
 }  // namespace dsq::cuda

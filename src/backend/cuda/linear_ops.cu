@@ -435,6 +435,31 @@ void CudaOps::linear(const QuantizedMatrix& w, const float* x, int64_t n, float*
   apply(*this, linears_, p, x, w.cols, n, y, w.rows, true);
 }
 
+void CudaOps::linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
+                          int64_t n) {
+  if (n == 0 || count == 0) return;
+  // Dense weights that dense_gemv takes share one launch per weight dtype; the rest run
+  // one by one.
+  std::vector<GemvTarget> by_dtype[2];  // [0]: fp32 weights, [1]: bf16
+  for (int64_t i = 0; i < count; ++i) {
+    DSQ_CHECK(ws[i]->cols == ws[0]->cols, "linear_many: ", describe(*ws[i]), " and ", describe(*ws[0]),
+              " do not share an input width");
+    PreparedLinear& p = prepared(linears_, *ws[i], 1, precision_);
+    const bool bf16 = p.kind == Kind::Bf16;
+    const void* dense = bf16 ? static_cast<const void*>(p.bf16.get())
+                        : p.kind == Kind::F32 ? static_cast<const void*>(p.f32.get())
+                                              : nullptr;
+    std::vector<GemvTarget>& group = by_dtype[bf16 ? 1 : 0];
+    if (dense && dense_gemv_fits(dense, x, p.cols, ys[i], p.rows, n, p.cols) && int(group.size()) < kGemvMaxTargets)
+      group.push_back({dense, ys[i], p.rows});
+    else
+      apply(*this, linears_, p, x, p.cols, n, ys[i], p.rows, true);
+  }
+  for (int b = 0; b < 2; ++b)
+    if (!by_dtype[b].empty())
+      dense_gemv_many(ctx_, by_dtype[b].data(), int(by_dtype[b].size()), b == 1, ws[0]->cols, x, ws[0]->cols, n);
+}
+
 void CudaOps::linear_grouped(const QuantizedMatrix& w, int64_t groups, const float* x, int64_t n, float* y) {
   DSQ_CHECK(groups > 0 && w.rows % groups == 0, "linear_grouped: ", describe(w), " does not split into ", groups,
             " groups of rows");
