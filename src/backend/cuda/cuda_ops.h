@@ -4,8 +4,8 @@
 //  - Precision::Fast (serving): activations enter each GEMM as bf16 (dense bf16 weights
 //    through cuBLAS, INT4 through the W4A16 kernels, MXFP4 dequantized to bf16 at load)
 //    or as fp8 with 1×128 scales (FP8-block weights through Fp8BlockLinear), fp32
-//    accumulation. On tiny-brown this moves perplexity by about 0.03% (measured on the CPU
-//    by rounding every linear input to bf16).
+//    accumulation; dense weights at a few rows keep fp32 activations (dense_gemv.h).
+//    On tiny-brown perplexity moves by −0.02% (H100; bench/results/gpu-model.md).
 //  - Precision::F32 (checking): every weight is dequantized exactly to fp32 at load and
 //    runs through cuBLAS SGEMM without TF32, so the GPU forward can be held to the CPU
 //    reference's tolerance on the random tiny fixtures, whose logits move by 15–50% when
@@ -13,8 +13,8 @@
 //
 // The methods are implemented by concept, one file each:
 //   cuda_ops.cpp           construction, memory, parameters, scratch
-//   linear_ops.cu          linear / linear_grouped / moe_experts, and the prepared-weight
-//                          cache (linear_cache.h)
+//   linear_ops.cu          linear / linear_many / linear_grouped / moe_experts, and the
+//                          prepared-weight cache (linear_cache.h)
 //   elementwise_ops.cu     rms_norm, rope, swiglu, add, gather_rows, embed_streams,
 //                          mhc_pre / mhc_post / hc_head, route
 //   attention_ops.cu       compress, indexer_scores, indexer_topk, sink_attention,

@@ -1,13 +1,17 @@
-// CudaOps' linear layers: linear, linear_grouped and moe_experts (semantics in
-// backend/ops.h), and the preparation of weights into the LinearCache (linear_cache.h).
+// CudaOps' linear layers: linear, linear_many, linear_grouped and moe_experts (semantics
+// in backend/ops.h), and the preparation of weights into the LinearCache (linear_cache.h).
 //
 // Which device form a weight gets (prepare()), by precision (see cuda_ops.h):
 //   F32   every weight dequantized exactly to fp32 → cuBLAS fp32 GEMM, no TF32.
 //   Fast  dense f32 stays fp32 (the mHC weights: tiny, and precision-sensitive);
-//         FP8-block → Fp8BlockLinear (fp8 activations per 1×128, bf16 output);
+//         FP8-block → Fp8BlockLinear (fp8 activations per 1×128; at decode sizes its
+//         kernel reads and writes fp32, otherwise bf16 in and out);
 //         INT4 group-128 with bf16 scales → the W4A16 kernels (int4_linear.h);
 //         everything else (dense bf16/f16, MXFP4, shapes those kernels refuse) →
 //         bf16 at load, bf16 activations, cuBLAS with fp32 accumulation.
+// Dense weights (fp32 or bf16 on the device) at <= kGemvMaxRows rows run through
+// dense_gemv instead, with the fp32 activations unrounded; linear_many puts all such
+// weights of one input into one launch.
 // Weights are prepared on first use and kept (cuda_ops.h: keyed by address).
 //
 // Every GEMM computes y[n, N] = x[n, K] · W[N, K]ᵀ on row-major data. cuBLAS is
