@@ -26,19 +26,23 @@ LayerRunner::LayerRunner(const model::Model& model, std::vector<std::vector<int6
   batches_.push_back(b);
 }
 
+LayerRunner::FreshBatch LayerRunner::fresh_batch(const Batch& b) const {
+  FreshBatch f;
+  f.states.reserve(b.num_samples);
+  for (size_t s = 0; s < b.num_samples; ++s) f.states.push_back(model_.new_sequence());
+  for (size_t s = 0; s < b.num_samples; ++s) f.inputs.push_back({&f.states[s], samples_[b.first_sample + s]});
+  return f;
+}
+
 int64_t LayerRunner::stream_width() const { return model_.config().hc_mult * model_.config().hidden_size; }
 
 void LayerRunner::embed() {
   const int64_t NH = stream_width();
   streams_.assign(size_t(total_tokens_ * NH), 0.0f);
   for (const Batch& b : batches_) {
-    std::vector<model::SequenceState> states;
-    std::vector<model::SequenceInput> inputs;
-    states.reserve(b.num_samples);
-    for (size_t s = 0; s < b.num_samples; ++s) states.push_back(model_.new_sequence());
-    for (size_t s = 0; s < b.num_samples; ++s) inputs.push_back({&states[s], samples_[b.first_sample + s]});
+    const FreshBatch fresh = fresh_batch(b);
     // ForwardPass's constructor is the model's embedding step (lookup, copied into N streams).
-    const model::ForwardPass pass(model_, inputs);
+    const model::ForwardPass pass(model_, fresh.inputs);
     std::memcpy(streams_.data() + b.first_token * NH, pass.streams(), sizeof(float) * b.num_tokens * NH);
   }
 }
@@ -48,11 +52,8 @@ void LayerRunner::run_layer(int layer, const model::LayerWeights& w, model::Line
   DSQ_CHECK(int64_t(streams_.size()) == total_tokens_ * stream_width(), "calibration: streams not initialised");
   const int64_t NH = stream_width();
   for (const Batch& b : batches_) {
-    std::vector<model::SequenceState> states;
-    std::vector<model::SequenceInput> batch;
-    states.reserve(b.num_samples);
-    for (size_t s = 0; s < b.num_samples; ++s) states.push_back(model_.new_sequence());
-    for (size_t s = 0; s < b.num_samples; ++s) batch.push_back({&states[s], samples_[b.first_sample + s]});
+    const FreshBatch fresh = fresh_batch(b);
+    const std::vector<model::SequenceInput>& batch = fresh.inputs;
     const model::PassTokens ids(model_.ops(), model_.workspace(), batch, c.vocab_size);
     const model::PassContext ctx{.config = c,
                                  .ops = model_.ops(),

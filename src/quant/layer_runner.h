@@ -42,6 +42,13 @@ class LayerRunner {
     size_t first_sample = 0, num_samples = 0;
     int64_t first_token = 0, num_tokens = 0;
   };
+  // A batch's samples as new sequences (fresh states; the inputs point into them).
+  struct FreshBatch {
+    std::vector<model::SequenceState> states;
+    std::vector<model::SequenceInput> inputs;
+  };
+  FreshBatch fresh_batch(const Batch& b) const;
+
   const model::Model& model_;
   std::vector<std::vector<int64_t>> samples_;
   std::vector<Batch> batches_;
