@@ -9,7 +9,7 @@ namespace dsq::model {
 namespace {
 
 // Host ids in a workspace buffer of the ops' memory.
-const int64_t* ids_on_device(backend::Ops& ops, Workspace& ws, const std::string& name,
+const int64_t* ids_on_device(backend::Ops& ops, Workspace& ws, const char* name,
                              const std::vector<int64_t>& ids) {
   int64_t* dev = ws.i64(name, int64_t(ids.size()));
   ops.upload_into(dev, ids.data(), ids.size() * sizeof(int64_t));
