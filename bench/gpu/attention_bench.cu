@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_ops.h"
+#include "bench/gpu/copy_bandwidth.h"
 
 namespace dsq::cuda {
 namespace {
@@ -100,15 +101,6 @@ Times measure(CudaOps& ops, Timer& timer, const std::function<void(int)>& call) 
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(g);
   return {median(eager), median(graph)};
-}
-
-double copy_bandwidth(CudaOps& ops, Timer& timer) {
-  const size_t n = size_t(256) << 20;  // floats: 1 GiB
-  DeviceBuffer<float> src = random_buffer(n, 1), dst(n);
-  std::vector<double> t;
-  for (int r = 0; r < 5; ++r)
-    t.push_back(timer.elapsed(ops.context().stream(), [&] { ops.copy(dst.get(), src.get(), int64_t(n)); }));
-  return 2.0 * double(n) * sizeof(float) / median(t);  // read + write
 }
 
 // One layer's decode state at context `ctx` (the new token at position ctx − 1).
@@ -228,8 +220,7 @@ int run() {
   Timer timer;
   cudaDeviceProp prop{};
   DSQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  copy_bandwidth(ops, timer);  // warm-up
-  const double copy_bps = copy_bandwidth(ops, timer);
+  const double copy_bps = bench::copy_bandwidth(ops.context().stream());
   std::printf("Device: %s, %d SMs, %.0f MB L2; device-to-device copy %.0f GB/s (read+write)\n\n", prop.name,
               prop.multiProcessorCount, prop.l2CacheSize / 1e6, copy_bps / 1e9);
   std::printf("Decode (S = 1), V4-Flash shapes. Keys: rows read per step; achieved = key bytes / graph time.\n\n");

@@ -26,6 +26,7 @@
 #include "backend/cuda/gpu_context.h"
 #include "backend/cuda/int4_linear.h"
 #include "backend/cuda/int4_moe_decode.h"
+#include "bench/gpu/copy_bandwidth.h"
 
 namespace dsq::cuda {
 namespace {
@@ -154,16 +155,6 @@ void emit(const char* fmt, ...) {
 }
 
 // ---- the limits ----
-
-double copy_bandwidth(const GpuContext& ctx, Timing& tm) {
-  const size_t bytes = size_t(2) << 30;
-  DeviceBuffer<unsigned char> src(bytes), dst(bytes);
-  DSQ_CUDA_CHECK(cudaMemset(src.get(), 1, bytes));
-  const double s = tm.seconds(ctx, [&](int) {
-    DSQ_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice, ctx.stream()));
-  }, 5);
-  return 2.0 * bytes / s;  // read + write
-}
 
 double bf16_peak(const GpuContext& ctx, Timing& tm) {
   const int64_t n = 8192;
@@ -517,7 +508,7 @@ int run(int argc, char** argv) {
   emit("Device: %s, %d SMs, %.0f MB L2\n\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
   Limits lim{};
   bf16_peak(ctx, tm);  // warm-up: clocks settle before the limits are taken
-  lim.copy_bps = copy_bandwidth(ctx, tm);
+  lim.copy_bps = bench::copy_bandwidth(ctx.stream());
   lim.bf16_flops = bf16_peak(ctx, tm);
   lim.fp8_flops = fp8_tensorwise_peak(ctx, tm);
   emit("Limits measured in this run: device-to-device copy %.0f GB/s (read+write); cuBLAS BF16 GEMM "

@@ -26,6 +26,7 @@
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/profiling_ops.h"
+#include "bench/gpu/copy_bandwidth.h"
 #include "core/error.h"
 #include "model/model.h"
 
@@ -55,28 +56,6 @@ Options parse(int argc, char** argv) {
   }
   DSQ_CHECK(!o.model_dir.empty(), "usage: dsq_model_bench <model dir> [--context N] [--steps N] [--out FILE]");
   return o;
-}
-
-// Device-to-device copy bandwidth (bytes read + written per second), best of 10.
-double copy_bandwidth() {
-  const size_t bytes = size_t(1) << 30;
-  dsq::cuda::DeviceBuffer<unsigned char> a(bytes), b(bytes);
-  cudaEvent_t e0, e1;
-  DSQ_CUDA_CHECK(cudaEventCreate(&e0));
-  DSQ_CUDA_CHECK(cudaEventCreate(&e1));
-  float best = 1e30f;
-  for (int i = 0; i < 10; ++i) {
-    DSQ_CUDA_CHECK(cudaEventRecord(e0));
-    DSQ_CUDA_CHECK(cudaMemcpy(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice));
-    DSQ_CUDA_CHECK(cudaEventRecord(e1));
-    DSQ_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    DSQ_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    best = std::min(best, ms);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return 2.0 * double(bytes) / (double(best) * 1e-3);
 }
 
 // Bytes one decode step at position `pos` must read (see the header comment).
@@ -120,7 +99,7 @@ int main(int argc, char** argv) try {
   const dsq::ModelConfig& c = m.config();
   cudaDeviceProp prop{};
   DSQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  const double copy_bw = copy_bandwidth();
+  const double copy_bw = dsq::bench::copy_bandwidth(gpu->context().stream());
 
   std::mt19937 rng(7);
   std::uniform_int_distribution<int64_t> token(2, c.vocab_size - 1);
