@@ -71,9 +71,9 @@ PassContext ForwardPass::context() const {
                      .ops = model_.ops(),
                      .workspace = model_.workspace(),
                      .batch = batch_,
-                     .offsets = offsets_,
-                     .positions = positions_,
-                     .tokens = tokens_,
+                     .offsets = ids_.offsets,
+                     .positions = ids_.positions,
+                     .tokens = ids_.tokens,
                      .positions_dev = ids_.positions_dev,
                      .tokens_dev = ids_.tokens_dev,
                      .observer = observer_};
@@ -100,9 +100,9 @@ Tensor ForwardPass::final_hidden(LogitRows rows) const {
   int64_t n = num_tokens();
   if (rows == LogitRows::Last) {
     std::vector<int64_t> picked;
-    for (size_t b = 0; b + 1 < offsets_.size(); ++b) {
-      DSQ_CHECK(offsets_[b + 1] > offsets_[b], "forward: sequence ", b, " has no new token to take logits of");
-      picked.push_back(offsets_[b + 1] - 1);
+    for (size_t b = 0; b + 1 < ids_.offsets.size(); ++b) {
+      DSQ_CHECK(ids_.offsets[b + 1] > ids_.offsets[b], "forward: sequence ", b, " has no new token to take logits of");
+      picked.push_back(ids_.offsets[b + 1] - 1);
     }
     n = int64_t(picked.size());
     float* gathered = ws.f32("head.streams", n * NH);
@@ -139,7 +139,7 @@ void ForwardPass::commit() {
   DSQ_CHECK(next_layer_ == model_.config().num_layers, "forward: commit after ", next_layer_, " of ",
             model_.config().num_layers, " layers");
   DSQ_CHECK(!committed_, "forward: committed twice");
-  for (size_t b = 0; b < batch_.size(); ++b) batch_[b].state->position += offsets_[b + 1] - offsets_[b];
+  for (size_t b = 0; b < batch_.size(); ++b) batch_[b].state->position += ids_.offsets[b + 1] - ids_.offsets[b];
   committed_ = true;
 }
 

@@ -24,12 +24,12 @@ class ForwardPass {
  public:
   ForwardPass(const Model& model, std::vector<SequenceInput> batch, LinearObserver* observer = nullptr);
 
-  int64_t num_tokens() const { return int64_t(tokens_.size()); }
+  int64_t num_tokens() const { return int64_t(ids_.tokens.size()); }
   // Absolute position and token id of each new token, in batch order.
-  const std::vector<int64_t>& positions() const { return positions_; }
-  const std::vector<int64_t>& tokens() const { return tokens_; }
+  const std::vector<int64_t>& positions() const { return ids_.positions; }
+  const std::vector<int64_t>& tokens() const { return ids_.tokens; }
   // First token of sequence b in batch order (size B + 1).
-  const std::vector<int64_t>& sequence_offsets() const { return offsets_; }
+  const std::vector<int64_t>& sequence_offsets() const { return ids_.offsets; }
 
   // The residual streams, [num_tokens, N·H] f32 (stream-major per token), in the memory
   // of the model's ops (host memory for CpuOps).
@@ -54,9 +54,6 @@ class ForwardPass {
   std::vector<SequenceInput> batch_;
   LinearObserver* observer_;
   PassTokens ids_;
-  const std::vector<int64_t>& tokens_ = ids_.tokens;
-  const std::vector<int64_t>& positions_ = ids_.positions;
-  const std::vector<int64_t>& offsets_ = ids_.offsets;
   Tensor streams_;
   int next_layer_ = 0;
   bool committed_ = false;
