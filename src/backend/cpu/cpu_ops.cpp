@@ -73,10 +73,7 @@ void CpuOps::rms_norm(const float* x, int64_t n, int64_t dim, int64_t stride, co
 
 void CpuOps::rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const int64_t* positions,
                   const RopeFrequencies& table, bool inverse) {
-  parallel_for(n_tokens, 16, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t)
-      for (int64_t h = 0; h < heads; ++h) apply_rope_one(x + (t * heads + h) * dim, dim, positions[t], table, inverse);
-  });
+  apply_rope(x, n_tokens, heads, dim, positions, table, inverse);
 }
 
 void CpuOps::swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) {

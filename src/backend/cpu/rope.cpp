@@ -50,11 +50,12 @@ void apply_rope_one(float* v, int64_t d, int64_t position, const RopeFrequencies
   }
 }
 
-void apply_rope(float* v, int64_t n, int64_t d, int64_t stride, const int64_t* positions,
+void apply_rope(float* v, int64_t n_tokens, int64_t heads, int64_t d, const int64_t* positions,
                 const RopeFrequencies& table, bool inverse) {
   DSQ_CHECK(table.rope_dim <= d, "rope: ", table.rope_dim, " rotary dims exceed a vector of ", d);
-  parallel_for(n, 64, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) apply_rope_one(v + i * stride, d, positions[i], table, inverse);
+  parallel_for(n_tokens, 16, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t h = 0; h < heads; ++h) apply_rope_one(v + (t * heads + h) * d, d, positions[t], table, inverse);
   });
 }
 

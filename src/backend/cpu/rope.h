@@ -25,9 +25,9 @@ struct YarnScaling {
 // Plain table f_i = θ^(−2i/r); with `yarn`, the blended YaRN table of §1.4.
 RopeFrequencies rope_frequencies(int64_t rope_dim, double theta, const YarnScaling* yarn = nullptr);
 
-// Rotates the trailing rope_dim entries of each of n vectors (length d, at stride `stride`)
-// by position positions[i] (one per vector); `inverse` turns by −φ.
-void apply_rope(float* v, int64_t n, int64_t d, int64_t stride, const int64_t* positions,
+// Rotates the trailing rope_dim entries of vectors v[t][h] (n_tokens × heads vectors of
+// length d, contiguous) by position positions[t]; `inverse` turns by −φ.
+void apply_rope(float* v, int64_t n_tokens, int64_t heads, int64_t d, const int64_t* positions,
                 const RopeFrequencies& table, bool inverse);
 
 // One vector at one position.
