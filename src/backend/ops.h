@@ -114,6 +114,10 @@ class Ops {
   // `dim`, contiguous) by positions[t] (device, per token); cpu/rope.h semantics.
   virtual void rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const int64_t* positions,
                     const cpu::RopeFrequencies& table, bool inverse) = 0;
+  // rms_norm (weight: device pointer or null) of each of those vectors, then rope forward:
+  // a head's norm and rotation in one op (the queries and the key of attention).
+  virtual void norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps,
+                         const int64_t* positions, const cpu::RopeFrequencies& table) = 0;
   // cpu/swiglu.h semantics (out may alias gate).
   virtual void swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) = 0;
   // dst[i] += src[i].
@@ -125,11 +129,18 @@ class Ops {
   // streams[t][j] = table[ids[t]] for each of the N streams: streams [T, N·H].
   virtual void embed_streams(const QuantizedMatrix& table, const int64_t* ids, int64_t T, int64_t n_streams,
                              float* streams) = 0;
+  // The mixing logits of T rows of streams (width N·H): mix[t] = fn · rms_norm(streams[t])
+  // (no norm weight); fn: dense [(2+N)·N, N·H]. One op so that a backend can fold the
+  // norm, a per-row scalar, into the product.
+  virtual void mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn,
+                       float* mix) = 0;
   // Per token: (pre, post, comb) = mhc_coefficients(mix[t], base, scale) and
-  // x[t] = mhc_collapse(streams[t], pre). mix [T, (2+N)·N]; base [(2+N)·N]; scale [3].
+  // x[t] = mhc_collapse(streams[t], pre), then, when norm_weight is not null,
+  // x[t] = rms_norm(x[t]) · norm_weight (the block's input norm). mix [T, (2+N)·N];
+  // base [(2+N)·N]; scale [3].
   virtual void mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
-                       int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, float* x, float* post,
-                       float* comb) = 0;
+                       int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight,
+                       float norm_eps, float* x, float* post, float* comb) = 0;
   // Per token: mhc_update(streams[t], post[t], comb[t], y[t]).
   virtual void mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T,
                         int64_t n_streams, int64_t hidden) = 0;

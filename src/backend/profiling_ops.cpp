@@ -77,9 +77,21 @@ void ProfilingOps::embed_streams(const QuantizedMatrix& table, const int64_t* id
   stop("embed_streams", t0);
 }
 
-void ProfilingOps::mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, float* x, float* post, float* comb) {
+void ProfilingOps::norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps, const int64_t* positions, const cpu::RopeFrequencies& table) {
   const auto t0 = start();
-  inner_->mhc_pre(streams, mix, base, scale, T, n_streams, hidden, sinkhorn_iters, eps, x, post, comb);
+  inner_->norm_rope(x, n_tokens, heads, dim, weight, eps, positions, table);
+  stop("norm_rope", t0);
+}
+
+void ProfilingOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn, float* mix) {
+  const auto t0 = start();
+  inner_->mhc_mix(streams, T, width, eps, fn, mix);
+  stop("mhc_mix", t0);
+}
+
+void ProfilingOps::mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
+  const auto t0 = start();
+  inner_->mhc_pre(streams, mix, base, scale, T, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb);
   stop("mhc_pre", t0);
 }
 

@@ -80,12 +80,10 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   ops.rms_norm(q_residual, T, qr, qr, ops.resident(w.q_norm), eps, q_residual);
   float* q = ws.f32("attn.q", T * nh * D);
   run_linear(ctx, w.wq_b, q_residual, T, q);
-  ops.rms_norm(q, T * nh, D, D, nullptr, eps, q);
-  ops.rope(q, T, nh, D, ctx.positions_dev, rope, false);
+  ops.norm_rope(q, T, nh, D, nullptr, eps, ctx.positions_dev, rope);
 
   // The shared key/value head.
-  ops.rms_norm(kv, T, D, D, ops.resident(w.kv_norm), eps, kv);
-  ops.rope(kv, T, 1, D, ctx.positions_dev, rope, false);
+  ops.norm_rope(kv, T, 1, D, ops.resident(w.kv_norm), eps, ctx.positions_dev, rope);
 
   // Indexer queries, from the normalised q_residual.
   float* iq = nullptr;

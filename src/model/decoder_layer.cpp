@@ -11,7 +11,6 @@ void decoder_layer(const PassContext& ctx, int layer, const LayerWeights& w, con
   Workspace& ws = ctx.workspace;
   const int64_t T = ctx.num_tokens(), H = c.hidden_size, N = c.hc_mult, NH = N * H, n_mix = (2 + N) * N;
   const float eps = float(c.rms_norm_eps), eps_hc = float(c.hc_eps);
-  float* normed = ws.f32("layer.normed", T * NH);
   float* mix = ws.f32("layer.mix", T * n_mix);
   float* x = ws.f32("layer.x", T * H);
   float* y = ws.f32("layer.y", T * H);
@@ -19,11 +18,9 @@ void decoder_layer(const PassContext& ctx, int layer, const LayerWeights& w, con
   float* comb = ws.f32("layer.comb", T * N * N);
   // X ← post ⊗ block(norm(collapse(X))) + combᵀ·X
   auto half_step = [&](const HyperConnection& hc, const std::vector<float>& norm_weight, auto&& block) {
-    ops.rms_norm(streams, T, NH, NH, nullptr, eps, normed);
-    ops.linear(hc.fn.w, normed, T, mix);
+    ops.mhc_mix(streams, T, NH, eps, hc.fn.w, mix);
     ops.mhc_pre(streams, mix, ops.resident(hc.base), ops.resident(hc.scale), T, N, H, c.hc_sinkhorn_iters, eps_hc,
-                x, post, comb);
-    ops.rms_norm(x, T, H, H, ops.resident(norm_weight), eps, x);
+                ops.resident(norm_weight), eps, x, post, comb);
     block(x, y);
     ops.mhc_post(streams, post, comb, y, T, N, H);
   };

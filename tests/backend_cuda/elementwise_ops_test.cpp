@@ -1,6 +1,6 @@
-// GPU-vs-CPU checks of CudaOps' small ops (elementwise_ops.cu): rms_norm, rope, swiglu,
-// add, gather_rows, embed_streams, mhc_pre, mhc_post, hc_head and route. Each test runs
-// one op through CpuOps (the fp32 reference) and CudaOps on the same random inputs, for
+// GPU-vs-CPU checks of CudaOps' small ops (elementwise_ops.cu): rms_norm, rope,
+// norm_rope, swiglu, add, gather_rows, embed_streams, mhc_mix, mhc_pre, mhc_post, hc_head
+// and route. Each test runs one op through CpuOps (the fp32 reference) and CudaOps on the same random inputs, for
 // a table of shapes: tiny (H = 64, 4 heads of 32, rope 8, 8 experts, k = 2), DeepSeek-V4-
 // Flash (H = 4096, N = 4, 64 heads of 512, rope 64, 256 experts, k = 6, T in {1, 7, 300})
 // and ragged widths that take the kernels' scalar paths. GPU outputs start as NaN, so an
@@ -10,8 +10,8 @@
 //  - exact (0): pure copies and the plain sum of add (gather_rows, embed_streams, add).
 //  - 1e-6: one expression per element, where only the last bits of expf / sincosf and
 //    FMA contraction differ (swiglu, rope, mhc_post, hc_head).
-//  - 1e-5: a reduction over the row in another order (rms_norm: ≈ √dim·2⁻²⁴ on the norm)
-//    or 20 Sinkhorn rounds that amplify an expf ulp (mhc_pre).
+//  - 1e-5: a reduction over the row in another order (rms_norm, norm_rope, mhc_mix:
+//    ≈ √dim·2⁻²⁴ on the norm) or 20 Sinkhorn rounds that amplify an expf ulp (mhc_pre).
 //  - route: the chosen expert SETS must be equal (order inside a token is unspecified);
 //    weights within 1e-5 absolute (they are O(1); only the k-term sum order differs).
 #include <gtest/gtest.h>
@@ -135,6 +135,45 @@ TEST(CudaElementwise, RopeMatchesCpu) {
     Tensor gx = on_gpu(gpu, x), gpos = on_gpu(gpu, pos);
     gpu.rope(gx.mutable_data<float>(), s.tokens, s.heads, s.dim, gpos.data<int64_t>(), table, s.inverse);
     expect_close(floats_of(gpu, gx), want, 1e-6, "rope");
+  }
+}
+
+// ---- norm_rope ----
+
+TEST(CudaElementwise, NormRopeMatchesCpu) {
+  DSQ_REQUIRE_GPU();
+  struct Shape {
+    std::string name;
+    int64_t tokens, heads, dim, rope_dim;
+    bool weighted;
+  };
+  const std::vector<Shape> shapes = {
+      {"flash queries T=1", 1, 64, 512, 64, false},
+      {"flash queries T=7", 7, 64, 512, 64, false},
+      {"flash key T=300, kv_norm weight", 300, 1, 512, 64, true},
+      {"tiny", 3, 4, 32, 8, true},
+      {"odd vector length", 5, 3, 13, 6, true},
+  };
+  cpu::CpuOps cpu;
+  CudaOps gpu(Precision::F32);
+  std::mt19937 rng(11);
+  std::vector<cpu::RopeFrequencies> tables;
+  tables.reserve(shapes.size());
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE(s.name);
+    cpu::YarnScaling yarn;
+    yarn.factor = 16;
+    yarn.original_max_positions = 65536;
+    const cpu::RopeFrequencies& table = tables.emplace_back(cpu::rope_frequencies(s.rope_dim, 10000.0, &yarn));
+    const std::vector<float> x = random_floats(size_t(s.tokens * s.heads * s.dim), rng, 2.0f);
+    const std::vector<float> w = random_floats(size_t(s.dim), rng);
+    const std::vector<int64_t> pos = random_ints(size_t(s.tokens), 0, 65536, rng);
+    std::vector<float> want = x;
+    cpu.norm_rope(want.data(), s.tokens, s.heads, s.dim, s.weighted ? w.data() : nullptr, 1e-6f, pos.data(), table);
+    Tensor gx = on_gpu(gpu, x), gw = on_gpu(gpu, w), gpos = on_gpu(gpu, pos);
+    gpu.norm_rope(gx.mutable_data<float>(), s.tokens, s.heads, s.dim, s.weighted ? gw.data<float>() : nullptr, 1e-6f,
+                  gpos.data<int64_t>(), table);
+    expect_close(floats_of(gpu, gx), want, 1e-5, "norm_rope");
   }
 }
 
@@ -310,6 +349,7 @@ MhcInputs mhc_inputs(const MhcShape& s, int64_t mix_width, std::mt19937& rng) {
   return in;
 }
 
+// Without and with the fused input norm (mhc_pre_norm_kernel: one block per token).
 TEST(CudaElementwise, MhcPreMatchesCpu) {
   DSQ_REQUIRE_GPU();
   cpu::CpuOps cpu;
@@ -317,21 +357,68 @@ TEST(CudaElementwise, MhcPreMatchesCpu) {
   std::mt19937 rng(7);
   const float eps = 1e-6f;
   for (const MhcShape& s : kMhcShapes) {
-    SCOPED_TRACE(s.name);
-    const int64_t N = s.streams, T = s.tokens, H = s.hidden;
-    const MhcInputs in = mhc_inputs(s, (2 + N) * N, rng);
-    std::vector<float> x(size_t(T * H)), post(size_t(T * N)), comb(size_t(T * N * N));
-    cpu.mhc_pre(in.streams.data(), in.mix.data(), in.base.data(), in.scale.data(), T, N, H, s.sinkhorn_iters, eps,
-                x.data(), post.data(), comb.data());
-    Tensor gs = on_gpu(gpu, in.streams), gmix = on_gpu(gpu, in.mix), gbase = on_gpu(gpu, in.base),
-           gscale = on_gpu(gpu, in.scale);
-    Tensor gx = poisoned_gpu(gpu, T * H), gpost = poisoned_gpu(gpu, T * N), gcomb = poisoned_gpu(gpu, T * N * N);
-    gpu.mhc_pre(gs.data<float>(), gmix.data<float>(), gbase.data<float>(), gscale.data<float>(), T, N, H,
-                s.sinkhorn_iters, eps, gx.mutable_data<float>(), gpost.mutable_data<float>(),
-                gcomb.mutable_data<float>());
-    expect_close(floats_of(gpu, gx), x, 1e-5, "mhc_pre x");
-    expect_close(floats_of(gpu, gpost), post, 1e-6, "mhc_pre post");
-    expect_close(floats_of(gpu, gcomb), comb, 1e-5, "mhc_pre comb");
+    for (bool normed : {false, true}) {
+      SCOPED_TRACE(s.name + (normed ? ", with the input norm" : ""));
+      const int64_t N = s.streams, T = s.tokens, H = s.hidden;
+      const MhcInputs in = mhc_inputs(s, (2 + N) * N, rng);
+      const std::vector<float> norm_w = random_floats(size_t(H), rng);
+      std::vector<float> x(size_t(T * H)), post(size_t(T * N)), comb(size_t(T * N * N));
+      cpu.mhc_pre(in.streams.data(), in.mix.data(), in.base.data(), in.scale.data(), T, N, H, s.sinkhorn_iters, eps,
+                  normed ? norm_w.data() : nullptr, eps, x.data(), post.data(), comb.data());
+      Tensor gs = on_gpu(gpu, in.streams), gmix = on_gpu(gpu, in.mix), gbase = on_gpu(gpu, in.base),
+             gscale = on_gpu(gpu, in.scale), gw = on_gpu(gpu, norm_w);
+      Tensor gx = poisoned_gpu(gpu, T * H), gpost = poisoned_gpu(gpu, T * N), gcomb = poisoned_gpu(gpu, T * N * N);
+      gpu.mhc_pre(gs.data<float>(), gmix.data<float>(), gbase.data<float>(), gscale.data<float>(), T, N, H,
+                  s.sinkhorn_iters, eps, normed ? gw.data<float>() : nullptr, eps, gx.mutable_data<float>(),
+                  gpost.mutable_data<float>(), gcomb.mutable_data<float>());
+      expect_close(floats_of(gpu, gx), x, 1e-5, "mhc_pre x");
+      expect_close(floats_of(gpu, gpost), post, 1e-6, "mhc_pre post");
+      expect_close(floats_of(gpu, gcomb), comb, 1e-5, "mhc_pre comb");
+    }
+  }
+}
+
+// mhc_mix: the fused single pass (up to 8 rows, up to 64 mixing rows) and the norm +
+// GEMM path beyond; repeated calls check that the kernel leaves its accumulator clear.
+// Bound 1e-5: fp32 sums in another order, and x·w/rms instead of (x/rms)·w.
+TEST(CudaElementwise, MhcMixMatchesCpu) {
+  DSQ_REQUIRE_GPU();
+  struct Shape {
+    std::string name;
+    int64_t tokens, rows, width;
+  };
+  const std::vector<Shape> shapes = {
+      {"flash decode, T=1 (24 mixing rows of N·H = 16384)", 1, 24, 16384},
+      {"flash head mix, T=1 (4 rows)", 1, 4, 16384},
+      {"flash T=3", 3, 24, 16384},
+      {"flash T=8", 8, 24, 16384},
+      {"ragged width 1000", 2, 24, 1000},
+      {"T=9: norm + GEMM", 9, 24, 16384},
+      {"flash prefill T=300: norm + GEMM", 300, 24, 16384},
+      {"tiny N·H = 1024", 5, 24, 1024},
+  };
+  cpu::CpuOps cpu;
+  // CudaOps keys its weight copies by the host matrix's address: each weight lives on.
+  std::mt19937 rng(17);
+  std::vector<QuantizedMatrix> weights;
+  for (const Shape& s : shapes)
+    weights.push_back(QuantizedMatrix::dense(
+        Tensor::from_f32(random_floats(size_t(s.rows * s.width), rng, 0.01f), {s.rows, s.width})));
+  for (Precision precision : {Precision::F32, Precision::Fast}) {
+    CudaOps gpu(precision);
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      const Shape& s = shapes[i];
+      const QuantizedMatrix& fn = weights[i];
+      SCOPED_TRACE(s.name);
+      for (int call = 0; call < 3; ++call) {
+        const std::vector<float> x = random_floats(size_t(s.tokens * s.width), rng, 3.0f);
+        std::vector<float> want(size_t(s.tokens * s.rows));
+        cpu.mhc_mix(x.data(), s.tokens, s.width, 1e-6f, fn, want.data());
+        Tensor gx = on_gpu(gpu, x), gmix = poisoned_gpu(gpu, s.tokens * s.rows);
+        gpu.mhc_mix(gx.data<float>(), s.tokens, s.width, 1e-6f, fn, gmix.mutable_data<float>());
+        expect_close(floats_of(gpu, gmix), want, 1e-5, "mhc_mix");
+      }
+    }
   }
 }
 
@@ -503,7 +590,10 @@ TEST(CudaElementwise, ZeroRowsAreNoOps) {
   gpu.add(p, p, 0);
   gpu.gather_rows(p, nullptr, 0, 16, p);
   gpu.embed_streams(embed, nullptr, 0, 4, p);
-  gpu.mhc_pre(p, nullptr, nullptr, nullptr, 0, 4, 16, 20, 1e-6f, p, p, p);
+  gpu.norm_rope(p, 0, 4, 16, nullptr, 1e-6f, nullptr, table);
+  gpu.mhc_mix(p, 0, 16, 1e-6f, embed, p);
+  gpu.mhc_pre(p, nullptr, nullptr, nullptr, 0, 4, 16, 20, 1e-6f, nullptr, 1e-6f, p, p, p);
+  gpu.mhc_pre(p, nullptr, nullptr, nullptr, 0, 4, 16, 20, 1e-6f, p, 1e-6f, p, p, p);
   gpu.mhc_post(p, nullptr, nullptr, nullptr, 0, 4, 16);
   gpu.hc_head(p, nullptr, nullptr, 1.0f, 0, 4, 16, 1e-6f, p);
   gpu.route(p, 0, 8, nullptr, nullptr, nullptr, 0, 2, 1.0f, nullptr, p);

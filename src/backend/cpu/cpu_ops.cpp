@@ -76,6 +76,12 @@ void CpuOps::rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const 
   apply_rope(x, n_tokens, heads, dim, positions, table, inverse);
 }
 
+void CpuOps::norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps,
+                       const int64_t* positions, const RopeFrequencies& table) {
+  cpu::rms_norm(x, n_tokens * heads, dim, dim, weight, eps, x);
+  apply_rope(x, n_tokens, heads, dim, positions, table, false);
+}
+
 void CpuOps::swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) {
   swiglu_clamped(gate, up, n, limit, out);
 }
@@ -100,8 +106,16 @@ void CpuOps::embed_streams(const QuantizedMatrix& table, const int64_t* ids, int
       std::memcpy(streams + (t * n_streams + j) * H, embedded.data() + t * H, size_t(H) * sizeof(float));
 }
 
+void CpuOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn,
+                     float* mix) {
+  std::vector<float> normed(size_t(T * width));
+  cpu::rms_norm(streams, T, width, width, nullptr, eps, normed.data());
+  cpu::linear(normed.data(), T, fn, mix);
+}
+
 void CpuOps::mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
-                     int64_t N, int64_t H, int64_t sinkhorn_iters, float eps, float* x, float* post, float* comb) {
+                     int64_t N, int64_t H, int64_t sinkhorn_iters, float eps, const float* norm_weight,
+                     float norm_eps, float* x, float* post, float* comb) {
   const int64_t n_mix = (2 + N) * N;
   DSQ_CHECK(N <= 64, "hc_mult ", N, " too large");
   parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
@@ -109,6 +123,7 @@ void CpuOps::mhc_pre(const float* streams, const float* mix, const float* base, 
     for (int64_t t = t0; t < t1; ++t) {
       mhc_coefficients(mix + t * n_mix, base, scale, N, sinkhorn_iters, eps, pre, post + t * N, comb + t * N * N);
       mhc_collapse(streams + t * N * H, pre, N, H, x + t * H);
+      if (norm_weight) cpu::rms_norm(x + t * H, 1, H, H, norm_weight, norm_eps, x + t * H);
     }
   });
 }

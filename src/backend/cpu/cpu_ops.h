@@ -29,15 +29,19 @@ class CpuOps final : public backend::Ops {
                 float* y) override;
   void rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const int64_t* positions,
             const RopeFrequencies& table, bool inverse) override;
+  void norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps,
+                 const int64_t* positions, const RopeFrequencies& table) override;
   void swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) override;
   void add(float* dst, const float* src, int64_t n) override;
   void gather_rows(const float* src, const int64_t* rows, int64_t n, int64_t width, float* dst) override;
 
   void embed_streams(const QuantizedMatrix& table, const int64_t* ids, int64_t T, int64_t n_streams,
                      float* streams) override;
+  void mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn,
+               float* mix) override;
   void mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
-               int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, float* x, float* post,
-               float* comb) override;
+               int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight,
+               float norm_eps, float* x, float* post, float* comb) override;
   void mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T,
                 int64_t n_streams, int64_t hidden) override;
   void hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,

@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/dependent_launch.h"
 
 namespace dsq::cuda {
 
@@ -42,6 +43,8 @@ int blocks_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threa
 // ring[(p0 + i) mod ring_rows] = rows[i] for the last min(S, ring_rows) of S rows.
 __global__ void store_ring_rows_kernel(float* ring, const float* rows, int64_t p0, int64_t S, int64_t width,
                                        int64_t ring_rows) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   const int64_t first = S > ring_rows ? S - ring_rows : 0;
   const int64_t total = (S - first) * width;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
@@ -51,11 +54,11 @@ __global__ void store_ring_rows_kernel(float* ring, const float* rows, int64_t p
   }
 }
 
-void store_ring_rows(cudaStream_t stream, float* ring, const float* rows, int64_t p0, int64_t S, int64_t width,
+void store_ring_rows(const GpuContext& ctx, float* ring, const float* rows, int64_t p0, int64_t S, int64_t width,
                      int64_t ring_rows) {
   if (S <= 0 || ring_rows <= 0 || width <= 0) return;
-  store_ring_rows_kernel<<<blocks_for(std::min(S, ring_rows) * width, 256), 256, 0, stream>>>(ring, rows, p0, S,
-                                                                                               width, ring_rows);
+  launch_dependent(ctx, store_ring_rows_kernel, blocks_for(std::min(S, ring_rows) * width, 256), 256, 0, ring, rows,
+                   p0, S, width, ring_rows);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -78,6 +81,8 @@ struct CompressArgs {
 // One block per closing window s = first_entry + blockIdx.x: per channel, the softmax
 // pool over its slots (two passes, as the CPU), then RMSNorm and rope at position s·m.
 __global__ void compress_kernel(CompressArgs a) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   extern __shared__ float pooled[];  // [width]
   __shared__ float partial[32];
   const int64_t s = a.first_entry + blockIdx.x;
@@ -153,6 +158,8 @@ constexpr int kIxLoads = kIxHeads * kIxDim / 4 / 256;    // float4 loads per thr
 __global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, const float* weights, int64_t S,
                                                              int n_heads, int head_dim, const float* keys,
                                                              int n_keys, float scale, float* scores) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   __shared__ __align__(16) float q_s[kIxDim][kIxHeads];
   __shared__ __align__(16) float k_s[kIxDim][kIxKeys];
   __shared__ float key_sum[16][kIxKeys];
@@ -235,6 +242,8 @@ __device__ uint32_t order_key(float f) {
 __global__ void __launch_bounds__(kTopkThreads) indexer_topk_kernel(const float* scores, int64_t n_keys, int64_t topk,
                                                                     int64_t p0, int64_t rate, bool staged,
                                                                     int64_t* selected) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   using Scan = cub::BlockScan<int, kTopkThreads>;
   extern __shared__ uint32_t staged_keys[];
   __shared__ typename Scan::TempStorage scan_storage;
@@ -405,6 +414,8 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
                                                                       int keys_per_split, float* out,
                                                                       float* part_acc, float* part_max,
                                                                       float* part_sum) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   extern __shared__ float4 smem4[];
   // Key rows padded by 16 bytes: the 128-bit reads of 8 lanes (one per key) at the same
   // offset then fall into 8 different bank groups.
@@ -544,6 +555,8 @@ constexpr int kMaxSplits = 64;
 // Warp 0 turns the splits' maxima into weights; then each thread sums float4 columns.
 __global__ void combine_kernel(const float* part_acc, const float* part_max, const float* part_sum, int n_splits,
                                int n_heads, int dim, const float* sinks, float* out) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   __shared__ float weight_s[kMaxSplits];
   __shared__ float denom_s;
   const int64_t i = blockIdx.x;
@@ -596,11 +609,11 @@ void CudaOps::compress(const backend::CompressorParams& p, float* ring_kv, float
   if (n_close > 0) {
     CompressArgs a{ring_kv, ring_gate, kv, gate, resident(*p.ape), resident(*p.norm), rope_table(*p.rope),
                    entries, p0, p.rate, p.width, raw, p.rope->rope_dim, first, p.overlap, p.eps};
-    compress_kernel<<<unsigned(n_close), 256, size_t(p.width) * sizeof(float), ctx_.stream()>>>(a);
+    launch_dependent(ctx_, compress_kernel, unsigned(n_close), 256, size_t(p.width) * sizeof(float), a);
     DSQ_CUDA_CHECK_LAUNCH();
   }
-  store_ring_rows(ctx_.stream(), ring_kv, kv, p0, S, raw, 2 * p.rate);
-  store_ring_rows(ctx_.stream(), ring_gate, gate, p0, S, raw, 2 * p.rate);
+  store_ring_rows(ctx_, ring_kv, kv, p0, S, raw, 2 * p.rate);
+  store_ring_rows(ctx_, ring_gate, gate, p0, S, raw, 2 * p.rate);
 }
 
 void CudaOps::indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim,
@@ -613,7 +626,7 @@ void CudaOps::indexer_scores(const float* q, const float* weights, int64_t S, in
             "indexer_scores: head dim ", head_dim, " not a multiple of 4, or q / keys not 16-byte aligned");
   const float scale = 1.0f / std::sqrt(float(head_dim)) / std::sqrt(float(n_heads));
   const dim3 grid{unsigned((n_keys + kIxKeys - 1) / kIxKeys), unsigned(std::min<int64_t>(S, 65535))};
-  indexer_scores_kernel<<<grid, 256, 0, ctx_.stream()>>>(q, weights, S, int(n_heads), int(head_dim), keys,
+  launch_dependent(ctx_, indexer_scores_kernel, grid, 256, 0, q, weights, S, int(n_heads), int(head_dim), keys,
                                                          int(n_keys), scale, scores);
   DSQ_CUDA_CHECK_LAUNCH();
 }
@@ -632,7 +645,7 @@ void CudaOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t top
   }();
   (void)smem_ready;
   const size_t smem = staged ? size_t(longest) * sizeof(uint32_t) : 0;
-  indexer_topk_kernel<<<unsigned(S), kTopkThreads, smem, ctx_.stream()>>>(scores, n_keys, topk, p0, rate, staged,
+  launch_dependent(ctx_, indexer_topk_kernel, unsigned(S), kTopkThreads, smem, scores, n_keys, topk, p0, rate, staged,
                                                                           selected);
   DSQ_CUDA_CHECK_LAUNCH();
 }
@@ -682,20 +695,20 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
   (void)smem_ready;
   DSQ_CHECK(S <= INT32_MAX && n_heads <= 65535, "sink_attention: ", S, " queries × ", n_heads, " heads too many");
   const dim3 grid{unsigned(S), unsigned(head_groups), unsigned(splits)};
-  sink_attention_kernel<<<grid, kAttnThreads, smem, ctx_.stream()>>>(keys, q, int(n_heads), sinks, scale,
+  launch_dependent(ctx_, sink_attention_kernel, grid, kAttnThreads, smem, keys, q, int(n_heads), sinks, scale,
                                                                      int(keys_per_split), out, part_acc, part_max,
                                                                      part_sum);
   DSQ_CUDA_CHECK_LAUNCH();
   if (splits > 1) {
-    combine_kernel<<<dim3(unsigned(S), unsigned(n_heads)), 128, 0, ctx_.stream()>>>(
-        part_acc, part_max, part_sum, int(splits), int(n_heads), int(dim), sinks, out);
+    launch_dependent(ctx_, combine_kernel, dim3(unsigned(S), unsigned(n_heads)), 128, 0, part_acc, part_max, part_sum,
+                     int(splits), int(n_heads), int(dim), sinks, out);
     DSQ_CUDA_CHECK_LAUNCH();
   }
 }
 
 void CudaOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
                             int64_t window) {
-  store_ring_rows(ctx_.stream(), ring, new_keys, p0, S, dim, window - 1);
+  store_ring_rows(ctx_, ring, new_keys, p0, S, dim, window - 1);
 }
 
 }  // namespace dsq::cuda

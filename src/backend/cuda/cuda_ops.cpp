@@ -124,8 +124,16 @@ void* CudaOps::scratch(int slot, size_t bytes) {
   if (b.size() < bytes) {
     ctx_.synchronize();  // the old buffer may still be in use by queued work
     b = DeviceBuffer<unsigned char>(std::max(bytes, 2 * b.size()));
+    ++scratch_epoch_;
   }
   return b.get();
+}
+
+void* CudaOps::zeroed_scratch(int slot, size_t bytes) {
+  const uint64_t epoch = scratch_epoch_;
+  void* p = scratch(slot, bytes);
+  if (scratch_epoch_ != epoch) DSQ_CUDA_CHECK(cudaMemsetAsync(p, 0, scratch_[slot].size(), ctx_.stream()));
+  return p;
 }
 
 }  // namespace dsq::cuda

@@ -15,8 +15,8 @@
 //   cuda_ops.cpp           construction, memory, parameters, scratch
 //   linear_ops.cu          linear / linear_many / linear_grouped / moe_experts, and the
 //                          prepared-weight cache (linear_cache.h)
-//   elementwise_ops.cu     rms_norm, rope, swiglu, add, gather_rows, embed_streams,
-//                          mhc_pre / mhc_post / hc_head, route
+//   elementwise_ops.cu     rms_norm, rope, norm_rope, swiglu, add, gather_rows,
+//                          embed_streams, mhc_mix / mhc_pre / mhc_post / hc_head, route
 //   attention_ops.cu       compress, indexer_scores, indexer_topk, sink_attention,
 //                          update_window
 #pragma once
@@ -61,15 +61,19 @@ class CudaOps final : public backend::Ops {
                 float* y) override;
   void rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const int64_t* positions,
             const cpu::RopeFrequencies& table, bool inverse) override;
+  void norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps,
+                 const int64_t* positions, const cpu::RopeFrequencies& table) override;
   void swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) override;
   void add(float* dst, const float* src, int64_t n) override;
   void gather_rows(const float* src, const int64_t* rows, int64_t n, int64_t width, float* dst) override;
 
   void embed_streams(const QuantizedMatrix& table, const int64_t* ids, int64_t T, int64_t n_streams,
                      float* streams) override;
+  void mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn,
+               float* mix) override;
   void mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
-               int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, float* x, float* post,
-               float* comb) override;
+               int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight,
+               float norm_eps, float* x, float* post, float* comb) override;
   void mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T,
                 int64_t n_streams, int64_t hidden) override;
   void hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,
@@ -103,6 +107,15 @@ class CudaOps final : public backend::Ops {
   // pointer is valid until the next scratch() call with the same slot. Slots by file:
   // cuda_ops.cpp + linear_ops.cu 0–9, elementwise_ops.cu 10–19, attention_ops.cu 20–29.
   void* scratch(int slot, size_t bytes);
+  // scratch() whose bytes are zero when it is (re)allocated: for kernels that keep their
+  // accumulators zero between calls.
+  void* zeroed_scratch(int slot, size_t bytes);
+  // The fp32 device copy of a linear weight as linear() prepared it, or null when this
+  // precision keeps that weight in another form (dense f32 weights stay fp32 in both).
+  const float* prepared_f32(const QuantizedMatrix& w);
+  // Counts scratch reallocations: work recorded earlier (a CUDA graph, graph_replay_ops.h)
+  // may hold a freed scratch pointer once this has changed.
+  uint64_t scratch_epoch() const { return scratch_epoch_; }
 
  private:
   Precision precision_;
@@ -112,6 +125,7 @@ class CudaOps final : public backend::Ops {
   std::unordered_map<const void*, DeviceBuffer<int64_t>> int_params_;
   std::unordered_map<const void*, DeviceBuffer<unsigned char>> byte_params_;
   std::unordered_map<int, DeviceBuffer<unsigned char>> scratch_;
+  uint64_t scratch_epoch_ = 0;
 };
 
 }  // namespace dsq::cuda

@@ -1,7 +1,11 @@
-// CudaOps' small memory-bound ops (cuda_ops.h): rms_norm, rope, swiglu, add, gather_rows,
-// embed_streams, the mHC ops mhc_pre / mhc_post / hc_head (spec §2.4, §2.12) and MoE
-// routing (§2.11). Each op is one kernel launch on the context's stream, with the
-// semantics of the CPU functions in backend/cpu/ (the specification).
+// CudaOps' small memory-bound ops (cuda_ops.h): rms_norm, rope, norm_rope, swiglu, add,
+// gather_rows, embed_streams, the mHC ops mhc_mix / mhc_pre / mhc_post / hc_head (spec
+// §2.4, §2.12) and MoE routing (§2.11). Each op is one kernel launch on the context's
+// stream (mhc_mix with many rows: a norm and a GEMM), with the semantics of the CPU
+// functions in backend/cpu/ (the specification). Every kernel is a programmatic dependent
+// (dependent_launch.h) that lets its own dependent launch at once: in a decode step,
+// where most of these kernels run for a few microseconds, the next kernel is already
+// resident when one ends, and a weight-streaming kernel after it loads its weights early.
 //
 // Rows whose width is a multiple of 4 at 16-byte aligned addresses move as float4
 // (kernels templated on the vector width V = 4), everything else one float at a time
@@ -23,6 +27,7 @@
 #include <type_traits>
 
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/dependent_launch.h"
 
 namespace dsq::cuda {
 
@@ -104,6 +109,8 @@ __device__ float block_sum(float v) {
 template <int V>
 __global__ void rms_norm_kernel(const float* x, int64_t dim, int64_t stride, const float* weight, float eps,
                                 float* y) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   const float* xr = x + int64_t(blockIdx.x) * stride;
   float* yr = y + int64_t(blockIdx.x) * stride;
   const int64_t chunks = dim / V;
@@ -133,6 +140,8 @@ __global__ void rms_norm_kernel(const float* x, int64_t dim, int64_t stride, con
 
 __global__ void rope_kernel(float* x, int64_t pairs, int64_t heads, int64_t dim, int64_t rope_dim,
                             const int64_t* positions, const float* freqs, bool inverse) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   const int64_t half = rope_dim / 2;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < pairs;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -146,6 +155,110 @@ __global__ void rope_kernel(float* x, int64_t pairs, int64_t heads, int64_t dim,
     slice[2 * i] = a * c - b * s;
     slice[2 * i + 1] = b * c + a * s;
   }
+}
+
+// ---- norm_rope: one block per vector, rms_norm_kernel's arithmetic then rope_kernel's ----
+
+template <int V>
+__global__ void norm_rope_kernel(float* x, int64_t dim, const float* weight, float eps, int64_t heads,
+                                 int64_t rope_dim, const int64_t* positions, const float* freqs) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
+  float* xr = x + int64_t(blockIdx.x) * dim;
+  const int64_t chunks = dim / V;
+  float squares = 0;
+  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
+    const Floats<V> f = load<V>(xr + i * V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) squares += f.v[e] * f.v[e];
+  }
+  const float inv = 1.0f / sqrtf(block_sum(squares) / float(dim) + eps);
+  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
+    Floats<V> f = load<V>(xr + i * V);
+    if (weight) {
+      const Floats<V> w = load<V>(weight + i * V);
+#pragma unroll
+      for (int e = 0; e < V; ++e) f.v[e] = w.v[e] * (f.v[e] * inv);
+    } else {
+#pragma unroll
+      for (int e = 0; e < V; ++e) f.v[e] = f.v[e] * inv;
+    }
+    store<V>(xr + i * V, f);
+  }
+  __syncthreads();  // the rotated pairs were normalised by other threads
+  const float position = float(positions[blockIdx.x / heads]);
+  float* slice = xr + (dim - rope_dim);
+  for (int64_t i = threadIdx.x; i < rope_dim / 2; i += blockDim.x) {
+    float s, c;
+    sincosf(position * freqs[i], &s, &c);
+    const float a = slice[2 * i], b = slice[2 * i + 1];
+    slice[2 * i] = a * c - b * s;
+    slice[2 * i + 1] = b * c + a * s;
+  }
+}
+
+// ---- mhc_mix, few rows: fn · x / rms(x) in one pass over fn ----
+// Block b takes kMixChunk columns of every row of fn and of every token's x: partial dot
+// products and partial sums of squares go to an fp32 accumulator with atomics; the last
+// block to finish scales the sums into `mix` and clears the accumulator (and its ticket)
+// for the next call, so the op is one launch.
+
+constexpr int kMixChunk = 256;
+constexpr int kMixMaxTokens = 8;
+constexpr int kMixMaxRows = 64;
+
+__global__ void mhc_mix_kernel(const float* x, int T, int64_t K, const float* fn, int R, float eps, float* acc,
+                               unsigned* ticket, float* mix) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
+  __shared__ float4 xs[kMixMaxTokens][kMixChunk / 4];
+  __shared__ bool last;
+  const int64_t c0 = int64_t(blockIdx.x) * kMixChunk;
+  const int quads = int((K - c0 < kMixChunk ? K - c0 : int64_t(kMixChunk)) / 4);
+  for (int i = threadIdx.x; i < T * quads; i += blockDim.x)
+    xs[i / quads][i % quads] = *reinterpret_cast<const float4*>(x + int64_t(i / quads) * K + c0 + 4 * (i % quads));
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int stride = R + 1;  // per token: R dot products, then the sum of squares
+  for (int r = warp; r < R + 1; r += warps) {
+    float d[kMixMaxTokens];
+#pragma unroll
+    for (int t = 0; t < kMixMaxTokens; ++t) d[t] = 0;
+    for (int j = lane; j < quads; j += 32) {
+      // Row R stands for the squares: x · x.
+      const bool squares = r == R;
+      const float4 w = squares ? make_float4(0, 0, 0, 0) : *reinterpret_cast<const float4*>(fn + int64_t(r) * K + c0 + 4 * j);
+#pragma unroll
+      for (int t = 0; t < kMixMaxTokens; ++t) {
+        if (t < T) {
+          const float4 v = xs[t][j];
+          const float4 u = squares ? v : w;
+          d[t] += u.x * v.x + u.y * v.y + u.z * v.z + u.w * v.w;
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kMixMaxTokens; ++t) {
+      if (t < T) {
+        const float sum = warp_sum(d[t]);
+        if (lane == 0) atomicAdd(acc + t * stride + r, sum);
+      }
+    }
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < T * R; i += blockDim.x) {
+    const int t = i / R, r = i % R;
+    const float inv = 1.0f / sqrtf(__ldcg(acc + t * stride + R) / float(K) + eps);
+    mix[i] = __ldcg(acc + t * stride + r) * inv;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < T * stride; i += blockDim.x) acc[i] = 0;
+  if (threadIdx.x == 0) *ticket = 0;
 }
 
 // ---- elementwise: grid-stride over V-chunks, the last n % V elements one by one ----
@@ -168,6 +281,8 @@ struct AddOp {
 // out[i] = op(a[i], b[i]); out may alias a.
 template <int V, typename Op>
 __global__ void binary_kernel(const float* a, const float* b, int64_t n, Op op, float* out) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   const int64_t chunks = n / V;
   const int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = first; i < chunks; i += step) {
@@ -185,9 +300,9 @@ template <typename Op>
 void launch_binary(const float* a, const float* b, int64_t n, Op op, float* out, const GpuContext& ctx) {
   if (n <= 0) return;
   if (aligned16(a) && aligned16(b) && aligned16(out))
-    binary_kernel<4><<<grid_for(ceil_div(n, 4), ctx), kThreads, 0, ctx.stream()>>>(a, b, n, op, out);
+    launch_dependent(ctx, binary_kernel<4, Op>, grid_for(ceil_div(n, 4), ctx), kThreads, 0, a, b, n, op, out);
   else
-    binary_kernel<1><<<grid_for(n, ctx), kThreads, 0, ctx.stream()>>>(a, b, n, op, out);
+    launch_dependent(ctx, binary_kernel<1, Op>, grid_for(n, ctx), kThreads, 0, a, b, n, op, out);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -195,6 +310,8 @@ void launch_binary(const float* a, const float* b, int64_t n, Op op, float* out,
 
 template <int V>
 __global__ void gather_rows_kernel(const float* src, const int64_t* rows, int64_t width, float* dst) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   const int64_t r = blockIdx.x;
   const int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
   if (i * V >= width) return;
@@ -210,6 +327,8 @@ __device__ float widen(__half v) { return __half2float(v); }
 template <typename T, int V>
 __global__ void embed_streams_kernel(const T* table, int64_t vocab, int64_t hidden, const int64_t* ids,
                                      int64_t n_streams, float* streams) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   const int64_t t = blockIdx.x;
   const int64_t i = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
   if (i * V >= hidden) return;
@@ -234,10 +353,10 @@ void launch_embed(const void* table, int64_t vocab, int64_t hidden, const int64_
   // V = 4 stores float4 into the streams; table elements are read one by one.
   if (hidden % 4 == 0 && aligned16(streams)) {
     const dim3 grid(unsigned(T_), unsigned(ceil_div(hidden / 4, kThreads)));
-    embed_streams_kernel<T, 4><<<grid, kThreads, 0, ctx.stream()>>>(tab, vocab, hidden, ids, n, streams);
+    launch_dependent(ctx, embed_streams_kernel<T, 4>, grid, kThreads, 0, tab, vocab, hidden, ids, n, streams);
   } else {
     const dim3 grid(unsigned(T_), unsigned(ceil_div(hidden, kThreads)));
-    embed_streams_kernel<T, 1><<<grid, kThreads, 0, ctx.stream()>>>(tab, vocab, hidden, ids, n, streams);
+    launch_dependent(ctx, embed_streams_kernel<T, 1>, grid, kThreads, 0, tab, vocab, hidden, ids, n, streams);
   }
   DSQ_CUDA_CHECK_LAUNCH();
 }
@@ -319,37 +438,89 @@ __device__ void collapse_slice(const float* X, const float* pre, int64_t hidden,
   store<V>(x + i * V, acc);
 }
 
+// The block's token coefficients (warp 0): pre into shared memory; post and comb written
+// out when `writer`.
+template <int N>
+__device__ void mhc_block_coefficients(const float* m, const float* base, const float* scale, int64_t iters, float eps,
+                                       bool writer, float* pre, float* A, float* post, float* comb) {
+  constexpr int NN = N * N;
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    if (lane < N) {
+      pre[lane] = sigmoid(m[lane] * scale[0] + base[lane]) + eps;
+      if (writer) post[lane] = 2.0f * sigmoid(m[N + lane] * scale[1] + base[N + lane]);
+    }
+    for (int i = lane; i < NN; i += 32) A[i] = m[2 * N + i] * scale[2] + base[2 * N + i];
+    __syncwarp();
+    sinkhorn_warp<N>(A, iters, eps);
+    if (writer)
+      for (int i = lane; i < NN; i += 32) comb[i] = A[i];
+  }
+  __syncthreads();
+}
+
 // Every block recomputes its token's coefficients (a few hundred flops) so that the
 // columns of one token spread over several blocks; blocks with blockIdx.y == 0 write
 // post and comb.
 template <int N, int V>
 __global__ void mhc_pre_kernel(const float* streams, const float* mix, const float* base, const float* scale,
                                int64_t hidden, int64_t iters, float eps, float* x, float* post, float* comb) {
-  constexpr int NN = N * N;
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   __shared__ float pre[N];
-  __shared__ float A[NN];
+  __shared__ float A[N * N];
   const int64_t t = blockIdx.x;
-  const float* m = mix + t * (2 + N) * N;
-  const bool writer = blockIdx.y == 0;
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    if (lane < N) {
-      pre[lane] = sigmoid(m[lane] * scale[0] + base[lane]) + eps;
-      if (writer) post[t * N + lane] = 2.0f * sigmoid(m[N + lane] * scale[1] + base[N + lane]);
-    }
-    for (int i = lane; i < NN; i += 32) A[i] = m[2 * N + i] * scale[2] + base[2 * N + i];
-    __syncwarp();
-    sinkhorn_warp<N>(A, iters, eps);
-    if (writer)
-      for (int i = lane; i < NN; i += 32) comb[t * NN + i] = A[i];
-  }
-  __syncthreads();
+  mhc_block_coefficients<N>(mix + t * (2 + N) * N, base, scale, iters, eps, blockIdx.y == 0, pre, A, post + t * N,
+                            comb + t * N * N);
   collapse_slice<N, V>(streams + t * N * hidden, pre, hidden, x + t * hidden);
+}
+
+// mhc_pre followed by the block's input RMSNorm: one block per token takes the whole
+// row, so the norm's reduction stays in the block (rms_norm_kernel's arithmetic).
+template <int N, int V>
+__global__ void mhc_pre_norm_kernel(const float* streams, const float* mix, const float* base, const float* scale,
+                                    int64_t hidden, int64_t iters, float eps, const float* norm_weight,
+                                    float norm_eps, float* x, float* post, float* comb) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
+  __shared__ float pre[N];
+  __shared__ float A[N * N];
+  const int64_t t = blockIdx.x;
+  mhc_block_coefficients<N>(mix + t * (2 + N) * N, base, scale, iters, eps, true, pre, A, post + t * N,
+                            comb + t * N * N);
+  const float* X = streams + t * N * hidden;
+  float* xr = x + t * hidden;
+  const int64_t chunks = hidden / V;
+  float squares = 0;
+  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
+    Floats<V> acc;
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc.v[e] = 0;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const Floats<V> f = load<V>(X + j * hidden + i * V);
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc.v[e] += pre[j] * f.v[e];
+    }
+#pragma unroll
+    for (int e = 0; e < V; ++e) squares += acc.v[e] * acc.v[e];
+    store<V>(xr + i * V, acc);
+  }
+  const float inv = 1.0f / sqrtf(block_sum(squares) / float(hidden) + norm_eps);
+  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {  // each thread rescales what it wrote
+    Floats<V> f = load<V>(xr + i * V);
+    const Floats<V> w = load<V>(norm_weight + i * V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) f.v[e] = w.v[e] * (f.v[e] * inv);
+    store<V>(xr + i * V, f);
+  }
 }
 
 template <int N, int V>
 __global__ void hc_head_kernel(const float* streams, const float* mix, const float* base, float scale,
                                int64_t hidden, float eps, float* out) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   __shared__ float pre[N];
   const int64_t t = blockIdx.x;
   if (threadIdx.x < N) pre[threadIdx.x] = sigmoid(mix[t * N + threadIdx.x] * scale + base[threadIdx.x]) + eps;
@@ -362,6 +533,8 @@ __global__ void hc_head_kernel(const float* streams, const float* mix, const flo
 template <int N, int V>
 __global__ void mhc_post_kernel(float* streams, const float* post, const float* comb, const float* y,
                                 int64_t hidden) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   __shared__ float coef[N + N * N];  // post, then comb
   const int64_t t = blockIdx.x;
   for (int i = threadIdx.x; i < N + N * N; i += blockDim.x) coef[i] = i < N ? post[t * N + i] : comb[t * N * N + i - N];
@@ -427,6 +600,8 @@ __device__ uint64_t rank_key(float score, int expert) {
 __global__ void route_kernel(const float* logits, int64_t T, int E, const float* bias, const int64_t* tid2eid,
                              const int64_t* tokens, int64_t vocab, int k, float scaling, int64_t* chosen,
                              float* weights) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   const int lane = threadIdx.x % 32;
   const int64_t t = int64_t(blockIdx.x) * kRouteWarps + threadIdx.x / 32;
   if (t >= T) return;  // whole warps leave together
@@ -481,9 +656,9 @@ void CudaOps::rms_norm(const float* x, int64_t n, int64_t dim, int64_t stride, c
   const int64_t chunks = vec ? dim / 4 : dim;
   const int threads = int(std::min<int64_t>(512, std::max<int64_t>(32, ceil_div(chunks, 32) * 32)));
   if (vec)
-    rms_norm_kernel<4><<<unsigned(n), threads, 0, ctx_.stream()>>>(x, dim, stride, weight, eps, y);
+    launch_dependent(ctx_, rms_norm_kernel<4>, unsigned(n), threads, 0, x, dim, stride, weight, eps, y);
   else
-    rms_norm_kernel<1><<<unsigned(n), threads, 0, ctx_.stream()>>>(x, dim, stride, weight, eps, y);
+    launch_dependent(ctx_, rms_norm_kernel<1>, unsigned(n), threads, 0, x, dim, stride, weight, eps, y);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -493,8 +668,26 @@ void CudaOps::rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const
   const int64_t pairs = n_tokens * heads * (table.rope_dim / 2);
   if (pairs <= 0) return;
   const float* freqs = rope_table(table);
-  rope_kernel<<<grid_for(pairs, ctx_), kThreads, 0, ctx_.stream()>>>(x, pairs, heads, dim, table.rope_dim, positions,
+  launch_dependent(ctx_, rope_kernel, grid_for(pairs, ctx_), kThreads, 0, x, pairs, heads, dim, table.rope_dim, positions,
                                                                      freqs, inverse);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps,
+                        const int64_t* positions, const cpu::RopeFrequencies& table) {
+  DSQ_CHECK(table.rope_dim <= dim, "norm_rope: ", table.rope_dim, " rotary dims exceed a vector of ", dim);
+  const int64_t n = n_tokens * heads;
+  if (n <= 0 || dim <= 0) return;
+  const float* freqs = rope_table(table);
+  const bool vec = dim % 4 == 0 && aligned16(x) && (!weight || aligned16(weight));
+  const int64_t chunks = vec ? dim / 4 : dim;
+  const int threads = int(std::min<int64_t>(512, std::max<int64_t>(32, ceil_div(chunks, 32) * 32)));
+  if (vec)
+    launch_dependent(ctx_, norm_rope_kernel<4>, unsigned(n), threads, 0, x, dim, weight, eps, heads, table.rope_dim,
+                     positions, freqs);
+  else
+    launch_dependent(ctx_, norm_rope_kernel<1>, unsigned(n), threads, 0, x, dim, weight, eps, heads, table.rope_dim,
+                     positions, freqs);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -508,10 +701,10 @@ void CudaOps::gather_rows(const float* src, const int64_t* rows, int64_t n, int6
   if (n <= 0 || width <= 0) return;
   if (width % 4 == 0 && aligned16(src) && aligned16(dst)) {
     const dim3 grid(unsigned(n), unsigned(ceil_div(width / 4, kThreads)));
-    gather_rows_kernel<4><<<grid, kThreads, 0, ctx_.stream()>>>(src, rows, width, dst);
+    launch_dependent(ctx_, gather_rows_kernel<4>, grid, kThreads, 0, src, rows, width, dst);
   } else {
     const dim3 grid(unsigned(n), unsigned(ceil_div(width, kThreads)));
-    gather_rows_kernel<1><<<grid, kThreads, 0, ctx_.stream()>>>(src, rows, width, dst);
+    launch_dependent(ctx_, gather_rows_kernel<1>, grid, kThreads, 0, src, rows, width, dst);
   }
   DSQ_CUDA_CHECK_LAUNCH();
 }
@@ -532,18 +725,49 @@ void CudaOps::embed_streams(const QuantizedMatrix& table, const int64_t* ids, in
     launch_embed<__half>(dev, table.rows, table.cols, ids, T, n_streams, streams, ctx_);
 }
 
+void CudaOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn,
+                      float* mix) {
+  DSQ_CHECK(fn.cols == width, "mhc_mix: the mixing weight [", fn.rows, ", ", fn.cols, "] does not take rows of ",
+            width);
+  if (T <= 0) return;
+  const float* w = prepared_f32(fn);
+  if (w != nullptr && T <= kMixMaxTokens && fn.rows <= kMixMaxRows && width % 4 == 0 && aligned16(streams) &&
+      aligned16(w)) {
+    const int64_t R = fn.rows;
+    const size_t acc_bytes = size_t(kMixMaxTokens * (kMixMaxRows + 1)) * sizeof(float);
+    auto* acc = static_cast<float*>(zeroed_scratch(10, acc_bytes + sizeof(unsigned)));
+    auto* ticket = reinterpret_cast<unsigned*>(reinterpret_cast<unsigned char*>(acc) + acc_bytes);
+    launch_dependent(ctx_, mhc_mix_kernel, unsigned(ceil_div(width, kMixChunk)), kThreads, 0, streams, int(T), width,
+                     w, int(R), eps, acc, ticket, mix);
+    DSQ_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  // Many rows (or a weight the kernel does not take): the two steps, through the GEMM.
+  auto* normed = static_cast<float*>(scratch(11, size_t(T * width) * sizeof(float)));
+  rms_norm(streams, T, width, width, nullptr, eps, normed);
+  linear(fn, normed, T, mix);
+}
+
 void CudaOps::mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
-                      int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, float* x, float* post,
-                      float* comb) {
-  const bool vec = hidden % 4 == 0 && aligned16(streams) && aligned16(x);
+                      int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight,
+                      float norm_eps, float* x, float* post, float* comb) {
+  const bool vec = hidden % 4 == 0 && aligned16(streams) && aligned16(x) && (!norm_weight || aligned16(norm_weight));
   with_stream_count(n_streams, "mhc_pre", [&](auto n) {
     constexpr int N = decltype(n)::value;
     if (T <= 0) return;
-    if (vec)
-      mhc_pre_kernel<N, 4><<<column_grid(hidden, 4, T), kThreads, 0, ctx_.stream()>>>(
+    if (norm_weight) {
+      const int threads = int(std::min<int64_t>(1024, std::max<int64_t>(32, ceil_div(vec ? hidden / 4 : hidden, 32) * 32)));
+      if (vec)
+        launch_dependent(ctx_, mhc_pre_norm_kernel<N, 4>, unsigned(T), threads, 0, streams, mix, base, scale, hidden,
+                         sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb);
+      else
+        launch_dependent(ctx_, mhc_pre_norm_kernel<N, 1>, unsigned(T), threads, 0, streams, mix, base, scale, hidden,
+                         sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb);
+    } else if (vec)
+      launch_dependent(ctx_, mhc_pre_kernel<N, 4>, column_grid(hidden, 4, T), kThreads, 0, 
           streams, mix, base, scale, hidden, sinkhorn_iters, eps, x, post, comb);
     else
-      mhc_pre_kernel<N, 1><<<column_grid(hidden, 1, T), kThreads, 0, ctx_.stream()>>>(
+      launch_dependent(ctx_, mhc_pre_kernel<N, 1>, column_grid(hidden, 1, T), kThreads, 0, 
           streams, mix, base, scale, hidden, sinkhorn_iters, eps, x, post, comb);
     DSQ_CUDA_CHECK_LAUNCH();
   });
@@ -556,9 +780,9 @@ void CudaOps::mhc_post(float* streams, const float* post, const float* comb, con
     constexpr int N = decltype(n)::value;
     if (T <= 0 || hidden <= 0) return;
     if (vec)
-      mhc_post_kernel<N, 4><<<column_grid(hidden, 4, T), kThreads, 0, ctx_.stream()>>>(streams, post, comb, y, hidden);
+      launch_dependent(ctx_, mhc_post_kernel<N, 4>, column_grid(hidden, 4, T), kThreads, 0, streams, post, comb, y, hidden);
     else
-      mhc_post_kernel<N, 1><<<column_grid(hidden, 1, T), kThreads, 0, ctx_.stream()>>>(streams, post, comb, y, hidden);
+      launch_dependent(ctx_, mhc_post_kernel<N, 1>, column_grid(hidden, 1, T), kThreads, 0, streams, post, comb, y, hidden);
     DSQ_CUDA_CHECK_LAUNCH();
   });
 }
@@ -570,10 +794,10 @@ void CudaOps::hc_head(const float* streams, const float* mix, const float* base,
     constexpr int N = decltype(ns)::value;
     if (n <= 0 || hidden <= 0) return;
     if (vec)
-      hc_head_kernel<N, 4><<<column_grid(hidden, 4, n), kThreads, 0, ctx_.stream()>>>(streams, mix, base, scale,
+      launch_dependent(ctx_, hc_head_kernel<N, 4>, column_grid(hidden, 4, n), kThreads, 0, streams, mix, base, scale,
                                                                                         hidden, eps, out);
     else
-      hc_head_kernel<N, 1><<<column_grid(hidden, 1, n), kThreads, 0, ctx_.stream()>>>(streams, mix, base, scale,
+      launch_dependent(ctx_, hc_head_kernel<N, 1>, column_grid(hidden, 1, n), kThreads, 0, streams, mix, base, scale,
                                                                                         hidden, eps, out);
     DSQ_CUDA_CHECK_LAUNCH();
   });
@@ -587,7 +811,7 @@ void CudaOps::route(const float* logits, int64_t T, int64_t n_experts, const flo
   DSQ_CHECK(k >= 1 && k <= 32 && k <= n_experts, "route: k = ", k, " outside [1, min(32, ", n_experts, ")]");
   DSQ_CHECK(!tid2eid || tokens, "route: hash routing needs the token ids");
   if (T <= 0) return;
-  route_kernel<<<unsigned(ceil_div(T, kRouteWarps)), 32 * kRouteWarps, 0, ctx_.stream()>>>(
+  launch_dependent(ctx_, route_kernel, unsigned(ceil_div(T, kRouteWarps)), 32 * kRouteWarps, 0, 
       logits, T, int(n_experts), bias, tid2eid, tokens, vocab, int(k), scaling, chosen, weights);
   DSQ_CUDA_CHECK_LAUNCH();
 }

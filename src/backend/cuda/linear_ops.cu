@@ -439,6 +439,11 @@ void CudaOps::linear(const QuantizedMatrix& w, const float* x, int64_t n, float*
   apply(*this, linears_, p, x, w.cols, n, y, w.rows, true);
 }
 
+const float* CudaOps::prepared_f32(const QuantizedMatrix& w) {
+  PreparedLinear& p = prepared(linears_, w, 1, precision_);
+  return p.kind == Kind::F32 ? p.f32.get() : nullptr;
+}
+
 void CudaOps::linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
                           int64_t n) {
   if (n == 0 || count == 0) return;
