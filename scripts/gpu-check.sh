@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64:$PWD/$bin/lib:${LD_LIBRARY_PATH:-}"
-export DSQ_SHARED_DIR="$PWD/$bin/shared" DSQ_PROJECT_DIR="$PWD"
+export DSQ_SHARED_DIR="$PWD/$bin/shared" DSQ_PROJECT_DIR="$PWD" DSQ_BINARY_DIR="$PWD/$bin"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/env.log"
 "$bin/test_backend_cuda" 2>&1 | tee "$out/tests.log" | grep -vE '^\[ +(RUN|OK) '
 test_rc=${PIPESTATUS[0]}

@@ -13,8 +13,12 @@
 // routed experts, k routed experts per layer at their stored size, the head, one
 // embedding row, and the decoding state the attention reads: window keys, compressed
 // entries — all visible for HCA, top-k for CSA — and the CSA indexer's keys) divided
-// by the device-to-device copy bandwidth measured here. Then the same steps once more
-// through backend::ProfilingOps, printing where a step's time goes, op by op.
+// by the device-to-device copy bandwidth measured here. Decode runs as served, through
+// GraphReplayOps (repeating work replayed as CUDA graphs), and again with every kernel
+// launched directly, for comparison. Then one plain step between cudaProfilerStart/Stop
+// (for `ncu --profile-from-start off`: every kernel of one step, timed alone), and the
+// same steps once more through backend::ProfilingOps, printing where a step's time goes,
+// op by op.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -24,7 +28,10 @@
 #include <string>
 #include <vector>
 
+#include <cuda_profiler_api.h>
+
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/graph_replay_ops.h"
 #include "backend/profiling_ops.h"
 #include "bench/gpu/copy_bandwidth.h"
 #include "core/error.h"
@@ -94,7 +101,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
   auto gpu = std::make_shared<dsq::cuda::CudaOps>(dsq::cuda::Precision::Fast);
-  auto ops = std::make_shared<dsq::backend::ProfilingOps>(gpu);  // forwards only, until enabled
+  auto graphs = std::make_shared<dsq::cuda::GraphReplayOps>(gpu);
+  auto ops = std::make_shared<dsq::backend::ProfilingOps>(graphs);  // forwards only, until enabled
   const Model m = Model::load(o.model_dir, ops);
   const dsq::ModelConfig& c = m.config();
   cudaDeviceProp prop{};
@@ -125,15 +133,32 @@ int main(int argc, char** argv) try {
   ops->synchronize();
   const double prefill_s = seconds_since(t0);
 
-  std::vector<double> step_s;
   int64_t next = prompt.back();
-  for (int64_t i = 0; i < o.steps; ++i) {
+  auto decode_steps = [&](int64_t n) {
+    std::vector<double> step_s;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t tok[] = {next};
+      t0 = std::chrono::steady_clock::now();
+      const dsq::Tensor logits = m.forward({{&s, tok}}, dsq::model::LogitRows::Last);  // waits for the GPU
+      step_s.push_back(seconds_since(t0));
+      next = 2 + (next + 1) % (c.vocab_size - 2);
+      (void)logits;
+    }
+    std::sort(step_s.begin(), step_s.end());
+    return step_s[step_s.size() / 2];
+  };
+  decode_steps(3);  // the first sightings and captures of the decode step's segments
+  const dsq::cuda::GraphReplayOps::Stats before = graphs->stats();
+  const double median = decode_steps(o.steps);
+  const dsq::cuda::GraphReplayOps::Stats after = graphs->stats();
+  graphs->set_enabled(false);
+  const double plain_median = decode_steps(o.steps);
+  {
     const int64_t tok[] = {next};
-    t0 = std::chrono::steady_clock::now();
-    const dsq::Tensor logits = m.forward({{&s, tok}}, dsq::model::LogitRows::Last);  // waits for the GPU
-    step_s.push_back(seconds_since(t0));
+    DSQ_CUDA_CHECK(cudaProfilerStart());
+    m.forward({{&s, tok}}, dsq::model::LogitRows::Last);
+    DSQ_CUDA_CHECK(cudaProfilerStop());
     next = 2 + (next + 1) % (c.vocab_size - 2);
-    (void)logits;
   }
   // Where a decode step's time goes: the same steps again, each op timed on its own.
   ops->set_enabled(true);
@@ -143,8 +168,6 @@ int main(int argc, char** argv) try {
     next = 2 + (next + 1) % (c.vocab_size - 2);
   }
   ops->set_enabled(false);
-  std::sort(step_s.begin(), step_s.end());
-  const double median = step_s[step_s.size() / 2];
   const double bytes = decode_bytes(m, o.context);
   const double roofline_s = bytes / copy_bw;
 
@@ -163,6 +186,16 @@ int main(int argc, char** argv) try {
                 "| decode step, batch 1, context %lld (median of %lld) | %.3f ms | roofline %.3f ms (%.2f GB at copy BW) | %.1f %% |\n",
                 (long long)o.context, (long long)o.steps, median * 1e3, roofline_s * 1e3, bytes / 1e9,
                 100.0 * roofline_s / median);
+  md << line;
+  std::snprintf(line, sizeof line, "| the same, every kernel launched directly (no CUDA graphs) | %.3f ms | | %.1f %% |\n",
+                plain_median * 1e3, 100.0 * roofline_s / plain_median);
+  md << line;
+  std::snprintf(line, sizeof line,
+                "\nCUDA-graph replay (per decode step, over the %lld timed steps): %.1f segments replayed, %.1f "
+                "not; %lld graphs kept\n",
+                (long long)o.steps, double(after.replayed - before.replayed) / double(o.steps),
+                double(after.eager + after.captured - before.eager - before.captured) / double(o.steps),
+                (long long)after.graphs);
   md << line;
   md << "\nDecode step by op (each op timed alone with a device sync around it, summed over " << o.steps
      << " steps; context " << o.context << " and up):\n\n"

@@ -14,6 +14,7 @@ namespace dsq::cli {
 struct DeviceOptions {
   std::string device = "cpu";       // cpu | cuda
   std::string precision = "fast";   // fast | f32 (cuda only; see backend/cuda/cuda_ops.h)
+  bool cuda_graphs = true;          // replay repeating work as CUDA graphs (graph_replay_ops.h)
 };
 
 void add_device_options(CLI::App* cmd, DeviceOptions* opt);

@@ -60,9 +60,12 @@ ForwardPass::ForwardPass(const Model& model, std::vector<SequenceInput> batch, L
   for (const SequenceInput& in : batch_)
     DSQ_CHECK(int64_t(in.state->layers.size()) == c.num_layers, "forward: sequence state has ",
               in.state->layers.size(), " layers, the model ", c.num_layers);
-  // Embedding, copied into each of the N streams.
-  const int64_t T = num_tokens();
-  streams_ = model_.ops().alloc(DType::F32, {T, c.hc_mult * c.hidden_size});
+  // Embedding, copied into each of the N streams. A workspace buffer (one forward at a
+  // time per model): the same memory every call, so a decode step's work repeats exactly
+  // (backend/cuda/graph_replay_ops.h replays it).
+  const int64_t T = num_tokens(), NH = c.hc_mult * c.hidden_size;
+  streams_ = Tensor::writable_view(DType::F32, {T, NH}, model_.workspace().f32("pass.streams", T * NH), nullptr,
+                                   model_.ops().device());
   model_.ops().embed_streams(model_.weights().embed, ids_.tokens_dev, T, c.hc_mult, streams());
 }
 
@@ -109,10 +112,8 @@ Tensor ForwardPass::final_hidden(LogitRows rows) const {
     ops.gather_rows(streams(), ids_on_device(ops, ws, "head.picked", picked), n, NH, gathered);
     rows_in = gathered;
   }
-  float* normed = ws.f32("head.normed", n * NH);
   float* mix = ws.f32("head.mix", n * N);
-  ops.rms_norm(rows_in, n, NH, NH, nullptr, float(c.rms_norm_eps), normed);
-  ops.linear(w.hc_head_fn.w, normed, n, mix);
+  ops.mhc_mix(rows_in, n, NH, float(c.rms_norm_eps), w.hc_head_fn.w, mix);
   float* h = ws.f32("head.hidden", n * H);
   const Tensor hidden = Tensor::writable_view(DType::F32, {n, H}, h, nullptr, ops.device());
   ops.hc_head(rows_in, mix, ops.resident(w.hc_head_base), w.hc_head_scale, n, N, H, float(c.hc_eps), h);

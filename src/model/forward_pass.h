@@ -32,7 +32,8 @@ class ForwardPass {
   const std::vector<int64_t>& sequence_offsets() const { return ids_.offsets; }
 
   // The residual streams, [num_tokens, N·H] f32 (stream-major per token), in the memory
-  // of the model's ops (host memory for CpuOps).
+  // of the model's ops (host memory for CpuOps): a workspace buffer, valid until the
+  // model's next forward.
   float* streams() { return streams_.mutable_data<float>(); }
   const float* streams() const { return streams_.data<float>(); }
 

@@ -27,7 +27,12 @@ inline std::string project_path(const std::string& relative) {
   return (std::filesystem::path(override_dir ? override_dir : DSQ_PROJECT_DIR) / relative).string();
 }
 
-inline std::string dsq_binary() { return (std::filesystem::path(DSQ_BINARY_DIR) / "dsq").string(); }
+// The dsq binary of this build (or the one in $DSQ_BINARY_DIR when set, as on the GPU
+// machine, where binaries are carried).
+inline std::string dsq_binary() {
+  const char* override_dir = std::getenv("DSQ_BINARY_DIR");
+  return (std::filesystem::path(override_dir ? override_dir : DSQ_BINARY_DIR) / "dsq").string();
+}
 
 // A fresh empty directory under the system temp dir, unique per call.
 std::string make_temp_dir(const std::string& tag);

@@ -1,0 +1,317 @@
+// GraphReplayOps (graph_replay_ops.h): segments of pure ops, deferred, signed, and run
+// eagerly, captured or replayed.
+#include "backend/cuda/graph_replay_ops.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <type_traits>
+
+namespace dsq::cuda {
+
+namespace {
+
+// One tag per pure op, so that two ops with equal arguments sign differently.
+enum class Op : uint8_t {
+  Linear,
+  LinearMany,
+  LinearGrouped,
+  RmsNorm,
+  Rope,
+  NormRope,
+  Swiglu,
+  Add,
+  GatherRows,
+  EmbedStreams,
+  MhcMix,
+  MhcPre,
+  MhcPost,
+  HcHead,
+  Route,
+  MoeExperts,
+};
+
+}  // namespace
+
+GraphReplayOps::GraphReplayOps(std::shared_ptr<CudaOps> inner)
+    : inner_(std::move(inner)), scratch_epoch_(inner_->scratch_epoch()) {}
+
+GraphReplayOps::~GraphReplayOps() {
+  try {
+    flush();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dsq: deferred GPU work failed at shutdown: %s\n", e.what());
+  }
+  drop_graphs();
+}
+
+void GraphReplayOps::set_enabled(bool on) {
+  flush();
+  enabled_ = on;
+}
+
+template <typename... Args>
+void GraphReplayOps::defer(std::function<void()> work, const Args&... args) {
+  static_assert((std::is_trivially_copyable_v<Args> && ...), "a signed argument must be plain bytes");
+  if (!enabled_) return work();
+  (sign(&args, sizeof(Args)), ...);
+  pending_.push_back(std::move(work));
+}
+
+void GraphReplayOps::run(const std::vector<std::function<void()>>& work) {
+  for (const auto& call : work) call();
+}
+
+bool GraphReplayOps::capture(const std::vector<std::function<void()>>& work, Segment& segment) {
+  const cudaStream_t stream = inner_->context().stream();
+  // Thread-local mode: an op that waits for the device or copies to the host (the
+  // many-token MoE path reads its expert counts) gets an error instead of reading
+  // results that a capture never produced, and the capture is abandoned.
+  DSQ_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  bool ran = true;
+  try {
+    run(work);
+  } catch (const std::exception& e) {
+    ran = false;
+    if (std::getenv("DSQ_GRAPH_TRACE") != nullptr)
+      std::fprintf(stderr, "dsq: CUDA graph capture of a %zu-op segment failed: %s\n", work.size(), e.what());
+  }
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  cudaGetLastError();  // a failed capture leaves its error as the last one; it is handled here
+  cudaGraphExec_t exec = nullptr;
+  if (ran && ended == cudaSuccess && graph != nullptr &&
+      cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
+    segment.graph = exec;
+    ++stats_.graphs;
+  }
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  if (segment.graph == nullptr) {
+    cudaGetLastError();
+    return false;
+  }
+  DSQ_CUDA_CHECK(cudaGraphLaunch(segment.graph, stream));
+  return true;
+}
+
+void GraphReplayOps::flush() {
+  if (pending_.empty()) return;
+  // Taken out first: if an op throws, its segment is not run again by the next flush.
+  const std::vector<std::function<void()>> work = std::move(pending_);
+  const std::string signature = std::move(signature_);
+  pending_.clear();
+  signature_.clear();
+  if (inner_->scratch_epoch() != scratch_epoch_) {
+    drop_graphs();
+    scratch_epoch_ = inner_->scratch_epoch();
+  }
+  Segment& segment = segments_[signature];
+  if (segment.graph != nullptr) {
+    DSQ_CUDA_CHECK(cudaGraphLaunch(segment.graph, inner_->context().stream()));
+    ++stats_.replayed;
+  } else if (segment.capturable && segment.sightings > 0) {
+    if (capture(work, segment)) {
+      ++stats_.captured;
+    } else {
+      ++stats_.failed_captures;
+      // A capture that failed because scratch memory grew may succeed next time (every
+      // graph is dropped at the next flush then); any other failure will repeat.
+      if (inner_->scratch_epoch() == scratch_epoch_) segment.capturable = false;
+      run(work);
+      ++stats_.eager;
+    }
+  } else {
+    run(work);
+    ++stats_.eager;
+  }
+  ++segment.sightings;
+}
+
+void GraphReplayOps::drop_graphs() {
+  for (auto& [signature, segment] : segments_)
+    if (segment.graph != nullptr) cudaGraphExecDestroy(segment.graph);
+  segments_.clear();
+  stats_.graphs = 0;
+}
+
+// ---- calls that end a segment, then go straight to CudaOps ----
+
+Tensor GraphReplayOps::alloc(DType dtype, Shape shape) {
+  flush();  // a buffer it replaces is freed by the caller right after
+  return inner_->alloc(dtype, std::move(shape));
+}
+
+Tensor GraphReplayOps::upload(const Tensor& host) {
+  flush();
+  return inner_->upload(host);
+}
+
+Tensor GraphReplayOps::to_host(const Tensor& t) {
+  flush();
+  return inner_->to_host(t);
+}
+
+void GraphReplayOps::upload_into(void* dst, const void* host, size_t bytes) {
+  flush();
+  inner_->upload_into(dst, host, bytes);
+}
+
+void GraphReplayOps::grow_rows(Tensor& t, int64_t rows, int64_t width) {
+  flush();
+  inner_->grow_rows(t, rows, width);
+}
+
+void GraphReplayOps::copy(float* dst, const float* src, int64_t n) {
+  flush();
+  inner_->copy(dst, src, n);
+}
+
+void GraphReplayOps::synchronize() {
+  flush();
+  inner_->synchronize();
+}
+
+void GraphReplayOps::compress(const backend::CompressorParams& p, float* ring_kv, float* ring_gate, float* entries,
+                              const float* kv, const float* gate, int64_t p0, int64_t S) {
+  flush();
+  inner_->compress(p, ring_kv, ring_gate, entries, kv, gate, p0, S);
+}
+
+void GraphReplayOps::indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads,
+                                    int64_t head_dim, const float* keys, int64_t n_keys, float* scores) {
+  flush();
+  inner_->indexer_scores(q, weights, S, n_heads, head_dim, keys, n_keys, scores);
+}
+
+void GraphReplayOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t topk, int64_t p0, int64_t rate,
+                                  int64_t* selected) {
+  flush();
+  inner_->indexer_topk(scores, S, n_keys, topk, p0, rate, selected);
+}
+
+void GraphReplayOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys,
+                                    const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection,
+                                    const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
+                                    int64_t topk, const float* sinks, float scale, float* out) {
+  flush();
+  inner_->sink_attention(q, S, n_heads, dim, new_keys, ring, p0, window, selection, entries, n_entries, rate,
+                         selected, topk, sinks, scale, out);
+}
+
+void GraphReplayOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
+                                   int64_t window) {
+  flush();
+  inner_->update_window(ring, new_keys, p0, S, dim, window);
+}
+
+// ---- pure ops: deferred and signed ----
+
+void GraphReplayOps::linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) {
+  const QuantizedMatrix* wp = &w;
+  defer([=, this] { inner_->linear(*wp, x, n, y); }, Op::Linear, wp, x, n, y);
+}
+
+void GraphReplayOps::linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
+                                 int64_t n) {
+  std::vector<const QuantizedMatrix*> weights(ws, ws + count);
+  std::vector<float*> outputs(ys, ys + count);
+  defer([=, this] { inner_->linear_many(weights.data(), outputs.data(), count, x, n); }, Op::LinearMany, count, x,
+        n);
+  if (!enabled_) return;
+  sign(weights.data(), weights.size() * sizeof(void*));
+  sign(outputs.data(), outputs.size() * sizeof(void*));
+}
+
+void GraphReplayOps::linear_grouped(const QuantizedMatrix& w, int64_t groups, const float* x, int64_t n, float* y) {
+  const QuantizedMatrix* wp = &w;
+  defer([=, this] { inner_->linear_grouped(*wp, groups, x, n, y); }, Op::LinearGrouped, wp, groups, x, n, y);
+}
+
+void GraphReplayOps::rms_norm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float eps,
+                              float* y) {
+  defer([=, this] { inner_->rms_norm(x, n, dim, stride, weight, eps, y); }, Op::RmsNorm, x, n, dim, stride, weight,
+        eps, y);
+}
+
+void GraphReplayOps::rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const int64_t* positions,
+                          const cpu::RopeFrequencies& table, bool inverse) {
+  const cpu::RopeFrequencies* tp = &table;
+  defer([=, this] { inner_->rope(x, n_tokens, heads, dim, positions, *tp, inverse); }, Op::Rope, x, n_tokens, heads,
+        dim, positions, tp, inverse);
+}
+
+void GraphReplayOps::norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps,
+                               const int64_t* positions, const cpu::RopeFrequencies& table) {
+  const cpu::RopeFrequencies* tp = &table;
+  defer([=, this] { inner_->norm_rope(x, n_tokens, heads, dim, weight, eps, positions, *tp); }, Op::NormRope, x,
+        n_tokens, heads, dim, weight, eps, positions, tp);
+}
+
+void GraphReplayOps::swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) {
+  defer([=, this] { inner_->swiglu(gate, up, n, limit, out); }, Op::Swiglu, gate, up, n, limit, out);
+}
+
+void GraphReplayOps::add(float* dst, const float* src, int64_t n) {
+  defer([=, this] { inner_->add(dst, src, n); }, Op::Add, dst, src, n);
+}
+
+void GraphReplayOps::gather_rows(const float* src, const int64_t* rows, int64_t n, int64_t width, float* dst) {
+  defer([=, this] { inner_->gather_rows(src, rows, n, width, dst); }, Op::GatherRows, src, rows, n, width, dst);
+}
+
+void GraphReplayOps::embed_streams(const QuantizedMatrix& table, const int64_t* ids, int64_t T, int64_t n_streams,
+                                   float* streams) {
+  const QuantizedMatrix* tp = &table;
+  defer([=, this] { inner_->embed_streams(*tp, ids, T, n_streams, streams); }, Op::EmbedStreams, tp, ids, T,
+        n_streams, streams);
+}
+
+void GraphReplayOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn,
+                             float* mix) {
+  const QuantizedMatrix* fp = &fn;
+  defer([=, this] { inner_->mhc_mix(streams, T, width, eps, *fp, mix); }, Op::MhcMix, streams, T, width, eps, fp, mix);
+}
+
+void GraphReplayOps::mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
+                             int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
+                             const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
+  defer(
+      [=, this] {
+        inner_->mhc_pre(streams, mix, base, scale, T, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x,
+                        post, comb);
+      },
+      Op::MhcPre, streams, mix, base, scale, T, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x, post,
+      comb);
+}
+
+void GraphReplayOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T,
+                              int64_t n_streams, int64_t hidden) {
+  defer([=, this] { inner_->mhc_post(streams, post, comb, y, T, n_streams, hidden); }, Op::MhcPost, streams, post,
+        comb, y, T, n_streams, hidden);
+}
+
+void GraphReplayOps::hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,
+                             int64_t n_streams, int64_t hidden, float eps, float* out) {
+  defer([=, this] { inner_->hc_head(streams, mix, base, scale, n, n_streams, hidden, eps, out); }, Op::HcHead, streams,
+        mix, base, scale, n, n_streams, hidden, eps, out);
+}
+
+void GraphReplayOps::route(const float* logits, int64_t T, int64_t n_experts, const float* bias,
+                           const int64_t* tid2eid, const int64_t* tokens, int64_t vocab, int64_t k, float scaling,
+                           int64_t* chosen, float* weights) {
+  defer([=, this] { inner_->route(logits, T, n_experts, bias, tid2eid, tokens, vocab, k, scaling, chosen, weights); },
+        Op::Route, logits, T, n_experts, bias, tid2eid, tokens, vocab, k, scaling, chosen, weights);
+}
+
+void GraphReplayOps::moe_experts(const float* x, int64_t T, int64_t hidden, const backend::ExpertLinears* experts,
+                                 int64_t n_experts, const int64_t* chosen, const float* weights, int64_t k,
+                                 float limit, float* out, backend::ExpertInputTap* tap) {
+  DSQ_CHECK(tap == nullptr, "moe_experts: an expert input tap needs the CPU backend");
+  // The caller's table of experts is a temporary: keep a copy, sign its entries.
+  std::vector<backend::ExpertLinears> table(experts, experts + n_experts);
+  defer([=, this] { inner_->moe_experts(x, T, hidden, table.data(), n_experts, chosen, weights, k, limit, out, nullptr); },
+        Op::MoeExperts, x, T, hidden, n_experts, chosen, weights, k, limit, out);
+  if (!enabled_) return;
+  sign(table.data(), table.size() * sizeof(backend::ExpertLinears));
+}
+
+}  // namespace dsq::cuda
