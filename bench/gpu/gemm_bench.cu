@@ -242,9 +242,9 @@ struct Fp8Op {
 
 // steps > 0: the decode kernel forced to that many 256-wide K steps per block (tuning).
 // One Fp8BlockLinear holds all groups (one call, as CudaOps runs attn.wo_a). Prefill
-// also reports, for groups == 1, the GEMM alone on activations quantized beforehand
-// ("gemm only") and the fp32-in / fp32-out call CudaOps makes ("f32 op": quantization
-// from fp32 and the output conversion included); the plain row is bf16 in and out.
+// also reports the GEMM alone on activations quantized beforehand ("gemm only") and the
+// fp32-in / fp32-out call CudaOps makes ("f32 op": quantization from fp32 included);
+// the plain row is bf16 in and out.
 void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op& op,
                const std::vector<int64_t>& Ms, bool decode, int steps = 0) {
   const int64_t rows = op.N * op.groups, XW = op.K * op.groups;
@@ -266,7 +266,7 @@ void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op
   fill_bf16(x.get(), x.size(), 9);
   DeviceBuffer<unsigned char> ws(w[0]->workspace_bytes(maxM));
   DSQ_CUDA_CHECK(cudaMemset(ws.get(), 0, ws.bytes()));
-  const bool extra = !decode && steps == 0 && op.groups == 1;
+  const bool extra = !decode && steps == 0;
   DeviceBuffer<float> x32(extra ? size_t(maxM * XW) : 0), y32(extra ? size_t(maxM * rows) : 0);
   if (extra) fill_f32(x32.get(), x32.size(), 10);
   for (int64_t M : Ms) {
@@ -278,12 +278,18 @@ void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op
     if (!extra) continue;
     Fp8BlockLinear& lin = *w[0];
     lin.quantize(ctx, x.get(), XW, M, ws.get());
-    const Fp8Output<__nv_bfloat16> out{y.get(), rows, rows, 0};
-    const Times g = measure(ctx, tm, [&](int) { lin.gemm_quantized(ctx, M, &out, 1, ws.get()); }, false, 3);
+    std::vector<Fp8Output<__nv_bfloat16>> out;
+    std::vector<Fp8Output<float>> out32;
+    for (int64_t g = 0; g < op.groups; ++g) {
+      out.push_back({y.get() + g * op.N, op.N, rows, g * op.K});
+      out32.push_back({y32.get() + g * op.N, op.N, rows, g * op.K});
+    }
+    const int n_out = int(op.groups);
+    const Times g = measure(ctx, tm, [&](int) { lin.gemm_quantized(ctx, M, out.data(), n_out, ws.get()); }, false, 3);
     report((name + " gemm only").c_str(), M, g, double(wbytes) + double(M) * XW + double(M) * rows * 2, flops, lim,
            false, true);
-    const Fp8Output<float> out32{y32.get(), rows, rows, 0};
-    const Times f = measure(ctx, tm, [&](int) { lin.run_f32(ctx, x32.get(), XW, M, &out32, 1, ws.get()); }, false, 3);
+    const Times f =
+        measure(ctx, tm, [&](int) { lin.run_f32(ctx, x32.get(), XW, M, out32.data(), n_out, ws.get()); }, false, 3);
     report((name + " f32 op").c_str(), M, f, double(wbytes) + double(M) * XW * 4 + double(M) * rows * 4, flops, lim,
            false, true);
   }

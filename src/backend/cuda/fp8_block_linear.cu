@@ -463,15 +463,16 @@ Fp8BlockLinear::Workspace Fp8BlockLinear::carve(void* base, int64_t M) const {
 
 size_t Fp8BlockLinear::workspace_bytes(int64_t M) const { return carve(nullptr, M).bytes; }
 
-int Fp8BlockLinear::decode_steps() const {
+int Fp8BlockLinear::decode_steps(int sm_count) const {
   const int64_t slices = K_ / kDecStep;
   if (decode_steps_) {
     DSQ_CHECK(slices % decode_steps_ == 0, what_, ": ", decode_steps_, " decode steps do not divide K=", K_);
     return decode_steps_;
   }
-  // One step: the double-buffered longer slices need more than 64 registers, so fewer
-  // blocks stream per SM, and measured slower on an H100 at every M <= 16 for wq_b, wo_a
-  // and wo_b (bench/results/gpu-gemm-fp8.md); they stay as a tuning option.
+  // Longer slices (fewer atomics, each block streams more) while two blocks per SM remain.
+  const int64_t units = ceil_div(N_, kDecCols) * slices;
+  for (int steps : {4, 2})
+    if (slices % steps == 0 && units / steps >= 2 * int64_t(sm_count)) return steps;
   return 1;
 }
 
@@ -543,7 +544,7 @@ void Fp8BlockLinear::launch_decode(const GpuContext& ctx, const X* x, int64_t x_
     o.ld[i] = int(outs[i].ld);
     o.y[i] = outs[i].y;
   }
-  const int steps = M <= 16 ? decode_steps() : 1;
+  const int steps = M <= 16 ? decode_steps(ctx.sm_count()) : 1;
   const dim3 grid(unsigned(ceil_div(N_, kDecCols)), unsigned(K_ / (steps * kDecStep)));
   const dim3 threads(kDecWarps * 32);
   const float* wsc = kmajor_scales_.get();

@@ -79,7 +79,7 @@ class Fp8BlockLinear {
   void set_scale_orders(ScaleOrder act, ScaleOrder weight);
   void set_path(Fp8Path path) { path_ = path; }
   // Test/benchmark hook: 256-wide K steps per block of the decode kernel for M <= 16 (1,
-  // 2 or 4; must divide K/256); 0 (the default) is 1.
+  // 2 or 4; must divide K/256); 0 (the default) chooses by the weight's size.
   void set_decode_steps(int steps) {
     DSQ_CHECK(steps == 0 || steps == 1 || steps == 2 || steps == 4, what_, ": decode steps must be 0, 1, 2 or 4");
     decode_steps_ = steps;
@@ -128,7 +128,7 @@ class Fp8BlockLinear {
   // apart as y_type (bf16 or fp32).
   bool has_plan(const GpuContext& ctx, int64_t M, int64_t rows, int64_t ld, cudaDataType_t y_type);
   void upload_weight_scales();
-  int decode_steps() const;
+  int decode_steps(int sm_count) const;
 
   int64_t N_, K_, groups_;
   std::string what_;
