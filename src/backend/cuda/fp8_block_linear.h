@@ -42,8 +42,9 @@ enum class ScaleOrder { KMajor, OuterMajor };
 
 // Which GEMM runs: Auto picks the decode kernel for M <= kFp8DecodeAutoRows, cuBLASLt
 // otherwise, and the fallback where cuBLASLt has no algorithm. The others force one path.
-// (On an H100 cuBLASLt's block-scaled GEMM costs a fixed ~16 us at small M, more than
-// the decode kernel up to M = 16 on V4-Flash's FP8 weights.)
+// (On an H100 cuBLASLt's block-scaled GEMM costs a fixed ~16-18 us at small M: more than
+// the decode kernel up to M = 16 on V4-Flash's FP8 weights except wq_b [32768, 1024],
+// where cuBLASLt is ~2 us faster at M = 16; bench/results/gpu-gemm-fp8.md.)
 enum class Fp8Path { Auto, Decode, CublasLt, Fallback };
 constexpr int64_t kFp8DecodeMaxRows = 64;
 constexpr int64_t kFp8DecodeAutoRows = 16;
