@@ -1,5 +1,6 @@
-// FP8 block-scaled linear: activation quantization, the cuBLASLt block-scaled GEMM and a
-// CUDA-core fallback kernel (see fp8_block_linear.h).
+// FP8 block-scaled linear: activation quantization, the decode kernel (row ranges in one
+// launch), the cuBLASLt block-scaled GEMM and a CUDA-core fallback kernel (see
+// fp8_block_linear.h).
 #include "backend/cuda/fp8_block_linear.h"
 
 #include <cuda_fp8.h>
@@ -375,8 +376,9 @@ constexpr cudaDataType_t data_type() {
   return std::is_same_v<Y, float> ? CUDA_R_32F : CUDA_R_16BF;
 }
 
-}  // namespace
-
+// Quantizes x[M, K] (rows x_ld apart; bf16 or fp32, K % 128 == 0) to dense e4m3 xq[M, K]
+// plus fp32 scales in `order`; an outer-major layout holds `scale_rows` >= M rows per K
+// block (padding for GEMMs that need a rounded-up M). Device pointers.
 template <typename X>
 void quantize_act_fp8_1x128(const GpuContext& ctx, const X* x, int64_t x_ld, int64_t M, int64_t K, uint8_t* xq,
                             float* x_scales, ScaleOrder order, int64_t scale_rows) {
@@ -391,10 +393,8 @@ void quantize_act_fp8_1x128(const GpuContext& ctx, const X* x, int64_t x_ld, int
       x, x_ld, int(M), int(K), xq, x_scales, order == ScaleOrder::OuterMajor, int(scale_rows));
   DSQ_CUDA_CHECK_LAUNCH();
 }
-template void quantize_act_fp8_1x128<__nv_bfloat16>(const GpuContext&, const __nv_bfloat16*, int64_t, int64_t,
-                                                    int64_t, uint8_t*, float*, ScaleOrder, int64_t);
-template void quantize_act_fp8_1x128<float>(const GpuContext&, const float*, int64_t, int64_t, int64_t, uint8_t*,
-                                            float*, ScaleOrder, int64_t);
+
+}  // namespace
 
 Fp8BlockLinear::Fp8BlockLinear(const uint8_t* values, const float* scales, int64_t N, int64_t K,
                                const std::string& what, int64_t groups)

@@ -61,13 +61,6 @@ struct Fp8Output {
   int64_t rows, ld, x_col;
 };
 
-// Quantizes x[M, K] (rows x_ld apart; bf16 or fp32, K % 128 == 0) to dense e4m3 xq[M, K]
-// plus fp32 scales in `order`; an outer-major layout holds `scale_rows` >= M rows per K
-// block (padding for GEMMs that need a rounded-up M). Device pointers.
-template <typename X>
-void quantize_act_fp8_1x128(const GpuContext& ctx, const X* x, int64_t x_ld, int64_t M, int64_t K, uint8_t* xq,
-                            float* x_scales, ScaleOrder order, int64_t scale_rows);
-
 class Fp8BlockLinear {
  public:
   // values: host e4m3 bytes [N,K]; scales: host fp32 [ceil(N/128), ceil(K/128)] row-major.
