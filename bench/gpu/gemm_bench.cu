@@ -22,10 +22,12 @@
 #include <cuda_bf16.h>
 
 #include "backend/cuda/bf16_linear.h"
+#include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/fp8_block_linear.h"
 #include "backend/cuda/gpu_context.h"
 #include "backend/cuda/int4_linear.h"
 #include "backend/cuda/int4_moe_decode.h"
+#include "backend/cuda/mxfp4_linear.h"
 #include "bench/gpu/copy_bandwidth.h"
 
 namespace dsq::cuda {
@@ -49,6 +51,16 @@ __global__ void fill_bf16_kernel(__nv_bfloat16* p, size_t n, uint32_t seed, floa
 }
 void fill_bf16(__nv_bfloat16* p, size_t n, uint32_t seed, float scale = 1.0f) {
   fill_bf16_kernel<<<1024, 256>>>(p, n, seed, scale);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+__global__ void fill_f32_kernel(float* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const float u = (float(mix(i, seed) & 0xFFFFFF) / 16777216.0f - 0.5f) * 2.0f;
+    p[i] = u == 0.0f ? 0.5f : u;
+  }
+}
+void fill_f32(float* p, size_t n, uint32_t seed) {
+  fill_f32_kernel<<<1024, 256>>>(p, n, seed);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -225,41 +237,135 @@ void report(const char* op, int64_t M, Times t, double bytes, double flops, cons
 
 struct Fp8Op {
   const char* name;
-  int64_t N, K, groups;  // groups > 1: `groups` independent [N, K] GEMMs on slices of x
+  int64_t N, K, groups;  // groups > 1: `groups` [N, K] blocks of rows, each on its K columns of x
 };
 
 // steps > 0: the decode kernel forced to that many 256-wide K steps per block (tuning).
+// One Fp8BlockLinear holds all groups (one call, as CudaOps runs attn.wo_a). Prefill
+// also reports the GEMM alone on activations quantized beforehand ("gemm only") and the
+// fp32-in / fp32-out call CudaOps makes ("f32 op": quantization from fp32 included);
+// the plain row is bf16 in and out.
 void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op& op,
                const std::vector<int64_t>& Ms, bool decode, int steps = 0) {
-  const size_t wbytes = size_t(op.N * op.K + ((op.N + 127) / 128) * (op.K / 128) * 4);
-  const int copies = decode ? int(std::clamp<size_t>(kRotateBytes / (wbytes * op.groups) + 1, 2, 64)) : 1;
-  const auto values = random_fp8(size_t(op.N * op.K), 7);
-  std::vector<float> scales(size_t(((op.N + 127) / 128) * (op.K / 128)));
+  const int64_t rows = op.N * op.groups, XW = op.K * op.groups;
+  const size_t scale_count = size_t(((rows + 127) / 128) * (op.K / 128));
+  const size_t wbytes = size_t(rows * op.K) + scale_count * 4;
+  const int copies = decode ? int(std::clamp<size_t>(kRotateBytes / wbytes + 1, 2, 64)) : 1;
+  const auto values = random_fp8(size_t(rows * op.K), 7);
+  std::vector<float> scales(scale_count);
   std::mt19937 rng(8);
   std::uniform_real_distribution<float> sd(2e-4f, 8e-4f);
   for (auto& s : scales) s = sd(rng);
   std::vector<std::unique_ptr<Fp8BlockLinear>> w;
-  for (int i = 0; i < copies * op.groups; ++i)
-    w.push_back(std::make_unique<Fp8BlockLinear>(values.data(), scales.data(), op.N, op.K, op.name));
+  for (int i = 0; i < copies; ++i)
+    w.push_back(std::make_unique<Fp8BlockLinear>(values.data(), scales.data(), rows, op.K, op.name, op.groups));
   for (auto& lin : w) lin->set_decode_steps(steps);
   const std::string name = steps ? std::string(op.name) + " steps " + std::to_string(steps) : op.name;
   const int64_t maxM = *std::max_element(Ms.begin(), Ms.end());
-  DeviceBuffer<__nv_bfloat16> x(size_t(maxM * op.K * op.groups)), y(size_t(maxM * op.N * op.groups));
+  DeviceBuffer<__nv_bfloat16> x(size_t(maxM * XW)), y(size_t(maxM * rows));
   fill_bf16(x.get(), x.size(), 9);
   DeviceBuffer<unsigned char> ws(w[0]->workspace_bytes(maxM));
   DSQ_CUDA_CHECK(cudaMemset(ws.get(), 0, ws.bytes()));
+  const bool extra = !decode && steps == 0;
+  DeviceBuffer<float> x32(extra ? size_t(maxM * XW) : 0), y32(extra ? size_t(maxM * rows) : 0);
+  if (extra) fill_f32(x32.get(), x32.size(), 10);
   for (int64_t M : Ms) {
-    const Times s = measure(ctx, tm, [&](int call) {
-      const int c = call % copies;
-      for (int64_t gi = 0; gi < op.groups; ++gi) {
-        // Group gi reads columns [gi*K, (gi+1)*K) of x[M, groups*K]: contiguous per group
-        // only when groups == 1, so grouped inputs are laid out group-major here.
-        w[size_t(c * op.groups + gi)]->run(ctx, x.get() + gi * M * op.K, M, y.get() + gi * M * op.N, ws.get());
-      }
-    }, decode, decode ? 50 : 3);
-    const double bytes = double(wbytes) * op.groups + double(M) * op.K * op.groups * 2 + double(M) * op.N * op.groups * 2;
-    const double flops = 2.0 * M * op.N * op.K * op.groups;
+    const Times s = measure(ctx, tm, [&](int call) { w[size_t(call % copies)]->run(ctx, x.get(), M, y.get(), ws.get()); },
+                            decode, decode ? 50 : 3);
+    const double bytes = double(wbytes) + double(M) * XW * 2 + double(M) * rows * 2;
+    const double flops = 2.0 * M * rows * op.K;
     report(name.c_str(), M, s, bytes, flops, lim, decode, true);
+    if (!extra) continue;
+    Fp8BlockLinear& lin = *w[0];
+    lin.quantize(ctx, x.get(), XW, M, ws.get());
+    std::vector<Fp8Output<__nv_bfloat16>> out;
+    std::vector<Fp8Output<float>> out32;
+    for (int64_t g = 0; g < op.groups; ++g) {
+      out.push_back({y.get() + g * op.N, op.N, rows, g * op.K});
+      out32.push_back({y32.get() + g * op.N, op.N, rows, g * op.K});
+    }
+    const int n_out = int(op.groups);
+    const Times g = measure(ctx, tm, [&](int) { lin.gemm_quantized(ctx, M, out.data(), n_out, ws.get()); }, false, 3);
+    report((name + " gemm only").c_str(), M, g, double(wbytes) + double(M) * XW + double(M) * rows * 2, flops, lim,
+           false, true);
+    const Times f =
+        measure(ctx, tm, [&](int) { lin.run_f32(ctx, x32.get(), XW, M, out32.data(), n_out, ws.get()); }, false, 3);
+    report((name + " f32 op").c_str(), M, f, double(wbytes) + double(M) * XW * 4 + double(M) * rows * 4, flops, lim,
+           false, true);
+  }
+}
+
+// A random V4-Flash-like weight for CudaOps: FP8 e4m3 with fp32 128x128 block scales, or
+// dense bf16.
+QuantizedMatrix bench_weight(bool fp8, int64_t rows, int64_t cols, uint32_t seed) {
+  if (!fp8) {
+    Tensor t = Tensor::zeros(DType::BF16, {rows, cols});
+    uint16_t* v = t.mutable_data<uint16_t>();
+    uint64_t s = seed;
+    for (int64_t i = 0; i < rows * cols; ++i) {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      v[i] = uint16_t(0x3C00 | ((s >> 40) & 0x3FF) | ((s >> 20) & 0x8000));  // +-[0.0078, 0.0156)
+    }
+    return QuantizedMatrix::dense(t);
+  }
+  QuantizedMatrix w;
+  w.format = WeightFormat::Fp8Block;
+  w.group_size = 128;
+  w.rows = rows;
+  w.cols = cols;
+  w.values = Tensor::zeros(DType::F8_E4M3, {rows, cols});
+  const auto v = random_fp8(size_t(rows * cols), seed);
+  std::copy(v.begin(), v.end(), w.values.mutable_data<uint8_t>());
+  w.scales = Tensor::zeros(DType::F32, {(rows + 127) / 128, cols / 128});
+  for (int64_t i = 0; i < w.scales.numel(); ++i) w.scales.mutable_data<float>()[i] = 4e-4f;
+  return w;
+}
+
+// The projections a CSA layer takes from one input in decode, as the model runs them:
+// one CudaOps::linear_many call (FP8 wq_a [1024,4096] + wkv [512,4096] concatenated in
+// one launch; the compressor's wkv, wgate [1024,4096] and the indexer's weights_proj
+// [64,4096], compressor wkv, wgate [256,4096], bf16, in one dense_gemv launch), fp32
+// activations in and out. Weight sets rotate so every call reads from memory.
+void bench_linear_many(Timing& tm, const Limits& lim, const std::vector<int64_t>& Ms) {
+  struct Target {
+    bool fp8;
+    int64_t rows;
+  };
+  const Target targets[] = {{true, 1024}, {true, 512}, {false, 1024}, {false, 1024},
+                            {false, 64},  {false, 256}, {false, 256}};
+  const int64_t H = 4096, count = int64_t(std::size(targets));
+  double wbytes = 0;
+  int64_t out_rows = 0;
+  for (const Target& t : targets) {
+    wbytes += t.fp8 ? double(t.rows * H) + double(t.rows / 128 * H / 128 * 4) : double(t.rows * H * 2);
+    out_rows += t.rows;
+  }
+  const int sets = int(kRotateBytes / wbytes) + 1;
+  std::vector<QuantizedMatrix> ws;
+  ws.reserve(size_t(sets * count));
+  for (int s = 0; s < sets; ++s)
+    for (const Target& t : targets) ws.push_back(bench_weight(t.fp8, t.rows, H, uint32_t(100 + ws.size())));
+  CudaOps ops(Precision::Fast);
+  const GpuContext& ctx = ops.context();
+  const int64_t maxM = *std::max_element(Ms.begin(), Ms.end());
+  DeviceBuffer<float> x(size_t(maxM * H));
+  fill_f32(x.get(), x.size(), 12);
+  DSQ_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<DeviceBuffer<float>> ys;
+  for (const Target& t : targets) ys.emplace_back(size_t(maxM * t.rows));
+  for (int64_t M : Ms) {
+    const Times t = measure(ctx, tm, [&](int call) {
+      const int s = call % sets;
+      std::vector<const QuantizedMatrix*> wp;
+      std::vector<float*> yp;
+      for (int64_t i = 0; i < count; ++i) {
+        wp.push_back(&ws[size_t(s * count + i)]);
+        yp.push_back(ys[size_t(i)].get());
+      }
+      ops.linear_many(wp.data(), yp.data(), count, x.get(), M);
+    }, true, 2 * sets);
+    report("CSA decode linear_many (fp8 wq_a+wkv, bf16 x5)", M, t, wbytes + double(M) * H * 4 + double(M) * out_rows * 4,
+           0, lim, true, false);
   }
 }
 
@@ -398,6 +504,7 @@ void bench_int4_all(const GpuContext& ctx, Timing& tm, const Limits& lim, const 
 // included; eager only: a synchronisation cannot be captured in a graph). Bytes: the
 // distinct experts' int4 + scales (what must come from memory). `tune`: also each forced
 // K slice of the decode kernel.
+constexpr const char* kMoeDecodeRow = "moe decode (int4_moe_decode: 6 of 256 experts, w1+w3+SwiGLU+w2+combine)";
 void bench_int4_moe_decode(const GpuContext& ctx, Timing& tm, const Limits& lim, const std::vector<int64_t>& Ms,
                            bool tune) {
   const int64_t E = 256, H = 4096, F = 2048;
@@ -461,8 +568,7 @@ void bench_int4_moe_decode(const GpuContext& ctx, Timing& tm, const Limits& lim,
                         route_weights.get(), kTopK, 10.0f, out.get(), gate_up_partials.get(), h.get(),
                         down_partials.get());
       }, true, 32);
-      const std::string name =
-          "INT4 MoE decode (device ids) 256x[w1+w3+w2]" + (chunks ? " slice " + std::to_string(64 * chunks) : "");
+      const std::string name = std::string(kMoeDecodeRow) + (chunks ? " slice " + std::to_string(64 * chunks) : "");
       report(name.c_str(), M, t, distinct * expert_bytes, 0, lim, true, false);
     }
     int4_moe_decode_force_chunks(0);
@@ -479,6 +585,52 @@ void bench_int4_moe_decode(const GpuContext& ctx, Timing& tm, const Limits& lim,
     emit("| %-44s | %6lld | %8.1f | %8s | %8.0f GB/s | %5.1f %% |\n", "INT4 MoE host offsets+sync (before; eager)",
          (long long)M, before * 1e6, "-", bps / 1e9, 100.0 * bps / lim.copy_bps);
   }
+}
+
+// ---- MXFP4 routed experts (the release's format), decode ----
+
+// MXFP4 experts as the release stores them (random codes: every e2m1 value; scales
+// 2^-7 .. 2^-6) through mxfp4_grouped_linear, M tokens x top-6 of E experts, 16 random
+// routings rotated. Bytes: the active experts' codes + scales, bf16 activations in, fp32
+// out (as the INT4 rows).
+void bench_mxfp4(const GpuContext& ctx, Timing& tm, const Limits& lim, const char* name, int64_t E, int64_t N,
+                 int64_t K, const std::vector<int64_t>& Ms) {
+  std::vector<uint8_t> values(size_t(E * N * K / 2)), scales(size_t(E * N * K / 32));
+  uint64_t s = 5;
+  for (size_t i = 0; i < values.size(); i += 8) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    std::memcpy(&values[i], &s, std::min<size_t>(8, values.size() - i));
+  }
+  for (size_t i = 0; i < scales.size(); ++i) scales[i] = uint8_t(120 + (i * 7 % 3 == 0));
+  const Mxfp4ExpertWeights w(values.data(), scales.data(), E, N, K, name);
+  const int kTopK = 6;
+  const int64_t maxM = *std::max_element(Ms.begin(), Ms.end());
+  DeviceBuffer<__nv_bfloat16> x(size_t(maxM * kTopK * K)), scratch(size_t(N * K));
+  DeviceBuffer<float> y(size_t(maxM * kTopK * N));
+  fill_bf16(x.get(), x.size(), 15);
+  std::mt19937 rng(16);
+  for (int64_t M : Ms) {
+    std::vector<std::vector<int64_t>> routes;
+    for (int r = 0; r < 16; ++r) routes.push_back(route(M, E, kTopK, rng));
+    double active = 0;
+    for (const auto& o : routes)
+      for (int64_t e = 0; e < E; ++e) active += o[size_t(e + 1)] > o[size_t(e)];
+    active /= double(routes.size());
+    const Times t = measure(ctx, tm, [&](int call) {
+      mxfp4_grouped_linear(ctx, w, x.get(), routes[size_t(call) % routes.size()], y.get(), scratch.get());
+    }, true, 32);
+    const double rows = double(M) * kTopK;
+    const double bytes = active * double(w.expert_bytes()) + rows * K * 2 + rows * N * 4;
+    report(name, M, t, bytes, 2.0 * rows * N * K, lim, true, false);
+  }
+}
+
+void bench_mxfp4_all(const GpuContext& ctx, Timing& tm, const Limits& lim, const std::vector<int64_t>& Ms,
+                     const std::function<bool(const char*)>& wanted) {
+  const char* gate_up = "mxfp4 experts w1+w3 256x[4096,4096]";
+  const char* down = "mxfp4 experts w2 256x[4096,2048]";
+  if (wanted(gate_up)) bench_mxfp4(ctx, tm, lim, gate_up, 256, 4096, 4096, Ms);
+  if (wanted(down)) bench_mxfp4(ctx, tm, lim, down, 256, 4096, 2048, Ms);
 }
 
 int run(int argc, char** argv) {
@@ -530,13 +682,19 @@ int run(int argc, char** argv) {
                 : "| op | M | time (us) | achieved | of limit | of roofline |\n|---|---:|---:|---:|---:|---:|\n");
     const auto& Ms = decode ? dec : pre;
     bench_int4_all(ctx, tm, lim, Ms, decode, tune, wanted);
-    if (decode && wanted("INT4 MoE decode (device ids)")) bench_int4_moe_decode(ctx, tm, lim, {1, 2, 4}, tune);
+    if (decode && wanted(kMoeDecodeRow)) bench_int4_moe_decode(ctx, tm, lim, {1, 2, 4, 8}, tune);
+    if (decode) bench_mxfp4_all(ctx, tm, lim, Ms, wanted);
     for (const Fp8Op& op : fp8_ops) {
       if (!wanted(op.name)) continue;
       bench_fp8(ctx, tm, lim, op, Ms, decode);
-      if (decode && tune && op.N * op.K >= (int64_t(32) << 20))  // the large projections
-        for (int steps : {1, 2, 4}) bench_fp8(ctx, tm, lim, op, {1, 2, 4, 8}, decode, steps);
+      if (decode && tune && op.N * op.K * op.groups >= (int64_t(32) << 20))  // the large projections
+        for (int steps : {1, 2, 4}) bench_fp8(ctx, tm, lim, op, {1, 2, 4, 8, 16}, decode, steps);
     }
+    if (wanted("fp8 wq_a+wkv concatenated [1536,4096]")) {
+      // V4-Flash's wq_a and wkv concatenated, as linear_many runs them.
+      bench_fp8(ctx, tm, lim, {"fp8 wq_a+wkv concatenated [1536,4096]", 1536, 4096, 1}, Ms, decode);
+    }
+    if (decode && wanted("CSA decode linear_many (fp8 wq_a+wkv, bf16 x5)")) bench_linear_many(tm, lim, {1, 2, 4, 8, 16});
     if (wanted("bf16 shared w1+w3 [4096,4096]"))
       bench_bf16(ctx, tm, lim, "bf16 shared w1+w3 [4096,4096]", 4096, 4096, Ms, decode);
     if (wanted("bf16 shared w2 [4096,2048]"))
@@ -550,11 +708,16 @@ int run(int argc, char** argv) {
        "active experts' int4+scales + activations + fp32 output. Experts with < 9 rows run the "
        "tensor-core W4A16 decode kernel (mma.sync), experts with more rows the grouped wgmma GEMM; "
        "prefill rows marked gemm / mma / deq+cuBLAS force one path for every expert.\n"
-       "FP8 rows: M <= 8 runs dsq's decode kernel (activation quantization fused), larger M "
-       "quantizes activations then runs cuBLASLt's 128x128 block-scaled GEMM.\n"
+       "FP8 rows: M <= 16 runs dsq's decode kernel (activation quantization fused), larger M "
+       "quantizes activations then runs cuBLASLt's 128x128 block-scaled GEMM (bf16 in and out; "
+       "'gemm only' = the GEMM on activations quantized beforehand, 'f32 op' = fp32 in and out as "
+       "CudaOps calls it, quantization from fp32 included). wo_a: one call for all 8 groups.\n"
        "INT4 MoE rows: the whole routed-expert step (M tokens x top-6 of 256 experts, 16 routings "
        "rotated); bytes = the distinct experts' int4+scales (w1+w3+w2). 'host offsets+sync' is the "
-       "path the device-id one replaces, without its permutation/gather/combine kernels.\n");
+       "path the device-id one replaces, without its permutation/gather/combine kernels.\n"
+       "MXFP4 rows: M tokens x top-6 of 256 experts through mxfp4_grouped_linear (experts with <= 8 "
+       "rows: the MXFP4 decode kernel); bytes = active experts' e2m1 codes + e8m0 scales + "
+       "activations + fp32 output.\n");
   if (!out_path.empty()) {
     FILE* f = std::fopen(out_path.c_str(), "w");
     DSQ_CHECK(f, "dsq_gemm_bench: cannot write ", out_path);

@@ -31,6 +31,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -163,17 +164,18 @@ QuantizedMatrix random_weight(Format f, int64_t rows, int64_t cols, Rng& rng) {
 
 // Error of one Fast GEMM of M rows over a [rows_per_group, cols] slice of a weight, by the
 // path linear_ops.cu takes for it. 0: the path rounds nothing (dense f32 stays fp32).
-// Weights kept as bf16 on the device run, at M <= 8, through dense_gemv with the fp32
+// Weights kept as bf16 on the device run, at M <= 16, through dense_gemv with the fp32
 // activations unrounded: only the weight's own rounding to bf16 remains.
 double fast_gemm_error(Format f, int64_t rows_per_group, int64_t cols, int64_t groups, int64_t M) {
   const bool fp8_kernel = cols % 256 == 0 && rows_per_group % 8 == 0 && (groups == 1 || rows_per_group % 128 == 0);
   const bool int4_kernel = groups == 1 && rows_per_group % 16 == 0 && cols % 512 == 0;
-  const double act = M <= 8 && cols % 8 == 0 ? 0.0 : kBf16;  // bf16 path: activations rounded?
+  const double act = M <= 16 && cols % 8 == 0 ? 0.0 : kBf16;  // bf16 path: activations rounded?
   const auto with_act = [&](double weight) { return std::sqrt(act * act + weight * weight); };
   switch (f) {
     case Format::DenseF32: return 0.0;
-    case Format::DenseBf16:
-    case Format::Mxfp4: return with_act(0.0);
+    case Format::DenseBf16: return with_act(0.0);
+    case Format::Mxfp4:  // mxfp4_linear.h's kernels (bf16 activations) where they fit, else bf16 at load
+      return rows_per_group % 16 == 0 && cols % 512 == 0 && groups == 1 ? kBf16 : with_act(0.0);
     case Format::DenseF16:
     case Format::Int4F32G32: return with_act(kBf16);  // weights rounded to bf16
     case Format::Int4Bf16G128: return int4_kernel ? std::sqrt(2.0) * kBf16 : with_act(0.0);  // kernel: unrounded q·s
@@ -228,14 +230,15 @@ void check_errors(const std::string& what, double f32_error, double fast_error, 
 
 const int64_t kRowCounts[] = {1, 5, 64, 300};
 
-// One linear (or grouped linear, groups > 1) case: the weight in one format, all M.
-void check_linear(const std::string& name, Format f, int64_t rows, int64_t cols, int64_t groups, uint64_t seed) {
+// One linear (or grouped linear, groups > 1) case: the weight in one format, each M.
+void check_linear(const std::string& name, Format f, int64_t rows, int64_t cols, int64_t groups, uint64_t seed,
+                  const std::vector<int64_t>& row_counts = {std::begin(kRowCounts), std::end(kRowCounts)}) {
   Rng rng(seed);
   const QuantizedMatrix w = random_weight(f, rows, cols, rng);
   const int64_t in = groups * cols;
   cpu::CpuOps cpu;
   CudaOps fast(Precision::Fast), exact(Precision::F32);
-  for (int64_t M : kRowCounts) {
+  for (int64_t M : row_counts) {
     const std::string what = name + " " + format_name(f) + " M=" + std::to_string(M);
     SCOPED_TRACE(what);
     const std::vector<float> x = normals(M * in, rng);
@@ -304,7 +307,9 @@ TEST_F(CudaLinearOps, LinearManySharesOneInput) {
   for (const QuantizedMatrix& w : ws) wp.push_back(&w);
   cpu::CpuOps cpu;
   CudaOps fast(Precision::Fast), exact(Precision::F32);
-  for (int64_t M : kRowCounts) {
+  // M = 16: the largest row count the FP8 decode kernel takes for the concatenated
+  // wq_a + wkv (one launch, outputs split over the two targets).
+  for (int64_t M : {int64_t(1), int64_t(5), int64_t(16), int64_t(64), int64_t(300)}) {
     const std::vector<float> x = normals(M * H, rng);
     CudaOps* ops[2] = {&exact, &fast};
     std::vector<std::vector<float>> got[2];
@@ -339,6 +344,13 @@ TEST_F(CudaLinearOps, LinearGroupedEveryFormat) {
     check_linear("tiny-brown wo_a 2x128x256", f, 256, 256, 2, seed++);
     check_linear("flash wo_a 8x1024x4096", f, 8192, 4096, 8, seed++);
   }
+}
+
+// V4-Flash's FP8 wo_a (8 groups of [1024, 4096]) at the decode sizes the one-launch
+// grouped kernel takes: M = 1, 3, 16 and a ragged 11.
+TEST_F(CudaLinearOps, LinearGroupedFp8DecodeOneLaunch) {
+  check_linear("flash wo_a 8x1024x4096", Format::Fp8E8m0, 8192, 4096, 8, 230, {1, 3, 11, 16});
+  check_linear("flash wo_a 8x1024x4096", Format::Fp8F32, 8192, 4096, 8, 231, {2, 16});
 }
 
 // ---- routed experts ----

@@ -221,6 +221,12 @@ class Fp8BlockLinearTest : public LinearOpTest {
     decode_steps_ = steps;
     shapes_ = std::move(shapes);
   }
+  // A grouped weight: N rows in `groups` groups, group g reading x columns g·K.. of
+  // x[M, groups·K]; with these shapes.
+  void set_groups(int64_t groups, std::vector<Dims> shapes) {
+    groups_ = groups;
+    shapes_ = std::move(shapes);
+  }
   std::vector<Dims> shapes() const override {
     if (!shapes_.empty()) return shapes_;
     switch (path_) {
@@ -238,7 +244,7 @@ class Fp8BlockLinearTest : public LinearOpTest {
   }
   void make_inputs(const Dims& d, std::mt19937& rng) override {
     d_ = d;
-    x_ = random_bf16(size_t(d.M * d.K), rng);
+    x_ = random_bf16(size_t(d.M * d.K * groups_), rng);
     std::normal_distribution<float> wd(0.0f, 100.0f);
     w_.resize(size_t(d.N * d.K));
     for (auto& b : w_) {
@@ -250,17 +256,29 @@ class Fp8BlockLinearTest : public LinearOpTest {
     for (auto& s : scales_) s = sd(rng);
   }
   std::vector<double> run_ref_cpu() override {
+    const int64_t XW = groups_ * d_.K, R = d_.N / groups_;
     std::vector<float> xd;
-    quantize_act_ref(widen_bf16(x_), d_.M, d_.K, xd);
+    quantize_act_ref(widen_bf16(x_), d_.M, XW, xd);
     std::vector<float> wd(w_.size());
     const int64_t kb = d_.K / 128;
     for (int64_t n = 0; n < d_.N; ++n)
       for (int64_t k = 0; k < d_.K; ++k)
         wd[size_t(n * d_.K + k)] = f8e4m3_to_f32(w_[size_t(n * d_.K + k)]) * scales_[size_t((n / 128) * kb + k / 128)];
-    return matmul_ref(xd, wd, d_.M, d_.N, d_.K);
+    if (groups_ == 1) return matmul_ref(xd, wd, d_.M, d_.N, d_.K);
+    // Group g: its x columns times its rows, written at columns g·R.
+    std::vector<double> y(size_t(d_.M * d_.N));
+    for (int64_t g = 0; g < groups_; ++g) {
+      std::vector<float> xg(size_t(d_.M * d_.K));
+      for (int64_t m = 0; m < d_.M; ++m)
+        std::copy_n(&xd[size_t(m * XW + g * d_.K)], d_.K, &xg[size_t(m * d_.K)]);
+      const std::vector<float> wg(wd.begin() + g * R * d_.K, wd.begin() + (g + 1) * R * d_.K);
+      const std::vector<double> yg = matmul_ref(xg, wg, d_.M, R, d_.K);
+      for (int64_t m = 0; m < d_.M; ++m) std::copy_n(&yg[size_t(m * R)], R, &y[size_t(m * d_.N + g * R)]);
+    }
+    return y;
   }
   std::vector<float> run_gpu(GpuContext& ctx) override {
-    Fp8BlockLinear lin(w_.data(), scales_.data(), d_.N, d_.K, "test.fp8");
+    Fp8BlockLinear lin(w_.data(), scales_.data(), d_.N, d_.K, "test.fp8", groups_);
     lin.set_path(path_);
     lin.set_decode_steps(decode_steps_);
     if (orders_set_) lin.set_scale_orders(act_order_, weight_order_);
@@ -288,6 +306,7 @@ class Fp8BlockLinearTest : public LinearOpTest {
   ScaleOrder act_order_ = ScaleOrder::OuterMajor, weight_order_ = ScaleOrder::KMajor;
   bool orders_set_ = false;
   int decode_steps_ = 0;
+  int64_t groups_ = 1;
   std::vector<Dims> shapes_;
   Dims d_{};
   std::vector<uint16_t> x_;
@@ -308,6 +327,38 @@ TEST_F(CudaLinear, Fp8BlockDecodeSteps) {
     Fp8BlockLinearTest op(Fp8Path::Decode);
     op.set_decode_steps(steps, {{1, 1024, 4096}, {8, 256, 1024}, {5, 144, 2048}});
     check_op(op, 270);
+  }
+}
+
+// M = 9..16 (two 8-token tiles) with 2 and 4 steps: the rows V4-Flash's wq_b / wo_b
+// now take through the decode kernel up to M = 16.
+TEST_F(CudaLinear, Fp8BlockDecodeSixteenRows) {
+  for (int steps : {2, 4}) {
+    SCOPED_TRACE("steps " + std::to_string(steps));
+    Fp8BlockLinearTest op(Fp8Path::Decode);
+    op.set_decode_steps(steps, {{16, 1024, 4096}, {9, 256, 1024}, {13, 144, 2048}});
+    check_op(op, 280);
+  }
+}
+
+// A grouped weight (V4-Flash's wo_a: 8 groups of [1024, 4096]) in one call: the decode
+// kernel (one launch, each block in its group) at M = 1, 3, 16 and a ragged 11, then
+// cuBLASLt and the fallback kernel (one GEMM per group on codes quantized once).
+TEST_F(CudaLinear, Fp8BlockGroupedOneCall) {
+  {
+    Fp8BlockLinearTest op(Fp8Path::Decode);
+    op.set_groups(8, {{1, 8192, 4096}, {3, 8192, 4096}, {16, 8192, 4096}, {11, 1024, 1024}});
+    check_op(op, 290);
+  }
+  {
+    Fp8BlockLinearTest op(Fp8Path::CublasLt);
+    op.set_groups(2, {{200, 2048, 1024}, {37, 256, 512}});
+    check_op(op, 295);
+  }
+  {
+    Fp8BlockLinearTest op(Fp8Path::Fallback);
+    op.set_groups(2, {{37, 256, 256}});
+    check_op(op, 297);
   }
 }
 
@@ -455,6 +506,8 @@ std::vector<Dims> int4_shapes() {
       {157, 512, 1024, {0, 1, 5, 0, 64, 70, 17, 0}},
       {20, 2048, 4096, {3, 0, 0, 9, 1, 0, 7, 0}},
       {40, 4096, 2048, {0, 32, 0, 8}},
+      {9, 256, 3072, {8, 0, 1}},  // whole-K decode kernel in 3 rounds of 8 × 128 inputs
+      {4, 256, 512, {4}},         // K = 512: split-K decode kernel even for few rows
   };
 }
 

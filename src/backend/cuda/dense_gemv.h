@@ -17,7 +17,7 @@
 
 namespace dsq::cuda {
 
-constexpr int64_t kGemvMaxRows = 8;
+constexpr int64_t kGemvMaxRows = 16;  // in passes of at most 8
 constexpr int kGemvMaxTargets = 8;
 
 // Whether dense_gemv takes these operands: n <= kGemvMaxRows, K a multiple of 8, row

@@ -1,10 +1,12 @@
-// FP8 block-scaled linear: activation quantization, the cuBLASLt block-scaled GEMM and a
-// CUDA-core fallback kernel (see fp8_block_linear.h).
+// FP8 block-scaled linear: activation quantization, the decode kernel (row ranges in one
+// launch), the cuBLASLt block-scaled GEMM and a CUDA-core fallback kernel (see
+// fp8_block_linear.h).
 #include "backend/cuda/fp8_block_linear.h"
 
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cuda/dependent_launch.h"
 
@@ -17,32 +19,54 @@ constexpr float kE4m3Max = 448.0f;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// One warp per (row, 128-wide K block): 4 elements per lane, amax by warp shuffle.
-__global__ void quantize_act_kernel(const __nv_bfloat16* __restrict__ x, int M, int K,
-                                    uint8_t* __restrict__ xq, float* __restrict__ scales,
-                                    bool outer_major, int scale_rows) {
-  const int warp = int((blockIdx.x * blockDim.x + threadIdx.x) / 32);
-  const int lane = threadIdx.x % 32;
-  const int kb_count = K / kBlock;
-  if (warp >= M * kb_count) return;
-  const int row = warp / kb_count, kb = warp % kb_count;
-  const size_t base = size_t(row) * K + size_t(kb) * kBlock + lane * 4;
-  const uint2 raw = *reinterpret_cast<const uint2*>(x + base);
-  const __nv_bfloat162 lo = *reinterpret_cast<const __nv_bfloat162*>(&raw.x);
-  const __nv_bfloat162 hi = *reinterpret_cast<const __nv_bfloat162*>(&raw.y);
-  const float v[4] = {__low2float(lo), __high2float(lo), __low2float(hi), __high2float(hi)};
-  float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
-  for (int off = 16; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+// Eight consecutive activations as fp32, from bf16 (16 bytes) or fp32 (32 bytes).
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float (&v)[8]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    v[2 * i] = f.x, v[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+// The e4m3 code of v·inv (round to nearest, saturating), as every kernel here quantizes.
+__device__ __forceinline__ uint32_t e4m3_code(float v, float inv) {
+  return uint32_t(__nv_cvt_float_to_fp8(v * inv, __NV_SATFINITE, __NV_E4M3));
+}
+
+// 16 threads per (row, 128-wide K block), 8 elements each: one 16- or 32-byte load and
+// one 8-byte store per thread, amax by shuffles within the 16 lanes. Memory-bound.
+template <typename X>
+__global__ void quantize_act_kernel(const X* __restrict__ x, int64_t x_ld, int M, int K, uint8_t* __restrict__ xq,
+                                    float* __restrict__ scales, bool outer_major, int scale_rows) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // 8-element chunk
+  const int chunks_per_row = K / 8;
+  const bool in = i < int64_t(M) * chunks_per_row;
+  const int row = in ? int(i / chunks_per_row) : 0, c = in ? int(i % chunks_per_row) : 0;
+  float v[8] = {};
+  if (in) load8(x + size_t(row) * x_ld + c * 8, v);
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(v[j]));
+  for (int off = 8; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  if (!in) return;
   // An all-zero block gets scale 1 (its codes are all zero either way).
   const float scale = amax > 0.0f ? amax / kE4m3Max : 1.0f;
   const float inv = 1.0f / scale;
-  uint32_t packed = 0;
-  for (int i = 0; i < 4; ++i) {
-    const __nv_fp8_storage_t q = __nv_cvt_float_to_fp8(v[i] * inv, __NV_SATFINITE, __NV_E4M3);
-    packed |= uint32_t(q) << (8 * i);
+  uint2 packed{0u, 0u};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    packed.x |= e4m3_code(v[j], inv) << (8 * j);
+    packed.y |= e4m3_code(v[4 + j], inv) << (8 * j);
   }
-  *reinterpret_cast<uint32_t*>(xq + base) = packed;
-  if (lane == 0) scales[outer_major ? size_t(kb) * scale_rows + row : size_t(row) * kb_count + kb] = scale;
+  *reinterpret_cast<uint2*>(xq + size_t(row) * K + c * 8) = packed;
+  const int kb = c / 16;
+  if (c % 16 == 0) scales[outer_major ? size_t(kb) * scale_rows + row : size_t(row) * (K / kBlock) + kb] = scale;
 }
 
 __device__ float e4m3_to_float(uint8_t v) {
@@ -51,14 +75,17 @@ __device__ float e4m3_to_float(uint8_t v) {
 
 // Decode GEMM: y[M, N] = quant(x) · W^T for M <= 64, in one launch.
 //
-// Grid: (N/128 column blocks) × (K/(256·R) slices). Each block quantizes its own slice
-// of x (1×128 blocks, exactly as quantize_act_kernel does; x is small and stays in L2)
-// and multiplies it with 128 rows of W (one 16-row tile per warp), R steps of 256 inputs
-// with the next step's weights loading during the current one. A single slice stores y
-// directly; otherwise the blocks add their fp32 partial sums into the workspace
-// accumulator, and the last block to finish a column block (counted with an atomic
-// ticket) converts those columns to bf16 and zeroes the accumulator and its ticket
-// again, so no separate memset or conversion launch is needed.
+// Grid: (N/128 column blocks) × (K/(256·R) slices). Each block finds the output range
+// (DecodeOutputs) its 128 rows belong to, quantizes its own slice of that range's x
+// columns (1×128 blocks, exactly as quantize_act_kernel does; x is small and stays in
+// L2) and multiplies it with 128 rows of W (one 16-row tile per warp), R steps of 256
+// inputs with the next step's weights loading during the current one. The results of
+// each 8-token tile pass through shared memory so that every thread then owns 4
+// consecutive columns of one token: a single slice stores y directly; otherwise the
+// blocks add their fp32 partial sums into the workspace accumulator with one 16-byte
+// vector atomic per thread (sm_90), and the last block to finish a column block
+// (counted with an atomic ticket) converts those columns and zeroes the accumulator
+// and its ticket again, so no separate memset or conversion launch is needed.
 // It is launched as a programmatic dependent (dependent_launch.h): its weight loads are
 // issued before it waits for the previous kernel, which may have written x, and before
 // it touches the workspace that the previous run may still be finalizing.
@@ -72,6 +99,17 @@ __device__ float e4m3_to_float(uint8_t v) {
 constexpr int kDecStep = 256;                  // K per step
 constexpr int kDecWarps = 8;                   // 16 rows of N each
 constexpr int kDecCols = kDecWarps * 16;       // N per block
+constexpr int kTileStride = kDecCols + 4;      // floats; conflict-free fragment writes
+
+// The row ranges of one decode launch (Fp8Output, as kernel parameters).
+template <typename Y>
+struct DecodeOutputs {
+  int count;
+  int end[kFp8MaxOutputs];    // one past the range's last weight row
+  int x_col[kFp8MaxOutputs];  // its first input column
+  int ld[kFp8MaxOutputs];     // its output row stride
+  Y* y[kFp8MaxOutputs];
+};
 
 __device__ __forceinline__ void mma_e4m3_16832(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                                uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -105,48 +143,71 @@ __device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 
+// Blocks per SM the decode kernel is compiled for: four (<= 64 registers) for one step
+// per block, whose weights then stream from 4 blocks per SM; two for the double-buffered
+// steps, which need more registers than that.
+constexpr int decode_min_blocks(int MT, int R) { return MT > 2 ? 1 : R == 1 ? 4 : 2; }
+
 // X, Y: the activation and output types (bf16, or fp32 for CudaOps' fp32 activations,
 // which saves it a conversion launch on each side).
 template <int MT, int R, typename X, typename Y>
-__global__ void __launch_bounds__(kDecWarps * 32)
+__global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
     fp8_decode_kernel(const uint8_t* __restrict__ w, const float* __restrict__ w_scales, const X* __restrict__ x,
-                      float* __restrict__ acc, unsigned* __restrict__ tickets, Y* __restrict__ y, int M, int N,
-                      int K) {
+                      int64_t x_ld, float* __restrict__ acc, unsigned* __restrict__ tickets,
+                      const DecodeOutputs<Y> out, int M, int N, int K) {
   constexpr int kSlice = R * kDecStep;
   constexpr int kRowStride = kSlice + 64;  // bytes; conflict-free 16-byte reads
   __shared__ __align__(16) uint8_t xs[MT * 8 * kRowStride];
   __shared__ float x_scale[MT * 8][2 * R];
+  __shared__ __align__(16) float tile[8][kTileStride];
   __shared__ bool last_block;
   const int k0 = blockIdx.y * kSlice;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int n0 = blockIdx.x * kDecCols + warp * 16;
+  const int c0 = blockIdx.x * kDecCols;
+  const int n0 = c0 + warp * 16;
   const bool active = n0 < N;
   const uint8_t* wrow = w + size_t(n0 + g) * K + k0 + 16 * t;
   allow_dependent_launch();
 
   uint4 wv[R > 1 ? 2 : 1][4][2];
   if (active) load_step(wv[0], wrow, K);
+  // The range of this block's rows (ranges start on 128-row boundaries).
+  int range = 0;
+  while (range + 1 < out.count && c0 >= out.end[range]) ++range;
+  const int first = range ? out.end[range - 1] : 0;
+  Y* const y = out.y[range];
+  const int y_ld = out.ld[range];
+  const X* const xr = x + out.x_col[range] + k0;
   wait_for_previous_kernel();  // x is written, the workspace is clean
-  // Quantize the x slice: one warp per (row, 128-block), 4 values per lane.
-  for (int p = warp; p < MT * 8 * 2 * R; p += kDecWarps) {
-    const int r = p / (2 * R), h = p % (2 * R);
-    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (r < M) load4(x + size_t(r) * K + k0 + h * kBlock + lane * 4, v);
-    float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+  // Quantize the x slice: one warp per (row, 128-block), 4 values per lane. A fixed trip
+  // count, unrolled, so that all of a warp's loads are in flight together (at 16 rows
+  // one after another they cost more than the block's weight streaming).
+  constexpr int kTasks = MT * 2 * R;  // per warp
+  float v[kTasks][4];
+#pragma unroll
+  for (int it = 0; it < kTasks; ++it) {
+    const int p = warp + it * kDecWarps, r = p / (2 * R), h = p % (2 * R);
+    v[it][0] = v[it][1] = v[it][2] = v[it][3] = 0.0f;
+    if (r < M) load4(xr + size_t(r) * x_ld + h * kBlock + lane * 4, v[it]);
+  }
+#pragma unroll
+  for (int it = 0; it < kTasks; ++it) {
+    const int p = warp + it * kDecWarps, r = p / (2 * R), h = p % (2 * R);
+    float amax = fmaxf(fmaxf(fabsf(v[it][0]), fabsf(v[it][1])), fmaxf(fabsf(v[it][2]), fabsf(v[it][3])));
     for (int off = 16; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    const float scale = amax > 0.0f ? amax / kE4m3Max : 1.0f;
-    const float inv = 1.0f / scale;
+    // Rows past M (all zero) get scale 0: they contribute nothing.
+    const float scale = r >= M ? 0.0f : amax > 0.0f ? amax / kE4m3Max : 1.0f;
+    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
     uint32_t packed = 0;
-    for (int i = 0; i < 4; ++i)
-      packed |= uint32_t(__nv_cvt_float_to_fp8(v[i] * inv, __NV_SATFINITE, __NV_E4M3)) << (8 * i);
+    for (int i = 0; i < 4; ++i) packed |= e4m3_code(v[it][i], inv) << (8 * i);
     *reinterpret_cast<uint32_t*>(xs + r * kRowStride + h * kBlock + lane * 4) = packed;
-    if (lane == 0) x_scale[r][h] = r < M ? scale : 0.0f;  // rows past M contribute nothing
+    if (lane == 0) x_scale[r][h] = scale;
   }
   __syncthreads();
 
+  float sum[MT][4] = {};
   if (active) {
-    float sum[MT][4] = {};
 #pragma unroll
     for (int step = 0; step < R; ++step) {
       if (step + 1 < R) load_step(wv[(step + 1) % 2], wrow + (step + 1) * kDecStep, K);
@@ -177,25 +238,35 @@ __global__ void __launch_bounds__(kDecWarps * 32)
         }
       }
     }
-    // C fragment: (row g, tokens 2t, 2t+1) and (row g+8, same tokens).
-    const bool single_slice = gridDim.y == 1;
+  }
+  // Per 8-token tile: C fragments (row g / g+8, tokens 2t, 2t+1) into shared memory,
+  // then thread i takes token i / 32, columns 4·(i % 32) .. +3.
+  const bool single_slice = gridDim.y == 1;
+  const int tr = threadIdx.x / 32, tc = 4 * (threadIdx.x % 32);
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      const int tok = m * 8 + 2 * t;
-      for (int j = 0; j < 2; ++j) {
-        if (tok + j >= M) continue;
-        const size_t at = size_t(tok + j) * N + n0 + g;
-        if (single_slice) {
-          store(y + at, sum[m][j]);
-          store(y + at + 8, sum[m][j + 2]);
-        } else {
-          atomicAdd(acc + at, sum[m][j]);
-          atomicAdd(acc + at + 8, sum[m][j + 2]);
-        }
+  for (int m = 0; m < MT; ++m) {
+    if (m * 8 >= M) break;
+    if (active) {
+      const int col = warp * 16 + g;
+      tile[2 * t][col] = sum[m][0];
+      tile[2 * t + 1][col] = sum[m][1];
+      tile[2 * t][col + 8] = sum[m][2];
+      tile[2 * t + 1][col + 8] = sum[m][3];
+    }
+    __syncthreads();
+    const int tok = m * 8 + tr, c = c0 + tc;
+    if (tok < M && c < N) {
+      const float4 v = *reinterpret_cast<const float4*>(&tile[tr][tc]);
+      if (single_slice) {
+        Y* at = y + size_t(tok) * y_ld + (c - first);
+        store(at, v.x), store(at + 1, v.y), store(at + 2, v.z), store(at + 3, v.w);
+      } else {
+        atomicAdd(reinterpret_cast<float4*>(acc + size_t(tok) * N + c), v);
       }
     }
+    __syncthreads();
   }
-  if (gridDim.y == 1) return;
+  if (single_slice) return;
   // Ticket: the block that completes a column block finalizes it.
   __threadfence();
   __syncthreads();
@@ -203,26 +274,29 @@ __global__ void __launch_bounds__(kDecWarps * 32)
   __syncthreads();
   if (!last_block) return;
   __threadfence();
-  const int c0 = blockIdx.x * kDecCols;
-  for (int i = threadIdx.x; i < M * kDecCols; i += blockDim.x) {
-    const int r = i / kDecCols, c = c0 + i % kDecCols;
+  for (int i = threadIdx.x; i < M * (kDecCols / 4); i += blockDim.x) {
+    const int r = i / (kDecCols / 4), c = c0 + 4 * (i % (kDecCols / 4));
     if (c >= N) continue;
-    float* a = acc + size_t(r) * N + c;
-    store(y + size_t(r) * N + c, __ldcg(a));
-    *a = 0.0f;
+    float4* a = reinterpret_cast<float4*>(acc + size_t(r) * N + c);
+    const float4 v = __ldcg(a);
+    Y* at = y + size_t(r) * y_ld + (c - first);
+    store(at, v.x), store(at + 1, v.y), store(at + 2, v.z), store(at + 3, v.w);
+    *a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   }
   if (threadIdx.x == 0) tickets[blockIdx.x] = 0;
 }
 
 // Fallback GEMM: a 16×16 thread block computes a 64×64 tile of y, each thread 4×4
 // outputs, with operands dequantized to fp32 in shared memory one 32-wide K slab at a
-// time. Correct for any shape; only meant for shapes cuBLASLt refuses.
+// time. Correct for any shape; only meant for shapes cuBLASLt refuses. xq rows are
+// xq_ld apart; the activation scales of K block kb and row m are at
+// xs[kb·scale_rows + m] (outer-major) or xs[m·scale_ld + kb] (k-major).
 constexpr int kFbTile = 64, kFbSlab = 32;
-__global__ void fp8_block_fallback_kernel(const uint8_t* __restrict__ xq,
-                                          const float* __restrict__ xs, bool xs_outer,
-                                          const uint8_t* __restrict__ w,
+__global__ void fp8_block_fallback_kernel(const uint8_t* __restrict__ xq, int64_t xq_ld,
+                                          const float* __restrict__ xs, bool xs_outer, int64_t scale_rows,
+                                          int64_t scale_ld, const uint8_t* __restrict__ w,
                                           const float* __restrict__ ws,  // k-major blocks
-                                          __nv_bfloat16* __restrict__ y, int M, int N, int K) {
+                                          __nv_bfloat16* __restrict__ y, int64_t y_ld, int M, int N, int K) {
   __shared__ float xt[kFbTile][kFbSlab + 1];
   __shared__ float wt[kFbTile][kFbSlab + 1];
   const int m0 = blockIdx.y * kFbTile, n0 = blockIdx.x * kFbTile;
@@ -236,8 +310,8 @@ __global__ void fp8_block_fallback_kernel(const uint8_t* __restrict__ xq,
       const int m = m0 + r, n = n0 + r;
       float xv = 0.0f, wv = 0.0f;
       if (m < M) {
-        const float s = xs[xs_outer ? size_t(kb) * M + m : size_t(m) * kbs + kb];
-        xv = e4m3_to_float(xq[size_t(m) * K + k0 + c]) * s;
+        const float s = xs[xs_outer ? kb * scale_rows + m : m * scale_ld + kb];
+        xv = e4m3_to_float(xq[size_t(m) * xq_ld + k0 + c]) * s;
       }
       if (n < N) wv = e4m3_to_float(w[size_t(n) * K + k0 + c]) * ws[size_t(n / kBlock) * kbs + kb];
       xt[r][c] = xv;
@@ -252,8 +326,19 @@ __global__ void fp8_block_fallback_kernel(const uint8_t* __restrict__ xq,
   for (int i = 0; i < 4; ++i)
     for (int j = 0; j < 4; ++j) {
       const int m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
-      if (m < M && n < N) y[size_t(m) * N + n] = __float2bfloat16(acc[i][j]);
+      if (m < M && n < N) y[size_t(m) * y_ld + n] = __float2bfloat16(acc[i][j]);
     }
+}
+
+// dst[m, c] = src[m, c] for m < M, c < cols (rows src_ld / dst_ld apart), as bf16 or fp32.
+template <typename Y>
+__global__ void copy_rows_kernel(const __nv_bfloat16* __restrict__ src, int64_t src_ld, int64_t M, int64_t cols,
+                                 Y* __restrict__ dst, int64_t dst_ld) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= M * cols) return;
+  const int64_t m = i / cols, c = i % cols;
+  if constexpr (std::is_same_v<Y, float>) dst[m * dst_ld + c] = __bfloat162float(src[m * src_ld + c]);
+  else dst[m * dst_ld + c] = src[m * src_ld + c];
 }
 
 struct LtDescriptors {
@@ -267,9 +352,10 @@ struct LtDescriptors {
   }
 };
 
-// Column-major view: A = W as [K,N] transposed, B = xq as [K,M], D = y as [N,M].
-void make_descriptors(LtDescriptors& d, int64_t M, int64_t N, int64_t K, const float* w_scales,
-                      const float* x_scales) {
+// Column-major view: A = W as [K,N] transposed, B = xq as [K,M] (columns ldb apart),
+// D = y as [N,M] (columns ldd apart, bf16 or fp32).
+void make_descriptors(LtDescriptors& d, int64_t M, int64_t N, int64_t K, int64_t ldb, int64_t ldd,
+                      cudaDataType_t d_type, const float* w_scales, const float* x_scales) {
   DSQ_CUBLAS_CHECK(cublasLtMatmulDescCreate(&d.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   DSQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
@@ -281,30 +367,43 @@ void make_descriptors(LtDescriptors& d, int64_t M, int64_t N, int64_t K, const f
   DSQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scales, sizeof(w_scales)));
   DSQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scales, sizeof(x_scales)));
   DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.a, CUDA_R_8F_E4M3, K, N, K));
-  DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.b, CUDA_R_8F_E4M3, K, M, K));
-  DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.d, CUDA_R_16BF, N, M, N));
+  DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.b, CUDA_R_8F_E4M3, K, M, ldb));
+  DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.d, d_type, N, M, ldd));
+}
+
+template <typename Y>
+constexpr cudaDataType_t data_type() {
+  return std::is_same_v<Y, float> ? CUDA_R_32F : CUDA_R_16BF;
+}
+
+// Quantizes x[M, K] (rows x_ld apart; bf16 or fp32, K % 128 == 0) to dense e4m3 xq[M, K]
+// plus fp32 scales in `order`; an outer-major layout holds `scale_rows` >= M rows per K
+// block (padding for GEMMs that need a rounded-up M). Device pointers.
+template <typename X>
+void quantize_act_fp8_1x128(const GpuContext& ctx, const X* x, int64_t x_ld, int64_t M, int64_t K, uint8_t* xq,
+                            float* x_scales, ScaleOrder order, int64_t scale_rows) {
+  DSQ_CHECK(K % kBlock == 0, "quantize_act_fp8_1x128: K=", K, " is not a multiple of 128");
+  DSQ_CHECK(scale_rows >= M, "quantize_act_fp8_1x128: scale_rows ", scale_rows, " < M ", M);
+  DSQ_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0 && (x_ld * int64_t(sizeof(X))) % 16 == 0,
+            "quantize_act_fp8_1x128: activation rows must be 16-byte aligned");
+  const int64_t chunks = M * (K / 8);
+  if (chunks == 0) return;
+  const int threads = 256;
+  quantize_act_kernel<X><<<unsigned(ceil_div(chunks, threads)), threads, 0, ctx.stream()>>>(
+      x, x_ld, int(M), int(K), xq, x_scales, order == ScaleOrder::OuterMajor, int(scale_rows));
+  DSQ_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
-void quantize_act_fp8_1x128(const GpuContext& ctx, const __nv_bfloat16* x, int64_t M, int64_t K,
-                            uint8_t* xq, float* x_scales, ScaleOrder order, int64_t scale_rows) {
-  DSQ_CHECK(K % kBlock == 0, "quantize_act_fp8_1x128: K=", K, " is not a multiple of 128");
-  DSQ_CHECK(scale_rows >= M, "quantize_act_fp8_1x128: scale_rows ", scale_rows, " < M ", M);
-  const int64_t warps = M * (K / kBlock);
-  if (warps == 0) return;
-  const int threads = 256;
-  quantize_act_kernel<<<unsigned(ceil_div(warps * 32, threads)), threads, 0, ctx.stream()>>>(
-      x, int(M), int(K), xq, x_scales, order == ScaleOrder::OuterMajor, int(scale_rows));
-  DSQ_CUDA_CHECK_LAUNCH();
-}
-
 Fp8BlockLinear::Fp8BlockLinear(const uint8_t* values, const float* scales, int64_t N, int64_t K,
-                               const std::string& what)
-    : N_(N), K_(K), what_(what) {
+                               const std::string& what, int64_t groups)
+    : N_(N), K_(K), groups_(groups), what_(what) {
   DSQ_CHECK(N > 0 && K > 0, what, ": empty FP8 weight [", N, ", ", K, "]");
   DSQ_CHECK(K % kBlock == 0, what, ": FP8 block linear needs in-features divisible by 128, got ", K);
   DSQ_CHECK(N % 8 == 0, what, ": FP8 block linear needs out-features divisible by 8, got ", N);
+  DSQ_CHECK(groups >= 1 && groups <= kFp8MaxOutputs && N % groups == 0 && (groups == 1 || (N / groups) % kBlock == 0),
+            what, ": ", N, " rows do not split into ", groups, " groups of whole 128-row blocks");
   values_ = DeviceBuffer<uint8_t>::from_host(values, size_t(N * K));
   host_scales_.assign(scales, scales + ceil_div(N, kBlock) * (K / kBlock));
   kmajor_scales_ = DeviceBuffer<float>::from_host(host_scales_);
@@ -327,21 +426,23 @@ void Fp8BlockLinear::set_scale_orders(ScaleOrder act, ScaleOrder weight) {
   plans_.clear();
 }
 
-// Scratch for one run with M rows (Mp = M rounded up to 16), each part 256-byte aligned:
+// Scratch for one call with M rows (Mp = M rounded up to 16; XW = groups·K, the
+// activation width), each part 256-byte aligned:
 //   decode: tickets [N/128] and an fp32 accumulator [64, N], both left zero by every run;
-//   others: e4m3 codes [Mp, K], activation scales [Mp, K/128], a bf16 [Mp, N] padded output.
+//   others: e4m3 codes [Mp, XW], activation scales [Mp, XW/128], a bf16 [Mp, N] staging
+//   output (padded rows, fp32 outputs).
 struct Fp8BlockLinear::Workspace {
   unsigned* tickets;
   float* acc;
   uint8_t* codes;
   float* scales;
-  __nv_bfloat16* padded_out;
+  __nv_bfloat16* staging;
   size_t bytes;
 };
 
 Fp8BlockLinear::Workspace Fp8BlockLinear::carve(void* base, int64_t M) const {
   const auto align = [](size_t b) { return (b + 255) / 256 * 256; };
-  const int64_t Mp = ceil_div(M, 16) * 16;
+  const int64_t Mp = ceil_div(M, 16) * 16, XW = groups_ * K_;
   auto* p = static_cast<uint8_t*>(base);
   size_t off = 0;
   const auto take = [&](size_t bytes) {
@@ -353,9 +454,9 @@ Fp8BlockLinear::Workspace Fp8BlockLinear::carve(void* base, int64_t M) const {
   w.tickets = reinterpret_cast<unsigned*>(take(size_t(ceil_div(N_, kDecCols)) * sizeof(unsigned)));
   // Fixed size, so the zero region never moves with M (other paths write past it).
   w.acc = reinterpret_cast<float*>(take(size_t(kFp8DecodeMaxRows * N_) * sizeof(float)));
-  w.codes = take(size_t(Mp * K_));
-  w.scales = reinterpret_cast<float*>(take(size_t(Mp * (K_ / kBlock)) * sizeof(float)));
-  w.padded_out = reinterpret_cast<__nv_bfloat16*>(take(size_t(Mp * N_) * sizeof(__nv_bfloat16)));
+  w.codes = take(size_t(Mp * XW));
+  w.scales = reinterpret_cast<float*>(take(size_t(Mp * (XW / kBlock)) * sizeof(float)));
+  w.staging = reinterpret_cast<__nv_bfloat16*>(take(size_t(Mp * N_) * sizeof(__nv_bfloat16)));
   w.bytes = off;
   return w;
 }
@@ -375,12 +476,13 @@ int Fp8BlockLinear::decode_steps(int sm_count) const {
   return 1;
 }
 
-bool Fp8BlockLinear::has_plan(const GpuContext& ctx, int64_t M) {
-  auto it = plans_.find(M);
+bool Fp8BlockLinear::has_plan(const GpuContext& ctx, int64_t M, int64_t rows, int64_t ld, cudaDataType_t y_type) {
+  const std::array<int64_t, 4> key{M, rows, ld, int64_t(y_type)};
+  auto it = plans_.find(key);
   if (it != plans_.end()) return it->second.ok;
   LtDescriptors d;
   // cuBLASLt offers no algorithm without a scale pointer: any device pointer stands in.
-  make_descriptors(d, M, N_, K_, scales_.get(), kmajor_scales_.get());
+  make_descriptors(d, M, rows, K_, groups_ * K_, ld, y_type, scales_.get(), kmajor_scales_.get());
   Plan plan;
   cublasLtMatmulPreference_t pref = nullptr;
   DSQ_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -395,7 +497,7 @@ bool Fp8BlockLinear::has_plan(const GpuContext& ctx, int64_t M) {
     plan.ok = true;
     plan.algo = result.algo;
   }
-  plans_.emplace(M, plan);
+  plans_.emplace(key, plan);
   return plan.ok;
 }
 
@@ -403,36 +505,57 @@ int64_t Fp8BlockLinear::cublaslt_rows(const GpuContext& ctx, int64_t M) {
   // On an H100 (cuBLAS 13.0) block-scaled FP8 with K = 256 and N = 256 returned garbage
   // (M = 37; [128, 256] was right), as K = 128 did: below K = 512 the fallback runs.
   if (K_ < 512) return 0;
-  if (has_plan(ctx, M)) return M;
+  const int64_t R = N_ / groups_;
+  if (has_plan(ctx, M, R, N_, CUDA_R_16BF)) return M;
   const int64_t padded = ceil_div(M, 16) * 16;
-  if (padded != M && has_plan(ctx, padded)) return padded;
+  if (padded != M && has_plan(ctx, padded, R, N_, CUDA_R_16BF)) return padded;
   return 0;
 }
 
-void Fp8BlockLinear::run_cublaslt(const GpuContext& ctx, const uint8_t* xq, const float* x_scales,
-                                  int64_t M, __nv_bfloat16* y) {
-  LtDescriptors d;
-  make_descriptors(d, M, N_, K_, scales_.get(), x_scales);
-  const float alpha = 1.0f, beta = 0.0f;
-  DSQ_CUBLAS_CHECK(cublasLtMatmul(ctx.blas_lt(), d.op, &alpha, values_.get(), d.a, xq, d.b, &beta, y,
-                                  d.d, y, d.d, &plans_.at(M).algo, ctx.workspace(),
-                                  ctx.workspace_bytes(), ctx.stream()));
+template <typename Y>
+void Fp8BlockLinear::check_outputs(const Fp8Output<Y>* outs, int count) const {
+  DSQ_CHECK(count >= 1 && count <= kFp8MaxOutputs, what_, ": ", count, " output ranges (1 to ", kFp8MaxOutputs, ")");
+  int64_t rows = 0;
+  for (int i = 0; i < count; ++i) {
+    const Fp8Output<Y>& o = outs[i];
+    DSQ_CHECK(o.rows > 0 && (i + 1 == count || o.rows % kBlock == 0) && o.ld >= o.rows && o.x_col >= 0 &&
+                  o.x_col % kBlock == 0 && o.x_col + K_ <= groups_ * K_,
+              what_, ": output range ", i, " (", o.rows, " rows, ld ", o.ld, ", input column ", o.x_col,
+              ") does not fit (internal)");
+    rows += o.rows;
+  }
+  DSQ_CHECK(rows == N_, what_, ": output ranges cover ", rows, " of ", N_, " rows (internal)");
 }
 
 template <typename X, typename Y>
-void Fp8BlockLinear::launch_decode(const GpuContext& ctx, const X* x, int64_t M, Y* y, const Workspace& ws) {
+void Fp8BlockLinear::launch_decode(const GpuContext& ctx, const X* x, int64_t x_ld, int64_t M,
+                                   const Fp8Output<Y>* outs, int count, const Workspace& ws) {
   DSQ_CHECK(decode_fits(M), what_, ": FP8 decode kernel needs M <= 64, N % 16 == 0 and K % 256 == 0 (M=", M,
             ", N=", N_, ", K=", K_, ")");
-  const int steps = M <= 8 ? decode_steps(ctx.sm_count()) : 1;
+  DSQ_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0 && (x_ld * int64_t(sizeof(X))) % 16 == 0, what_,
+            ": activation rows must be 16-byte aligned for the decode kernel");
+  DecodeOutputs<Y> o{};
+  o.count = count;
+  int64_t end = 0;
+  for (int i = 0; i < count; ++i) {
+    end += outs[i].rows;
+    o.end[i] = int(end);
+    o.x_col[i] = int(outs[i].x_col);
+    o.ld[i] = int(outs[i].ld);
+    o.y[i] = outs[i].y;
+  }
+  const int steps = M <= 16 ? decode_steps(ctx.sm_count()) : 1;
   const dim3 grid(unsigned(ceil_div(N_, kDecCols)), unsigned(K_ / (steps * kDecStep)));
   const dim3 threads(kDecWarps * 32);
   const float* wsc = kmajor_scales_.get();
-#define DSQ_FP8_DECODE(MT, R)                                                                                      \
-  launch_dependent(ctx, fp8_decode_kernel<MT, R, X, Y>, grid, threads, 0, values_.get(), wsc, x, ws.acc, ws.tickets, \
-                   y, int(M), int(N_), int(K_))
+#define DSQ_FP8_DECODE(MT, R)                                                                                   \
+  launch_dependent(ctx, fp8_decode_kernel<MT, R, X, Y>, grid, threads, 0, values_.get(), wsc, x, x_ld, ws.acc, \
+                   ws.tickets, o, int(M), int(N_), int(K_))
   if (M <= 8 && steps == 4) DSQ_FP8_DECODE(1, 4);
   else if (M <= 8 && steps == 2) DSQ_FP8_DECODE(1, 2);
   else if (M <= 8) DSQ_FP8_DECODE(1, 1);
+  else if (M <= 16 && steps == 4) DSQ_FP8_DECODE(2, 4);
+  else if (M <= 16 && steps == 2) DSQ_FP8_DECODE(2, 2);
   else if (M <= 16) DSQ_FP8_DECODE(2, 1);
   else if (M <= 32) DSQ_FP8_DECODE(4, 1);
   else DSQ_FP8_DECODE(8, 1);
@@ -444,40 +567,105 @@ bool Fp8BlockLinear::decode_fits(int64_t M) const {
   return M >= 1 && M <= kFp8DecodeMaxRows && N_ % 16 == 0 && K_ % kDecStep == 0;
 }
 
-void Fp8BlockLinear::run_decode_f32(const GpuContext& ctx, const float* x, int64_t M, float* y, void* workspace) {
-  DSQ_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0, what_, ": fp32 activations must be 16-byte aligned");
-  launch_decode(ctx, x, M, y, carve(workspace, M));
+bool Fp8BlockLinear::uses_decode(int64_t M) const {
+  return path_ == Fp8Path::Decode || (path_ == Fp8Path::Auto && M <= kFp8DecodeAutoRows && decode_fits(M));
 }
+
+template <typename X>
+void Fp8BlockLinear::quantize(const GpuContext& ctx, const X* x, int64_t x_ld, int64_t M, void* workspace) {
+  const Workspace ws = carve(workspace, M);
+  quantized_rows_ = path_ == Fp8Path::Fallback ? 0 : cublaslt_rows(ctx, M);
+  const bool lt = quantized_rows_ > 0;
+  quantize_act_fp8_1x128(ctx, x, x_ld, M, groups_ * K_, ws.codes, ws.scales, lt ? act_order_ : ScaleOrder::OuterMajor,
+                         lt ? quantized_rows_ : M);
+}
+template void Fp8BlockLinear::quantize<__nv_bfloat16>(const GpuContext&, const __nv_bfloat16*, int64_t, int64_t,
+                                                      void*);
+template void Fp8BlockLinear::quantize<float>(const GpuContext&, const float*, int64_t, int64_t, void*);
+
+template <typename Y>
+void Fp8BlockLinear::gemm_quantized(const GpuContext& ctx, int64_t M, const Fp8Output<Y>* outs, int count,
+                                    void* workspace) {
+  check_outputs(outs, count);
+  const Workspace ws = carve(workspace, M);
+  const int64_t lt_rows = quantized_rows_, XW = groups_ * K_, kb = K_ / kBlock;
+  const auto copy_out = [&](const __nv_bfloat16* staged, const Fp8Output<Y>& o) {
+    copy_rows_kernel<<<unsigned(ceil_div(M * o.rows, 256)), 256, 0, ctx.stream()>>>(staged, N_, M, o.rows, o.y, o.ld);
+    DSQ_CUDA_CHECK_LAUNCH();
+  };
+  int64_t first = 0;
+  for (int i = 0; i < count; ++i) {
+    const Fp8Output<Y>& o = outs[i];
+    const uint8_t* w = values_.get() + first * K_;
+    const uint8_t* codes = ws.codes + o.x_col;
+    __nv_bfloat16* staged = ws.staging + first;
+    if (lt_rows > 0) {
+      DSQ_CHECK(groups_ == 1 || weight_order_ == ScaleOrder::KMajor, what_,
+                ": grouped weights need k-major weight scales (internal)");
+      DSQ_CHECK(act_order_ == ScaleOrder::OuterMajor || o.x_col == 0, what_,
+                ": input column offsets need outer-major activation scales (internal)");
+      // Straight into y where cuBLASLt has an algorithm for its type and stride; else
+      // (padded rows computing garbage, or no such algorithm) into the bf16 staging rows.
+      const bool direct = lt_rows == M && has_plan(ctx, M, o.rows, o.ld, data_type<Y>());
+      DSQ_CHECK(direct || has_plan(ctx, lt_rows, o.rows, N_, CUDA_R_16BF), what_,
+                ": cuBLASLt has no block-scaled algorithm for ", lt_rows, " x ", o.rows, " x ", K_);
+      void* dst = direct ? static_cast<void*>(o.y) : static_cast<void*>(staged);
+      const int64_t ld = direct ? o.ld : N_;
+      const cudaDataType_t type = direct ? data_type<Y>() : CUDA_R_16BF;
+      LtDescriptors d;
+      const float* w_scales = scales_.get() + (first / kBlock) * kb;
+      const float* x_scales = ws.scales + (o.x_col / kBlock) * lt_rows;
+      make_descriptors(d, lt_rows, o.rows, K_, XW, ld, type, w_scales, x_scales);
+      const float alpha = 1.0f, beta = 0.0f;
+      DSQ_CUBLAS_CHECK(cublasLtMatmul(ctx.blas_lt(), d.op, &alpha, w, d.a, codes, d.b, &beta, dst, d.d, dst, d.d,
+                                      &plans_.at({lt_rows, o.rows, ld, int64_t(type)}).algo, ctx.workspace(),
+                                      ctx.workspace_bytes(), ctx.stream()));
+      if (!direct) copy_out(staged, o);
+      last_path_ = Fp8Path::CublasLt;
+    } else {
+      constexpr bool bf16_out = std::is_same_v<Y, __nv_bfloat16>;
+      __nv_bfloat16* dst = bf16_out ? reinterpret_cast<__nv_bfloat16*>(o.y) : staged;
+      const dim3 grid(unsigned(ceil_div(o.rows, kFbTile)), unsigned(ceil_div(M, kFbTile)));
+      fp8_block_fallback_kernel<<<grid, 256, 0, ctx.stream()>>>(
+          codes, XW, ws.scales + (o.x_col / kBlock) * M, true, M, XW / kBlock, w,
+          kmajor_scales_.get() + (first / kBlock) * kb, dst, bf16_out ? o.ld : N_, int(M), int(o.rows), int(K_));
+      DSQ_CUDA_CHECK_LAUNCH();
+      if (!bf16_out) copy_out(staged, o);
+      last_path_ = Fp8Path::Fallback;
+    }
+    first += o.rows;
+  }
+}
+template void Fp8BlockLinear::gemm_quantized<__nv_bfloat16>(const GpuContext&, int64_t,
+                                                            const Fp8Output<__nv_bfloat16>*, int, void*);
+template void Fp8BlockLinear::gemm_quantized<float>(const GpuContext&, int64_t, const Fp8Output<float>*, int, void*);
 
 void Fp8BlockLinear::run(const GpuContext& ctx, const __nv_bfloat16* x, int64_t M, __nv_bfloat16* y,
                          void* workspace) {
   DSQ_CHECK(M > 0, what_, ": FP8 linear called with ", M, " rows");
+  const int64_t R = N_ / groups_;
+  std::vector<Fp8Output<__nv_bfloat16>> outs;
+  for (int64_t g = 0; g < groups_; ++g) outs.push_back({y + g * R, R, N_, g * K_});
+  check_outputs(outs.data(), int(outs.size()));
+  if (uses_decode(M)) {
+    launch_decode(ctx, x, groups_ * K_, M, outs.data(), int(outs.size()), carve(workspace, M));
+    return;
+  }
+  quantize(ctx, x, groups_ * K_, M, workspace);
+  gemm_quantized(ctx, M, outs.data(), int(outs.size()), workspace);
+}
+
+void Fp8BlockLinear::run_f32(const GpuContext& ctx, const float* x, int64_t x_ld, int64_t M,
+                             const Fp8Output<float>* outs, int count, void* workspace) {
+  DSQ_CHECK(M > 0, what_, ": FP8 linear called with ", M, " rows");
+  check_outputs(outs, count);
   const Workspace ws = carve(workspace, M);
-  Fp8Path path = path_;
-  if (path == Fp8Path::Auto) path = M <= kFp8DecodeAutoRows && decode_fits(M) ? Fp8Path::Decode : Fp8Path::CublasLt;
-  if (path == Fp8Path::Decode) {
-    launch_decode(ctx, x, M, y, ws);
+  if (uses_decode(M)) {
+    launch_decode(ctx, x, x_ld, M, outs, count, ws);
     return;
   }
-  const int64_t lt_rows = path == Fp8Path::CublasLt ? cublaslt_rows(ctx, M) : 0;
-  if (lt_rows > 0) {
-    quantize_act_fp8_1x128(ctx, x, M, K_, ws.codes, ws.scales, act_order_, lt_rows);
-    if (lt_rows == M) {
-      run_cublaslt(ctx, ws.codes, ws.scales, M, y);
-    } else {  // padded rows compute garbage into scratch; only the first M rows are kept
-      run_cublaslt(ctx, ws.codes, ws.scales, lt_rows, ws.padded_out);
-      DSQ_CUDA_CHECK(cudaMemcpyAsync(y, ws.padded_out, size_t(M * N_) * sizeof(__nv_bfloat16),
-                                     cudaMemcpyDeviceToDevice, ctx.stream()));
-    }
-    last_path_ = Fp8Path::CublasLt;
-    return;
-  }
-  quantize_act_fp8_1x128(ctx, x, M, K_, ws.codes, ws.scales, ScaleOrder::OuterMajor, M);
-  const dim3 grid(unsigned(ceil_div(N_, kFbTile)), unsigned(ceil_div(M, kFbTile)));
-  fp8_block_fallback_kernel<<<grid, 256, 0, ctx.stream()>>>(ws.codes, ws.scales, true, values_.get(),
-                                                            kmajor_scales_.get(), y, int(M), int(N_), int(K_));
-  DSQ_CUDA_CHECK_LAUNCH();
-  last_path_ = Fp8Path::Fallback;
+  quantize(ctx, x, x_ld, M, workspace);
+  gemm_quantized(ctx, M, outs, count, workspace);
 }
 
 }  // namespace dsq::cuda

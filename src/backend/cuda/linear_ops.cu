@@ -4,14 +4,17 @@
 // Which device form a weight gets (prepare()), by precision (see cuda_ops.h):
 //   F32   every weight dequantized exactly to fp32 → cuBLAS fp32 GEMM, no TF32.
 //   Fast  dense f32 stays fp32 (the mHC weights: tiny, and precision-sensitive);
-//         FP8-block → Fp8BlockLinear (fp8 activations per 1×128; at decode sizes its
-//         kernel reads and writes fp32, otherwise bf16 in and out);
+//         FP8-block → Fp8BlockLinear (fp8 activations per 1×128, quantized from the
+//         fp32 activations; fp32 output, through bf16 at prefill sizes); a grouped
+//         weight (attn.wo_a) is one Fp8BlockLinear, all groups in one launch;
 //         INT4 group-128 with bf16 scales → the W4A16 kernels (int4_linear.h);
+//         MXFP4 with out-features % 16, in-features % 512 → mxfp4_linear.h's kernels;
 //         everything else (dense bf16/f16, MXFP4, shapes those kernels refuse) →
 //         bf16 at load, bf16 activations, cuBLAS with fp32 accumulation.
 // Dense weights (fp32 or bf16 on the device) at <= kGemvMaxRows rows run through
 // dense_gemv instead, with the fp32 activations unrounded; linear_many puts all such
-// weights of one input into one launch.
+// weights of one input into one launch, and its FP8 weights of one width into one
+// concatenated Fp8BlockLinear (FusedFp8: one launch, one activation quantization).
 // Weights are prepared on first use and kept (cuda_ops.h: keyed by address).
 //
 // Every GEMM computes y[n, N] = x[n, K] · W[N, K]ᵀ on row-major data. cuBLAS is
@@ -52,13 +55,13 @@ using Kind = PreparedLinear::Kind;
 enum ScratchSlot : int {
   kSlotActBf16 = 0,       // a GEMM's activations as bf16
   kSlotFp8Workspace = 1,  // Fp8BlockLinear workspace, kept zero between calls
-  kSlotOutBf16 = 2,       // Fp8BlockLinear's bf16 output
   kSlotInt4Dequant = 3,   // one INT4 expert dequantized to bf16 (many-row path)
   kSlotMoeIndex = 4,      // the expert permutation
   kSlotMoeRows = 5,       // token rows sorted by expert
   kSlotMoeGate = 6,       // gate (or interleaved gate/up) outputs; SwiGLU output
   kSlotMoeUp = 7,         // up outputs; or the bf16 SwiGLU output (INT4 path)
   kSlotMoeOut = 8,        // down projection outputs
+  kSlotFp8Scratch = 9,    // Fp8BlockLinear workspace of the non-decode paths (not zeroed)
 };
 
 constexpr int kThreads = 256;
@@ -77,14 +80,6 @@ __global__ void f32_to_bf16_kernel(const float* __restrict__ src, int64_t src_ld
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * cols) return;
   dst[i] = __float2bfloat16(src[(i / cols) * src_ld + i % cols]);
-}
-
-// dst rows of `cols` floats, `dst_ld` apart = src [rows, cols] bf16 (dense).
-__global__ void bf16_to_f32_kernel(const __nv_bfloat16* __restrict__ src, int64_t rows, int64_t cols,
-                                   float* __restrict__ dst, int64_t dst_ld) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= rows * cols) return;
-  dst[(i / cols) * dst_ld + i % cols] = __bfloat162float(src[i]);
 }
 
 // Block e scans the routing entries (chosen [T·k], flattened) in order and handles those
@@ -179,12 +174,11 @@ const __nv_bfloat16* activations_bf16(CudaOps& ops, const float* x, int64_t x_ld
   return xb;
 }
 
-// The FP8 workspace for n rows of `lin`, zero where the decode kernel needs it. It is
-// shared by every FP8 weight: the decode kernel leaves it zero, the other paths leave
-// activation codes in it (which can overlap a wider weight's accumulator), so callers
-// clear it after those (clear_fp8_workspace).
+// The FP8 workspace for n rows of `lin`. The decode kernel's is shared by every FP8
+// weight and kept zero (the kernel leaves it so); the other paths get scratch of their own.
 void* fp8_workspace(CudaOps& ops, LinearCache& cache, const Fp8BlockLinear& lin, int64_t n) {
   const size_t bytes = lin.workspace_bytes(n);
+  if (!lin.uses_decode(n)) return ops.scratch(kSlotFp8Scratch, bytes);
   void* ws = ops.scratch(kSlotFp8Workspace, bytes);
   if (ws != cache.fp8_workspace) {
     cache.fp8_workspace = ws;
@@ -197,52 +191,27 @@ void* fp8_workspace(CudaOps& ops, LinearCache& cache, const Fp8BlockLinear& lin,
   return ws;
 }
 
-// Whether the decode kernel can take n fp32 rows at x (x_ld apart) into y (y_ld apart)
-// directly: few rows, dense rows, aligned.
-bool fp8_decode_direct(const Fp8BlockLinear& lin, const float* x, int64_t x_ld, int64_t n, int64_t y_ld) {
-  return n <= kFp8DecodeAutoRows && lin.decode_fits(n) && (n == 1 || (x_ld == lin.cols() && y_ld == lin.rows())) &&
-         reinterpret_cast<uintptr_t>(x) % 16 == 0;
+// dst [rows, cols] (dense) = src rows of `cols` floats, `src_ld` apart.
+__global__ void copy_f32_rows_kernel(const float* __restrict__ src, int64_t src_ld, int64_t rows, int64_t cols,
+                                     float* __restrict__ dst) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * cols) return;
+  dst[i] = src[(i / cols) * src_ld + i % cols];
 }
 
-// One Fp8BlockLinear on n dense bf16 rows xb into dense bf16 yb [n, N].
-void run_fp8_bf16(CudaOps& ops, LinearCache& cache, Fp8BlockLinear& lin, const __nv_bfloat16* xb, int64_t n,
-                  __nv_bfloat16* yb) {
-  void* ws = fp8_workspace(ops, cache, lin, n);
-  lin.run(ops.context(), xb, n, yb, ws);
-  if (lin.last_path() != Fp8Path::Decode)
-    DSQ_CUDA_CHECK(cudaMemsetAsync(ws, 0, lin.workspace_bytes(n), ops.context().stream()));
-}
-
-// One Fp8BlockLinear on n rows of fp32 x (x_ld apart) into fp32 y (y_ld apart). Decode
-// sizes go straight through the decode kernel in fp32; others convert to bf16 and back.
+// One Fp8BlockLinear on n rows of fp32 x (x_ld apart) into its output ranges. Its kernels
+// read 16-byte aligned rows: other inputs are copied densely first.
 void run_fp8(CudaOps& ops, LinearCache& cache, Fp8BlockLinear& lin, const float* x, int64_t x_ld, int64_t n,
-             float* y, int64_t y_ld) {
-  if (fp8_decode_direct(lin, x, x_ld, n, y_ld)) {
-    lin.run_decode_f32(ops.context(), x, n, y, fp8_workspace(ops, cache, lin, n));
-    return;
+             const Fp8Output<float>* outs, int count) {
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || x_ld % 4 != 0) {
+    const int64_t width = outs[count - 1].x_col + lin.cols();
+    auto* dense = static_cast<float*>(ops.scratch(kSlotActBf16, size_t(n * width) * sizeof(float)));
+    copy_f32_rows_kernel<<<blocks_for(n * width), kThreads, 0, ops.context().stream()>>>(x, x_ld, n, width, dense);
+    DSQ_CUDA_CHECK_LAUNCH();
+    x = dense;
+    x_ld = width;
   }
-  const int64_t N = lin.rows();
-  const __nv_bfloat16* xb = activations_bf16(ops, x, x_ld, n, lin.cols());
-  auto* yb = static_cast<__nv_bfloat16*>(ops.scratch(kSlotOutBf16, size_t(n * N) * sizeof(__nv_bfloat16)));
-  run_fp8_bf16(ops, cache, lin, xb, n, yb);
-  bf16_to_f32_kernel<<<blocks_for(n * N), kThreads, 0, ops.context().stream()>>>(yb, n, N, y, y_ld);
-  DSQ_CUDA_CHECK_LAUNCH();
-}
-
-// One token through every group of a grouped FP8 weight (decode's attn.wo_a): each
-// group's decode kernel on its slice of the fp32 row, writing its slice of the output;
-// groups the decode kernel cannot take share one bf16 conversion each way.
-void run_fp8_groups_one_row(CudaOps& ops, LinearCache& cache, PreparedLinear& p, const float* x, float* y) {
-  const int64_t G = p.groups, R = p.rows / G, C = p.cols;
-  if (fp8_decode_direct(*p.fp8[0], x, G * C, 1, G * R)) {
-    for (int64_t g = 0; g < G; ++g) run_fp8(ops, cache, *p.fp8[size_t(g)], x + g * C, G * C, 1, y + g * R, G * R);
-    return;
-  }
-  const __nv_bfloat16* xb = activations_bf16(ops, x, G * C, 1, G * C);
-  auto* yb = static_cast<__nv_bfloat16*>(ops.scratch(kSlotOutBf16, size_t(G * R) * sizeof(__nv_bfloat16)));
-  for (int64_t g = 0; g < G; ++g) run_fp8_bf16(ops, cache, *p.fp8[size_t(g)], xb + g * C, 1, yb + g * R);
-  bf16_to_f32_kernel<<<blocks_for(G * R), kThreads, 0, ops.context().stream()>>>(yb, 1, G * R, y, G * R);
-  DSQ_CUDA_CHECK_LAUNCH();
+  lin.run_f32(ops.context(), x, x_ld, n, outs, count, fp8_workspace(ops, cache, lin, n));
 }
 
 // A prepared weight on n rows: for g < p.groups,
@@ -271,13 +240,12 @@ void apply(CudaOps& ops, LinearCache& cache, PreparedLinear& p, const float* x, 
       gemm_tn(ctx, CUDA_R_16BF, p.bf16.get(), R * C, xb, G * C, C, y, y_ld, R, n, R, C, G);
       return;
     }
-    case Kind::Fp8:
-      if (G > 1 && n == 1) {
-        run_fp8_groups_one_row(ops, cache, p, x, y);
-        return;
-      }
-      for (int64_t g = 0; g < G; ++g) run_fp8(ops, cache, *p.fp8[size_t(g)], x + g * C, x_ld, n, y + g * R, y_ld);
+    case Kind::Fp8: {
+      std::vector<Fp8Output<float>> outs;
+      for (int64_t g = 0; g < G; ++g) outs.push_back({y + g * R, R, y_ld, g * C});
+      run_fp8(ops, cache, *p.fp8, x, x_ld, n, outs.data(), int(G));
       return;
+    }
     case Kind::Int4: {
       DSQ_CHECK(G == 1 && y_ld == R, "linear: INT4 kernel output must be dense (internal)");
       const __nv_bfloat16* xb = activations_bf16(ops, x, x_ld, n, C);
@@ -285,6 +253,15 @@ void apply(CudaOps& ops, LinearCache& cache, PreparedLinear& p, const float* x, 
                                                kSlotInt4Dequant, size_t(R * C) * sizeof(__nv_bfloat16)))
                                          : nullptr;
       int4_linear(ctx, *p.int4, 0, xb, n, y, dequant);
+      return;
+    }
+    case Kind::Mxfp4: {
+      DSQ_CHECK(G == 1 && y_ld == R, "linear: MXFP4 kernel output must be dense (internal)");
+      const __nv_bfloat16* xb = activations_bf16(ops, x, x_ld, n, C);
+      auto* dequant = n > kMxfp4DecodeMaxRows ? static_cast<__nv_bfloat16*>(ops.scratch(
+                                                    kSlotInt4Dequant, size_t(R * C) * sizeof(__nv_bfloat16)))
+                                              : nullptr;
+      mxfp4_linear(ctx, *p.mxfp4, 0, xb, n, y, dequant);
       return;
     }
   }
@@ -306,17 +283,25 @@ bool int4_kernel_fits(const QuantizedMatrix& w) {
 bool fp8_kernel_fits(const QuantizedMatrix& w, int64_t groups) {
   const int64_t R = w.rows / groups;
   return w.format == WeightFormat::Fp8Block && w.group_size == 128 && w.cols % 256 == 0 && R % 8 == 0 &&
-         (groups == 1 || R % 128 == 0);
+         (groups == 1 || R % 128 == 0) && groups <= kFp8MaxOutputs;
 }
 
-// Rows [r0, r1) of an FP8-block weight (r0 on a block boundary) as an Fp8BlockLinear.
-std::unique_ptr<Fp8BlockLinear> fp8_rows(const QuantizedMatrix& w, int64_t r0, int64_t r1) {
-  const int64_t scale_cols = w.scales.dim(1);
-  const int64_t b0 = r0 / 128, b1 = (r1 + 127) / 128;
-  std::vector<float> scales(size_t((b1 - b0) * scale_cols));
-  for (int64_t i = 0; i < int64_t(scales.size()); ++i) scales[size_t(i)] = w.scales.get_f32(b0 * scale_cols + i);
-  return std::make_unique<Fp8BlockLinear>(w.values.data<uint8_t>() + r0 * w.cols, scales.data(), r1 - r0, w.cols,
-                                          describe(w));
+// Several FP8-block weights of one width stacked by rows (every one but the last with
+// whole 128-row blocks, so their scale rows stack too) as one Fp8BlockLinear whose
+// activation rows are groups·cols wide.
+std::unique_ptr<Fp8BlockLinear> fp8_linear(const std::vector<const QuantizedMatrix*>& parts, int64_t groups,
+                                           const std::string& what) {
+  const int64_t cols = parts[0]->cols;
+  std::vector<uint8_t> values;
+  std::vector<float> scales;
+  int64_t rows = 0;
+  for (const QuantizedMatrix* w : parts) {
+    const uint8_t* v = w->values.data<uint8_t>();
+    values.insert(values.end(), v, v + w->rows * cols);
+    for (int64_t i = 0; i < w->scales.numel(); ++i) scales.push_back(w->scales.get_f32(i));
+    rows += w->rows;
+  }
+  return std::make_unique<Fp8BlockLinear>(values.data(), scales.data(), rows, cols, what, groups);
 }
 
 PreparedLinear prepare(const QuantizedMatrix& w, int64_t groups, Precision precision) {
@@ -334,12 +319,15 @@ PreparedLinear prepare(const QuantizedMatrix& w, int64_t groups, Precision preci
     p.f32 = DeviceBuffer<float>::from_host(f32.data<float>(), size_t(f32.numel()));
   } else if (fp8_kernel_fits(w, groups)) {
     p.kind = Kind::Fp8;
-    const int64_t R = w.rows / groups;
-    for (int64_t g = 0; g < groups; ++g) p.fp8.push_back(fp8_rows(w, g * R, (g + 1) * R));
+    p.fp8 = fp8_linear({&w}, groups, describe(w));
   } else if (groups == 1 && int4_kernel_fits(w)) {
     p.kind = Kind::Int4;
     p.int4 = std::make_unique<Int4ExpertWeights>(w.values.data<int32_t>(), w.scales.data<uint16_t>(), 1, w.rows,
                                                  w.cols, describe(w));
+  } else if (groups == 1 && w.format == WeightFormat::Mxfp4 && Mxfp4ExpertWeights::fits(w.rows, w.cols)) {
+    p.kind = Kind::Mxfp4;  // 4.25 bits per weight on the device (mxfp4_linear.h)
+    p.mxfp4 = std::make_unique<Mxfp4ExpertWeights>(w.values.data<uint8_t>(), w.scales.data<uint8_t>(), 1, w.rows,
+                                                   w.cols, describe(w));
   } else {
     // bf16 holds dense bf16, MXFP4 (e2m1 · 2^k) and bf16-scaled INT4 (bf16(q·s)) exactly;
     // f16 and other scales round once here.
@@ -350,6 +338,43 @@ PreparedLinear prepare(const QuantizedMatrix& w, int64_t groups, Precision preci
     p.bf16 = DeviceBuffer<uint16_t>::from_host(bf16.data<uint16_t>(), size_t(bf16.numel()));
   }
   return p;
+}
+
+// linear_many's FP8 weights `parts` (in this order) as one concatenated Fp8BlockLinear.
+FusedFp8& fused_fp8(LinearCache& cache, const std::vector<const QuantizedMatrix*>& parts) {
+  auto it = cache.fused_fp8.find(parts[0]);
+  const auto matches = [&](const FusedFp8& f) {
+    if (f.parts != parts || f.cols != parts[0]->cols) return false;
+    for (size_t i = 0; i < parts.size(); ++i)
+      if (f.rows[i] != parts[i]->rows || parts[i]->format != WeightFormat::Fp8Block) return false;
+    return true;
+  };
+  if (it != cache.fused_fp8.end() && matches(it->second)) return it->second;
+  FusedFp8 f;
+  f.parts = parts;
+  f.cols = parts[0]->cols;
+  std::string what = "linear_many";
+  for (const QuantizedMatrix* w : parts) {
+    w->validate(describe(*w));
+    f.rows.push_back(w->rows);
+    what += " " + describe(*w);
+  }
+  f.lin = fp8_linear(parts, 1, what);
+  return cache.fused_fp8.insert_or_assign(parts[0], std::move(f)).first->second;
+}
+
+// The FP8 weights among linear_many's `ws` that run concatenated: every one the FP8
+// kernels take (Fast), when there are 2 to kFp8MaxOutputs of them and at most one has
+// rows that are not whole 128-row blocks (it goes last). Indices into ws; empty: none.
+std::vector<int64_t> fusable_fp8(const QuantizedMatrix* const* ws, int64_t count, Precision precision) {
+  std::vector<int64_t> whole, ragged;
+  if (precision != Precision::Fast) return {};
+  for (int64_t i = 0; i < count; ++i)
+    if (fp8_kernel_fits(*ws[i], 1)) (ws[i]->rows % 128 == 0 ? whole : ragged).push_back(i);
+  if (ragged.size() > 1) return {};
+  whole.insert(whole.end(), ragged.begin(), ragged.end());
+  if (whole.size() < 2 || whole.size() > size_t(kFp8MaxOutputs)) return {};
+  return whole;
 }
 
 PreparedLinear& prepared(LinearCache& cache, const QuantizedMatrix& w, int64_t groups, Precision precision) {
@@ -447,12 +472,26 @@ const float* CudaOps::prepared_f32(const QuantizedMatrix& w) {
 void CudaOps::linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
                           int64_t n) {
   if (n == 0 || count == 0) return;
-  // Dense weights that dense_gemv takes share one launch per weight dtype; the rest run
-  // one by one.
-  std::vector<GemvTarget> by_dtype[2];  // [0]: fp32 weights, [1]: bf16
-  for (int64_t i = 0; i < count; ++i) {
+  for (int64_t i = 0; i < count; ++i)
     DSQ_CHECK(ws[i]->cols == ws[0]->cols, "linear_many: ", describe(*ws[i]), " and ", describe(*ws[0]),
               " do not share an input width");
+  // FP8 weights run concatenated in one launch where they can; dense weights that
+  // dense_gemv takes share one launch per weight dtype; the rest run one by one.
+  const std::vector<int64_t> fp8 = fusable_fp8(ws, count, precision_);
+  std::vector<bool> done(size_t(count), false);
+  if (!fp8.empty()) {
+    std::vector<const QuantizedMatrix*> parts;
+    std::vector<Fp8Output<float>> outs;
+    for (int64_t i : fp8) {
+      parts.push_back(ws[i]);
+      outs.push_back({ys[i], ws[i]->rows, ws[i]->rows, 0});
+      done[size_t(i)] = true;
+    }
+    run_fp8(*this, linears_, *fused_fp8(linears_, parts).lin, x, ws[0]->cols, n, outs.data(), int(outs.size()));
+  }
+  std::vector<GemvTarget> by_dtype[2];  // [0]: fp32 weights, [1]: bf16
+  for (int64_t i = 0; i < count; ++i) {
+    if (done[size_t(i)]) continue;
     PreparedLinear& p = prepared(linears_, *ws[i], 1, precision_);
     const bool bf16 = p.kind == Kind::Bf16;
     const void* dense = bf16 ? static_cast<const void*>(p.bf16.get())
