@@ -190,7 +190,7 @@ TEST(GpuGraphReplay, LongDecodeMatchesPlainLaunches) {
               "segments: %lld eager, %lld captured, %lld replayed, %lld failed captures\n",
               steps, replay_vs_plain, plain_vs_plain, (long long)st.eager, (long long)st.captured,
               (long long)st.replayed, (long long)st.failed_captures);
-  EXPECT_LT(replay_vs_plain, 3 * plain_vs_plain + 1e-4);
+  EXPECT_LT(replay_vs_plain, 4 * plain_vs_plain + 1e-4);
   EXPECT_EQ(st.failed_captures, 0);
   // Once warm, every segment of a step is replayed.
   EXPECT_GT(st.replayed, 10 * st.captured);

@@ -40,25 +40,34 @@ int blocks_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threa
 
 // ---- ring writes (update_window, the compressor rings) ----
 
-// ring[(p0 + i) mod ring_rows] = rows[i] for the last min(S, ring_rows) of S rows.
-__global__ void store_ring_rows_kernel(float* ring, const float* rows, int64_t p0, int64_t S, int64_t width,
+// ring[(p0 + i) mod ring_rows] = rows[i] for the last min(S, ring_rows) of S rows; with
+// gridDim.y == 2 the same for a second (ring, rows) pair of the same shape (a
+// compressor's kv and gate rings in one launch).
+struct RingRows {
+  float* ring;
+  const float* rows;
+};
+
+__global__ void store_ring_rows_kernel(RingRows a, RingRows b, int64_t p0, int64_t S, int64_t width,
                                        int64_t ring_rows) {
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
+  const RingRows& r = blockIdx.y == 0 ? a : b;
   const int64_t first = S > ring_rows ? S - ring_rows : 0;
   const int64_t total = (S - first) * width;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = first + idx / width, c = idx % width;
-    ring[((p0 + i) % ring_rows) * width + c] = rows[i * width + c];
+    r.ring[((p0 + i) % ring_rows) * width + c] = r.rows[i * width + c];
   }
 }
 
-void store_ring_rows(const GpuContext& ctx, float* ring, const float* rows, int64_t p0, int64_t S, int64_t width,
+// Stores `a` and, when b.ring is not null, `b` (see the kernel).
+void store_ring_rows(const GpuContext& ctx, RingRows a, RingRows b, int64_t p0, int64_t S, int64_t width,
                      int64_t ring_rows) {
   if (S <= 0 || ring_rows <= 0 || width <= 0) return;
-  launch_dependent(ctx, store_ring_rows_kernel, blocks_for(std::min(S, ring_rows) * width, 256), 256, 0, ring, rows,
-                   p0, S, width, ring_rows);
+  const dim3 grid(blocks_for(std::min(S, ring_rows) * width, 256), b.ring != nullptr ? 2 : 1);
+  launch_dependent(ctx, store_ring_rows_kernel, grid, 256, 0, a, b, p0, S, width, ring_rows);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -612,8 +621,7 @@ void CudaOps::compress(const backend::CompressorParams& p, float* ring_kv, float
     launch_dependent(ctx_, compress_kernel, unsigned(n_close), 256, size_t(p.width) * sizeof(float), a);
     DSQ_CUDA_CHECK_LAUNCH();
   }
-  store_ring_rows(ctx_, ring_kv, kv, p0, S, raw, 2 * p.rate);
-  store_ring_rows(ctx_, ring_gate, gate, p0, S, raw, 2 * p.rate);
+  store_ring_rows(ctx_, {ring_kv, kv}, {ring_gate, gate}, p0, S, raw, 2 * p.rate);
 }
 
 void CudaOps::indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim,
@@ -708,7 +716,7 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
 
 void CudaOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
                             int64_t window) {
-  store_ring_rows(ctx_, ring, new_keys, p0, S, dim, window - 1);
+  store_ring_rows(ctx_, {ring, new_keys}, {nullptr, nullptr}, p0, S, dim, window - 1);
 }
 
 }  // namespace dsq::cuda

@@ -201,38 +201,56 @@ __global__ void norm_rope_kernel(float* x, int64_t dim, const float* weight, flo
 // Block b takes kMixChunk columns of every row of fn and of every token's x: partial dot
 // products and partial sums of squares go to an fp32 accumulator with atomics; the last
 // block to finish scales the sums into `mix` and clears the accumulator (and its ticket)
-// for the next call, so the op is one launch.
+// for the next call, so the op is one launch. Each warp loads its rows' weights before
+// waiting for the previous kernel (they are constant), so their latency hides behind it.
 
-constexpr int kMixChunk = 256;
+constexpr int kMixChunk = 256;       // columns per block: 64 float4, two per lane
+constexpr int kMixThreads = 512;     // 16 warps
 constexpr int kMixMaxTokens = 8;
 constexpr int kMixMaxRows = 64;
+constexpr int kMixRowsPerWarp = (kMixMaxRows + 1 + kMixThreads / 32 - 1) / (kMixThreads / 32);  // + the squares row
 
-__global__ void mhc_mix_kernel(const float* x, int T, int64_t K, const float* fn, int R, float eps, float* acc,
-                               unsigned* ticket, float* mix) {
-  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
-  allow_dependent_launch();
+__global__ void __launch_bounds__(kMixThreads) mhc_mix_kernel(const float* x, int T, int64_t K, const float* fn, int R,
+                                                              float eps, float* acc, unsigned* ticket, float* mix) {
   __shared__ float4 xs[kMixMaxTokens][kMixChunk / 4];
   __shared__ bool last;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   const int64_t c0 = int64_t(blockIdx.x) * kMixChunk;
   const int quads = int((K - c0 < kMixChunk ? K - c0 : int64_t(kMixChunk)) / 4);
+  // Row k of this warp is r = warp + k·warps; row R stands for the squares (x · x).
+  float4 w[kMixRowsPerWarp][2];
+#pragma unroll
+  for (int k = 0; k < kMixRowsPerWarp; ++k) {
+    const int r = warp + k * warps;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int j = lane + 32 * h;
+      w[k][h] = r < R && j < quads ? *reinterpret_cast<const float4*>(fn + int64_t(r) * K + c0 + 4 * j)
+                                   : make_float4(0, 0, 0, 0);
+    }
+  }
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   for (int i = threadIdx.x; i < T * quads; i += blockDim.x)
     xs[i / quads][i % quads] = *reinterpret_cast<const float4*>(x + int64_t(i / quads) * K + c0 + 4 * (i % quads));
   __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   const int stride = R + 1;  // per token: R dot products, then the sum of squares
-  for (int r = warp; r < R + 1; r += warps) {
+#pragma unroll
+  for (int k = 0; k < kMixRowsPerWarp; ++k) {
+    const int r = warp + k * warps;
+    if (r > R) break;
     float d[kMixMaxTokens];
 #pragma unroll
     for (int t = 0; t < kMixMaxTokens; ++t) d[t] = 0;
-    for (int j = lane; j < quads; j += 32) {
-      // Row R stands for the squares: x · x.
-      const bool squares = r == R;
-      const float4 w = squares ? make_float4(0, 0, 0, 0) : *reinterpret_cast<const float4*>(fn + int64_t(r) * K + c0 + 4 * j);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int j = lane + 32 * h;
+      if (j >= quads) break;
 #pragma unroll
       for (int t = 0; t < kMixMaxTokens; ++t) {
         if (t < T) {
           const float4 v = xs[t][j];
-          const float4 u = squares ? v : w;
+          const float4 u = r == R ? v : w[k][h];
           d[t] += u.x * v.x + u.y * v.y + u.z * v.z + u.w * v.w;
         }
       }
@@ -486,11 +504,18 @@ __global__ void mhc_pre_norm_kernel(const float* streams, const float* mix, cons
   __shared__ float pre[N];
   __shared__ float A[N * N];
   const int64_t t = blockIdx.x;
-  mhc_block_coefficients<N>(mix + t * (2 + N) * N, base, scale, iters, eps, true, pre, A, post + t * N,
-                            comb + t * N * N);
   const float* X = streams + t * N * hidden;
   float* xr = x + t * hidden;
   const int64_t chunks = hidden / V;
+  // The first column chunk of every stream is loaded while warp 0 computes the
+  // coefficients (the whole row when the block covers it, as for H = 4096).
+  Floats<V> first[N];
+  if (threadIdx.x < chunks) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) first[j] = load<V>(X + j * hidden + threadIdx.x * V);
+  }
+  mhc_block_coefficients<N>(mix + t * (2 + N) * N, base, scale, iters, eps, true, pre, A, post + t * N,
+                            comb + t * N * N);
   float squares = 0;
   for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
     Floats<V> acc;
@@ -498,7 +523,7 @@ __global__ void mhc_pre_norm_kernel(const float* streams, const float* mix, cons
     for (int e = 0; e < V; ++e) acc.v[e] = 0;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      const Floats<V> f = load<V>(X + j * hidden + i * V);
+      const Floats<V> f = i == threadIdx.x ? first[j] : load<V>(X + j * hidden + i * V);
 #pragma unroll
       for (int e = 0; e < V; ++e) acc.v[e] += pre[j] * f.v[e];
     }
@@ -737,8 +762,8 @@ void CudaOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps,
     const size_t acc_bytes = size_t(kMixMaxTokens * (kMixMaxRows + 1)) * sizeof(float);
     auto* acc = static_cast<float*>(zeroed_scratch(10, acc_bytes + sizeof(unsigned)));
     auto* ticket = reinterpret_cast<unsigned*>(reinterpret_cast<unsigned char*>(acc) + acc_bytes);
-    launch_dependent(ctx_, mhc_mix_kernel, unsigned(ceil_div(width, kMixChunk)), kThreads, 0, streams, int(T), width,
-                     w, int(R), eps, acc, ticket, mix);
+    launch_dependent(ctx_, mhc_mix_kernel, unsigned(ceil_div(width, kMixChunk)), kMixThreads, 0, streams, int(T),
+                     width, w, int(R), eps, acc, ticket, mix);
     DSQ_CUDA_CHECK_LAUNCH();
     return;
   }
