@@ -106,13 +106,9 @@ __device__ float block_sum(float v) {
 
 // ---- rms_norm: one block per row ----
 
+// yr = rms_norm(xr) · weight (weight may be null) by the whole block; yr may alias xr.
 template <int V>
-__global__ void rms_norm_kernel(const float* x, int64_t dim, int64_t stride, const float* weight, float eps,
-                                float* y) {
-  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
-  allow_dependent_launch();
-  const float* xr = x + int64_t(blockIdx.x) * stride;
-  float* yr = y + int64_t(blockIdx.x) * stride;
+__device__ void normalize_row(const float* xr, int64_t dim, const float* weight, float eps, float* yr) {
   const int64_t chunks = dim / V;
   float squares = 0;
   for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
@@ -134,6 +130,14 @@ __global__ void rms_norm_kernel(const float* x, int64_t dim, int64_t stride, con
     }
     store<V>(yr + i * V, f);
   }
+}
+
+template <int V>
+__global__ void rms_norm_kernel(const float* x, int64_t dim, int64_t stride, const float* weight, float eps,
+                                float* y) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
+  normalize_row<V>(x + int64_t(blockIdx.x) * stride, dim, weight, eps, y + int64_t(blockIdx.x) * stride);
 }
 
 // ---- rope: one thread per rotated pair ----
@@ -165,26 +169,7 @@ __global__ void norm_rope_kernel(float* x, int64_t dim, const float* weight, flo
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
   float* xr = x + int64_t(blockIdx.x) * dim;
-  const int64_t chunks = dim / V;
-  float squares = 0;
-  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
-    const Floats<V> f = load<V>(xr + i * V);
-#pragma unroll
-    for (int e = 0; e < V; ++e) squares += f.v[e] * f.v[e];
-  }
-  const float inv = 1.0f / sqrtf(block_sum(squares) / float(dim) + eps);
-  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
-    Floats<V> f = load<V>(xr + i * V);
-    if (weight) {
-      const Floats<V> w = load<V>(weight + i * V);
-#pragma unroll
-      for (int e = 0; e < V; ++e) f.v[e] = w.v[e] * (f.v[e] * inv);
-    } else {
-#pragma unroll
-      for (int e = 0; e < V; ++e) f.v[e] = f.v[e] * inv;
-    }
-    store<V>(xr + i * V, f);
-  }
+  normalize_row<V>(xr, dim, weight, eps, xr);
   __syncthreads();  // the rotated pairs were normalised by other threads
   const float position = float(positions[blockIdx.x / heads]);
   float* slice = xr + (dim - rope_dim);
