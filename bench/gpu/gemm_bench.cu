@@ -486,10 +486,10 @@ void bench_int4_all(const GpuContext& ctx, Timing& tm, const Limits& lim, const 
                  Int4Path::DequantCublas);
     } else if (tune) {
       const std::vector<int64_t> few = {1, 2, 4, 8, 16};
-      for (int chunks : {2, 4, 8}) {
+      for (int chunks : {kInt4DecodeWholeK, 4, 8}) {
         int4_force_decode_chunks(chunks);
-        bench_int4(ctx, tm, lim, std::string(sh.name) + " slice " + std::to_string(64 * chunks), 256, sh.N, sh.K,
-                   few, decode);
+        const std::string variant = chunks == kInt4DecodeWholeK ? " whole-K" : " slice " + std::to_string(64 * chunks);
+        bench_int4(ctx, tm, lim, std::string(sh.name) + variant, 256, sh.N, sh.K, few, decode);
       }
       int4_force_decode_chunks(0);
     }

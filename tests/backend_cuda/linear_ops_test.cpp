@@ -548,12 +548,14 @@ TEST_F(CudaLinear, Int4DequantizeThenCublas) {
   check_op(op, 580);
 }
 
-// The decode kernel's K slices (2, 4, 8 chunks of 64) give the same results.
+// The split-K decode kernel's K slices (2, 4, 8 chunks of 64) and the whole-K kernel
+// (forced for every item of <= 8 rows, also in K = 3072's three rounds) give the same
+// results.
 TEST_F(CudaLinear, Int4DecodeSliceChoices) {
-  for (int chunks : {2, 4, 8}) {
+  for (int chunks : {2, 4, 8, kInt4DecodeWholeK}) {
     SCOPED_TRACE("chunks " + std::to_string(chunks));
     int4_force_decode_chunks(chunks);
-    Int4GroupedLinearTest op({int4_shapes()[0], int4_shapes()[5]}, false, Int4Path::DecodeKernel);
+    Int4GroupedLinearTest op({int4_shapes()[0], int4_shapes()[5], int4_shapes()[7]}, false, Int4Path::DecodeKernel);
     check_op(op, 590);
   }
   int4_force_decode_chunks(0);

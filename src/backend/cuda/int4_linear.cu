@@ -1,6 +1,8 @@
-// W4A16 kernels: the load-time re-layout into mma tiles, the tensor-core decode kernel
-// (mma.sync) with its zeroing kernel, the grouped prefill GEMM (wgmma), the dequantize
-// kernel, the SwiGLU pass and the dispatcher (see int4_linear.h).
+// W4A16 kernels: the load-time re-layout into mma tiles, the tensor-core decode kernels
+// (mma.sync: whole-K blocks for items of <= 8 rows; split-K blocks with their zeroing
+// kernel for longer items), the grouped prefill GEMM (wgmma), the dequantize kernel, the
+// SwiGLU pass and the dispatcher (see int4_linear.h). The decode kernels' weight loads
+// and MMA loop are int4_mma.cuh's, shared with int4_moe_decode.cu.
 //
 // Tile layout, per expert: tiles[n16][k64][lane][word], uint32 words, word j covering
 // the 16×16 sub-tile j of the 16×64 piece. With g = lane/4 and t = lane%4 the tensor
@@ -25,15 +27,18 @@ namespace dsq::cuda {
 
 namespace {
 
-constexpr int kGroup = 128;
+constexpr int kGroup = kInt4Group;
 constexpr int kThreads = 256;  // 8 warps, one 16-row tile each
 constexpr int kTileN = 128;
-constexpr int kChunk = 64;     // inputs per 16-byte lane word
+constexpr int kChunk = kInt4Chunk;  // inputs per 16-byte lane word
 constexpr int kMaxItems = 256;  // a decode step has at most one item per expert
-// Up to this many work items (active experts, in decode) per launch the decode kernel
-// cuts K into 256-wide slices, above it into 512-wide ones: few experts need the extra
-// blocks to fill the GPU, many experts fill it anyway and then gain from fewer partial
-// sums meeting in the atomics (measured on an H100: bench/results/gpu-gemm.md).
+// Up to this many work items (active experts, in decode) per launch, items of <= 8 rows
+// run the whole-K decode kernel (no zeroing launch, one grid boundary less per call),
+// and longer items the split-K kernel with 256-wide slices (the extra blocks fill the
+// GPU); above it, the split-K kernel with 512-wide slices: many experts fill the GPU
+// anyway and then gain from fewer partial sums meeting in the atomics, and the whole-K
+// kernel's blocks (16 rows of W each) would re-read x from L2 too often (measured on an
+// H100: bench/results/gpu-gemm-int4-mxfp4.md).
 constexpr int kFewItems = 16;
 int g_forced_decode_chunks = 0;  // int4_force_decode_chunks()
 
@@ -78,60 +83,24 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int ntile = blockIdx.x * (kTileN / 16) + warp;
   const bool active = ntile * 16 < N;
 
-  // Issue this warp's weight loads first (streamed: each byte is used once).
+  // Issue this warp's weight loads first.
   uint4 wv[CH];
-  if (active) {
-    const uint4* src = tiles + ((size_t(item.expert) * (N / 16) + ntile) * (K / kChunk) + k0 / kChunk) * 32 + lane;
-#pragma unroll
-    for (int c = 0; c < CH; ++c) wv[c] = __ldcs(src + c * 32);
-  }
+  if (active) load_int4_slice<CH>(tiles, item.expert, ntile, k0, N, K, lane, wv);
   wait_for_previous_kernel();  // y is zeroed, and (through the zeroing's own wait) x is written
-  // Stage the activation slice; rows past the item are zero.
-  for (int i = threadIdx.x; i < MT * 8 * (kSlice / 8); i += kThreads) {
+  // Stage the activation slice of the item's rows.
+  for (int i = threadIdx.x; i < item.rows * (kSlice / 8); i += kThreads) {
     const int r = i / (kSlice / 8), c = i % (kSlice / 8);
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < item.rows) v = *reinterpret_cast<const uint4*>(x + size_t(item.row_begin + r) * K + k0 + c * 8);
-    *reinterpret_cast<uint4*>(xs + r * kRowStride + c * 8) = v;
+    *reinterpret_cast<uint4*>(xs + r * kRowStride + c * 8) =
+        *reinterpret_cast<const uint4*>(x + size_t(item.row_begin + r) * K + k0 + c * 8);
   }
   __syncthreads();
   if (!active) return;
 
   const int g = lane / 4, t = lane % 4;
   float acc[MT][4] = {};
-  float part[MT][4];
-#pragma unroll
-  for (int c = 0; c < CH; ++c) {
-    if (c % 2 == 0) {
-#pragma unroll
-      for (int m = 0; m < MT; ++m) part[m][0] = part[m][1] = part[m][2] = part[m][3] = 0.0f;
-    }
-    const uint32_t words[4] = {wv[c].x, wv[c].y, wv[c].z, wv[c].w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      uint32_t a[4];
-#pragma unroll
-      for (int r = 0; r < 4; ++r) a[r] = nibbles_to_bf16x2(words[j], 4 * r);
-      const int kk = c * kChunk + j * 16 + 2 * t;
-#pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        const __nv_bfloat16* row = xs + (m * 8 + g) * kRowStride + kk;
-        mma_bf16_16816(part[m], a, *reinterpret_cast<const uint32_t*>(row),
-                       *reinterpret_cast<const uint32_t*>(row + 8));
-      }
-    }
-    if (c % 2 == 1) {  // a 128-wide group is complete: apply its scales in fp32
-      const int group = (k0 + c * kChunk) / kGroup;
-      const float* s = scales + (size_t(item.expert) * (K / kGroup) + group) * N + ntile * 16 + g;
-      const float s0 = __ldg(s), s1 = __ldg(s + 8);
-#pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        acc[m][0] += part[m][0] * s0;
-        acc[m][1] += part[m][1] * s0;
-        acc[m][2] += part[m][2] * s1;
-        acc[m][3] += part[m][3] * s1;
-      }
-    }
-  }
+  mma_int4_slice<MT, CH>(wv, xs, kRowStride, item.rows,
+                         scales + (size_t(item.expert) * (K / kGroup) + k0 / kGroup) * N + ntile * 16 + g, N, lane,
+                         acc);
   // C fragment: (row g, tokens 2t, 2t+1) and (row g+8, same tokens). K slices add up.
   const int n = ntile * 16 + g;
 #pragma unroll
@@ -147,6 +116,76 @@ __global__ void __launch_bounds__(kThreads, 1)
       atomicAdd(out, acc[m][1]);
       atomicAdd(out + 8, acc[m][3]);
     }
+  }
+}
+
+// Items of at most 8 rows (every decode item under Int4Path::Auto): a block owns one
+// 16-row tile of W over all of K. Its 8 warps take consecutive 64·CH-wide K slices
+// (rounds of 8 slices where K is longer), each staging its own slice of x, and add their
+// partial sums through shared memory in warp order before one plain store per output:
+// no atomics, hence no zeroing launch and one grid-completion wait per call instead of
+// two, and the result does not depend on timing. A programmatic dependent of the kernel
+// that wrote x: the first round's weights load before waiting for it.
+template <int CH>
+__global__ void __launch_bounds__(kThreads)
+    w4a16_decode_rows_kernel(const uint4* __restrict__ tiles, const float* __restrict__ scales,
+                             const __nv_bfloat16* __restrict__ x, float* __restrict__ y, int N, int K, int row_cap,
+                             const __grid_constant__ WorkList work) {
+  constexpr int kSlice = CH * kChunk;
+  constexpr int kRowStride = kSlice + 8;  // +16 bytes: conflict-free fragment reads
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float4* sums = reinterpret_cast<float4*>(smem_raw);  // [8 warps][32 lanes]
+  allow_dependent_launch();
+
+  const WorkItem item = work.items[blockIdx.y];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int ntile = blockIdx.x, g = lane / 4, t = lane % 4;
+  __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem_raw + kThreads * sizeof(float4)) +
+                      warp * row_cap * kRowStride;
+  const int rounds = K / (8 * kSlice);
+  int k0 = warp * kSlice;
+  uint4 wv[CH];
+  load_int4_slice<CH>(tiles, item.expert, ntile, k0, N, K, lane, wv);
+  wait_for_previous_kernel();  // x is written, and whoever read y before is done
+  float acc[1][4] = {};
+  for (int round = 0;;) {
+    for (int i = lane; i < item.rows * (kSlice / 8); i += 32) {
+      const int r = i / (kSlice / 8), c = i % (kSlice / 8);
+      *reinterpret_cast<uint4*>(xs + r * kRowStride + c * 8) =
+          *reinterpret_cast<const uint4*>(x + size_t(item.row_begin + r) * K + k0 + c * 8);
+    }
+    __syncwarp();
+    mma_int4_slice<1, CH>(wv, xs, kRowStride, item.rows,
+                          scales + (size_t(item.expert) * (K / kGroup) + k0 / kGroup) * N + ntile * 16 + g, N, lane,
+                          acc);
+    if (++round == rounds) break;
+    __syncwarp();  // every lane has read xs before it is restaged
+    k0 += 8 * kSlice;
+    load_int4_slice<CH>(tiles, item.expert, ntile, k0, N, K, lane, wv);
+  }
+  sums[threadIdx.x] = make_float4(acc[0][0], acc[0][1], acc[0][2], acc[0][3]);
+  __syncthreads();
+  if (warp != 0) return;
+  float4 s = sums[lane];
+#pragma unroll
+  for (int w = 1; w < kThreads / 32; ++w) {
+    const float4 p = sums[w * 32 + lane];
+    s.x += p.x;
+    s.y += p.y;
+    s.z += p.z;
+    s.w += p.w;
+  }
+  // C fragment: (row g, tokens 2t, 2t+1) and (row g+8, same tokens).
+  const int n = ntile * 16 + g;
+  if (2 * t < item.rows) {
+    float* out = y + size_t(item.row_begin + 2 * t) * N + n;
+    out[0] = s.x;
+    out[8] = s.z;
+  }
+  if (2 * t + 1 < item.rows) {
+    float* out = y + size_t(item.row_begin + 2 * t + 1) * N + n;
+    out[0] = s.y;
+    out[8] = s.w;
   }
 }
 
@@ -477,19 +516,67 @@ void launch_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv
                    int(w.rows()), int(w.cols()), work);
 }
 
-// The decode kernel's K slice (in 64-wide chunks) for a launch of `count` items of at
-// most `max_rows` rows. Few rows and few items: shorter slices, more blocks in flight.
-// Otherwise longer slices, so fewer partial sums meet in the atomics.
+// The split-K decode kernel's K slice (in 64-wide chunks) for a launch of `count` items
+// of at most `max_rows` rows. Few rows and few items: shorter slices, more blocks in
+// flight. Otherwise longer slices, so fewer partial sums meet in the atomics.
 int decode_chunks(int count, int max_rows) {
   if (max_rows > 16) return 8;
-  if (g_forced_decode_chunks) return g_forced_decode_chunks;
+  if (g_forced_decode_chunks > 0) return g_forced_decode_chunks;
   return count <= kFewItems ? 4 : 8;
 }
 
-// Zeroes `zero_ranges` (row ranges of y), then launches the decode kernel over `items`,
-// in batches of kMaxItems, with the smallest token-tile count that covers the largest item.
+// The whole-K decode kernel's slice per warp in 64-wide chunks: K / 512 when that is 2,
+// 4 or 8 (one round: all of a block's weights in flight at once), else the largest of
+// those dividing it (several rounds); 0 where none does (that kernel cannot run).
+int rows_kernel_chunks(int64_t K) {
+  for (int ch : {8, 4, 2})
+    if ((K / 512) % ch == 0) return ch;
+  return 0;
+}
+
+template <int CH>
+void launch_decode_rows(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x, float* y,
+                        const WorkList& work, int count, int row_cap) {
+  constexpr size_t kPerRow = size_t(kThreads / 32) * (CH * kChunk + 8) * sizeof(__nv_bfloat16);
+  static bool configured = false;  // the attribute belongs to the function: set it once, for 8 rows
+  if (!configured) {
+    DSQ_CUDA_CHECK(cudaFuncSetAttribute(w4a16_decode_rows_kernel<CH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(kThreads * sizeof(float4) + 8 * kPerRow)));
+    configured = true;
+  }
+  const dim3 grid(unsigned(w.rows() / 16), unsigned(count));
+  launch_dependent(ctx, w4a16_decode_rows_kernel<CH>, grid, dim3(kThreads), kThreads * sizeof(float4) + row_cap * kPerRow,
+                   w.tiles(), w.scales(), x, y, int(w.rows()), int(w.cols()), row_cap, work);
+}
+
+// Launches the decode kernels over `items`, in batches of kMaxItems. Few items of <= 8
+// rows (kFewItems) run the whole-K kernel, which writes y directly; otherwise
+// `zero_ranges` (row ranges of y) are zeroed first and the split-K kernel runs with the
+// smallest token-tile count that covers the largest item.
 void run_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x, float* y,
                 const std::vector<WorkItem>& items, const std::vector<std::pair<int64_t, int64_t>>& zero_ranges) {
+  int most_rows = 0;
+  for (const WorkItem& item : items) most_rows = std::max(most_rows, item.rows);
+  const int rows_chunks = rows_kernel_chunks(w.cols());
+  const bool whole_k = most_rows <= 8 && rows_chunks > 0 &&
+                       (g_forced_decode_chunks == kInt4DecodeWholeK ||
+                        (g_forced_decode_chunks == 0 && items.size() <= size_t(kFewItems)));
+  auto work_list = std::make_unique<WorkList>();
+  WorkList& work = *work_list;
+  if (whole_k) {
+    for (size_t begin = 0; begin < items.size(); begin += kMaxItems) {
+      const int count = int(std::min<size_t>(kMaxItems, items.size() - begin));
+      int row_cap = 0;
+      for (int i = 0; i < count; ++i) {
+        work.items[i] = items[begin + i];
+        row_cap = std::max(row_cap, items[begin + i].rows);
+      }
+      if (rows_chunks == 2) launch_decode_rows<2>(ctx, w, x, y, work, count, row_cap);
+      else if (rows_chunks == 4) launch_decode_rows<4>(ctx, w, x, y, work, count, row_cap);
+      else launch_decode_rows<8>(ctx, w, x, y, work, count, row_cap);
+    }
+    return;
+  }
   auto ranges = std::make_unique<ZeroRanges>();
   for (size_t begin = 0; begin < zero_ranges.size(); begin += kMaxItems) {
     ranges->count = int(std::min<size_t>(kMaxItems, zero_ranges.size() - begin));
@@ -502,8 +589,6 @@ void run_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bf
     const unsigned blocks = unsigned(std::clamp<int64_t>(floats / 4 / 256, 1, 1024));
     launch_dependent(ctx, zero_rows_kernel, dim3(blocks), dim3(256), 0, y, int(w.rows()), *ranges);
   }
-  auto work_list = std::make_unique<WorkList>();
-  WorkList& work = *work_list;
   for (size_t begin = 0; begin < items.size(); begin += kMaxItems) {
     const int count = int(std::min<size_t>(kMaxItems, items.size() - begin));
     int max_rows = 0;
@@ -621,8 +706,8 @@ void int4_dequantize_expert(const GpuContext& ctx, const Int4ExpertWeights& w, i
 }
 
 void int4_force_decode_chunks(int chunks) {
-  DSQ_CHECK(chunks == 0 || chunks == 2 || chunks == 4 || chunks == 8, "int4_force_decode_chunks: ", chunks,
-            " is not 0, 2, 4 or 8");
+  DSQ_CHECK(chunks == 0 || chunks == 2 || chunks == 4 || chunks == 8 || chunks == kInt4DecodeWholeK,
+            "int4_force_decode_chunks: ", chunks, " is not 0, 2, 4, 8 or kInt4DecodeWholeK");
   g_forced_decode_chunks = chunks;
 }
 

@@ -10,8 +10,10 @@
 // scale in fp32 after each 128-wide group's partial product (exact: q is small).
 //
 // Execution paths, chosen per expert by int4_grouped_linear():
-//  - tensor-core decode kernel (mma.sync), for experts with few rows (< kInt4GemmMinRows;
-//    forced: <= 64 rows per item of work): memory-bound, reads each weight once per item;
+//  - tensor-core decode kernels (mma.sync), for experts with few rows (< kInt4GemmMinRows;
+//    forced: <= 64 rows per item of work): memory-bound, read each weight once per item;
+//    items of <= 8 rows take a block per 16 rows of W over all of K (partial sums added
+//    in shared memory, plain stores), longer ones split K over blocks (fp32 atomics);
 //  - grouped prefill GEMM (Hopper wgmma), for experts with more rows: the nibbles become
 //    bf16(q·s) in registers and feed the tensor cores directly, no bf16 copy of W;
 //  - dequantize the expert to bf16 in a scratch buffer, then cuBLAS BF16 GEMM: only
@@ -84,8 +86,11 @@ void int4_grouped_linear(const GpuContext& ctx, const Int4ExpertWeights& w, cons
 // Whether the grouped prefill GEMM can run on these weights (N % 256 == 0).
 bool int4_gemm_supported(const Int4ExpertWeights& w);
 
-// Benchmark hook: the decode kernel's K slice per block in 64-wide chunks (2, 4 or 8) for
-// items of <= 16 rows; 0 (the default) chooses by the number of active experts.
+// Benchmark hook, which decode kernel runs: 2, 4 or 8 forces the split-K kernel (atomics
+// into y, zeroed first) with that K slice per block in 64-wide chunks for items of <= 16
+// rows; kInt4DecodeWholeK forces the whole-K kernel (a block per 16 rows of W over all of
+// K, plain stores) for items of <= 8 rows; 0 (the default) chooses by the number of items.
+constexpr int kInt4DecodeWholeK = -1;
 void int4_force_decode_chunks(int chunks);
 
 // The routed experts' first half with their activation: for weights built with

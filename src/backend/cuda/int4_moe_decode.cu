@@ -2,12 +2,13 @@
 // kernel whose blocks find their expert and token rows in `chosen` themselves, the
 // SwiGLU pass and the weighted combine, each adding the K-slice partial sums in order.
 //
-// The weights are in the mma-tile layout of int4_linear.cu (its file comment): per
-// expert, tiles[n16][k64][lane] one 16-byte word per lane holding its A fragments of
-// four 16×16 sub-tiles; scales fp32 [E][K/128][N]. The inner loop is that of its decode
-// kernel with one 8-row token tile; the helpers below restate its two bit tricks.
+// The weights are in the mma-tile layout of int4_linear.cu (its file comment); the weight
+// loads and the MMA loop are int4_mma.cuh's, shared with int4_linear.cu's decode kernels,
+// here with one 8-row token tile.
 #include "backend/cuda/int4_moe_decode.h"
 #include "backend/cuda/int4_mma.cuh"
+
+#include <type_traits>
 
 #include "backend/cuda/dependent_launch.h"
 
@@ -15,10 +16,10 @@ namespace dsq::cuda {
 
 namespace {
 
-constexpr int kGroup = 128;
+constexpr int kGroup = kInt4Group;
 constexpr int kThreads = 256;   // 8 warps, one 16-row tile of W each
 constexpr int kTileN = 128;     // rows of W per block
-constexpr int kChunk = 64;      // inputs per 16-byte lane word
+constexpr int kChunk = kInt4Chunk;  // inputs per 16-byte lane word
 constexpr int kTokenRows = 8;   // slots per block: the n = 8 of mma.m16n8k16
 constexpr int kMaxSlots = int(kMoeDecodeMaxSlots);
 static_assert(kMaxSlots <= 64, "the slot scan uses the first two warps");
@@ -58,7 +59,7 @@ __device__ void find_tile(const int64_t* __restrict__ chosen, int slots, int E, 
   __shared__ int ids[kMaxSlots], rank[kMaxSlots], warp_starts[2];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   if (tid < slots) {
-    const int64_t e = chosen[tid];
+    const int64_t e = __ldcg(chosen + tid);  // from L2: may run before this grid's wait (down projection)
     ids[tid] = e >= 0 && e < E ? int(e) : -1;
   }
   if (tid == 0) {
@@ -98,7 +99,16 @@ __device__ void find_tile(const int64_t* __restrict__ chosen, int slots, int E, 
 // partials[blockIdx.y][slot][n] = x_row(slot)[K slice y] · W_e[n][K slice y]ᵀ for the
 // slots of this block's tile (expert e). x_row(slot) = x + (slot / slot_div)·K: the token
 // row of fp32 x (slot_div = k) or the slot's own bf16 row (slot_div = 1).
-template <typename In, int CH>
+//
+// ids_ready: `chosen` was complete before this grid could start. The gate/up kernel
+// (false) waits for the kernel before it, which wrote the ids, and only then lets its
+// dependent (the SwiGLU pass) launch; the down kernel (true), the SwiGLU pass's
+// dependent, therefore starts only after the ids were written, so it reads them, finds
+// its tile and streams its weights before waiting for the SwiGLU pass: the weights load
+// while the gate/up kernel's tail and the SwiGLU pass run. (This relies on every
+// programmatic dependent in the stream waiting before it completes, as all of dsq's do:
+// then the gate/up kernel's wait returning means all earlier work is done.)
+template <typename In, int CH, bool ids_ready>
 __global__ void __launch_bounds__(kThreads)
     moe_decode_linear_kernel(const uint4* __restrict__ tiles, const float* __restrict__ scales,
                              const In* __restrict__ x, int slot_div, const int64_t* __restrict__ chosen, int slots,
@@ -107,9 +117,10 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kRowStride = kSlice + 8;  // +16 bytes: conflict-free fragment reads
   __shared__ __align__(16) __nv_bfloat16 xs[kTokenRows * kRowStride];
   __shared__ SlotTile tile;
-  allow_dependent_launch();
-  wait_for_previous_kernel();  // chosen and x are written (the ids are known only now)
+  if (ids_ready) allow_dependent_launch();
+  else wait_for_previous_kernel();  // the ids are known only now
   find_tile(chosen, slots, E, int(blockIdx.z), tile);
+  if (!ids_ready) allow_dependent_launch();  // the dependent may now rely on the ids
   if (tile.expert < 0) return;
 
   const int k0 = blockIdx.y * kSlice;
@@ -117,56 +128,33 @@ __global__ void __launch_bounds__(kThreads)
   const int ntile = blockIdx.x * (kTileN / 16) + warp;
   const bool active = ntile * 16 < N;
   uint4 wv[CH];
-  if (active) {
-    const uint4* src = tiles + ((size_t(tile.expert) * (N / 16) + ntile) * (K / kChunk) + k0 / kChunk) * 32 + lane;
-#pragma unroll
-    for (int c = 0; c < CH; ++c) wv[c] = __ldcs(src + c * 32);  // streamed: each byte used once
-  }
-  for (int i = threadIdx.x; i < kTokenRows * (kSlice / 8); i += kThreads) {
+  if (active) load_int4_slice<CH>(tiles, tile.expert, ntile, k0, N, K, lane, wv);
+  if (ids_ready) wait_for_previous_kernel();  // x (the SwiGLU output) is written
+  for (int i = threadIdx.x; i < tile.rows * (kSlice / 8); i += kThreads) {
     const int r = i / (kSlice / 8), c = i % (kSlice / 8);
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < tile.rows) v = load8_bf16(x + size_t(tile.slot[r] / slot_div) * K + k0 + c * 8);
-    *reinterpret_cast<uint4*>(xs + r * kRowStride + c * 8) = v;
+    *reinterpret_cast<uint4*>(xs + r * kRowStride + c * 8) =
+        load8_bf16(x + size_t(tile.slot[r] / slot_div) * K + k0 + c * 8);
   }
   __syncthreads();
   if (!active) return;
 
   const int g = lane / 4, t = lane % 4;
-  float acc[4] = {}, part[4];
-#pragma unroll
-  for (int c = 0; c < CH; ++c) {
-    if (c % 2 == 0) part[0] = part[1] = part[2] = part[3] = 0.0f;
-    const uint32_t words[4] = {wv[c].x, wv[c].y, wv[c].z, wv[c].w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      uint32_t a[4];
-#pragma unroll
-      for (int r = 0; r < 4; ++r) a[r] = nibbles_to_bf16x2(words[j], 4 * r);
-      const __nv_bfloat16* row = xs + g * kRowStride + c * kChunk + j * 16 + 2 * t;
-      mma_bf16_16816(part, a, *reinterpret_cast<const uint32_t*>(row), *reinterpret_cast<const uint32_t*>(row + 8));
-    }
-    if (c % 2 == 1) {  // a 128-wide group is complete: apply its scales in fp32
-      const int group = (k0 + c * kChunk) / kGroup;
-      const float* s = scales + (size_t(tile.expert) * (K / kGroup) + group) * N + ntile * 16 + g;
-      const float s0 = __ldg(s), s1 = __ldg(s + 8);
-      acc[0] += part[0] * s0;
-      acc[1] += part[1] * s0;
-      acc[2] += part[2] * s1;
-      acc[3] += part[3] * s1;
-    }
-  }
+  float acc[1][4] = {};
+  mma_int4_slice<1, CH>(wv, xs, kRowStride, tile.rows,
+                        scales + (size_t(tile.expert) * (K / kGroup) + k0 / kGroup) * N + ntile * 16 + g, N, lane,
+                        acc);
   // C fragment: (W row g, tokens 2t, 2t+1) and (W row g+8, same tokens).
   const int n = ntile * 16 + g;
   float* slice = partials + size_t(blockIdx.y) * slots * N;
   if (2 * t < tile.rows) {
     float* out = slice + size_t(tile.slot[2 * t]) * N + n;
-    out[0] = acc[0];
-    out[8] = acc[2];
+    out[0] = acc[0][0];
+    out[8] = acc[0][2];
   }
   if (2 * t + 1 < tile.rows) {
     float* out = slice + size_t(tile.slot[2 * t + 1]) * N + n;
-    out[0] = acc[1];
-    out[8] = acc[3];
+    out[0] = acc[0][1];
+    out[8] = acc[0][3];
   }
 }
 
@@ -218,15 +206,17 @@ __global__ void moe_decode_combine_kernel(const float* __restrict__ partials, in
   out[i] = sum;
 }
 
+// ids_ready: see moe_decode_linear_kernel (the down projection: bf16 input).
 template <typename In>
 void launch_linear(const GpuContext& ctx, const Int4ExpertWeights& w, const In* x, int slot_div,
                    const int64_t* chosen, int slots, float* partials) {
+  constexpr bool ids_ready = std::is_same_v<In, __nv_bfloat16>;
   const int chunks = chunks_for(w.cols());
   const dim3 grid(unsigned((w.rows() + kTileN - 1) / kTileN), unsigned(w.cols() / (chunks * kChunk)),
                   unsigned(slots));
-  const auto kernel = chunks == 4   ? moe_decode_linear_kernel<In, 4>
-                      : chunks == 8 ? moe_decode_linear_kernel<In, 8>
-                                    : moe_decode_linear_kernel<In, 16>;
+  const auto kernel = chunks == 4   ? moe_decode_linear_kernel<In, 4, ids_ready>
+                      : chunks == 8 ? moe_decode_linear_kernel<In, 8, ids_ready>
+                                    : moe_decode_linear_kernel<In, 16, ids_ready>;
   launch_dependent(ctx, kernel, grid, dim3(kThreads), 0, w.tiles(), w.scales(), x, slot_div, chosen, slots,
                    int(w.experts()), int(w.rows()), int(w.cols()), partials);
 }

@@ -12,10 +12,11 @@
 // by the next kernel (SwiGLU, combine): the result is deterministic, with no atomics and
 // no zeroing pass.
 //
-// The price: a block knows which weights to load only after waiting for the kernel that
-// wrote `chosen`, so unlike the grouped decode kernel it cannot stream weights while the
-// previous kernel finishes (H100, 6 of 256 V4-Flash experts: ~47–52 µs for the whole step
-// in graph replay, against ~36 µs for the grouped kernels alone, which need the host sync).
+// The price: a gate/up block knows which weights to load only after waiting for the
+// kernel that wrote `chosen`, so unlike the grouped decode kernel it cannot stream weights
+// while the previous kernel finishes. The down projection can: it is launched only after
+// every gate/up block has read the ids, so its blocks find their tiles and start loading
+// before they wait for the SwiGLU pass.
 //
 // Ids outside [0, E) cannot be refused without a synchronisation: such a pair makes its
 // token's output row NaN (loud, never a silently wrong number).
