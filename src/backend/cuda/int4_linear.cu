@@ -32,14 +32,17 @@ constexpr int kThreads = 256;  // 8 warps, one 16-row tile each
 constexpr int kTileN = 128;
 constexpr int kChunk = kInt4Chunk;  // inputs per 16-byte lane word
 constexpr int kMaxItems = 256;  // a decode step has at most one item per expert
-// Up to this many work items (active experts, in decode) per launch, items of <= 8 rows
-// run the whole-K decode kernel (no zeroing launch, one grid boundary less per call),
-// and longer items the split-K kernel with 256-wide slices (the extra blocks fill the
-// GPU); above it, the split-K kernel with 512-wide slices: many experts fill the GPU
-// anyway and then gain from fewer partial sums meeting in the atomics, and the whole-K
-// kernel's blocks (16 rows of W each) would re-read x from L2 too often (measured on an
-// H100: bench/results/gpu-gemm-int4-mxfp4.md).
+// Up to this many work items (active experts, in decode) per launch, longer items (9-16
+// rows) take the split-K kernel with 256-wide slices (the extra blocks fill the GPU);
+// above it, 512-wide slices: many experts fill the GPU anyway and then gain from fewer
+// partial sums meeting in the atomics (measured on an H100: bench/results/gpu-gemm.md).
 constexpr int kFewItems = 16;
+// Up to this many work items per launch (M <= 8 tokens at top-6), items of <= 8 rows run
+// the whole-K decode kernel: no zeroing launch, one grid boundary less per call. With
+// more items the split-K kernel was faster on an H100 (w2 at M = 16: 3 %): a whole-K block
+// covers only 16 rows of W, so x is re-read from L2 more often
+// (bench/results/gpu-gemm-int4-mxfp4.md).
+constexpr int kWholeKMaxItems = 48;
 int g_forced_decode_chunks = 0;  // int4_force_decode_chunks()
 
 // One piece of work: up to 64 consecutive rows of one expert.
@@ -119,6 +122,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
+// At least this many blocks of the whole-K kernel per SM (<= 64 registers per thread):
+// unbounded, the 4-chunk slice took 62-71 registers (three blocks per SM with 71) and
+// V4-Flash's w2 at M = 1 ran 9 % slower on an H100 than with this bound.
+constexpr int kRowsKernelBlocksPerSm = 4;
+
 // Items of at most 8 rows (every decode item under Int4Path::Auto): a block owns one
 // 16-row tile of W over all of K. Its 8 warps take consecutive 64·CH-wide K slices
 // (rounds of 8 slices where K is longer), each staging its own slice of x, and add their
@@ -127,7 +135,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 // two, and the result does not depend on timing. A programmatic dependent of the kernel
 // that wrote x: the first round's weights load before waiting for it.
 template <int CH>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kRowsKernelBlocksPerSm)
     w4a16_decode_rows_kernel(const uint4* __restrict__ tiles, const float* __restrict__ scales,
                              const __nv_bfloat16* __restrict__ x, float* __restrict__ y, int N, int K, int row_cap,
                              const __grid_constant__ WorkList work) {
@@ -550,7 +558,7 @@ void launch_decode_rows(const GpuContext& ctx, const Int4ExpertWeights& w, const
 }
 
 // Launches the decode kernels over `items`, in batches of kMaxItems. Few items of <= 8
-// rows (kFewItems) run the whole-K kernel, which writes y directly; otherwise
+// rows (kWholeKMaxItems) run the whole-K kernel, which writes y directly; otherwise
 // `zero_ranges` (row ranges of y) are zeroed first and the split-K kernel runs with the
 // smallest token-tile count that covers the largest item.
 void run_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bfloat16* x, float* y,
@@ -560,7 +568,7 @@ void run_decode(const GpuContext& ctx, const Int4ExpertWeights& w, const __nv_bf
   const int rows_chunks = rows_kernel_chunks(w.cols());
   const bool whole_k = most_rows <= 8 && rows_chunks > 0 &&
                        (g_forced_decode_chunks == kInt4DecodeWholeK ||
-                        (g_forced_decode_chunks == 0 && items.size() <= size_t(kFewItems)));
+                        (g_forced_decode_chunks == 0 && items.size() <= size_t(kWholeKMaxItems)));
   auto work_list = std::make_unique<WorkList>();
   WorkList& work = *work_list;
   if (whole_k) {
