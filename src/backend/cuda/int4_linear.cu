@@ -123,8 +123,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // At least this many blocks of the whole-K kernel per SM (<= 64 registers per thread):
-// unbounded, the 4-chunk slice took 62-71 registers (three blocks per SM with 71) and
-// V4-Flash's w2 at M = 1 ran 9 % slower on an H100 than with this bound.
+// unbounded, the kernels took 58-71 registers depending on the code around the MMA loop,
+// three blocks per SM above 64 (bench/results/gpu-gemm-int4-mxfp4.md).
 constexpr int kRowsKernelBlocksPerSm = 4;
 
 // Items of at most 8 rows (every decode item under Int4Path::Auto): a block owns one
