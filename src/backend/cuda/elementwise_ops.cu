@@ -368,59 +368,64 @@ void launch_embed(const void* table, int64_t vocab, int64_t hidden, const int64_
 // The stream count N is a template parameter (1..kMaxStreams) so that the per-stream
 // loops unroll and the old streams of mhc_post stay in registers.
 
-// Sinkhorn of cpu::mhc_coefficients on the N×N matrix A in shared memory, by one warp:
-// lane-strided entries, each recomputing its own row or column sum sequentially in the
-// CPU's order. __syncwarp separates the reads of a step from its writes.
+// Sinkhorn of cpu::mhc_coefficients on the N×N matrix A, by one warp, in registers: lane
+// l holds entries l, l + 32, ... (a[s] = A[l + 32·s]). Each step fetches the N entries of
+// an entry's row or column with shuffles and sums them sequentially in the CPU's order,
+// so the arithmetic is the CPU's; no shared memory or warp barriers on the way (this
+// chain of ~40 dependent steps is most of a decode-time mhc_pre).
 template <int N>
-__device__ void sinkhorn_warp(float* A, int64_t iters, float eps) {
-  constexpr int NN = N * N, kPerLane = (NN + 31) / 32;
-  const int lane = threadIdx.x % 32;
-  float next[kPerLane];
-  // Row softmax, then + eps.
+struct SinkhornLanes {
+  static constexpr int kNN = N * N, kPerLane = (kNN + 31) / 32;
+  float a[kPerLane];
+
+  // A[idx] from whichever lane holds it (every lane must call, with any idx < NN).
+  __device__ float entry(int idx) const {
+    float v = 0;
 #pragma unroll
-  for (int s = 0; s < kPerLane; ++s) {
-    const int idx = lane + 32 * s;
-    if (idx < NN) {
-      const float* row = A + (idx / N) * N;
-      float m = row[0];
-#pragma unroll
-      for (int k = 1; k < N; ++k) m = fmaxf(m, row[k]);
-      float sum = 0;
-#pragma unroll
-      for (int k = 0; k < N; ++k) sum += expf(row[k] - m);
-      next[s] = expf(A[idx] - m) / sum + eps;
+    for (int s = 0; s < kPerLane; ++s) {
+      const float t = __shfl_sync(0xffffffffu, a[s], idx % 32);
+      if (idx / 32 == s) v = t;
     }
+    return v;
   }
-  __syncwarp();
+};
+
+template <int N>
+__device__ void sinkhorn_lanes(SinkhornLanes<N>& A, int64_t iters, float eps) {
+  constexpr int NN = N * N, P = SinkhornLanes<N>::kPerLane;
+  const int lane = threadIdx.x % 32;
+  // Row softmax, then + eps.
+  float next[P];
 #pragma unroll
-  for (int s = 0; s < kPerLane; ++s)
-    if (lane + 32 * s < NN) A[lane + 32 * s] = next[s];
-  __syncwarp();
+  for (int s = 0; s < P; ++s) {
+    const int idx = min(lane + 32 * s, NN - 1), row = idx / N;
+    float v[N];
+#pragma unroll
+    for (int k = 0; k < N; ++k) v[k] = A.entry(row * N + k);
+    float m = v[0];
+#pragma unroll
+    for (int k = 1; k < N; ++k) m = fmaxf(m, v[k]);
+    float sum = 0;
+#pragma unroll
+    for (int k = 0; k < N; ++k) sum += expf(v[k] - m);
+    next[s] = expf(A.a[s] - m) / sum + eps;
+  }
+#pragma unroll
+  for (int s = 0; s < P; ++s) A.a[s] = next[s];
   // One column normalisation, then (rows, columns) × (iters − 1).
   const int64_t steps = iters > 1 ? 2 * iters - 1 : 1;
   for (int64_t it = 0; it < steps; ++it) {
     const bool columns = it % 2 == 0;
 #pragma unroll
-    for (int s = 0; s < kPerLane; ++s) {
-      const int idx = lane + 32 * s;
-      if (idx < NN) {
-        const int j = idx / N, k = idx % N;
-        float sum = 0;
-        if (columns) {
+    for (int s = 0; s < P; ++s) {
+      const int idx = min(lane + 32 * s, NN - 1), j = idx / N, k = idx % N;
+      float sum = 0;
 #pragma unroll
-          for (int r = 0; r < N; ++r) sum += A[r * N + k];
-        } else {
-#pragma unroll
-          for (int c = 0; c < N; ++c) sum += A[j * N + c];
-        }
-        next[s] = A[idx] / (sum + eps);
-      }
+      for (int q = 0; q < N; ++q) sum += A.entry(columns ? q * N + k : j * N + q);
+      next[s] = A.a[s] / (sum + eps);
     }
-    __syncwarp();
 #pragma unroll
-    for (int s = 0; s < kPerLane; ++s)
-      if (lane + 32 * s < NN) A[lane + 32 * s] = next[s];
-    __syncwarp();
+    for (int s = 0; s < P; ++s) A.a[s] = next[s];
   }
 }
 
@@ -445,19 +450,26 @@ __device__ void collapse_slice(const float* X, const float* pre, int64_t hidden,
 // out when `writer`.
 template <int N>
 __device__ void mhc_block_coefficients(const float* m, const float* base, const float* scale, int64_t iters, float eps,
-                                       bool writer, float* pre, float* A, float* post, float* comb) {
-  constexpr int NN = N * N;
+                                       bool writer, float* pre, float* post, float* comb) {
+  constexpr int NN = N * N, P = SinkhornLanes<N>::kPerLane;
   if (threadIdx.x < 32) {
     const int lane = threadIdx.x;
     if (lane < N) {
       pre[lane] = sigmoid(m[lane] * scale[0] + base[lane]) + eps;
       if (writer) post[lane] = 2.0f * sigmoid(m[N + lane] * scale[1] + base[N + lane]);
     }
-    for (int i = lane; i < NN; i += 32) A[i] = m[2 * N + i] * scale[2] + base[2 * N + i];
-    __syncwarp();
-    sinkhorn_warp<N>(A, iters, eps);
-    if (writer)
-      for (int i = lane; i < NN; i += 32) comb[i] = A[i];
+    SinkhornLanes<N> A;
+#pragma unroll
+    for (int s = 0; s < P; ++s) {
+      const int i = lane + 32 * s;
+      A.a[s] = i < NN ? m[2 * N + i] * scale[2] + base[2 * N + i] : 0.0f;
+    }
+    sinkhorn_lanes<N>(A, iters, eps);
+    if (writer) {
+#pragma unroll
+      for (int s = 0; s < P; ++s)
+        if (lane + 32 * s < NN) comb[lane + 32 * s] = A.a[s];
+    }
   }
   __syncthreads();
 }
@@ -471,9 +483,8 @@ __global__ void mhc_pre_kernel(const float* streams, const float* mix, const flo
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
   __shared__ float pre[N];
-  __shared__ float A[N * N];
   const int64_t t = blockIdx.x;
-  mhc_block_coefficients<N>(mix + t * (2 + N) * N, base, scale, iters, eps, blockIdx.y == 0, pre, A, post + t * N,
+  mhc_block_coefficients<N>(mix + t * (2 + N) * N, base, scale, iters, eps, blockIdx.y == 0, pre, post + t * N,
                             comb + t * N * N);
   collapse_slice<N, V>(streams + t * N * hidden, pre, hidden, x + t * hidden);
 }
@@ -487,7 +498,6 @@ __global__ void mhc_pre_norm_kernel(const float* streams, const float* mix, cons
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
   __shared__ float pre[N];
-  __shared__ float A[N * N];
   const int64_t t = blockIdx.x;
   const float* X = streams + t * N * hidden;
   float* xr = x + t * hidden;
@@ -499,7 +509,7 @@ __global__ void mhc_pre_norm_kernel(const float* streams, const float* mix, cons
 #pragma unroll
     for (int j = 0; j < N; ++j) first[j] = load<V>(X + j * hidden + threadIdx.x * V);
   }
-  mhc_block_coefficients<N>(mix + t * (2 + N) * N, base, scale, iters, eps, true, pre, A, post + t * N,
+  mhc_block_coefficients<N>(mix + t * (2 + N) * N, base, scale, iters, eps, true, pre, post + t * N,
                             comb + t * N * N);
   float squares = 0;
   for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
