@@ -2,7 +2,8 @@
 // fp32 in GPU memory, as on the CPU; what differs is the input precision of the linear
 // layers, chosen once per CudaOps:
 //  - Precision::Fast (serving): activations enter each GEMM as bf16 (dense bf16 weights
-//    through cuBLAS, INT4 through the W4A16 kernels, MXFP4 dequantized to bf16 at load)
+//    through cuBLAS, INT4 through the W4A16 kernels, MXFP4 through its own kernels where
+//    its shape fits them, else dequantized to bf16 at load)
 //    or as fp8 with 1×128 scales (FP8-block weights through Fp8BlockLinear), fp32
 //    accumulation; dense weights at a few rows keep fp32 activations (dense_gemv.h).
 //    On tiny-brown perplexity moves by −0.02% (H100; bench/results/gpu-model.md).
