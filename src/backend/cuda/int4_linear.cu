@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(kThreads, kRowsKernelBlocksPerSm)
 
   const WorkItem item = work.items[blockIdx.y];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int ntile = blockIdx.x, g = lane / 4, t = lane % 4;
+  const int ntile = blockIdx.x, g = lane / 4;
   __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem_raw + kThreads * sizeof(float4)) +
                       warp * row_cap * kRowStride;
   const int rounds = K / (8 * kSlice);
@@ -174,27 +174,7 @@ __global__ void __launch_bounds__(kThreads, kRowsKernelBlocksPerSm)
   sums[threadIdx.x] = make_float4(acc[0][0], acc[0][1], acc[0][2], acc[0][3]);
   __syncthreads();
   if (warp != 0) return;
-  float4 s = sums[lane];
-#pragma unroll
-  for (int w = 1; w < kThreads / 32; ++w) {
-    const float4 p = sums[w * 32 + lane];
-    s.x += p.x;
-    s.y += p.y;
-    s.z += p.z;
-    s.w += p.w;
-  }
-  // C fragment: (row g, tokens 2t, 2t+1) and (row g+8, same tokens).
-  const int n = ntile * 16 + g;
-  if (2 * t < item.rows) {
-    float* out = y + size_t(item.row_begin + 2 * t) * N + n;
-    out[0] = s.x;
-    out[8] = s.z;
-  }
-  if (2 * t + 1 < item.rows) {
-    float* out = y + size_t(item.row_begin + 2 * t + 1) * N + n;
-    out[0] = s.y;
-    out[8] = s.w;
-  }
+  store_summed_tile(sums, kThreads / 32, lane, ntile, item.rows, item.row_begin, N, y);
 }
 
 // Row ranges of y the decode kernel accumulates into, zeroed by one launch.

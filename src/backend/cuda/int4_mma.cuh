@@ -105,4 +105,33 @@ __device__ __forceinline__ void mma_int4_slice(const uint4 (&wv)[CH], const __nv
   }
 }
 
+// The end of a whole-K decode block (one 16-row tile of W, `warps` warps each a K slice):
+// every thread has put its m16n8 C fragment in sums[threadIdx.x]; warp 0 adds the warps'
+// fragments in warp order and stores rows g and g + 8 of the tile for tokens 2t and 2t+1
+// of the item's `rows` (y is [.., N], the item starting at row_begin).
+__device__ __forceinline__ void store_summed_tile(const float4* sums, int warps, int lane, int ntile, int rows,
+                                                  int64_t row_begin, int N, float* y) {
+  const int g = lane / 4, t = lane % 4;
+  float4 s = sums[lane];
+#pragma unroll
+  for (int w = 1; w < warps; ++w) {
+    const float4 p = sums[w * 32 + lane];
+    s.x += p.x;
+    s.y += p.y;
+    s.z += p.z;
+    s.w += p.w;
+  }
+  const int n = ntile * 16 + g;
+  if (2 * t < rows) {
+    float* out = y + size_t(row_begin + 2 * t) * N + n;
+    out[0] = s.x;
+    out[8] = s.z;
+  }
+  if (2 * t + 1 < rows) {
+    float* out = y + size_t(row_begin + 2 * t + 1) * N + n;
+    out[0] = s.y;
+    out[8] = s.w;
+  }
+}
+
 }  // namespace dsq::cuda
