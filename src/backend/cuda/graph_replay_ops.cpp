@@ -30,6 +30,11 @@ enum class Op : uint8_t {
   MoeExperts,
 };
 
+// Distinct segment signatures kept at most. A server sees prompts of every length, each
+// a new prefill signature seen once; past this many, every kept segment and graph is
+// dropped (the decode step's 45 or so are captured again two steps later).
+constexpr size_t kMaxSegments = 4096;
+
 }  // namespace
 
 GraphReplayOps::GraphReplayOps(std::shared_ptr<CudaOps> inner)
@@ -104,6 +109,7 @@ void GraphReplayOps::flush() {
     drop_graphs();
     scratch_epoch_ = inner_->scratch_epoch();
   }
+  if (segments_.size() >= kMaxSegments && segments_.count(signature) == 0) drop_graphs();
   Segment& segment = segments_[signature];
   if (segment.graph != nullptr) {
     DSQ_CUDA_CHECK(cudaGraphLaunch(segment.graph, inner_->context().stream()));

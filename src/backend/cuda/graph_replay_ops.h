@@ -19,7 +19,9 @@
 // reallocated when they grow): when CudaOps reports that, every graph is dropped. A
 // segment whose capture fails (an op that waits for the device, e.g. the many-token MoE
 // path reading its expert counts) runs as plain launches from then on; set
-// DSQ_GRAPH_TRACE=1 to have each failure's reason printed.
+// DSQ_GRAPH_TRACE=1 to have each failure's reason printed. At most 4,096 signatures are
+// remembered (prefills of every length would otherwise pile up); past that, all are
+// dropped and the repeating ones are captured again.
 //
 // In a decode step the segments are "everything between two layers' attention-state
 // ops": one graph launch and ~6 direct launches per layer. Prefill chunks of equal
