@@ -2,6 +2,7 @@
 // projections for all tokens at once; per sequence the compressors' update, the indexer's
 // scores and selection, the sink attention over window, new keys and entries, and the
 // window update; then the inverse rope and the grouped output projection.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -114,7 +115,9 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
     if (csa) {
       run_compressor(ops, ls.indexer, w.indexer.compressor, true, rate, DI, rope, eps, ikv + s0 * 2 * DI,
                      igate + s0 * 2 * DI, p0, S);
-      float* scores = ws.f32("attn.index_scores", S * n_entries);
+      // Sized by the entries' capacity, which grows geometrically: sized by n_entries it
+      // would be reallocated (a device allocation and free) every m decode steps.
+      float* scores = ws.f32("attn.index_scores", S * std::max<int64_t>(ls.indexer.entries.dim(0), n_entries));
       ops.indexer_scores(iq + s0 * nI * DI, iw + s0 * nI, S, nI, DI, ls.indexer.entries.data<float>(), n_entries,
                          scores);
       selected = ws.i64("attn.index_selected", S * topk);
