@@ -81,17 +81,17 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   ops.rms_norm(q_residual, T, qr, qr, ops.resident(w.q_norm), eps, q_residual);
   float* q = ws.f32("attn.q", T * nh * D);
   run_linear(ctx, w.wq_b, q_residual, T, q);
-  ops.norm_rope(q, T, nh, D, nullptr, eps, ctx.positions_dev, rope);
+  ops.norm_rope(q, T, nh, D, nullptr, eps, ctx.ids.positions_dev, rope);
 
   // The shared key/value head.
-  ops.norm_rope(kv, T, 1, D, ops.resident(w.kv_norm), eps, ctx.positions_dev, rope);
+  ops.norm_rope(kv, T, 1, D, ops.resident(w.kv_norm), eps, ctx.ids.positions_dev, rope);
 
   // Indexer queries, from the normalised q_residual.
   float* iq = nullptr;
   if (csa) {
     iq = ws.f32("attn.index_q", T * nI * DI);
     run_linear(ctx, w.indexer.wq_b, q_residual, T, iq);
-    ops.rope(iq, T, nI, DI, ctx.positions_dev, rope, false);
+    ops.rope(iq, T, nI, DI, ctx.ids.positions_dev, rope, false);
   }
 
   // Per sequence: compressors first (a token that closes a window sees its entry), the
@@ -99,7 +99,7 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   float* o = ws.f32("attn.o", T * nh * D);
   const float scale = 1.0f / std::sqrt(float(D));
   for (size_t b = 0; b < ctx.batch.size(); ++b) {
-    const int64_t s0 = ctx.offsets[b], S = ctx.offsets[b + 1] - s0;
+    const int64_t s0 = ctx.ids.offsets[b], S = ctx.ids.offsets[b + 1] - s0;
     if (S == 0) continue;
     const int64_t p0 = ctx.batch[b].state->position;
     LayerState& ls = ctx.batch[b].state->layers[size_t(layer)];
@@ -129,7 +129,7 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
                        selected, topk, ops.resident(w.sinks), scale, o + s0 * nh * D);
     ops.update_window(ls.window.mutable_data<float>(), kv + s0 * D, p0, S, D, c.sliding_window);
   }
-  ops.rope(o, T, nh, D, ctx.positions_dev, rope, true);
+  ops.rope(o, T, nh, D, ctx.ids.positions_dev, rope, true);
 
   // Grouped output projection: group g's heads through rows [g·R, (g+1)·R) of wo_a.
   const int64_t G = c.o_groups, R = c.o_lora_rank, group_width = nh * D / G;

@@ -74,11 +74,7 @@ PassContext ForwardPass::context() const {
                      .ops = model_.ops(),
                      .workspace = model_.workspace(),
                      .batch = batch_,
-                     .offsets = ids_.offsets,
-                     .positions = ids_.positions,
-                     .tokens = ids_.tokens,
-                     .positions_dev = ids_.positions_dev,
-                     .tokens_dev = ids_.tokens_dev,
+                     .ids = ids_,
                      .observer = observer_};
 }
 

@@ -17,30 +17,27 @@
 
 namespace dsq::model {
 
-// What the blocks need to know about the call. Host vectors plan the work; positions_dev
-// and tokens_dev are the same per-token values in the ops' memory.
+// The per-token ids of a batch in host vectors and in the ops' memory (a workspace
+// buffer, valid until the model's next forward), for a PassContext. Throws for a token id
+// outside [0, vocab_size).
+struct PassTokens {
+  std::vector<int64_t> tokens, positions;
+  std::vector<int64_t> offsets;  // first token of each sequence, size B + 1
+  const int64_t* tokens_dev = nullptr;
+  const int64_t* positions_dev = nullptr;
+  PassTokens(backend::Ops& ops, Workspace& workspace, const std::vector<SequenceInput>& batch, int64_t vocab_size);
+};
+
+// What the blocks need to know about the call: the ids' host vectors plan the work, their
+// device copies feed the kernels.
 struct PassContext {
   const ModelConfig& config;
   backend::Ops& ops;
   Workspace& workspace;
   const std::vector<SequenceInput>& batch;
-  const std::vector<int64_t>& offsets;    // first token of each sequence, size B + 1
-  const std::vector<int64_t>& positions;  // per token
-  const std::vector<int64_t>& tokens;     // per token
-  const int64_t* positions_dev;
-  const int64_t* tokens_dev;
+  const PassTokens& ids;
   LinearObserver* observer;  // host memory only (CpuOps)
-  int64_t num_tokens() const { return int64_t(tokens.size()); }
-};
-
-// The per-token ids of a batch in host vectors and in the ops' memory (a workspace
-// buffer, valid until the model's next forward), for a PassContext. Throws for a token id
-// outside [0, vocab_size).
-struct PassTokens {
-  std::vector<int64_t> tokens, positions, offsets;
-  const int64_t* tokens_dev = nullptr;
-  const int64_t* positions_dev = nullptr;
-  PassTokens(backend::Ops& ops, Workspace& workspace, const std::vector<SequenceInput>& batch, int64_t vocab_size);
+  int64_t num_tokens() const { return int64_t(ids.tokens.size()); }
 };
 
 // y[n, rows] = x[n, cols]·Wᵀ, reporting the input to the observer first.

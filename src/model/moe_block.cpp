@@ -44,7 +44,7 @@ void moe_block(const PassContext& ctx, int layer, const MoeWeights& w, const flo
   float* weights = ws.f32("moe.weights", T * k);
   const bool hash = c.moe[layer] == MoeKind::Hash;
   ops.route(logits, T, E, hash ? nullptr : ops.resident(w.bias), hash ? ops.resident(w.tid2eid) : nullptr,
-            ctx.tokens_dev, c.vocab_size, k, float(c.routed_scaling_factor), chosen, weights);
+            ctx.ids.tokens_dev, c.vocab_size, k, float(c.routed_scaling_factor), chosen, weights);
 
   std::vector<backend::ExpertLinears> experts;
   experts.reserve(w.experts.size());

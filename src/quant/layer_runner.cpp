@@ -59,11 +59,7 @@ void LayerRunner::run_layer(int layer, const model::LayerWeights& w, model::Line
                                  .ops = model_.ops(),
                                  .workspace = model_.workspace(),
                                  .batch = batch,
-                                 .offsets = ids.offsets,
-                                 .positions = ids.positions,
-                                 .tokens = ids.tokens,
-                                 .positions_dev = ids.positions_dev,
-                                 .tokens_dev = ids.tokens_dev,
+                                 .ids = ids,
                                  .observer = observer};
     model::decoder_layer(ctx, layer, w, model_.rope_for_layer(layer), streams_.data() + b.first_token * NH);
   }
