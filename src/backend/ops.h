@@ -134,13 +134,14 @@ class Ops {
   // norm, a per-row scalar, into the product.
   virtual void mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn,
                        float* mix) = 0;
-  // Per token: (pre, post, comb) = mhc_coefficients(mix[t], base, scale) and
+  // Per token: mix = mhc_mix(streams[t]) with fn [(2+N)·N, N·H] and mix_eps,
+  // (pre, post, comb) = mhc_coefficients(mix, base, scale) and
   // x[t] = mhc_collapse(streams[t], pre), then, when norm_weight is not null,
-  // x[t] = rms_norm(x[t]) · norm_weight (the block's input norm). mix [T, (2+N)·N];
-  // base [(2+N)·N]; scale [3].
-  virtual void mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
-                       int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight,
-                       float norm_eps, float* x, float* post, float* comb) = 0;
+  // x[t] = rms_norm(x[t]) · norm_weight (the block's input norm). base [(2+N)·N];
+  // scale [3]. One op so that a backend can run the whole chain in one launch.
+  virtual void mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
+                       const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
+                       const float* norm_weight, float norm_eps, float* x, float* post, float* comb) = 0;
   // Per token: mhc_update(streams[t], post[t], comb[t], y[t]).
   virtual void mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T,
                         int64_t n_streams, int64_t hidden) = 0;
@@ -188,7 +189,18 @@ class Ops {
   virtual void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
                              int64_t window) = 0;
 
-  // Waits until the device has finished all work queued so far.
+  // ---- concurrency ----
+  // A second lane of work. Ops issued between start_side_work() and end_side_work() start
+  // after everything issued before them, but may run concurrently with the ops issued
+  // after end_side_work(), until wait_side_work(): ops after that see all of them. The
+  // caller guarantees that the two lanes do not write what the other reads or writes
+  // between the start and the wait. A backend that runs ops in order (the CPU) ignores
+  // these calls, which is why they have a default.
+  virtual void start_side_work() {}
+  virtual void end_side_work() {}
+  virtual void wait_side_work() {}
+
+  // Waits until the device has finished all work queued so far (on every lane).
   virtual void synchronize() = 0;
 };
 

@@ -89,9 +89,9 @@ void ProfilingOps::mhc_mix(const float* streams, int64_t T, int64_t width, float
   stop("mhc_mix", t0);
 }
 
-void ProfilingOps::mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
+void ProfilingOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
   const auto t0 = start();
-  inner_->mhc_pre(streams, mix, base, scale, T, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb);
+  inner_->mhc_pre(streams, T, fn, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb);
   stop("mhc_pre", t0);
 }
 

@@ -29,17 +29,29 @@ class ProfilingOps final : public Ops {
   void reset() { totals_.clear(); }
   // A markdown table of the totals, largest first, with each op's share.
   std::string table() const;
+  // Wall time spent in to_host() since construction, enabled or not: the host waiting
+  // for the device. A forward's wall time minus this is the host's own time to issue it.
+  double to_host_seconds() const { return to_host_seconds_; }
 
   Device device() const override { return inner_->device(); }
   Tensor alloc(DType dtype, Shape shape) override { return inner_->alloc(dtype, std::move(shape)); }
   Tensor upload(const Tensor& host) override { return inner_->upload(host); }
-  Tensor to_host(const Tensor& t) override { return inner_->to_host(t); }
+  Tensor to_host(const Tensor& t) override {
+    const Clock::time_point t0 = Clock::now();
+    Tensor h = inner_->to_host(t);
+    to_host_seconds_ += std::chrono::duration<double>(Clock::now() - t0).count();
+    return h;
+  }
   void upload_into(void* dst, const void* host, size_t bytes) override { inner_->upload_into(dst, host, bytes); }
   void grow_rows(Tensor& t, int64_t rows, int64_t width) override { inner_->grow_rows(t, rows, width); }
   const float* resident(const std::vector<float>& host) override { return inner_->resident(host); }
   const int64_t* resident(const std::vector<int64_t>& host) override { return inner_->resident(host); }
   void copy(float* dst, const float* src, int64_t n) override { inner_->copy(dst, src, n); }
   void synchronize() override { inner_->synchronize(); }
+  // Forwarded: while enabled every op is waited for anyway, so the lanes never overlap.
+  void start_side_work() override { inner_->start_side_work(); }
+  void end_side_work() override { inner_->end_side_work(); }
+  void wait_side_work() override { inner_->wait_side_work(); }
 
   void linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) override;
   void linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
@@ -53,7 +65,7 @@ class ProfilingOps final : public Ops {
   void embed_streams(const QuantizedMatrix& table, const int64_t* ids, int64_t T, int64_t n_streams, float* streams) override;
   void norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps, const int64_t* positions, const cpu::RopeFrequencies& table) override;
   void mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn, float* mix) override;
-  void mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x, float* post, float* comb) override;
+  void mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x, float* post, float* comb) override;
   void mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T, int64_t n_streams, int64_t hidden) override;
   void hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n, int64_t n_streams, int64_t hidden, float eps, float* out) override;
   void route(const float* logits, int64_t T, int64_t n_experts, const float* bias, const int64_t* tid2eid, const int64_t* tokens, int64_t vocab, int64_t k, float scaling, int64_t* chosen, float* weights) override;
@@ -81,6 +93,7 @@ class ProfilingOps final : public Ops {
   std::shared_ptr<Ops> inner_;
   bool enabled_ = false;
   std::map<std::string, Entry> totals_;
+  double to_host_seconds_ = 0;
 };
 
 }  // namespace dsq::backend

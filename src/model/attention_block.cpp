@@ -53,33 +53,40 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   const int64_t rate = c.compress_rate(layer);
   const bool csa = kind == AttentionKind::CSA;
 
-  // Every projection of x at once: the query and key/value heads, the compressors' raw
-  // rows, the indexer's head weights and its compressor.
+  // The projections of x: the query and key/value heads on the main lane; the
+  // compressors' raw rows and the indexer's head weights, which nothing reads before the
+  // compressors run, as side work (ops.h) concurrent with the query path.
   const int64_t raw = csa ? 2 * D : D;
   const int64_t nI = c.index_n_heads, DI = c.index_head_dim, topk = c.index_topk;
   float* q_residual = ws.f32("attn.q_residual", T * qr);
   float* kv = ws.f32("attn.kv", T * D);
-  std::vector<LinearTarget> from_x = {{&w.wq_a, q_residual}, {&w.wkv, kv}};
+  float* q = ws.f32("attn.q", T * nh * D);
+  float* iq = csa ? ws.f32("attn.index_q", T * nI * DI) : nullptr;
+  std::vector<LinearTarget> side_from_x;
   float *comp_kv = nullptr, *comp_gate = nullptr;
   if (kind != AttentionKind::Sliding) {
     comp_kv = ws.f32("attn.comp_kv", T * raw);
     comp_gate = ws.f32("attn.comp_gate", T * raw);
-    from_x.insert(from_x.end(), {{&w.compressor.wkv, comp_kv}, {&w.compressor.wgate, comp_gate}});
+    side_from_x.insert(side_from_x.end(), {{&w.compressor.wkv, comp_kv}, {&w.compressor.wgate, comp_gate}});
   }
   float *iw = nullptr, *ikv = nullptr, *igate = nullptr;
   if (csa) {
     iw = ws.f32("attn.index_w", T * nI);
     ikv = ws.f32("attn.index_kv", T * 2 * DI);
     igate = ws.f32("attn.index_gate", T * 2 * DI);
-    from_x.insert(from_x.end(), {{&w.indexer.weights_proj, iw},
-                                 {&w.indexer.compressor.wkv, ikv},
-                                 {&w.indexer.compressor.wgate, igate}});
+    side_from_x.insert(side_from_x.end(), {{&w.indexer.weights_proj, iw},
+                                           {&w.indexer.compressor.wkv, ikv},
+                                           {&w.indexer.compressor.wgate, igate}});
   }
-  run_linears(ctx, x, T, from_x);
+  if (!side_from_x.empty()) {
+    ops.start_side_work();
+    run_linears(ctx, x, T, side_from_x);
+    ops.end_side_work();
+  }
+  run_linears(ctx, x, T, {{&w.wq_a, q_residual}, {&w.wkv, kv}});
 
   // Queries: q_residual = q_norm(wq_a·x); per-head unweighted norm; rope.
   ops.rms_norm(q_residual, T, qr, qr, ops.resident(w.q_norm), eps, q_residual);
-  float* q = ws.f32("attn.q", T * nh * D);
   run_linear(ctx, w.wq_b, q_residual, T, q);
   ops.norm_rope(q, T, nh, D, nullptr, eps, ctx.ids.positions_dev, rope);
 
@@ -87,12 +94,13 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   ops.norm_rope(kv, T, 1, D, ops.resident(w.kv_norm), eps, ctx.ids.positions_dev, rope);
 
   // Indexer queries, from the normalised q_residual.
-  float* iq = nullptr;
   if (csa) {
-    iq = ws.f32("attn.index_q", T * nI * DI);
     run_linear(ctx, w.indexer.wq_b, q_residual, T, iq);
     ops.rope(iq, T, nI, DI, ctx.ids.positions_dev, rope, false);
   }
+
+  // Joined before the compressors, whose ops end a CUDA graph segment.
+  if (!side_from_x.empty()) ops.wait_side_work();
 
   // Per sequence: compressors first (a token that closes a window sees its entry), the
   // indexer's picks, attention, then the window ring takes the new keys.

@@ -9,18 +9,16 @@ void decoder_layer(const PassContext& ctx, int layer, const LayerWeights& w, con
   const ModelConfig& c = ctx.config;
   backend::Ops& ops = ctx.ops;
   Workspace& ws = ctx.workspace;
-  const int64_t T = ctx.num_tokens(), H = c.hidden_size, N = c.hc_mult, NH = N * H, n_mix = (2 + N) * N;
+  const int64_t T = ctx.num_tokens(), H = c.hidden_size, N = c.hc_mult;
   const float eps = float(c.rms_norm_eps), eps_hc = float(c.hc_eps);
-  float* mix = ws.f32("layer.mix", T * n_mix);
   float* x = ws.f32("layer.x", T * H);
   float* y = ws.f32("layer.y", T * H);
   float* post = ws.f32("layer.post", T * N);
   float* comb = ws.f32("layer.comb", T * N * N);
   // X ← post ⊗ block(norm(collapse(X))) + combᵀ·X
   auto half_step = [&](const HyperConnection& hc, const std::vector<float>& norm_weight, auto&& block) {
-    ops.mhc_mix(streams, T, NH, eps, hc.fn.w, mix);
-    ops.mhc_pre(streams, mix, ops.resident(hc.base), ops.resident(hc.scale), T, N, H, c.hc_sinkhorn_iters, eps_hc,
-                ops.resident(norm_weight), eps, x, post, comb);
+    ops.mhc_pre(streams, T, hc.fn.w, eps, ops.resident(hc.base), ops.resident(hc.scale), N, H, c.hc_sinkhorn_iters,
+                eps_hc, ops.resident(norm_weight), eps, x, post, comb);
     block(x, y);
     ops.mhc_post(streams, post, comb, y, T, N, H);
   };

@@ -1,6 +1,9 @@
 // The MoE block of one layer over a batch (spec §2.11): route every token (hash table or
 // bias-corrected top-k), run the routed experts (ops.moe_experts: each expert once on the
-// tokens sent to it, weighted and combined), then add the shared expert.
+// tokens sent to it, weighted and combined), then add the shared expert. The shared
+// expert depends on nothing the routing computes, so it is side work (ops.h): on a GPU it
+// runs concurrently with the routed path, whose chain of small launches at decode leaves
+// memory bandwidth unused.
 #include <optional>
 #include <string>
 
@@ -34,14 +37,23 @@ void moe_block(const PassContext& ctx, int layer, const MoeWeights& w, const flo
   Workspace& ws = ctx.workspace;
   const int64_t T = ctx.num_tokens(), H = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
 
-  // The router and the shared expert's gate/up read the same input: one call.
   const int64_t F = w.shared.w1.w.rows;
   float* logits = ws.f32("moe.logits", T * E);
   float* gate = ws.f32("moe.shared_gate", T * F);
   float* up = ws.f32("moe.shared_up", T * F);
-  run_linears(ctx, x, T, {{&w.gate, logits}, {&w.shared.w1, gate}, {&w.shared.w3, up}});
+  float* shared = ws.f32("moe.shared_out", T * H);
   int64_t* chosen = ws.i64("moe.chosen", T * k);
   float* weights = ws.f32("moe.weights", T * k);
+
+  // Shared expert: W2 · (SiLU(min(W1·x, λ)) ⊙ clamp(W3·x, −λ, λ)), added to the routed sum
+  // after the wait below.
+  ops.start_side_work();
+  run_linears(ctx, x, T, {{&w.shared.w1, gate}, {&w.shared.w3, up}});
+  ops.swiglu(gate, up, T * F, float(c.swiglu_limit), gate);
+  run_linear(ctx, w.shared.w2, gate, T, shared);
+  ops.end_side_work();
+
+  run_linear(ctx, w.gate, x, T, logits);
   const bool hash = c.moe[layer] == MoeKind::Hash;
   ops.route(logits, T, E, hash ? nullptr : ops.resident(w.bias), hash ? ops.resident(w.tid2eid) : nullptr,
             ctx.ids.tokens_dev, c.vocab_size, k, float(c.routed_scaling_factor), chosen, weights);
@@ -53,11 +65,7 @@ void moe_block(const PassContext& ctx, int layer, const MoeWeights& w, const flo
   if (ctx.observer) tap.emplace(*ctx.observer, w);
   ops.moe_experts(x, T, H, experts.data(), E, chosen, weights, k, float(c.swiglu_limit), out,
                   tap ? &*tap : nullptr);
-
-  // Shared expert: W2 · (SiLU(min(W1·x, λ)) ⊙ clamp(W3·x, −λ, λ)), added to the routed sum.
-  float* shared = ws.f32("moe.shared_out", T * H);
-  ops.swiglu(gate, up, T * F, float(c.swiglu_limit), gate);
-  run_linear(ctx, w.shared.w2, gate, T, shared);
+  ops.wait_side_work();
   ops.add(out, shared, T * H);
 }
 

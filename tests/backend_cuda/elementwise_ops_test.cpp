@@ -336,44 +336,57 @@ const std::vector<MhcShape> kMhcShapes = {
     {"70000 narrow tokens", 70000, 2, 4, 2},
 };
 
-// Random mHC parameters: the projection `mix` of each token, base and scale.
+// Random mHC parameters: the streams, the mixing weight fn (scaled so that a token's
+// mixing logits are O(1)), base and scale.
 struct MhcInputs {
-  std::vector<float> streams, mix, base, scale;
+  std::vector<float> streams, base, scale;
+  QuantizedMatrix fn;
 };
-MhcInputs mhc_inputs(const MhcShape& s, int64_t mix_width, std::mt19937& rng) {
+MhcInputs mhc_inputs(const MhcShape& s, std::mt19937& rng) {
+  const int64_t R = (2 + s.streams) * s.streams, K = s.streams * s.hidden;
   MhcInputs in;
-  in.streams = random_floats(size_t(s.tokens * s.streams * s.hidden), rng);
-  in.mix = random_floats(size_t(s.tokens * mix_width), rng);
-  in.base = random_floats(size_t(mix_width), rng);
+  in.streams = random_floats(size_t(s.tokens * K), rng);
+  in.fn = QuantizedMatrix::dense(
+      Tensor::from_f32(random_floats(size_t(R * K), rng, float(1.0 / std::sqrt(double(K)))), {R, K}));
+  in.base = random_floats(size_t(R), rng);
   in.scale = {0.7f, 1.3f, 2.0f};
   return in;
 }
 
-// Without and with the fused input norm (mhc_pre_norm_kernel: one block per token).
+// Without and with the fused input norm. Up to 8 tokens of ≤ 6 streams with a 4-aligned
+// hidden size take the one-launch path (mhc_mix_pre_kernel); the rest mhc_mix then the
+// per-token kernels. Bounds: the mixing sums are fp32 in another order (1e-6 relative on
+// the logits), which 20 Sinkhorn rounds and the sigmoids carry into comb and x.
 TEST(CudaElementwise, MhcPreMatchesCpu) {
   DSQ_REQUIRE_GPU();
   cpu::CpuOps cpu;
   CudaOps gpu(Precision::F32);
   std::mt19937 rng(7);
   const float eps = 1e-6f;
-  for (const MhcShape& s : kMhcShapes) {
+  // CudaOps keys its weight copies by the host matrix's address: each fn lives on.
+  std::vector<MhcInputs> inputs;
+  for (const MhcShape& s : kMhcShapes) inputs.push_back(mhc_inputs(s, rng));
+  for (size_t shape = 0; shape < kMhcShapes.size(); ++shape) {
+    const MhcShape& s = kMhcShapes[shape];
+    const int64_t N = s.streams, T = s.tokens, H = s.hidden;
+    const MhcInputs& in = inputs[shape];
+    const std::vector<float> norm_w = random_floats(size_t(H), rng);
     for (bool normed : {false, true}) {
       SCOPED_TRACE(s.name + (normed ? ", with the input norm" : ""));
-      const int64_t N = s.streams, T = s.tokens, H = s.hidden;
-      const MhcInputs in = mhc_inputs(s, (2 + N) * N, rng);
-      const std::vector<float> norm_w = random_floats(size_t(H), rng);
       std::vector<float> x(size_t(T * H)), post(size_t(T * N)), comb(size_t(T * N * N));
-      cpu.mhc_pre(in.streams.data(), in.mix.data(), in.base.data(), in.scale.data(), T, N, H, s.sinkhorn_iters, eps,
+      cpu.mhc_pre(in.streams.data(), T, in.fn, eps, in.base.data(), in.scale.data(), N, H, s.sinkhorn_iters, eps,
                   normed ? norm_w.data() : nullptr, eps, x.data(), post.data(), comb.data());
-      Tensor gs = on_gpu(gpu, in.streams), gmix = on_gpu(gpu, in.mix), gbase = on_gpu(gpu, in.base),
-             gscale = on_gpu(gpu, in.scale), gw = on_gpu(gpu, norm_w);
+      Tensor gs = on_gpu(gpu, in.streams), gbase = on_gpu(gpu, in.base), gscale = on_gpu(gpu, in.scale),
+             gw = on_gpu(gpu, norm_w);
       Tensor gx = poisoned_gpu(gpu, T * H), gpost = poisoned_gpu(gpu, T * N), gcomb = poisoned_gpu(gpu, T * N * N);
-      gpu.mhc_pre(gs.data<float>(), gmix.data<float>(), gbase.data<float>(), gscale.data<float>(), T, N, H,
-                  s.sinkhorn_iters, eps, normed ? gw.data<float>() : nullptr, eps, gx.mutable_data<float>(),
-                  gpost.mutable_data<float>(), gcomb.mutable_data<float>());
-      expect_close(floats_of(gpu, gx), x, 1e-5, "mhc_pre x");
-      expect_close(floats_of(gpu, gpost), post, 1e-6, "mhc_pre post");
-      expect_close(floats_of(gpu, gcomb), comb, 1e-5, "mhc_pre comb");
+      for (int call = 0; call < 2; ++call) {  // the second call checks that the fused path left its sums clear
+        gpu.mhc_pre(gs.data<float>(), T, in.fn, eps, gbase.data<float>(), gscale.data<float>(), N, H,
+                    s.sinkhorn_iters, eps, normed ? gw.data<float>() : nullptr, eps, gx.mutable_data<float>(),
+                    gpost.mutable_data<float>(), gcomb.mutable_data<float>());
+        expect_close(floats_of(gpu, gx), x, 2e-5, "mhc_pre x");
+        expect_close(floats_of(gpu, gpost), post, 1e-5, "mhc_pre post");
+        expect_close(floats_of(gpu, gcomb), comb, 5e-5, "mhc_pre comb");
+      }
     }
   }
 }
@@ -448,10 +461,11 @@ TEST(CudaElementwise, HcHeadMatchesCpu) {
   for (const MhcShape& s : kMhcShapes) {
     SCOPED_TRACE(s.name);
     const int64_t N = s.streams, T = s.tokens, H = s.hidden;
-    const MhcInputs in = mhc_inputs(s, N, rng);
+    const std::vector<float> streams = random_floats(size_t(T * N * H), rng), mix = random_floats(size_t(T * N), rng),
+                             base = random_floats(size_t(N), rng);
     std::vector<float> out(size_t(T * H));
-    cpu.hc_head(in.streams.data(), in.mix.data(), in.base.data(), 0.9f, T, N, H, 1e-6f, out.data());
-    Tensor gs = on_gpu(gpu, in.streams), gmix = on_gpu(gpu, in.mix), gbase = on_gpu(gpu, in.base),
+    cpu.hc_head(streams.data(), mix.data(), base.data(), 0.9f, T, N, H, 1e-6f, out.data());
+    Tensor gs = on_gpu(gpu, streams), gmix = on_gpu(gpu, mix), gbase = on_gpu(gpu, base),
            gout = poisoned_gpu(gpu, T * H);
     gpu.hc_head(gs.data<float>(), gmix.data<float>(), gbase.data<float>(), 0.9f, T, N, H, 1e-6f,
                 gout.mutable_data<float>());
@@ -592,8 +606,9 @@ TEST(CudaElementwise, ZeroRowsAreNoOps) {
   gpu.embed_streams(embed, nullptr, 0, 4, p);
   gpu.norm_rope(p, 0, 4, 16, nullptr, 1e-6f, nullptr, table);
   gpu.mhc_mix(p, 0, 16, 1e-6f, embed, p);
-  gpu.mhc_pre(p, nullptr, nullptr, nullptr, 0, 4, 16, 20, 1e-6f, nullptr, 1e-6f, p, p, p);
-  gpu.mhc_pre(p, nullptr, nullptr, nullptr, 0, 4, 16, 20, 1e-6f, p, 1e-6f, p, p, p);
+  const QuantizedMatrix mix_fn = QuantizedMatrix::dense(Tensor::from_f32(std::vector<float>(24 * 64, 1.0f), {24, 64}));
+  gpu.mhc_pre(p, 0, mix_fn, 1e-6f, nullptr, nullptr, 4, 16, 20, 1e-6f, nullptr, 1e-6f, p, p, p);
+  gpu.mhc_pre(p, 0, mix_fn, 1e-6f, nullptr, nullptr, 4, 16, 20, 1e-6f, p, 1e-6f, p, p, p);
   gpu.mhc_post(p, nullptr, nullptr, nullptr, 0, 4, 16);
   gpu.hc_head(p, nullptr, nullptr, 1.0f, 0, 4, 16, 1e-6f, p);
   gpu.route(p, 0, 8, nullptr, nullptr, nullptr, 0, 2, 1.0f, nullptr, p);

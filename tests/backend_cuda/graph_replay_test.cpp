@@ -31,24 +31,23 @@ std::shared_ptr<cuda::GraphReplayOps> graph_ops(cuda::Precision p) {
   return std::make_shared<cuda::GraphReplayOps>(std::make_shared<cuda::CudaOps>(p));
 }
 
-// One step of deterministic ops (2 tokens of 4 streams of 128), its inputs uploaded
-// first and its outputs read back last: both calls end a segment, so the ops between
-// are one segment. Returns the outputs.
+// One step of deterministic ops (9 tokens of 4 streams of 128: above 8 tokens mhc_pre's
+// mixing sums go through the GEMM, not through atomics in an unspecified order), its
+// inputs uploaded first and its outputs read back last: both calls end a segment, so the
+// ops between are one segment. Returns the outputs.
 std::vector<float> deterministic_step(backend::Ops& ops, const std::vector<float>& host_x,
                                       const std::vector<int64_t>& host_pos, const QuantizedMatrix& w,
                                       const QuantizedMatrix& fn, const cpu::RopeFrequencies& rope, Tensor& x,
-                                      Tensor& pos, Tensor& y, Tensor& mix, Tensor& post, Tensor& comb,
+                                      Tensor& pos, Tensor& y, Tensor& post, Tensor& comb,
                                       const std::vector<float>& base, const std::vector<float>& scale,
                                       const std::vector<float>& norm_w) {
-  const int64_t T = 2, N = 4, H = 128, NH = N * H;
+  const int64_t T = 9, N = 4, H = 128;
   ops.upload_into(x.mutable_bytes(), host_x.data(), host_x.size() * sizeof(float));
   ops.upload_into(pos.mutable_bytes(), host_pos.data(), host_pos.size() * sizeof(int64_t));
   float* streams = x.mutable_data<float>();
   float* out = y.mutable_data<float>();
-  ops.rms_norm(streams, T, NH, NH, nullptr, 1e-6f, out);
-  ops.linear(fn, out, T, mix.mutable_data<float>());
-  ops.mhc_pre(streams, mix.data<float>(), ops.resident(base), ops.resident(scale), T, N, H, 20, 1e-6f,
-              ops.resident(norm_w), 1e-6f, out, post.mutable_data<float>(), comb.mutable_data<float>());
+  ops.mhc_pre(streams, T, fn, 1e-6f, ops.resident(base), ops.resident(scale), N, H, 20, 1e-6f, ops.resident(norm_w),
+              1e-6f, out, post.mutable_data<float>(), comb.mutable_data<float>());
   ops.linear(w, out, T, out + T * H);
   ops.norm_rope(out + T * H, T, 2, 64, nullptr, 1e-6f, pos.data<int64_t>(), rope);
   ops.swiglu(out, out + T * H, T * H, 10.0f, out + 2 * T * H);
@@ -62,7 +61,7 @@ std::vector<float> deterministic_step(backend::Ops& ops, const std::vector<float
 
 TEST(GpuGraphReplay, DeterministicOpsReplayBitIdentically) {
   DSQ_REQUIRE_GPU();
-  const int64_t T = 2, N = 4, H = 128, NH = N * H, n_mix = (2 + N) * N;
+  const int64_t T = 9, N = 4, H = 128, NH = N * H, n_mix = (2 + N) * N;
   std::mt19937 rng(9);
   const QuantizedMatrix w = QuantizedMatrix::dense(Tensor::from_f32(random_floats(size_t(H * H), rng, 0.1f), {H, H}));
   const QuantizedMatrix fn =
@@ -73,21 +72,21 @@ TEST(GpuGraphReplay, DeterministicOpsReplayBitIdentically) {
   auto plain = std::make_shared<cuda::CudaOps>(cuda::Precision::F32);
   cuda::GraphReplayOps replay(std::make_shared<cuda::CudaOps>(cuda::Precision::F32));
   struct Buffers {
-    Tensor x, pos, y, mix, post, comb;
+    Tensor x, pos, y, post, comb;
   };
   const auto buffers = [&](backend::Ops& ops) {
-    return Buffers{ops.alloc(DType::F32, {T, NH}),    ops.alloc(DType::I64, {T}),
-                   ops.alloc(DType::F32, {3 * T * H}), ops.alloc(DType::F32, {T, n_mix}),
-                   ops.alloc(DType::F32, {T, N}),     ops.alloc(DType::F32, {T, N * N})};
+    return Buffers{ops.alloc(DType::F32, {T, NH}), ops.alloc(DType::I64, {T}), ops.alloc(DType::F32, {3 * T * H}),
+                   ops.alloc(DType::F32, {T, N}), ops.alloc(DType::F32, {T, N * N})};
   };
   Buffers a = buffers(*plain), b = buffers(replay);
   for (int step = 0; step < 6; ++step) {
     const std::vector<float> x = random_floats(size_t(T * NH), rng);
-    const std::vector<int64_t> pos = {int64_t(100 * step), int64_t(100 * step + 1)};
+    std::vector<int64_t> pos(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) pos[size_t(t)] = 100 * step + t;
     const std::vector<float> want =
-        deterministic_step(*plain, x, pos, w, fn, rope, a.x, a.pos, a.y, a.mix, a.post, a.comb, base, scale, norm_w);
+        deterministic_step(*plain, x, pos, w, fn, rope, a.x, a.pos, a.y, a.post, a.comb, base, scale, norm_w);
     const std::vector<float> got =
-        deterministic_step(replay, x, pos, w, fn, rope, b.x, b.pos, b.y, b.mix, b.post, b.comb, base, scale, norm_w);
+        deterministic_step(replay, x, pos, w, fn, rope, b.x, b.pos, b.y, b.post, b.comb, base, scale, norm_w);
     ASSERT_EQ(got.size(), want.size());
     EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "step " << step;
   }

@@ -113,11 +113,16 @@ void CpuOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps, 
   cpu::linear(normed.data(), T, fn, mix);
 }
 
-void CpuOps::mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
-                     int64_t N, int64_t H, int64_t sinkhorn_iters, float eps, const float* norm_weight,
-                     float norm_eps, float* x, float* post, float* comb) {
+void CpuOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
+                     const float* scale, int64_t N, int64_t H, int64_t sinkhorn_iters, float eps,
+                     const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
   const int64_t n_mix = (2 + N) * N;
   DSQ_CHECK(N <= 64, "hc_mult ", N, " too large");
+  DSQ_CHECK(fn.rows == n_mix && fn.cols == N * H, "mhc_pre: the mixing weight [", fn.rows, ", ", fn.cols,
+            "] is not [", n_mix, ", ", N * H, "]");
+  std::vector<float> mix_rows(size_t(T * n_mix));
+  mhc_mix(streams, T, N * H, mix_eps, fn, mix_rows.data());
+  const float* mix = mix_rows.data();
   parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
     float pre[64];
     for (int64_t t = t0; t < t1; ++t) {

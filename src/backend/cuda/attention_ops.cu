@@ -618,10 +618,10 @@ void CudaOps::compress(const backend::CompressorParams& p, float* ring_kv, float
   if (n_close > 0) {
     CompressArgs a{ring_kv, ring_gate, kv, gate, resident(*p.ape), resident(*p.norm), rope_table(*p.rope),
                    entries, p0, p.rate, p.width, raw, p.rope->rope_dim, first, p.overlap, p.eps};
-    launch_dependent(ctx_, compress_kernel, unsigned(n_close), 256, size_t(p.width) * sizeof(float), a);
+    launch_dependent(ctx(), compress_kernel, unsigned(n_close), 256, size_t(p.width) * sizeof(float), a);
     DSQ_CUDA_CHECK_LAUNCH();
   }
-  store_ring_rows(ctx_, {ring_kv, kv}, {ring_gate, gate}, p0, S, raw, 2 * p.rate);
+  store_ring_rows(ctx(), {ring_kv, kv}, {ring_gate, gate}, p0, S, raw, 2 * p.rate);
 }
 
 void CudaOps::indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim,
@@ -634,7 +634,7 @@ void CudaOps::indexer_scores(const float* q, const float* weights, int64_t S, in
             "indexer_scores: head dim ", head_dim, " not a multiple of 4, or q / keys not 16-byte aligned");
   const float scale = 1.0f / std::sqrt(float(head_dim)) / std::sqrt(float(n_heads));
   const dim3 grid{unsigned((n_keys + kIxKeys - 1) / kIxKeys), unsigned(std::min<int64_t>(S, 65535))};
-  launch_dependent(ctx_, indexer_scores_kernel, grid, 256, 0, q, weights, S, int(n_heads), int(head_dim), keys,
+  launch_dependent(ctx(), indexer_scores_kernel, grid, 256, 0, q, weights, S, int(n_heads), int(head_dim), keys,
                                                          int(n_keys), scale, scores);
   DSQ_CUDA_CHECK_LAUNCH();
 }
@@ -653,7 +653,7 @@ void CudaOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t top
   }();
   (void)smem_ready;
   const size_t smem = staged ? size_t(longest) * sizeof(uint32_t) : 0;
-  launch_dependent(ctx_, indexer_topk_kernel, unsigned(S), kTopkThreads, smem, scores, n_keys, topk, p0, rate, staged,
+  launch_dependent(ctx(), indexer_topk_kernel, unsigned(S), kTopkThreads, smem, scores, n_keys, topk, p0, rate, staged,
                                                                           selected);
   DSQ_CUDA_CHECK_LAUNCH();
 }
@@ -678,7 +678,7 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
   if (selection == backend::EntrySelection::Selected) max_keys += topk;
   const int64_t tiles = (max_keys + kAttnKeys - 1) / kAttnKeys;
   const int64_t head_groups = (n_heads + kAttnHeads - 1) / kAttnHeads;
-  const int64_t wanted = 2 * int64_t(ctx_.sm_count());
+  const int64_t wanted = 2 * int64_t(ctx().sm_count());
   int64_t splits = std::clamp<int64_t>((wanted + S * head_groups - 1) / (S * head_groups), 1,
                                       std::clamp<int64_t>(tiles, 1, kMaxSplits));
   const int64_t keys_per_split = ((tiles + splits - 1) / splits) * kAttnKeys;
@@ -703,12 +703,12 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
   (void)smem_ready;
   DSQ_CHECK(S <= INT32_MAX && n_heads <= 65535, "sink_attention: ", S, " queries × ", n_heads, " heads too many");
   const dim3 grid{unsigned(S), unsigned(head_groups), unsigned(splits)};
-  launch_dependent(ctx_, sink_attention_kernel, grid, kAttnThreads, smem, keys, q, int(n_heads), sinks, scale,
+  launch_dependent(ctx(), sink_attention_kernel, grid, kAttnThreads, smem, keys, q, int(n_heads), sinks, scale,
                                                                      int(keys_per_split), out, part_acc, part_max,
                                                                      part_sum);
   DSQ_CUDA_CHECK_LAUNCH();
   if (splits > 1) {
-    launch_dependent(ctx_, combine_kernel, dim3(unsigned(S), unsigned(n_heads)), 128, 0, part_acc, part_max, part_sum,
+    launch_dependent(ctx(), combine_kernel, dim3(unsigned(S), unsigned(n_heads)), 128, 0, part_acc, part_max, part_sum,
                      int(splits), int(n_heads), int(dim), sinks, out);
     DSQ_CUDA_CHECK_LAUNCH();
   }
@@ -716,7 +716,7 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
 
 void CudaOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
                             int64_t window) {
-  store_ring_rows(ctx_, {ring, new_keys}, {nullptr, nullptr}, p0, S, dim, window - 1);
+  store_ring_rows(ctx(), {ring, new_keys}, {nullptr, nullptr}, p0, S, dim, window - 1);
 }
 
 }  // namespace dsq::cuda

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/error.h"
+
 namespace dsq::cuda {
 
 namespace {
@@ -28,19 +30,52 @@ Tensor device_tensor(DType dtype, Shape shape, cudaStream_t stream) {
 
 }  // namespace
 
-CudaOps::CudaOps(Precision precision) : precision_(precision) {}
-CudaOps::~CudaOps() = default;
+namespace {
+constexpr int kSlotsPerLane = 100;
+}  // namespace
 
-Tensor CudaOps::alloc(DType dtype, Shape shape) { return device_tensor(dtype, std::move(shape), ctx_.stream()); }
+CudaOps::CudaOps(Precision precision) : precision_(precision) {
+  DSQ_CUDA_CHECK(cudaEventCreateWithFlags(&side_start_, cudaEventDisableTiming));
+  DSQ_CUDA_CHECK(cudaEventCreateWithFlags(&side_done_, cudaEventDisableTiming));
+}
+
+CudaOps::~CudaOps() {
+  cudaEventDestroy(side_start_);
+  cudaEventDestroy(side_done_);
+}
+
+void CudaOps::start_side_work() {
+  DSQ_CHECK(lane_ == 0, "start_side_work: side work is already open");
+  DSQ_CUDA_CHECK(cudaEventRecord(side_start_, lanes_[0].stream()));
+  DSQ_CUDA_CHECK(cudaStreamWaitEvent(lanes_[1].stream(), side_start_, 0));
+  lane_ = 1;
+}
+
+void CudaOps::end_side_work() {
+  DSQ_CHECK(lane_ == 1, "end_side_work: no side work is open");
+  DSQ_CUDA_CHECK(cudaEventRecord(side_done_, lanes_[1].stream()));
+  lane_ = 0;
+}
+
+void CudaOps::wait_side_work() {
+  DSQ_CHECK(lane_ == 0, "wait_side_work: the side work has not ended");
+  DSQ_CUDA_CHECK(cudaStreamWaitEvent(lanes_[0].stream(), side_done_, 0));
+}
+
+void CudaOps::synchronize() {
+  for (const GpuContext& lane : lanes_) lane.synchronize();
+}
+
+Tensor CudaOps::alloc(DType dtype, Shape shape) { return device_tensor(dtype, std::move(shape), ctx().stream()); }
 
 Tensor CudaOps::upload(const Tensor& host) {
   DSQ_CHECK(host.device() == Device::CPU, "upload: the tensor is already on the GPU");
   Tensor t = alloc(host.dtype(), host.shape());
   if (host.nbytes() > 0)
     DSQ_CUDA_CHECK(cudaMemcpyAsync(t.mutable_bytes(), host.bytes(), host.nbytes(), cudaMemcpyHostToDevice,
-                                   ctx_.stream()));
+                                   ctx().stream()));
   // The host tensor may die right after the call: finish the copy first.
-  ctx_.synchronize();
+  ctx().synchronize();
   return t;
 }
 
@@ -49,15 +84,15 @@ Tensor CudaOps::to_host(const Tensor& t) {
   Tensor h = Tensor::zeros(t.dtype(), t.shape());
   if (t.nbytes() > 0)
     DSQ_CUDA_CHECK(cudaMemcpyAsync(h.mutable_bytes(), t.bytes(), t.nbytes(), cudaMemcpyDeviceToHost,
-                                   ctx_.stream()));
-  ctx_.synchronize();
+                                   ctx().stream()));
+  ctx().synchronize();
   return h;
 }
 
 void CudaOps::upload_into(void* dst, const void* host, size_t bytes) {
   // From pageable memory the call returns once the bytes are staged: the caller may
   // reuse them, and the stream orders the copy before later kernels.
-  if (bytes > 0) DSQ_CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, ctx_.stream()));
+  if (bytes > 0) DSQ_CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, ctx().stream()));
 }
 
 void CudaOps::grow_rows(Tensor& t, int64_t rows, int64_t width) {
@@ -67,7 +102,7 @@ void CudaOps::grow_rows(Tensor& t, int64_t rows, int64_t width) {
   Tensor grown = alloc(DType::F32, {capacity, width});
   if (have > 0)
     DSQ_CUDA_CHECK(cudaMemcpyAsync(grown.mutable_bytes(), t.bytes(), t.nbytes(), cudaMemcpyDeviceToDevice,
-                                   ctx_.stream()));
+                                   ctx().stream()));
   t = std::move(grown);
 }
 
@@ -90,14 +125,14 @@ DeviceBuffer<T> stream_copy(const T* data, size_t count, const GpuContext& ctx) 
 const float* CudaOps::resident(const std::vector<float>& host) {
   auto it = float_params_.find(host.data());
   if (it == float_params_.end() || it->second.size() != host.size())
-    it = float_params_.insert_or_assign(host.data(), stream_copy(host.data(), host.size(), ctx_)).first;
+    it = float_params_.insert_or_assign(host.data(), stream_copy(host.data(), host.size(), ctx())).first;
   return it->second.get();
 }
 
 const int64_t* CudaOps::resident(const std::vector<int64_t>& host) {
   auto it = int_params_.find(host.data());
   if (it == int_params_.end() || it->second.size() != host.size())
-    it = int_params_.insert_or_assign(host.data(), stream_copy(host.data(), host.size(), ctx_)).first;
+    it = int_params_.insert_or_assign(host.data(), stream_copy(host.data(), host.size(), ctx())).first;
   return it->second.get();
 }
 
@@ -107,7 +142,7 @@ const void* CudaOps::resident_bytes(const Tensor& host) {
   if (it == byte_params_.end() || it->second.size() != host.nbytes())
     it = byte_params_
              .insert_or_assign(host.bytes(), stream_copy(reinterpret_cast<const unsigned char*>(host.bytes()),
-                                                         host.nbytes(), ctx_))
+                                                         host.nbytes(), ctx()))
              .first;
   return it->second.get();
 }
@@ -116,13 +151,14 @@ const float* CudaOps::rope_table(const cpu::RopeFrequencies& table) { return res
 
 void CudaOps::copy(float* dst, const float* src, int64_t n) {
   if (n > 0)
-    DSQ_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(n) * sizeof(float), cudaMemcpyDeviceToDevice, ctx_.stream()));
+    DSQ_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(n) * sizeof(float), cudaMemcpyDeviceToDevice, ctx().stream()));
 }
 
 void* CudaOps::scratch(int slot, size_t bytes) {
-  DeviceBuffer<unsigned char>& b = scratch_[slot];
+  DSQ_CHECK(slot >= 0 && slot < kSlotsPerLane, "scratch: slot out of range");
+  DeviceBuffer<unsigned char>& b = scratch_[lane_ * kSlotsPerLane + slot];
   if (b.size() < bytes) {
-    ctx_.synchronize();  // the old buffer may still be in use by queued work
+    ctx().synchronize();  // the old buffer may still be in use by this lane's queued work
     b = DeviceBuffer<unsigned char>(std::max(bytes, 2 * b.size()));
     ++scratch_epoch_;
   }
@@ -132,7 +168,8 @@ void* CudaOps::scratch(int slot, size_t bytes) {
 void* CudaOps::zeroed_scratch(int slot, size_t bytes) {
   const uint64_t epoch = scratch_epoch_;
   void* p = scratch(slot, bytes);
-  if (scratch_epoch_ != epoch) DSQ_CUDA_CHECK(cudaMemsetAsync(p, 0, scratch_[slot].size(), ctx_.stream()));
+  if (scratch_epoch_ != epoch)
+    DSQ_CUDA_CHECK(cudaMemsetAsync(p, 0, scratch_[lane_ * kSlotsPerLane + slot].size(), ctx().stream()));
   return p;
 }
 

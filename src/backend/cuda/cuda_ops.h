@@ -39,7 +39,8 @@ class CudaOps final : public backend::Ops {
   ~CudaOps() override;
 
   Precision precision() const { return precision_; }
-  GpuContext& context() { return ctx_; }
+  // The lane that ops issue their work to now (see start_side_work()).
+  GpuContext& context() { return ctx(); }
 
   Device device() const override { return Device::CUDA; }
   Tensor alloc(DType dtype, Shape shape) override;
@@ -72,9 +73,9 @@ class CudaOps final : public backend::Ops {
                      float* streams) override;
   void mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn,
                float* mix) override;
-  void mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
-               int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight,
-               float norm_eps, float* x, float* post, float* comb) override;
+  void mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
+               const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
+               const float* norm_weight, float norm_eps, float* x, float* post, float* comb) override;
   void mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T,
                 int64_t n_streams, int64_t hidden) override;
   void hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,
@@ -100,13 +101,20 @@ class CudaOps final : public backend::Ops {
   void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
                      int64_t window) override;
 
-  void synchronize() override { ctx_.synchronize(); }
+  // The side lane is a second stream with its own cuBLAS handles, workspace and scratch
+  // slots, so work on the two lanes shares no mutable memory of CudaOps; events order
+  // them. Nesting is refused.
+  void start_side_work() override;
+  void end_side_work() override;
+  void wait_side_work() override;
+  void synchronize() override;
 
   // The device copy of a RoPE table's frequencies (kept, keyed by the table's address).
   const float* rope_table(const cpu::RopeFrequencies& table);
   // Scratch memory for one op call, reused across calls (grows; never shrinks). The
   // pointer is valid until the next scratch() call with the same slot. Slots by file:
   // cuda_ops.cpp + linear_ops.cu 0–9, elementwise_ops.cu 10–19, attention_ops.cu 20–29.
+  // Each lane has its own set.
   void* scratch(int slot, size_t bytes);
   // scratch() whose bytes are zero when it is (re)allocated: for kernels that keep their
   // accumulators zero between calls.
@@ -119,13 +127,20 @@ class CudaOps final : public backend::Ops {
   uint64_t scratch_epoch() const { return scratch_epoch_; }
 
  private:
+  GpuContext& ctx() { return lanes_[lane_]; }
+
   Precision precision_;
-  GpuContext ctx_;
+  // The main lane carries the forward's critical path: its kernels are scheduled first,
+  // side work fills the SMs they leave free.
+  GpuContext lanes_[2] = {GpuContext(StreamPriority::High), GpuContext(StreamPriority::Low)};  // main, side
+  int lane_ = 0;
+  cudaEvent_t side_start_ = nullptr;  // main lane's work before the side work
+  cudaEvent_t side_done_ = nullptr;   // the side work
   LinearCache linears_;
   std::unordered_map<const void*, DeviceBuffer<float>> float_params_;
   std::unordered_map<const void*, DeviceBuffer<int64_t>> int_params_;
   std::unordered_map<const void*, DeviceBuffer<unsigned char>> byte_params_;
-  std::unordered_map<int, DeviceBuffer<unsigned char>> scratch_;
+  std::unordered_map<int, DeviceBuffer<unsigned char>> scratch_;  // by lane·kSlotsPerLane + slot
   uint64_t scratch_epoch_ = 0;
 };
 

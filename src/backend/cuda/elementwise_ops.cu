@@ -188,6 +188,7 @@ __global__ void norm_rope_kernel(float* x, int64_t dim, const float* weight, flo
 // block to finish scales the sums into `mix` and clears the accumulator (and its ticket)
 // for the next call, so the op is one launch. Each warp loads its rows' weights before
 // waiting for the previous kernel (they are constant), so their latency hides behind it.
+// mhc_mix_pre_kernel (below) continues in that last block with the whole mhc_pre.
 
 constexpr int kMixChunk = 256;       // columns per block: 64 float4, two per lane
 constexpr int kMixThreads = 512;     // 16 warps
@@ -195,8 +196,10 @@ constexpr int kMixMaxTokens = 8;
 constexpr int kMixMaxRows = 64;
 constexpr int kMixRowsPerWarp = (kMixMaxRows + 1 + kMixThreads / 32 - 1) / (kMixThreads / 32);  // + the squares row
 
-__global__ void __launch_bounds__(kMixThreads) mhc_mix_kernel(const float* x, int T, int64_t K, const float* fn, int R,
-                                                              float eps, float* acc, unsigned* ticket, float* mix) {
+// This block's share of the mixing sums of T rows of x [T, K] with fn [R, K]; true in the
+// block that finishes last, which then reads the complete sums from acc (row stride
+// R + 1: R dot products, then the sum of squares).
+__device__ bool mix_partials(const float* x, int T, int64_t K, const float* fn, int R, float* acc, unsigned* ticket) {
   __shared__ float4 xs[kMixMaxTokens][kMixChunk / 4];
   __shared__ bool last;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
@@ -219,7 +222,7 @@ __global__ void __launch_bounds__(kMixThreads) mhc_mix_kernel(const float* x, in
   for (int i = threadIdx.x; i < T * quads; i += blockDim.x)
     xs[i / quads][i % quads] = *reinterpret_cast<const float4*>(x + int64_t(i / quads) * K + c0 + 4 * (i % quads));
   __syncthreads();
-  const int stride = R + 1;  // per token: R dot products, then the sum of squares
+  const int stride = R + 1;
 #pragma unroll
   for (int k = 0; k < kMixRowsPerWarp; ++k) {
     const int r = warp + k * warps;
@@ -252,8 +255,14 @@ __global__ void __launch_bounds__(kMixThreads) mhc_mix_kernel(const float* x, in
   __syncthreads();
   if (threadIdx.x == 0) last = atomicAdd(ticket, 1u) == gridDim.x - 1;
   __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (last) __threadfence();
+  return last;
+}
+
+// The last block: mix [T, R] = the sums scaled by each row's 1/rms; then acc and the
+// ticket are cleared for the next call.
+__device__ void finish_mix(int T, int64_t K, int R, float eps, float* acc, unsigned* ticket, float* mix) {
+  const int stride = R + 1;
   for (int i = threadIdx.x; i < T * R; i += blockDim.x) {
     const int t = i / R, r = i % R;
     const float inv = 1.0f / sqrtf(__ldcg(acc + t * stride + R) / float(K) + eps);
@@ -262,6 +271,11 @@ __global__ void __launch_bounds__(kMixThreads) mhc_mix_kernel(const float* x, in
   __syncthreads();
   for (int i = threadIdx.x; i < T * stride; i += blockDim.x) acc[i] = 0;
   if (threadIdx.x == 0) *ticket = 0;
+}
+
+__global__ void __launch_bounds__(kMixThreads) mhc_mix_kernel(const float* x, int T, int64_t K, const float* fn, int R,
+                                                              float eps, float* acc, unsigned* ticket, float* mix) {
+  if (mix_partials(x, T, K, fn, R, acc, ticket)) finish_mix(T, K, R, eps, acc, ticket, mix);
 }
 
 // ---- elementwise: grid-stride over V-chunks, the last n % V elements one by one ----
@@ -489,8 +503,41 @@ __global__ void mhc_pre_kernel(const float* streams, const float* mix, const flo
   collapse_slice<N, V>(streams + t * N * hidden, pre, hidden, x + t * hidden);
 }
 
+// x = collapse(X, pre), then rms_norm(x)·norm_weight when norm_weight is not null (the
+// block's input norm), by the whole block, with rms_norm_kernel's arithmetic. `first`:
+// the first column chunk of every stream, already loaded by each thread (when Prefetched).
+template <int N, int V, bool Prefetched>
+__device__ void collapse_norm_row(const float* X, const float* pre, int64_t hidden, const Floats<V> (&first)[N],
+                                  const float* norm_weight, float norm_eps, float* xr) {
+  const int64_t chunks = hidden / V;
+  float squares = 0;
+  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
+    Floats<V> acc;
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc.v[e] = 0;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const Floats<V> f = Prefetched && i == threadIdx.x ? first[j] : load<V>(X + j * hidden + i * V);
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc.v[e] += pre[j] * f.v[e];
+    }
+#pragma unroll
+    for (int e = 0; e < V; ++e) squares += acc.v[e] * acc.v[e];
+    store<V>(xr + i * V, acc);
+  }
+  if (norm_weight == nullptr) return;
+  const float inv = 1.0f / sqrtf(block_sum(squares) / float(hidden) + norm_eps);
+  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {  // each thread rescales what it wrote
+    Floats<V> f = load<V>(xr + i * V);
+    const Floats<V> w = load<V>(norm_weight + i * V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) f.v[e] = w.v[e] * (f.v[e] * inv);
+    store<V>(xr + i * V, f);
+  }
+}
+
 // mhc_pre followed by the block's input RMSNorm: one block per token takes the whole
-// row, so the norm's reduction stays in the block (rms_norm_kernel's arithmetic).
+// row, so the norm's reduction stays in the block.
 template <int N, int V>
 __global__ void mhc_pre_norm_kernel(const float* streams, const float* mix, const float* base, const float* scale,
                                     int64_t hidden, int64_t iters, float eps, const float* norm_weight,
@@ -500,39 +547,39 @@ __global__ void mhc_pre_norm_kernel(const float* streams, const float* mix, cons
   __shared__ float pre[N];
   const int64_t t = blockIdx.x;
   const float* X = streams + t * N * hidden;
-  float* xr = x + t * hidden;
-  const int64_t chunks = hidden / V;
   // The first column chunk of every stream is loaded while warp 0 computes the
   // coefficients (the whole row when the block covers it, as for H = 4096).
   Floats<V> first[N];
-  if (threadIdx.x < chunks) {
+  if (threadIdx.x < hidden / V) {
 #pragma unroll
     for (int j = 0; j < N; ++j) first[j] = load<V>(X + j * hidden + threadIdx.x * V);
   }
   mhc_block_coefficients<N>(mix + t * (2 + N) * N, base, scale, iters, eps, true, pre, post + t * N,
                             comb + t * N * N);
-  float squares = 0;
-  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
-    Floats<V> acc;
-#pragma unroll
-    for (int e = 0; e < V; ++e) acc.v[e] = 0;
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      const Floats<V> f = i == threadIdx.x ? first[j] : load<V>(X + j * hidden + i * V);
-#pragma unroll
-      for (int e = 0; e < V; ++e) acc.v[e] += pre[j] * f.v[e];
-    }
-#pragma unroll
-    for (int e = 0; e < V; ++e) squares += acc.v[e] * acc.v[e];
-    store<V>(xr + i * V, acc);
-  }
-  const float inv = 1.0f / sqrtf(block_sum(squares) / float(hidden) + norm_eps);
-  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {  // each thread rescales what it wrote
-    Floats<V> f = load<V>(xr + i * V);
-    const Floats<V> w = load<V>(norm_weight + i * V);
-#pragma unroll
-    for (int e = 0; e < V; ++e) f.v[e] = w.v[e] * (f.v[e] * inv);
-    store<V>(xr + i * V, f);
+  collapse_norm_row<N, V, true>(X, pre, hidden, first, norm_weight, norm_eps, x + t * hidden);
+}
+
+// mhc_mix and mhc_pre (with or without the input norm) of up to kMixMaxTokens tokens in one
+// launch: the mixing pass as mhc_mix_kernel, then its last block finishes the mix in
+// shared memory and runs each token's coefficients, collapse and norm (at decode one
+// token: a 64 KB row, read from L2 where the mixing pass just left it).
+template <int N, int V>
+__global__ void __launch_bounds__(kMixThreads)
+    mhc_mix_pre_kernel(const float* streams, int T, int64_t hidden, const float* fn, float mix_eps, float* acc,
+                       unsigned* ticket, const float* base, const float* scale, int64_t iters, float eps,
+                       const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
+  constexpr int R = (2 + N) * N;
+  __shared__ float mix[kMixMaxTokens * R];
+  __shared__ float pre[N];
+  if (!mix_partials(streams, T, N * hidden, fn, R, acc, ticket)) return;
+  finish_mix(T, N * hidden, R, mix_eps, acc, ticket, mix);
+  __syncthreads();
+  const Floats<V> none[N] = {};
+  for (int t = 0; t < T; ++t) {
+    mhc_block_coefficients<N>(mix + t * R, base, scale, iters, eps, true, pre, post + t * N, comb + t * N * N);
+    collapse_norm_row<N, V, false>(streams + int64_t(t) * N * hidden, pre, hidden, none, norm_weight, norm_eps,
+                                   x + int64_t(t) * hidden);
+    __syncthreads();  // pre is the next token's
   }
 }
 
@@ -676,9 +723,9 @@ void CudaOps::rms_norm(const float* x, int64_t n, int64_t dim, int64_t stride, c
   const int64_t chunks = vec ? dim / 4 : dim;
   const int threads = int(std::min<int64_t>(512, std::max<int64_t>(32, ceil_div(chunks, 32) * 32)));
   if (vec)
-    launch_dependent(ctx_, rms_norm_kernel<4>, unsigned(n), threads, 0, x, dim, stride, weight, eps, y);
+    launch_dependent(ctx(), rms_norm_kernel<4>, unsigned(n), threads, 0, x, dim, stride, weight, eps, y);
   else
-    launch_dependent(ctx_, rms_norm_kernel<1>, unsigned(n), threads, 0, x, dim, stride, weight, eps, y);
+    launch_dependent(ctx(), rms_norm_kernel<1>, unsigned(n), threads, 0, x, dim, stride, weight, eps, y);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -688,7 +735,7 @@ void CudaOps::rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const
   const int64_t pairs = n_tokens * heads * (table.rope_dim / 2);
   if (pairs <= 0) return;
   const float* freqs = rope_table(table);
-  launch_dependent(ctx_, rope_kernel, grid_for(pairs, ctx_), kThreads, 0, x, pairs, heads, dim, table.rope_dim, positions,
+  launch_dependent(ctx(), rope_kernel, grid_for(pairs, ctx()), kThreads, 0, x, pairs, heads, dim, table.rope_dim, positions,
                                                                      freqs, inverse);
   DSQ_CUDA_CHECK_LAUNCH();
 }
@@ -703,28 +750,28 @@ void CudaOps::norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, 
   const int64_t chunks = vec ? dim / 4 : dim;
   const int threads = int(std::min<int64_t>(512, std::max<int64_t>(32, ceil_div(chunks, 32) * 32)));
   if (vec)
-    launch_dependent(ctx_, norm_rope_kernel<4>, unsigned(n), threads, 0, x, dim, weight, eps, heads, table.rope_dim,
+    launch_dependent(ctx(), norm_rope_kernel<4>, unsigned(n), threads, 0, x, dim, weight, eps, heads, table.rope_dim,
                      positions, freqs);
   else
-    launch_dependent(ctx_, norm_rope_kernel<1>, unsigned(n), threads, 0, x, dim, weight, eps, heads, table.rope_dim,
+    launch_dependent(ctx(), norm_rope_kernel<1>, unsigned(n), threads, 0, x, dim, weight, eps, heads, table.rope_dim,
                      positions, freqs);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
 void CudaOps::swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) {
-  launch_binary(gate, up, n, SwigluOp{limit}, out, ctx_);
+  launch_binary(gate, up, n, SwigluOp{limit}, out, ctx());
 }
 
-void CudaOps::add(float* dst, const float* src, int64_t n) { launch_binary(dst, src, n, AddOp{}, dst, ctx_); }
+void CudaOps::add(float* dst, const float* src, int64_t n) { launch_binary(dst, src, n, AddOp{}, dst, ctx()); }
 
 void CudaOps::gather_rows(const float* src, const int64_t* rows, int64_t n, int64_t width, float* dst) {
   if (n <= 0 || width <= 0) return;
   if (width % 4 == 0 && aligned16(src) && aligned16(dst)) {
     const dim3 grid(unsigned(n), unsigned(ceil_div(width / 4, kThreads)));
-    launch_dependent(ctx_, gather_rows_kernel<4>, grid, kThreads, 0, src, rows, width, dst);
+    launch_dependent(ctx(), gather_rows_kernel<4>, grid, kThreads, 0, src, rows, width, dst);
   } else {
     const dim3 grid(unsigned(n), unsigned(ceil_div(width, kThreads)));
-    launch_dependent(ctx_, gather_rows_kernel<1>, grid, kThreads, 0, src, rows, width, dst);
+    launch_dependent(ctx(), gather_rows_kernel<1>, grid, kThreads, 0, src, rows, width, dst);
   }
   DSQ_CUDA_CHECK_LAUNCH();
 }
@@ -738,12 +785,27 @@ void CudaOps::embed_streams(const QuantizedMatrix& table, const int64_t* ids, in
   if (T <= 0 || n_streams <= 0 || table.cols <= 0) return;
   const void* dev = resident_bytes(table.values);
   if (dt == DType::F32)
-    launch_embed<float>(dev, table.rows, table.cols, ids, T, n_streams, streams, ctx_);
+    launch_embed<float>(dev, table.rows, table.cols, ids, T, n_streams, streams, ctx());
   else if (dt == DType::BF16)
-    launch_embed<__nv_bfloat16>(dev, table.rows, table.cols, ids, T, n_streams, streams, ctx_);
+    launch_embed<__nv_bfloat16>(dev, table.rows, table.cols, ids, T, n_streams, streams, ctx());
   else
-    launch_embed<__half>(dev, table.rows, table.cols, ids, T, n_streams, streams, ctx_);
+    launch_embed<__half>(dev, table.rows, table.cols, ids, T, n_streams, streams, ctx());
 }
+
+namespace {
+
+// The fp32 sums of the fused mixing kernels and their ticket, zero between calls.
+struct MixAccumulator {
+  float* acc;
+  unsigned* ticket;
+};
+MixAccumulator mix_accumulator(CudaOps& ops) {
+  const size_t acc_bytes = size_t(kMixMaxTokens * (kMixMaxRows + 1)) * sizeof(float);
+  auto* acc = static_cast<float*>(ops.zeroed_scratch(10, acc_bytes + sizeof(unsigned)));
+  return {acc, reinterpret_cast<unsigned*>(reinterpret_cast<unsigned char*>(acc) + acc_bytes)};
+}
+
+}  // namespace
 
 void CudaOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn,
                       float* mix) {
@@ -753,12 +815,9 @@ void CudaOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps,
   const float* w = prepared_f32(fn);
   if (w != nullptr && T <= kMixMaxTokens && fn.rows <= kMixMaxRows && width % 4 == 0 && aligned16(streams) &&
       aligned16(w)) {
-    const int64_t R = fn.rows;
-    const size_t acc_bytes = size_t(kMixMaxTokens * (kMixMaxRows + 1)) * sizeof(float);
-    auto* acc = static_cast<float*>(zeroed_scratch(10, acc_bytes + sizeof(unsigned)));
-    auto* ticket = reinterpret_cast<unsigned*>(reinterpret_cast<unsigned char*>(acc) + acc_bytes);
-    launch_dependent(ctx_, mhc_mix_kernel, unsigned(ceil_div(width, kMixChunk)), kMixThreads, 0, streams, int(T),
-                     width, w, int(R), eps, acc, ticket, mix);
+    const MixAccumulator a = mix_accumulator(*this);
+    launch_dependent(ctx(), mhc_mix_kernel, unsigned(ceil_div(width, kMixChunk)), kMixThreads, 0, streams, int(T),
+                     width, w, int(fn.rows), eps, a.acc, a.ticket, mix);
     DSQ_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -768,26 +827,43 @@ void CudaOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps,
   linear(fn, normed, T, mix);
 }
 
-void CudaOps::mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
-                      int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight,
-                      float norm_eps, float* x, float* post, float* comb) {
+void CudaOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
+                      const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
+                      const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
+  const int64_t width = n_streams * hidden, R = (2 + n_streams) * n_streams;
+  DSQ_CHECK(fn.rows == R && fn.cols == width, "mhc_pre: the mixing weight [", fn.rows, ", ", fn.cols,
+            "] is not [", R, ", ", width, "] for ", n_streams, " streams of ", hidden);
+  if (T <= 0) return;
   const bool vec = hidden % 4 == 0 && aligned16(streams) && aligned16(x) && (!norm_weight || aligned16(norm_weight));
+  const float* w = prepared_f32(fn);
+  const bool fused = w != nullptr && aligned16(w) && vec && T <= kMixMaxTokens && R <= kMixMaxRows;
   with_stream_count(n_streams, "mhc_pre", [&](auto n) {
     constexpr int N = decltype(n)::value;
-    if (T <= 0) return;
+    if constexpr ((2 + N) * N <= kMixMaxRows) {
+      if (fused) {
+        const MixAccumulator a = mix_accumulator(*this);
+        launch_dependent(ctx(), mhc_mix_pre_kernel<N, 4>, unsigned(ceil_div(width, kMixChunk)), kMixThreads, 0,
+                         streams, int(T), hidden, w, mix_eps, a.acc, a.ticket, base, scale, sinkhorn_iters, eps,
+                         norm_weight, norm_eps, x, post, comb);
+        DSQ_CUDA_CHECK_LAUNCH();
+        return;
+      }
+    }
+    auto* mix = static_cast<float*>(scratch(12, size_t(T * R) * sizeof(float)));
+    mhc_mix(streams, T, width, mix_eps, fn, mix);
     if (norm_weight) {
       const int threads = int(std::min<int64_t>(1024, std::max<int64_t>(32, ceil_div(vec ? hidden / 4 : hidden, 32) * 32)));
       if (vec)
-        launch_dependent(ctx_, mhc_pre_norm_kernel<N, 4>, unsigned(T), threads, 0, streams, mix, base, scale, hidden,
+        launch_dependent(ctx(), mhc_pre_norm_kernel<N, 4>, unsigned(T), threads, 0, streams, mix, base, scale, hidden,
                          sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb);
       else
-        launch_dependent(ctx_, mhc_pre_norm_kernel<N, 1>, unsigned(T), threads, 0, streams, mix, base, scale, hidden,
+        launch_dependent(ctx(), mhc_pre_norm_kernel<N, 1>, unsigned(T), threads, 0, streams, mix, base, scale, hidden,
                          sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb);
     } else if (vec)
-      launch_dependent(ctx_, mhc_pre_kernel<N, 4>, column_grid(hidden, 4, T), kThreads, 0, 
+      launch_dependent(ctx(), mhc_pre_kernel<N, 4>, column_grid(hidden, 4, T), kThreads, 0, 
           streams, mix, base, scale, hidden, sinkhorn_iters, eps, x, post, comb);
     else
-      launch_dependent(ctx_, mhc_pre_kernel<N, 1>, column_grid(hidden, 1, T), kThreads, 0, 
+      launch_dependent(ctx(), mhc_pre_kernel<N, 1>, column_grid(hidden, 1, T), kThreads, 0, 
           streams, mix, base, scale, hidden, sinkhorn_iters, eps, x, post, comb);
     DSQ_CUDA_CHECK_LAUNCH();
   });
@@ -800,9 +876,9 @@ void CudaOps::mhc_post(float* streams, const float* post, const float* comb, con
     constexpr int N = decltype(n)::value;
     if (T <= 0 || hidden <= 0) return;
     if (vec)
-      launch_dependent(ctx_, mhc_post_kernel<N, 4>, column_grid(hidden, 4, T), kThreads, 0, streams, post, comb, y, hidden);
+      launch_dependent(ctx(), mhc_post_kernel<N, 4>, column_grid(hidden, 4, T), kThreads, 0, streams, post, comb, y, hidden);
     else
-      launch_dependent(ctx_, mhc_post_kernel<N, 1>, column_grid(hidden, 1, T), kThreads, 0, streams, post, comb, y, hidden);
+      launch_dependent(ctx(), mhc_post_kernel<N, 1>, column_grid(hidden, 1, T), kThreads, 0, streams, post, comb, y, hidden);
     DSQ_CUDA_CHECK_LAUNCH();
   });
 }
@@ -814,10 +890,10 @@ void CudaOps::hc_head(const float* streams, const float* mix, const float* base,
     constexpr int N = decltype(ns)::value;
     if (n <= 0 || hidden <= 0) return;
     if (vec)
-      launch_dependent(ctx_, hc_head_kernel<N, 4>, column_grid(hidden, 4, n), kThreads, 0, streams, mix, base, scale,
+      launch_dependent(ctx(), hc_head_kernel<N, 4>, column_grid(hidden, 4, n), kThreads, 0, streams, mix, base, scale,
                                                                                         hidden, eps, out);
     else
-      launch_dependent(ctx_, hc_head_kernel<N, 1>, column_grid(hidden, 1, n), kThreads, 0, streams, mix, base, scale,
+      launch_dependent(ctx(), hc_head_kernel<N, 1>, column_grid(hidden, 1, n), kThreads, 0, streams, mix, base, scale,
                                                                                         hidden, eps, out);
     DSQ_CUDA_CHECK_LAUNCH();
   });
@@ -831,7 +907,7 @@ void CudaOps::route(const float* logits, int64_t T, int64_t n_experts, const flo
   DSQ_CHECK(k >= 1 && k <= 32 && k <= n_experts, "route: k = ", k, " outside [1, min(32, ", n_experts, ")]");
   DSQ_CHECK(!tid2eid || tokens, "route: hash routing needs the token ids");
   if (T <= 0) return;
-  launch_dependent(ctx_, route_kernel, unsigned(ceil_div(T, kRouteWarps)), 32 * kRouteWarps, 0, 
+  launch_dependent(ctx(), route_kernel, unsigned(ceil_div(T, kRouteWarps)), 32 * kRouteWarps, 0, 
       logits, T, int(n_experts), bias, tid2eid, tokens, vocab, int(k), scaling, chosen, weights);
   DSQ_CUDA_CHECK_LAUNCH();
 }

@@ -15,11 +15,14 @@ bool gpu_available() {
   return count > 0;
 }
 
-GpuContext::GpuContext() {
+GpuContext::GpuContext(StreamPriority priority) {
   int device = 0;
   DSQ_CUDA_CHECK(cudaGetDevice(&device));
   DSQ_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device));
-  DSQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  int least = 0, greatest = 0;
+  DSQ_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  DSQ_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking,
+                                              priority == StreamPriority::High ? greatest : least));
   DSQ_CUBLAS_CHECK(cublasCreate(&blas_));
   DSQ_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
   DSQ_CUBLAS_CHECK(cublasLtCreate(&blas_lt_));

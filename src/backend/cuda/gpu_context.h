@@ -14,9 +14,13 @@ namespace dsq::cuda {
 
 bool gpu_available();
 
+// The scheduling priority of a context's stream: where two streams' kernels compete for
+// the SMs, the higher one's blocks are started first.
+enum class StreamPriority { Low, High };
+
 class GpuContext {
  public:
-  GpuContext();
+  explicit GpuContext(StreamPriority priority = StreamPriority::Low);
   ~GpuContext();
   GpuContext(const GpuContext&) = delete;
   GpuContext& operator=(const GpuContext&) = delete;

@@ -28,6 +28,9 @@ enum class Op : uint8_t {
   HcHead,
   Route,
   MoeExperts,
+  StartSideWork,
+  EndSideWork,
+  WaitSideWork,
 };
 
 // Distinct segment signatures kept at most. A server sees prompts of every length, each
@@ -85,7 +88,8 @@ bool GraphReplayOps::capture(const std::vector<std::function<void()>>& work, Seg
   cudaGetLastError();  // a failed capture leaves its error as the last one; it is handled here
   cudaGraphExec_t exec = nullptr;
   if (ran && ended == cudaSuccess && graph != nullptr &&
-      cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
+      // Per-node priorities: a captured kernel keeps its lane's stream priority.
+      cudaGraphInstantiateWithFlags(&exec, graph, cudaGraphInstantiateFlagUseNodePriority) == cudaSuccess) {
     segment.graph = exec;
     ++stats_.graphs;
   }
@@ -109,7 +113,19 @@ void GraphReplayOps::flush() {
     drop_graphs();
     scratch_epoch_ = inner_->scratch_epoch();
   }
-  if (segments_.size() >= kMaxSegments && segments_.count(signature) == 0) drop_graphs();
+  // A capture must end with every lane joined: a segment that crosses open side work
+  // runs as plain launches (not remembered).
+  const bool crosses_side_work = segment_starts_open_ || side_open_;
+  segment_starts_open_ = side_open_;
+  if (crosses_side_work) {
+    run(work);
+    ++stats_.eager;
+    return;
+  }
+  if (segments_.size() >= kMaxSegments && segments_.count(signature) == 0) {
+    drop_graphs();
+    segments_.clear();
+  }
   Segment& segment = segments_[signature];
   if (segment.graph != nullptr) {
     DSQ_CUDA_CHECK(cudaGraphLaunch(segment.graph, inner_->context().stream()));
@@ -133,9 +149,10 @@ void GraphReplayOps::flush() {
 }
 
 void GraphReplayOps::drop_graphs() {
-  for (auto& [signature, segment] : segments_)
+  for (auto& [signature, segment] : segments_) {
     if (segment.graph != nullptr) cudaGraphExecDestroy(segment.graph);
-  segments_.clear();
+    segment.graph = nullptr;
+  }
   stats_.graphs = 0;
 }
 
@@ -211,6 +228,21 @@ void GraphReplayOps::update_window(float* ring, const float* new_keys, int64_t p
 
 // ---- pure ops: deferred and signed ----
 
+void GraphReplayOps::start_side_work() {
+  DSQ_CHECK(!side_open_, "start_side_work: side work is already open");
+  side_open_ = enabled_;
+  defer([this] { inner_->start_side_work(); }, Op::StartSideWork);
+}
+
+void GraphReplayOps::end_side_work() {
+  defer([this] { inner_->end_side_work(); }, Op::EndSideWork);
+}
+
+void GraphReplayOps::wait_side_work() {
+  defer([this] { inner_->wait_side_work(); }, Op::WaitSideWork);
+  side_open_ = false;
+}
+
 void GraphReplayOps::linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) {
   const QuantizedMatrix* wp = &w;
   defer([=, this] { inner_->linear(*wp, x, n, y); }, Op::Linear, wp, x, n, y);
@@ -277,16 +309,18 @@ void GraphReplayOps::mhc_mix(const float* streams, int64_t T, int64_t width, flo
   defer([=, this] { inner_->mhc_mix(streams, T, width, eps, *fp, mix); }, Op::MhcMix, streams, T, width, eps, fp, mix);
 }
 
-void GraphReplayOps::mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
-                             int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
-                             const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
+void GraphReplayOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps,
+                             const float* base, const float* scale, int64_t n_streams, int64_t hidden,
+                             int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x,
+                             float* post, float* comb) {
+  const QuantizedMatrix* fp = &fn;
   defer(
       [=, this] {
-        inner_->mhc_pre(streams, mix, base, scale, T, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x,
-                        post, comb);
+        inner_->mhc_pre(streams, T, *fp, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters, eps, norm_weight,
+                        norm_eps, x, post, comb);
       },
-      Op::MhcPre, streams, mix, base, scale, T, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x, post,
-      comb);
+      Op::MhcPre, streams, T, fp, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps,
+      x, post, comb);
 }
 
 void GraphReplayOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T,

@@ -16,7 +16,8 @@
 //  - from then on: the graph is launched instead.
 // A graph is a recording of exactly those calls with exactly those arguments, so replay
 // is the same work; what could differ is CudaOps' own memory (scratch buffers are
-// reallocated when they grow): when CudaOps reports that, every graph is dropped. A
+// reallocated when they grow): when CudaOps reports that, every graph is dropped (and
+// captured again at the segment's next sighting). A
 // segment whose capture fails (an op that waits for the device, e.g. the many-token MoE
 // path reading its expert counts) runs as plain launches from then on; set
 // DSQ_GRAPH_TRACE=1 to have each failure's reason printed. At most 4,096 signatures are
@@ -26,6 +27,11 @@
 // In a decode step the segments are "everything between two layers' attention-state
 // ops": one graph launch and ~6 direct launches per layer. Prefill chunks of equal
 // length repeat too and take the same path.
+//
+// Side work (start/end/wait_side_work) is deferred like a pure op, so a segment that
+// opens and waits for its side work is captured with both lanes as one graph of two
+// branches. A segment that ends while side work is open (a boundary op between the start
+// and the wait) runs as plain launches, still on two lanes.
 //
 // Deferred work runs, in order, no later than the next call that is not a pure op
 // (to_host, synchronize, alloc, upload, upload_into, grow_rows, copy and the stateful
@@ -75,6 +81,9 @@ class GraphReplayOps final : public backend::Ops {
   const int64_t* resident(const std::vector<int64_t>& host) override { return inner_->resident(host); }
   void copy(float* dst, const float* src, int64_t n) override;
   void synchronize() override;
+  void start_side_work() override;
+  void end_side_work() override;
+  void wait_side_work() override;
 
   void linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) override;
   void linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
@@ -93,9 +102,9 @@ class GraphReplayOps final : public backend::Ops {
                      float* streams) override;
   void mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn,
                float* mix) override;
-  void mhc_pre(const float* streams, const float* mix, const float* base, const float* scale, int64_t T,
-               int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight,
-               float norm_eps, float* x, float* post, float* comb) override;
+  void mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
+               const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
+               const float* norm_weight, float norm_eps, float* x, float* post, float* comb) override;
   void mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T,
                 int64_t n_streams, int64_t hidden) override;
   void hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,
@@ -139,6 +148,7 @@ class GraphReplayOps final : public backend::Ops {
   // Runs `work` under stream capture and launches the graph; false (nothing ran) if the
   // capture failed.
   bool capture(const std::vector<std::function<void()>>& work, Segment& segment);
+  // Destroys every kept graph; the segments stay known (seen before: captured next time).
   void drop_graphs();
 
   std::shared_ptr<CudaOps> inner_;
@@ -147,6 +157,8 @@ class GraphReplayOps final : public backend::Ops {
   std::unordered_map<std::string, Segment> segments_;
   uint64_t scratch_epoch_ = 0;
   bool enabled_ = true;
+  bool side_open_ = false;           // started and not yet waited for
+  bool segment_starts_open_ = false;  // side work was open when the pending segment began
   Stats stats_;
 };
 

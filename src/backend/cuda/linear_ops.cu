@@ -505,7 +505,7 @@ void CudaOps::linear_many(const QuantizedMatrix* const* ws, float* const* ys, in
   }
   for (int b = 0; b < 2; ++b)
     if (!by_dtype[b].empty())
-      dense_gemv_many(ctx_, by_dtype[b].data(), int(by_dtype[b].size()), b == 1, ws[0]->cols, x, ws[0]->cols, n);
+      dense_gemv_many(ctx(), by_dtype[b].data(), int(by_dtype[b].size()), b == 1, ws[0]->cols, x, ws[0]->cols, n);
 }
 
 void CudaOps::linear_grouped(const QuantizedMatrix& w, int64_t groups, const float* x, int64_t n, float* y) {
@@ -525,7 +525,7 @@ void CudaOps::moe_experts(const float* x, int64_t T, int64_t hidden, const backe
   if (T == 0) return;
   PreparedExperts& pe = prepared_experts(linears_, experts, n_experts, hidden, precision_);
   const int64_t E = n_experts, H = hidden, F = pe.inter, entries = T * k;
-  const cudaStream_t stream = ctx_.stream();
+  const cudaStream_t stream = ctx().stream();
   // λ <= 0 means no clamp (cpu/swiglu.h); the kernels always clamp, at ±∞ then.
   const float clamp = limit > 0 ? limit : INFINITY;
 
@@ -535,7 +535,7 @@ void CudaOps::moe_experts(const float* x, int64_t T, int64_t hidden, const backe
     auto* gate_up = static_cast<float*>(scratch(kSlotMoeGate, need.gate_up_partials * sizeof(float)));
     auto* h = static_cast<__nv_bfloat16*>(scratch(kSlotMoeUp, need.activations * sizeof(__nv_bfloat16)));
     auto* down = static_cast<float*>(scratch(kSlotMoeOut, need.down_partials * sizeof(float)));
-    int4_moe_decode(ctx_, *pe.gate_up, *pe.down, x, T, chosen, weights, k, clamp, out, gate_up, h, down);
+    int4_moe_decode(ctx(), *pe.gate_up, *pe.down, x, T, chosen, weights, k, clamp, out, gate_up, h, down);
     return;
   }
 
@@ -555,7 +555,7 @@ void CudaOps::moe_experts(const float* x, int64_t T, int64_t hidden, const backe
   std::vector<int64_t> offsets(size_t(E + 1));
   DSQ_CUDA_CHECK(cudaMemcpyAsync(offsets.data(), first_row, offsets.size() * sizeof(int64_t),
                                  cudaMemcpyDeviceToHost, stream));
-  ctx_.synchronize();
+  ctx().synchronize();
   DSQ_CHECK(offsets[size_t(E)] == entries, "moe_experts: ", entries - offsets[size_t(E)],
             " routing entries name an expert outside [0, ", E, ")");
 
@@ -571,8 +571,8 @@ void CudaOps::moe_experts(const float* x, int64_t T, int64_t hidden, const backe
     auto* dequant = most_rows > kDecodeMaxRows
                         ? static_cast<__nv_bfloat16*>(scratch(kSlotInt4Dequant, size_t(2 * F * H) * sizeof(__nv_bfloat16)))
                         : nullptr;
-    int4_grouped_swiglu(ctx_, *pe.gate_up, xb, offsets, clamp, h, gate_up, dequant);
-    int4_grouped_linear(ctx_, *pe.down, h, offsets, y_rows, dequant);
+    int4_grouped_swiglu(ctx(), *pe.gate_up, xb, offsets, clamp, h, gate_up, dequant);
+    int4_grouped_linear(ctx(), *pe.down, h, offsets, y_rows, dequant);
   } else {
     auto* xr = static_cast<float*>(scratch(kSlotMoeRows, size_t(entries * H) * sizeof(float)));
     gather_token_rows_kernel<<<blocks_for(entries * H), kThreads, 0, stream>>>(x, row_token, entries, H, xr);
