@@ -15,8 +15,10 @@
 // entries — all visible for HCA, top-k for CSA — and the CSA indexer's keys) divided
 // by the device-to-device copy bandwidth measured here. Decode runs as served, through
 // GraphReplayOps (repeating work replayed as CUDA graphs), and again with every kernel
-// launched directly, for comparison. Then one plain step between cudaProfilerStart/Stop
-// (for `ncu --profile-from-start off`: every kernel of one step, timed alone), and the
+// launched directly, for comparison. Then one replayed step between
+// cudaProfilerStart/Stop (for `ncu --profile-from-start off`: every kernel of one step,
+// timed alone; or `nsys profile --capture-range=cudaProfilerApi --cuda-graph-trace=node`:
+// the step's timeline, both lanes), and the
 // same steps once more through backend::ProfilingOps, printing where a step's time goes,
 // op by op.
 #include <algorithm>
@@ -134,25 +136,36 @@ int main(int argc, char** argv) try {
   const double prefill_s = seconds_since(t0);
 
   int64_t next = prompt.back();
+  // Median step time, and the median host time to issue a step: the step's wall time
+  // less the time spent waiting for the device in to_host (the logits' copy, last). When
+  // the issue time nears the step time, the host, not the GPU, sets the pace.
+  struct Decode {
+    double step_s, issue_s;
+  };
   auto decode_steps = [&](int64_t n) {
-    std::vector<double> step_s;
+    std::vector<double> step_s, issue_s;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t tok[] = {next};
+      const double waited = ops->to_host_seconds();
       t0 = std::chrono::steady_clock::now();
       const dsq::Tensor logits = m.forward({{&s, tok}}, dsq::model::LogitRows::Last);  // waits for the GPU
       step_s.push_back(seconds_since(t0));
+      issue_s.push_back(step_s.back() - (ops->to_host_seconds() - waited));
       next = 2 + (next + 1) % (c.vocab_size - 2);
       (void)logits;
     }
     std::sort(step_s.begin(), step_s.end());
-    return step_s[step_s.size() / 2];
+    std::sort(issue_s.begin(), issue_s.end());
+    return Decode{step_s[step_s.size() / 2], issue_s[issue_s.size() / 2]};
   };
   decode_steps(3);  // the first sightings and captures of the decode step's segments
   const dsq::cuda::GraphReplayOps::Stats before = graphs->stats();
-  const double median = decode_steps(o.steps);
+  const Decode replayed = decode_steps(o.steps);
   const dsq::cuda::GraphReplayOps::Stats after = graphs->stats();
   graphs->set_enabled(false);
-  const double plain_median = decode_steps(o.steps);
+  const Decode plain = decode_steps(o.steps);
+  const double median = replayed.step_s, plain_median = plain.step_s;
+  graphs->set_enabled(true);
   {
     const int64_t tok[] = {next};
     DSQ_CUDA_CHECK(cudaProfilerStart());
@@ -189,6 +202,9 @@ int main(int argc, char** argv) try {
   md << line;
   std::snprintf(line, sizeof line, "| the same, every kernel launched directly (no CUDA graphs) | %.3f ms | | %.1f %% |\n",
                 plain_median * 1e3, 100.0 * roofline_s / plain_median);
+  md << line;
+  std::snprintf(line, sizeof line, "| host time to issue a step (median): with graphs / without | %.3f / %.3f ms | | |\n",
+                replayed.issue_s * 1e3, plain.issue_s * 1e3);
   md << line;
   std::snprintf(line, sizeof line,
                 "\nCUDA-graph replay (per decode step, over the %lld timed steps): %.1f segments replayed, %.1f "
