@@ -246,7 +246,7 @@ struct Fp8Op {
 // fp32-in / fp32-out call CudaOps makes ("f32 op": quantization from fp32 included);
 // the plain row is bf16 in and out.
 void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op& op,
-               const std::vector<int64_t>& Ms, bool decode, int steps = 0) {
+               const std::vector<int64_t>& Ms, bool decode, int steps = 0, Fp8Path path = Fp8Path::Auto) {
   const int64_t rows = op.N * op.groups, XW = op.K * op.groups;
   const size_t scale_count = size_t(((rows + 127) / 128) * (op.K / 128));
   const size_t wbytes = size_t(rows * op.K) + scale_count * 4;
@@ -259,8 +259,12 @@ void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op
   std::vector<std::unique_ptr<Fp8BlockLinear>> w;
   for (int i = 0; i < copies; ++i)
     w.push_back(std::make_unique<Fp8BlockLinear>(values.data(), scales.data(), rows, op.K, op.name, op.groups));
-  for (auto& lin : w) lin->set_decode_steps(steps);
-  const std::string name = steps ? std::string(op.name) + " steps " + std::to_string(steps) : op.name;
+  for (auto& lin : w) {
+    lin->set_decode_steps(steps);
+    lin->set_path(path);
+  }
+  std::string name = steps ? std::string(op.name) + " steps " + std::to_string(steps) : op.name;
+  if (path == Fp8Path::Decode) name += " decode kernel";
   const int64_t maxM = *std::max_element(Ms.begin(), Ms.end());
   DeviceBuffer<__nv_bfloat16> x(size_t(maxM * XW)), y(size_t(maxM * rows));
   fill_bf16(x.get(), x.size(), 9);
@@ -689,6 +693,8 @@ int run(int argc, char** argv) {
       bench_fp8(ctx, tm, lim, op, Ms, decode);
       if (decode && tune && op.N * op.K * op.groups >= (int64_t(32) << 20))  // the large projections
         for (int steps : {1, 2, 4}) bench_fp8(ctx, tm, lim, op, {1, 2, 4, 8, 16}, decode, steps);
+      if (decode && tune)  // the decode kernel past the Auto threshold
+        bench_fp8(ctx, tm, lim, op, {24, 32, 64}, decode, 0, Fp8Path::Decode);
     }
     if (wanted("fp8 wq_a+wkv concatenated [1536,4096]")) {
       // V4-Flash's wq_a and wkv concatenated, as linear_many runs them.
@@ -708,7 +714,8 @@ int run(int argc, char** argv) {
        "active experts' int4+scales + activations + fp32 output. Experts with < 9 rows run the "
        "tensor-core W4A16 decode kernel (mma.sync), experts with more rows the grouped wgmma GEMM; "
        "prefill rows marked gemm / mma / deq+cuBLAS force one path for every expert.\n"
-       "FP8 rows: M <= 16 runs dsq's decode kernel (activation quantization fused), larger M "
+       "FP8 rows: M <= 16 (grouped wo_a: M <= 64) runs dsq's wgmma decode kernel (activation "
+       "quantization fused), larger M "
        "quantizes activations then runs cuBLASLt's 128x128 block-scaled GEMM (bf16 in and out; "
        "'gemm only' = the GEMM on activations quantized beforehand, 'f32 op' = fp32 in and out as "
        "CudaOps calls it, quantization from fp32 included). wo_a: one call for all 8 groups.\n"

@@ -309,7 +309,7 @@ TEST_F(CudaLinearOps, LinearManySharesOneInput) {
   CudaOps fast(Precision::Fast), exact(Precision::F32);
   // M = 16: the largest row count the FP8 decode kernel takes for the concatenated
   // wq_a + wkv (one launch, outputs split over the two targets).
-  for (int64_t M : {int64_t(1), int64_t(5), int64_t(16), int64_t(64), int64_t(300)}) {
+  for (int64_t M : {int64_t(1), int64_t(5), int64_t(9), int64_t(16), int64_t(64), int64_t(300)}) {
     const std::vector<float> x = normals(M * H, rng);
     CudaOps* ops[2] = {&exact, &fast};
     std::vector<std::vector<float>> got[2];
@@ -335,6 +335,14 @@ TEST_F(CudaLinearOps, LinearManySharesOneInput) {
   }
 }
 
+// V4-Flash's FP8 projections at the decode kernel's two-tile row counts (9 to 16 tokens:
+// two 8-token wgmma tiles), which kRowCounts skips.
+TEST_F(CudaLinearOps, LinearFp8DecodeTwoTokenTiles) {
+  uint64_t seed = 240;
+  for (const LinearShape& s : kFlashLinears) check_linear(s.name, Format::Fp8E8m0, s.rows, s.cols, 1, seed++, {9, 16});
+  check_linear("flash wq_b 32768x1024", Format::Fp8F32, 32768, 1024, 1, seed++, {13});
+}
+
 // attn.wo_a: tiny-a (2 groups of 16 rows × 64 inputs), tiny-brown (2 × 128 × 256, where
 // FP8 runs per group) and V4-Flash (8 groups of 1024 rows × 4096 inputs).
 TEST_F(CudaLinearOps, LinearGroupedEveryFormat) {
@@ -347,9 +355,10 @@ TEST_F(CudaLinearOps, LinearGroupedEveryFormat) {
 }
 
 // V4-Flash's FP8 wo_a (8 groups of [1024, 4096]) at the decode sizes the one-launch
-// grouped kernel takes: M = 1, 3, 16 and a ragged 11.
+// grouped kernel takes: M = 1, 3, 9 (the first with a second 8-token tile), 16, a ragged
+// 11 and 33 (grouped weights stay on the decode kernel up to 64 rows).
 TEST_F(CudaLinearOps, LinearGroupedFp8DecodeOneLaunch) {
-  check_linear("flash wo_a 8x1024x4096", Format::Fp8E8m0, 8192, 4096, 8, 230, {1, 3, 11, 16});
+  check_linear("flash wo_a 8x1024x4096", Format::Fp8E8m0, 8192, 4096, 8, 230, {1, 3, 9, 11, 16, 33});
   check_linear("flash wo_a 8x1024x4096", Format::Fp8F32, 8192, 4096, 8, 231, {2, 16});
 }
 

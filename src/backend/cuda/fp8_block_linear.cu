@@ -33,10 +33,32 @@ __device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
   const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
   v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
+// The same from the raw 16-byte words (loaded earlier, converted only where used).
+template <typename X>
+__device__ __forceinline__ void unpack8(const uint4 (&raw)[sizeof(X) / 2], float (&v)[8]) {
+  if constexpr (std::is_same_v<X, float>) {
+    const float* f = reinterpret_cast<const float*>(raw);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = f[i];
+  } else {
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __bfloat1622float2(h[i]);
+      v[2 * i] = f.x, v[2 * i + 1] = f.y;
+    }
+  }
+}
 
 // The e4m3 code of v·inv (round to nearest, saturating), as every kernel here quantizes.
 __device__ __forceinline__ uint32_t e4m3_code(float v, float inv) {
   return uint32_t(__nv_cvt_float_to_fp8(v * inv, __NV_SATFINITE, __NV_E4M3));
+}
+// The same for v[0..3], packed little-endian (two conversions of two values each).
+__device__ __forceinline__ uint32_t e4m3_code4(const float* v, float inv) {
+  const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(v[0] * inv, v[1] * inv), __NV_SATFINITE, __NV_E4M3);
+  const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(v[2] * inv, v[3] * inv), __NV_SATFINITE, __NV_E4M3);
+  return lo | hi << 16;
 }
 
 // 16 threads per (row, 128-wide K block), 8 elements each: one 16- or 32-byte load and
@@ -78,8 +100,9 @@ __device__ float e4m3_to_float(uint8_t v) {
 // Grid: (N/128 column blocks) × (K/(256·R) slices). Each block finds the output range
 // (DecodeOutputs) its 128 rows belong to, quantizes its own slice of that range's x
 // columns (1×128 blocks, exactly as quantize_act_kernel does; x is small and stays in
-// L2) and multiplies it with 128 rows of W (one 16-row tile per warp), R steps of 256
-// inputs with the next step's weights loading during the current one. The results of
+// L2) and multiplies it with 128 rows of W (one 16-row tile per warp, one m64 wgmma
+// operand per warpgroup), R steps of 256 inputs with the next step's weights loading
+// during the current one. The results of
 // each 8-token tile pass through shared memory so that every thread then owns 4
 // consecutive columns of one token: a single slice stores y directly; otherwise the
 // blocks add their fp32 partial sums into the workspace accumulator with one 16-byte
@@ -90,11 +113,16 @@ __device__ float e4m3_to_float(uint8_t v) {
 // issued before it waits for the previous kernel, which may have written x, and before
 // it touches the workspace that the previous run may still be finalizing.
 //
-// Swapped operands: W is the mma's A, the tokens are its B (8 per tile). For m16n8k32
-// each lane must hold A bytes k = 4t..4t+3 and 16+4t..16+4t+3 of rows g and g+8; we
-// instead load 16 contiguous bytes k = 16t..16t+15 of a 64-wide block per row and read
-// them as two k32 steps, step s taking bytes 16t+8s..+3 as the "4t" part and
-// 16t+8s+4..+7 as the "16+4t" part. B is read with the same permutation, so the dot
+// Swapped operands: W is the A operand (registers), the tokens are B (shared memory, 8
+// per tile) of wgmma m64n8k32 e4m3, the warpgroup-wide FP8 tensor-core instruction
+// (sm_90a). mma.sync with e4m3 operands has no FP8 datapath on sm_90: ptxas turns it
+// into e4m3->f16 conversions plus f16 HMMAs, and at 16 tokens those conversions made the
+// kernel issue-bound (measured: 58-59 % of copy at M = 16, 77-80 % at M <= 8). Each
+// warp's 16 rows form one m16 slice of the m64 A fragment, whose lanes must hold bytes
+// k = 4t..4t+3 and 16+4t..16+4t+3 of rows g and g+8; we instead load 16 contiguous
+// bytes k = 16t..16t+15 of a 64-wide block per row and read them as two k32 steps, step s
+// taking bytes 16t+8s..+3 as the "4t" part and 16t+8s+4..+7 as the "16+4t" part. The
+// quantized x is written to shared memory in that same permuted k order, so the dot
 // products are unchanged, and W needs no re-layout.
 constexpr int kDecStep = 256;                  // K per step
 constexpr int kDecWarps = 8;                   // 16 rows of N each
@@ -111,42 +139,90 @@ struct DecodeOutputs {
   Y* y[kFp8MaxOutputs];
 };
 
-__device__ __forceinline__ void mma_e4m3_16832(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                               uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+// wgmma m64n(8·MT)k32 (f32 += e4m3 × e4m3), A from registers, B (MT 8-token tiles)
+// through a shared-memory descriptor; accumulate == 0 overwrites d. d[4m .. 4m+3] is
+// token tile m's C fragment (rows g, g+8 × tokens 2t, 2t+1), as in mma.m16n8k32.
+template <int MT>
+__device__ void wgmma_e4m3(float (&d)[4 * MT], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint64_t b_desc,
+                           int accumulate);
+#define DSQ_ACC4(d, i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
+template <>
+__device__ __forceinline__ void wgmma_e4m3<1>(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                              uint64_t b_desc, int accumulate) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n8k32.f32.e4m3.e4m3 "
+               "{%0,%1,%2,%3}, "
+               "{%4,%5,%6,%7}, %8, p, 1, 1;\n}\n"
+               : DSQ_ACC4(d, 0)
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b_desc), "r"(accumulate));
+}
+template <>
+__device__ __forceinline__ void wgmma_e4m3<2>(float (&d)[8], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                              uint64_t b_desc, int accumulate) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3 "
+               "{%0,%1,%2,%3,%4,%5,%6,%7}, "
+               "{%8,%9,%10,%11}, %12, p, 1, 1;\n}\n"
+               : DSQ_ACC4(d, 0), DSQ_ACC4(d, 4)
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b_desc), "r"(accumulate));
+}
+template <>
+__device__ __forceinline__ void wgmma_e4m3<4>(float (&d)[16], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                              uint64_t b_desc, int accumulate) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3 "
+               "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+               "{%16,%17,%18,%19}, %20, p, 1, 1;\n}\n"
+               : DSQ_ACC4(d, 0), DSQ_ACC4(d, 4), DSQ_ACC4(d, 8), DSQ_ACC4(d, 12)
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b_desc), "r"(accumulate));
+}
+template <>
+__device__ __forceinline__ void wgmma_e4m3<8>(float (&d)[32], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                              uint64_t b_desc, int accumulate) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+               "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+               "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+               "{%32,%33,%34,%35}, %36, p, 1, 1;\n}\n"
+               : DSQ_ACC4(d, 0), DSQ_ACC4(d, 4), DSQ_ACC4(d, 8), DSQ_ACC4(d, 12), DSQ_ACC4(d, 16), DSQ_ACC4(d, 20),
+                 DSQ_ACC4(d, 24), DSQ_ACC4(d, 28)
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b_desc), "r"(accumulate));
+}
+#undef DSQ_ACC4
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Keeps the compiler from touching accumulators across the asynchronous wgmma.
+__device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+// Shared-memory descriptor of a K-major operand in the 128-byte swizzle (as
+// int4_linear.cu's prefill GEMM uses it): rows of 128 k bytes, 16-byte chunk c of row r
+// stored at chunk c ^ (r % 8), 8-row groups 1024 bytes apart (stride byte offset), leading
+// offset unused (1). A k32 step within the row starts 32 bytes further.
+__device__ __forceinline__ uint64_t smem_desc_sw128(const void* smem) {
+  const uint32_t addr = uint32_t(__cvta_generic_to_shared(smem));
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
 }
 
-// 4 blocks of 64 inputs × rows {g, g+8} of one step: 8 independent 16-byte loads per lane.
-__device__ __forceinline__ void load_step(uint4 (&wv)[4][2], const uint8_t* r0, int K) {
+// 4 blocks of 64 inputs × rows {g, g+8} of one step: 8 independent 16-byte loads per lane
+// (zeros for a warp past N, which still takes part in its warpgroup's wgmma).
+__device__ __forceinline__ void load_step(uint4 (&wv)[4][2], const uint8_t* r0, int K, bool active) {
 #pragma unroll
   for (int b = 0; b < 4; ++b) {
-    wv[b][0] = __ldcs(reinterpret_cast<const uint4*>(r0 + 64 * b));
-    wv[b][1] = __ldcs(reinterpret_cast<const uint4*>(r0 + size_t(8) * K + 64 * b));
+    wv[b][0] = active ? __ldcs(reinterpret_cast<const uint4*>(r0 + 64 * b)) : make_uint4(0, 0, 0, 0);
+    wv[b][1] = active ? __ldcs(reinterpret_cast<const uint4*>(r0 + size_t(8) * K + 64 * b)) : make_uint4(0, 0, 0, 0);
   }
 }
 
-// Four consecutive activations as fp32, from bf16 (8 bytes) or fp32 (16 bytes).
-__device__ __forceinline__ void load4(const __nv_bfloat16* p, float (&v)[4]) {
-  const uint2 raw = *reinterpret_cast<const uint2*>(p);
-  const __nv_bfloat162 lo = *reinterpret_cast<const __nv_bfloat162*>(&raw.x);
-  const __nv_bfloat162 hi = *reinterpret_cast<const __nv_bfloat162*>(&raw.y);
-  v[0] = __low2float(lo), v[1] = __high2float(lo), v[2] = __low2float(hi), v[3] = __high2float(hi);
-}
-__device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
-  const float4 f = *reinterpret_cast<const float4*>(p);
-  v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-}
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 
 // Blocks per SM the decode kernel is compiled for: four (<= 64 registers) for one step
-// per block, whose weights then stream from 4 blocks per SM; two for the double-buffered
-// steps, which need more registers than that.
-constexpr int decode_min_blocks(int MT, int R) { return MT > 2 ? 1 : R == 1 ? 4 : 2; }
+// per block and one token tile, whose weights then stream from 4 blocks per SM; three
+// for two tiles (which spill at 64); two for the double-buffered steps, which need more
+// registers than that.
+constexpr int decode_min_blocks(int MT, int R) { return MT > 2 ? 1 : R > 1 ? 2 : MT == 1 ? 4 : 3; }
 
 // X, Y: the activation and output types (bf16, or fp32 for CudaOps' fp32 activations,
 // which saves it a conversion launch on each side).
@@ -156,8 +232,10 @@ __global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
                       int64_t x_ld, float* __restrict__ acc, unsigned* __restrict__ tickets,
                       const DecodeOutputs<Y> out, int M, int N, int K) {
   constexpr int kSlice = R * kDecStep;
-  constexpr int kRowStride = kSlice + 64;  // bytes; conflict-free 16-byte reads
-  __shared__ __align__(16) uint8_t xs[MT * 8 * kRowStride];
+  // Quantized x as wgmma B, in permuted k order (see above): 128-wide K block h and token
+  // tile m form one 1024-byte swizzle atom at (h·MT + m)·1024 (smem_desc_sw128), so the
+  // MT tiles of one K block are one m64n(8·MT) operand.
+  __shared__ __align__(1024) uint8_t xs[MT * 8 * kSlice];
   __shared__ float x_scale[MT * 8][2 * R];
   __shared__ __align__(16) float tile[8][kTileStride];
   __shared__ bool last_block;
@@ -170,8 +248,15 @@ __global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
   const uint8_t* wrow = w + size_t(n0 + g) * K + k0 + 16 * t;
   allow_dependent_launch();
 
+  // With 4 steps, two are in flight from the start (both register buffers), the next one
+  // issued as soon as a step's wgmmas are done with its buffer. With 2 steps the second
+  // is issued only after the wait: requesting all of a block's weights before it cost
+  // 4-6 points of copy bandwidth at M = 1-16 on an H100 (with 4 steps, two early steps
+  // gained 3-4 points at M = 1-8).
+  constexpr bool kEarly = R >= 4;
   uint4 wv[R > 1 ? 2 : 1][4][2];
-  if (active) load_step(wv[0], wrow, K);
+  load_step(wv[0], wrow, K, active);
+  if constexpr (kEarly) load_step(wv[1], wrow + kDecStep, K, active);
   // The range of this block's rows (ranges start on 128-row boundaries).
   int range = 0;
   while (range + 1 < out.count && c0 >= out.end[range]) ++range;
@@ -180,62 +265,84 @@ __global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
   const int y_ld = out.ld[range];
   const X* const xr = x + out.x_col[range] + k0;
   wait_for_previous_kernel();  // x is written, the workspace is clean
-  // Quantize the x slice: one warp per (row, 128-block), 4 values per lane. A fixed trip
-  // count, unrolled, so that all of a warp's loads are in flight together (at 16 rows
-  // one after another they cost more than the block's weight streaming).
-  constexpr int kTasks = MT * 2 * R;  // per warp
-  float v[kTasks][4];
+  // Quantize the x slice: half a warp per (row, 128-block), 8 values per lane, in rounds
+  // of a fixed trip count, unrolled, so that a round's loads are all in flight together
+  // (one after another they cost more than the block's weight streaming). A round holds
+  // at most 32 registers of raw activations next to the two weight steps in flight.
+  constexpr int kTasks = MT * R;  // per warp: MT·8 rows × 2R blocks over 16 half-warps
+  constexpr int kRawWords = sizeof(X) / 2;  // 16-byte words per 8 values
+  constexpr int kRound = kTasks < 8 / kRawWords ? kTasks : 8 / kRawWords;
+  const int hl = lane % 16;
+  // Where this lane's 8 bytes (physical k = h·128 + 8·hl) go in the permuted k order: in
+  // 64-block hl / 8, 16-byte part (hl % 8) / 2, k32 step hl % 2, the low 4 bytes at
+  // logical 4·part, the high 4 at 16 + 4·part of that step.
+  const int logical = (hl / 8) * 64 + (hl % 2) * 32 + 4 * ((hl % 8) / 2);  // within the 128-block
 #pragma unroll
-  for (int it = 0; it < kTasks; ++it) {
-    const int p = warp + it * kDecWarps, r = p / (2 * R), h = p % (2 * R);
-    v[it][0] = v[it][1] = v[it][2] = v[it][3] = 0.0f;
-    if (r < M) load4(xr + size_t(r) * x_ld + h * kBlock + lane * 4, v[it]);
-  }
+  for (int round = 0; round < kTasks; round += kRound) {
+    uint4 raw[kRound][kRawWords];
 #pragma unroll
-  for (int it = 0; it < kTasks; ++it) {
-    const int p = warp + it * kDecWarps, r = p / (2 * R), h = p % (2 * R);
-    float amax = fmaxf(fmaxf(fabsf(v[it][0]), fabsf(v[it][1])), fmaxf(fabsf(v[it][2]), fabsf(v[it][3])));
-    for (int off = 16; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    // Rows past M (all zero) get scale 0: they contribute nothing.
-    const float scale = r >= M ? 0.0f : amax > 0.0f ? amax / kE4m3Max : 1.0f;
-    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-    uint32_t packed = 0;
-    for (int i = 0; i < 4; ++i) packed |= e4m3_code(v[it][i], inv) << (8 * i);
-    *reinterpret_cast<uint32_t*>(xs + r * kRowStride + h * kBlock + lane * 4) = packed;
-    if (lane == 0) x_scale[r][h] = scale;
+    for (int it = 0; it < kRound; ++it) {
+      const int p = 2 * (warp + (round + it) * kDecWarps) + lane / 16, r = p / (2 * R), h = p % (2 * R);
+      const uint4* src = reinterpret_cast<const uint4*>(xr + size_t(r) * x_ld + h * kBlock + hl * 8);
+#pragma unroll
+      for (int q = 0; q < kRawWords; ++q) raw[it][q] = r < M ? src[q] : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int it = 0; it < kRound; ++it) {
+      const int p = 2 * (warp + (round + it) * kDecWarps) + lane / 16, r = p / (2 * R), h = p % (2 * R);
+      float v[8];
+      unpack8<X>(raw[it], v);
+      float amax = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
+      for (int off = 8; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+      // Rows past M (all zero) get scale 0: they contribute nothing.
+      const float scale = r >= M ? 0.0f : amax > 0.0f ? amax / kE4m3Max : 1.0f;
+      const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+      uint8_t* row = xs + (h * MT + r / 8) * 1024 + (r % 8) * 128;
+      const int n = r % 8;
+      *reinterpret_cast<uint32_t*>(row + 16 * ((logical / 16) ^ n) + logical % 16) = e4m3_code4(v, inv);
+      *reinterpret_cast<uint32_t*>(row + 16 * ((logical / 16 + 1) ^ n) + logical % 16) = e4m3_code4(v + 4, inv);
+      if (hl == 0) x_scale[r][h] = scale;
+    }
   }
+  // wgmma reads xs through the async proxy: make the generic-proxy stores visible to it.
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   __syncthreads();
 
   float sum[MT][4] = {};
-  if (active) {
 #pragma unroll
-    for (int step = 0; step < R; ++step) {
-      if (step + 1 < R) load_step(wv[(step + 1) % 2], wrow + (step + 1) * kDecStep, K);
-      const uint4 (&cur)[4][2] = wv[step % 2];
+  for (int step = 0; step < R; ++step) {
+    if (!kEarly && step + 1 < R) load_step(wv[(step + 1) % 2], wrow + (step + 1) * kDecStep, K, active);
+    uint4 (&cur)[4][2] = wv[step % 2];
+    float part[2][4 * MT];  // the two 128-wide scale blocks of the step
+    wgmma_fence();
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {  // the two 128-wide scale blocks of the step
-        float part[MT][4] = {};
+    for (int b = 0; b < 4; ++b) {
+      // The 64-block's two permuted k32 steps: bytes 64·(b%2) and +32 of its atoms' rows.
+      const uint8_t* base = xs + (2 * step + b / 2) * MT * 1024 + 64 * (b % 2);
+      wgmma_e4m3<MT>(part[b / 2], cur[b][0].x, cur[b][1].x, cur[b][0].y, cur[b][1].y, smem_desc_sw128(base),
+                     b % 2);
+      wgmma_e4m3<MT>(part[b / 2], cur[b][0].z, cur[b][1].z, cur[b][0].w, cur[b][1].w, smem_desc_sw128(base + 32), 1);
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+    // The buffer is free again: the step after next streams into it during this one's sums.
+    if (kEarly && step + 2 < R) load_step(cur, wrow + (step + 2) * kDecStep, K, active);
 #pragma unroll
-        for (int b = 2 * half; b < 2 * half + 2; ++b) {
+    for (int half = 0; half < 2; ++half) {
 #pragma unroll
-          for (int m = 0; m < MT; ++m) {
-            const uint4 xv =
-                *reinterpret_cast<const uint4*>(xs + (m * 8 + g) * kRowStride + step * kDecStep + 64 * b + 16 * t);
-            mma_e4m3_16832(part[m], cur[b][0].x, cur[b][1].x, cur[b][0].y, cur[b][1].y, xv.x, xv.y);
-            mma_e4m3_16832(part[m], cur[b][0].z, cur[b][1].z, cur[b][0].w, cur[b][1].w, xv.z, xv.w);
-          }
-        }
-        const int h = 2 * step + half;
-        const float ws = __ldg(w_scales + size_t(n0 / kBlock) * (K / kBlock) + k0 / kBlock + h);
+      for (int j = 0; j < 4 * MT; ++j) fence_operand(part[half][j]);
+      const int h = 2 * step + half;
+      const float ws = active ? __ldg(w_scales + size_t(n0 / kBlock) * (K / kBlock) + k0 / kBlock + h) : 0.0f;
 #pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          const float s0 = ws * x_scale[m * 8 + 2 * t][h];
-          const float s1 = ws * x_scale[m * 8 + 2 * t + 1][h];
-          sum[m][0] += part[m][0] * s0;
-          sum[m][1] += part[m][1] * s1;
-          sum[m][2] += part[m][2] * s0;
-          sum[m][3] += part[m][3] * s1;
-        }
+      for (int m = 0; m < MT; ++m) {
+        const float s0 = ws * x_scale[m * 8 + 2 * t][h];
+        const float s1 = ws * x_scale[m * 8 + 2 * t + 1][h];
+        sum[m][0] += part[half][4 * m] * s0;
+        sum[m][1] += part[half][4 * m + 1] * s1;
+        sum[m][2] += part[half][4 * m + 2] * s0;
+        sum[m][3] += part[half][4 * m + 3] * s1;
       }
     }
   }
@@ -469,10 +576,13 @@ int Fp8BlockLinear::decode_steps(int sm_count) const {
     DSQ_CHECK(slices % decode_steps_ == 0, what_, ": ", decode_steps_, " decode steps do not divide K=", K_);
     return decode_steps_;
   }
-  // Longer slices (fewer atomics, each block streams more) while two blocks per SM remain.
+  // Longer slices (fewer atomics, each block streams more, two steps in flight) while
+  // every SM keeps a block: V4-Flash's wq_b, wo_a and wo_b (1,024 units each) run 256
+  // blocks of 4 steps, measured on an H100 4-12 points of copy bandwidth better than 512
+  // of 2 steps at M = 1-16 (bench/results/gpu-gemm-fp8.md, session 4).
   const int64_t units = ceil_div(N_, kDecCols) * slices;
   for (int steps : {4, 2})
-    if (slices % steps == 0 && units / steps >= 2 * int64_t(sm_count)) return steps;
+    if (slices % steps == 0 && units / steps >= int64_t(sm_count)) return steps;
   return 1;
 }
 
@@ -568,7 +678,11 @@ bool Fp8BlockLinear::decode_fits(int64_t M) const {
 }
 
 bool Fp8BlockLinear::uses_decode(int64_t M) const {
-  return path_ == Fp8Path::Decode || (path_ == Fp8Path::Auto && M <= kFp8DecodeAutoRows && decode_fits(M));
+  // A grouped weight costs cuBLASLt one GEMM per group (~14 us each on an H100 at small
+  // M): the decode kernel's one launch stays faster up to its 64 rows (wo_a at M = 32:
+  // 29 us against 112 us).
+  const int64_t auto_rows = groups_ > 1 ? kFp8DecodeMaxRows : kFp8DecodeAutoRows;
+  return path_ == Fp8Path::Decode || (path_ == Fp8Path::Auto && M <= auto_rows && decode_fits(M));
 }
 
 template <typename X>

@@ -11,10 +11,11 @@
 // range runs in the same launch; the activations are quantized once per call.
 //
 // Decode (M <= 64 rows) runs our own tensor-core kernel in a single launch: memory-bound,
-// it quantizes x per block, streams W once with 16-byte loads straight from the row-major
-// checkpoint layout (k is permuted the same way in both mma operands, so no re-layout is
-// needed) and applies both scales in fp32 per 128-wide block; launched as a programmatic
-// dependent, it streams W while the kernel before it finishes. Larger M quantizes the
+// it quantizes x per block into shared memory, streams W once with 16-byte loads straight
+// from the row-major checkpoint layout into the registers of FP8 wgmma's A operand (k is
+// permuted the same way in both operands, so no re-layout is needed) and applies both
+// scales in fp32 per 128-wide block; launched as a programmatic dependent, it streams W
+// while the kernel before it finishes. Larger M quantizes the
 // activations once, then runs cuBLASLt's block-scaling mode per range (VEC128_32F for x,
 // BLK128x128_32F for W; Hopper, cuBLAS >= 12.9), which has no algorithm for some small M
 // (M = 1 on an H100): M is then padded to a multiple of 16. Where cuBLASLt has nothing at
@@ -40,11 +41,12 @@ namespace dsq::cuda {
 // (checked on an H100 by the Fp8ScaleOrderIsTheDefault test).
 enum class ScaleOrder { KMajor, OuterMajor };
 
-// Which GEMM runs: Auto picks the decode kernel for M <= kFp8DecodeAutoRows, cuBLASLt
-// otherwise, and the fallback where cuBLASLt has no algorithm. The others force one path.
-// (On an H100 cuBLASLt's block-scaled GEMM costs a fixed ~16-18 us at small M: more than
-// the decode kernel up to M = 16 on V4-Flash's FP8 weights except wq_b [32768, 1024],
-// where cuBLASLt is ~2 us faster at M = 16; bench/results/gpu-gemm-fp8.md.)
+// Which GEMM runs: Auto picks the decode kernel for M <= kFp8DecodeAutoRows (grouped
+// weights: M <= kFp8DecodeMaxRows), cuBLASLt otherwise, and the fallback where cuBLASLt
+// has no algorithm. The others force one path. (On an H100 cuBLASLt's block-scaled GEMM
+// costs a fixed ~16-18 us at small M, per group: more than the decode kernel up to M = 16
+// on V4-Flash's FP8 weights, and up to 64 for the 8 groups of wo_a; past 16 rows cuBLASLt
+// wins on the single weights; bench/results/gpu-gemm-fp8.md.)
 enum class Fp8Path { Auto, Decode, CublasLt, Fallback };
 constexpr int64_t kFp8DecodeMaxRows = 64;
 constexpr int64_t kFp8DecodeAutoRows = 16;
