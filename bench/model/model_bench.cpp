@@ -3,7 +3,10 @@
 // experts), next to the limits of the same GPU measured in the same run.
 //
 //   dsq_model_bench <model dir> [--context 8192] [--steps 32] [--prefill-chunk 4096]
-//                   [--out FILE]
+//                   [--moe-chunks 4|8|16] [--skip op,op,...] [--out FILE]
+// --skip drops those ops (names as in the per-op table) from the timed decode steps: a
+// what-if for the cost of each part of the step in the real, replayed pipeline (the
+// results are wrong then, and the skipped ops are missing from the per-op table).
 //
 // Prefill: `context` random tokens through one sequence in chunks, timed after a warm-up
 // (which also uploads and prepares every weight), reported as tokens/s next to the model
@@ -26,6 +29,7 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -34,6 +38,7 @@
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/graph_replay_ops.h"
+#include "backend/cuda/int4_moe_decode.h"
 #include "backend/profiling_ops.h"
 #include "bench/gpu/copy_bandwidth.h"
 #include "core/error.h"
@@ -46,6 +51,8 @@ using dsq::model::Model;
 struct Options {
   std::string model_dir, out_file;
   int64_t context = 8192, steps = 32, chunk = 4096;
+  int moe_chunks = 0;  // the routed experts' K slice at decode, in 64-wide chunks (0: the default)
+  std::set<std::string> skipped;  // ops dropped from the timed decode steps (ProfilingOps::set_skipped)
 };
 
 Options parse(int argc, char** argv) {
@@ -60,6 +67,11 @@ Options parse(int argc, char** argv) {
     else if (a == "--steps") o.steps = std::stoll(value());
     else if (a == "--prefill-chunk") o.chunk = std::stoll(value());
     else if (a == "--out") o.out_file = value();
+    else if (a == "--moe-chunks") o.moe_chunks = std::stoi(value());
+    else if (a == "--skip") {
+      std::stringstream names(value());
+      for (std::string name; std::getline(names, name, ',');) o.skipped.insert(name);
+    }
     else if (a.rfind("--", 0) == 0) throw dsq::error("unknown option ", a);
     else o.model_dir = a;
   }
@@ -102,6 +114,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
+  dsq::cuda::int4_moe_decode_force_chunks(o.moe_chunks);
   auto gpu = std::make_shared<dsq::cuda::CudaOps>(dsq::cuda::Precision::Fast);
   auto graphs = std::make_shared<dsq::cuda::GraphReplayOps>(gpu);
   auto ops = std::make_shared<dsq::backend::ProfilingOps>(graphs);  // forwards only, until enabled
@@ -158,6 +171,7 @@ int main(int argc, char** argv) try {
     std::sort(issue_s.begin(), issue_s.end());
     return Decode{step_s[step_s.size() / 2], issue_s[issue_s.size() / 2]};
   };
+  ops->set_skipped(o.skipped);
   decode_steps(3);  // the first sightings and captures of the decode step's segments
   const dsq::cuda::GraphReplayOps::Stats before = graphs->stats();
   const Decode replayed = decode_steps(o.steps);

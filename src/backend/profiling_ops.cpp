@@ -23,130 +23,130 @@ std::string ProfilingOps::table() const {
 }
 
 void ProfilingOps::linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) {
-  const auto t0 = start();
-  inner_->linear(w, x, n, y);
-  stop("linear " + std::string(weight_format_name(w.format)), t0);
+  timed("linear " + std::string(weight_format_name(w.format)), [&] {
+    inner_->linear(w, x, n, y);
+  });
 }
 
 void ProfilingOps::linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
                                int64_t n) {
-  const auto t0 = start();
-  inner_->linear_many(ws, ys, count, x, n);
-  stop("linear_many", t0);
+  timed("linear_many", [&] {
+    inner_->linear_many(ws, ys, count, x, n);
+  });
 }
 
 void ProfilingOps::linear_grouped(const QuantizedMatrix& w, int64_t groups, const float* x, int64_t n, float* y) {
-  const auto t0 = start();
-  inner_->linear_grouped(w, groups, x, n, y);
-  stop("linear_grouped", t0);
+  timed("linear_grouped", [&] {
+    inner_->linear_grouped(w, groups, x, n, y);
+  });
 }
 
 void ProfilingOps::rms_norm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float eps, float* y) {
-  const auto t0 = start();
-  inner_->rms_norm(x, n, dim, stride, weight, eps, y);
-  stop("rms_norm", t0);
+  timed("rms_norm", [&] {
+    inner_->rms_norm(x, n, dim, stride, weight, eps, y);
+  });
 }
 
 void ProfilingOps::rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const int64_t* positions, const cpu::RopeFrequencies& table, bool inverse) {
-  const auto t0 = start();
-  inner_->rope(x, n_tokens, heads, dim, positions, table, inverse);
-  stop("rope", t0);
+  timed("rope", [&] {
+    inner_->rope(x, n_tokens, heads, dim, positions, table, inverse);
+  });
 }
 
 void ProfilingOps::swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) {
-  const auto t0 = start();
-  inner_->swiglu(gate, up, n, limit, out);
-  stop("swiglu", t0);
+  timed("swiglu", [&] {
+    inner_->swiglu(gate, up, n, limit, out);
+  });
 }
 
 void ProfilingOps::add(float* dst, const float* src, int64_t n) {
-  const auto t0 = start();
-  inner_->add(dst, src, n);
-  stop("add", t0);
+  timed("add", [&] {
+    inner_->add(dst, src, n);
+  });
 }
 
 void ProfilingOps::gather_rows(const float* src, const int64_t* rows, int64_t n, int64_t width, float* dst) {
-  const auto t0 = start();
-  inner_->gather_rows(src, rows, n, width, dst);
-  stop("gather_rows", t0);
+  timed("gather_rows", [&] {
+    inner_->gather_rows(src, rows, n, width, dst);
+  });
 }
 
 void ProfilingOps::embed_streams(const QuantizedMatrix& table, const int64_t* ids, int64_t T, int64_t n_streams, float* streams) {
-  const auto t0 = start();
-  inner_->embed_streams(table, ids, T, n_streams, streams);
-  stop("embed_streams", t0);
+  timed("embed_streams", [&] {
+    inner_->embed_streams(table, ids, T, n_streams, streams);
+  });
 }
 
 void ProfilingOps::norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps, const int64_t* positions, const cpu::RopeFrequencies& table) {
-  const auto t0 = start();
-  inner_->norm_rope(x, n_tokens, heads, dim, weight, eps, positions, table);
-  stop("norm_rope", t0);
+  timed("norm_rope", [&] {
+    inner_->norm_rope(x, n_tokens, heads, dim, weight, eps, positions, table);
+  });
 }
 
 void ProfilingOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn, float* mix) {
-  const auto t0 = start();
-  inner_->mhc_mix(streams, T, width, eps, fn, mix);
-  stop("mhc_mix", t0);
+  timed("mhc_mix", [&] {
+    inner_->mhc_mix(streams, T, width, eps, fn, mix);
+  });
 }
 
 void ProfilingOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
-  const auto t0 = start();
-  inner_->mhc_pre(streams, T, fn, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb);
-  stop("mhc_pre", t0);
+  timed("mhc_pre", [&] {
+    inner_->mhc_pre(streams, T, fn, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb);
+  });
 }
 
 void ProfilingOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T, int64_t n_streams, int64_t hidden) {
-  const auto t0 = start();
-  inner_->mhc_post(streams, post, comb, y, T, n_streams, hidden);
-  stop("mhc_post", t0);
+  timed("mhc_post", [&] {
+    inner_->mhc_post(streams, post, comb, y, T, n_streams, hidden);
+  });
 }
 
 void ProfilingOps::hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n, int64_t n_streams, int64_t hidden, float eps, float* out) {
-  const auto t0 = start();
-  inner_->hc_head(streams, mix, base, scale, n, n_streams, hidden, eps, out);
-  stop("hc_head", t0);
+  timed("hc_head", [&] {
+    inner_->hc_head(streams, mix, base, scale, n, n_streams, hidden, eps, out);
+  });
 }
 
 void ProfilingOps::route(const float* logits, int64_t T, int64_t n_experts, const float* bias, const int64_t* tid2eid, const int64_t* tokens, int64_t vocab, int64_t k, float scaling, int64_t* chosen, float* weights) {
-  const auto t0 = start();
-  inner_->route(logits, T, n_experts, bias, tid2eid, tokens, vocab, k, scaling, chosen, weights);
-  stop("route", t0);
+  timed("route", [&] {
+    inner_->route(logits, T, n_experts, bias, tid2eid, tokens, vocab, k, scaling, chosen, weights);
+  });
 }
 
 void ProfilingOps::moe_experts(const float* x, int64_t T, int64_t hidden, const ExpertLinears* experts, int64_t n_experts, const int64_t* chosen, const float* weights, int64_t k, float limit, float* out, ExpertInputTap* tap) {
-  const auto t0 = start();
-  inner_->moe_experts(x, T, hidden, experts, n_experts, chosen, weights, k, limit, out, tap);
-  stop("moe_experts", t0);
+  timed("moe_experts", [&] {
+    inner_->moe_experts(x, T, hidden, experts, n_experts, chosen, weights, k, limit, out, tap);
+  });
 }
 
 void ProfilingOps::compress(const CompressorParams& p, float* ring_kv, float* ring_gate, float* entries, const float* kv, const float* gate, int64_t p0, int64_t S) {
-  const auto t0 = start();
-  inner_->compress(p, ring_kv, ring_gate, entries, kv, gate, p0, S);
-  stop("compress", t0);
+  timed("compress", [&] {
+    inner_->compress(p, ring_kv, ring_gate, entries, kv, gate, p0, S);
+  });
 }
 
 void ProfilingOps::indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim, const float* keys, int64_t n_keys, float* scores) {
-  const auto t0 = start();
-  inner_->indexer_scores(q, weights, S, n_heads, head_dim, keys, n_keys, scores);
-  stop("indexer_scores", t0);
+  timed("indexer_scores", [&] {
+    inner_->indexer_scores(q, weights, S, n_heads, head_dim, keys, n_keys, scores);
+  });
 }
 
 void ProfilingOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t topk, int64_t p0, int64_t rate, int64_t* selected) {
-  const auto t0 = start();
-  inner_->indexer_topk(scores, S, n_keys, topk, p0, rate, selected);
-  stop("indexer_topk", t0);
+  timed("indexer_topk", [&] {
+    inner_->indexer_topk(scores, S, n_keys, topk, p0, rate, selected);
+  });
 }
 
 void ProfilingOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys, const float* ring, int64_t p0, int64_t window, EntrySelection selection, const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected, int64_t topk, const float* sinks, float scale, float* out) {
-  const auto t0 = start();
-  inner_->sink_attention(q, S, n_heads, dim, new_keys, ring, p0, window, selection, entries, n_entries, rate, selected, topk, sinks, scale, out);
-  stop("sink_attention", t0);
+  timed("sink_attention", [&] {
+    inner_->sink_attention(q, S, n_heads, dim, new_keys, ring, p0, window, selection, entries, n_entries, rate, selected, topk, sinks, scale, out);
+  });
 }
 
 void ProfilingOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim, int64_t window) {
-  const auto t0 = start();
-  inner_->update_window(ring, new_keys, p0, S, dim, window);
-  stop("update_window", t0);
+  timed("update_window", [&] {
+    inner_->update_window(ring, new_keys, p0, S, dim, window);
+  });
 }
 
 }  // namespace dsq::backend

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "backend/ops.h"
@@ -29,6 +30,9 @@ class ProfilingOps final : public Ops {
   void reset() { totals_.clear(); }
   // A markdown table of the totals, largest first, with each op's share.
   std::string table() const;
+  // Ops (by their table names) to drop instead of forwarding: a what-if for timing only
+  // (what a forward costs without them). The results are then wrong.
+  void set_skipped(std::set<std::string> names) { skipped_ = std::move(names); }
   // Wall time spent in to_host() since construction, enabled or not: the host waiting
   // for the device. A forward's wall time minus this is the host's own time to issue it.
   double to_host_seconds() const { return to_host_seconds_; }
@@ -78,12 +82,15 @@ class ProfilingOps final : public Ops {
 
  private:
   using Clock = std::chrono::steady_clock;
-  Clock::time_point start() {
-    if (enabled_) inner_->synchronize();
-    return Clock::now();
-  }
-  void stop(const std::string& name, Clock::time_point t0) {
-    if (!enabled_) return;
+  // Runs `call` (the forwarded op) unless `name` is skipped; while enabled, waits for the
+  // device before and after it and adds the wall time to the op's total.
+  template <typename Call>
+  void timed(const std::string& name, Call&& call) {
+    if (!skipped_.empty() && skipped_.count(name) != 0) return;
+    if (!enabled_) return call();
+    inner_->synchronize();
+    const Clock::time_point t0 = Clock::now();
+    call();
     inner_->synchronize();
     Entry& e = totals_[name];
     ++e.calls;
@@ -93,6 +100,7 @@ class ProfilingOps final : public Ops {
   std::shared_ptr<Ops> inner_;
   bool enabled_ = false;
   std::map<std::string, Entry> totals_;
+  std::set<std::string> skipped_;
   double to_host_seconds_ = 0;
 };
 

@@ -460,30 +460,45 @@ __device__ void collapse_slice(const float* X, const float* pre, int64_t hidden,
   store<V>(x + i * V, acc);
 }
 
+// comb = Sinkhorn of the token's mixing logits m, by one whole warp; written when `writer`.
+template <int N>
+__device__ void mhc_warp_comb(const float* m, const float* base, const float* scale, int64_t iters, float eps,
+                              bool writer, float* comb) {
+  constexpr int NN = N * N, P = SinkhornLanes<N>::kPerLane;
+  const int lane = threadIdx.x % 32;
+  SinkhornLanes<N> A;
+#pragma unroll
+  for (int s = 0; s < P; ++s) {
+    const int i = lane + 32 * s;
+    A.a[s] = i < NN ? m[2 * N + i] * scale[2] + base[2 * N + i] : 0.0f;
+  }
+  sinkhorn_lanes<N>(A, iters, eps);
+  if (writer) {
+#pragma unroll
+    for (int s = 0; s < P; ++s)
+      if (lane + 32 * s < NN) comb[lane + 32 * s] = A.a[s];
+  }
+}
+
+// The token's pre (into shared memory) and post (written when `writer`), by threads < N.
+template <int N>
+__device__ void mhc_pre_post(const float* m, const float* base, const float* scale, float eps, bool writer, float* pre,
+                             float* post) {
+  const int j = threadIdx.x;
+  if (j < N) {
+    pre[j] = sigmoid(m[j] * scale[0] + base[j]) + eps;
+    if (writer) post[j] = 2.0f * sigmoid(m[N + j] * scale[1] + base[N + j]);
+  }
+}
+
 // The block's token coefficients (warp 0): pre into shared memory; post and comb written
 // out when `writer`.
 template <int N>
 __device__ void mhc_block_coefficients(const float* m, const float* base, const float* scale, int64_t iters, float eps,
                                        bool writer, float* pre, float* post, float* comb) {
-  constexpr int NN = N * N, P = SinkhornLanes<N>::kPerLane;
   if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    if (lane < N) {
-      pre[lane] = sigmoid(m[lane] * scale[0] + base[lane]) + eps;
-      if (writer) post[lane] = 2.0f * sigmoid(m[N + lane] * scale[1] + base[N + lane]);
-    }
-    SinkhornLanes<N> A;
-#pragma unroll
-    for (int s = 0; s < P; ++s) {
-      const int i = lane + 32 * s;
-      A.a[s] = i < NN ? m[2 * N + i] * scale[2] + base[2 * N + i] : 0.0f;
-    }
-    sinkhorn_lanes<N>(A, iters, eps);
-    if (writer) {
-#pragma unroll
-      for (int s = 0; s < P; ++s)
-        if (lane + 32 * s < NN) comb[lane + 32 * s] = A.a[s];
-    }
+    mhc_pre_post<N>(m, base, scale, eps, writer, pre, post);
+    mhc_warp_comb<N>(m, base, scale, iters, eps, writer, comb);
   }
   __syncthreads();
 }
@@ -504,14 +519,16 @@ __global__ void mhc_pre_kernel(const float* streams, const float* mix, const flo
 }
 
 // x = collapse(X, pre), then rms_norm(x)·norm_weight when norm_weight is not null (the
-// block's input norm), by the whole block, with rms_norm_kernel's arithmetic. `first`:
-// the first column chunk of every stream, already loaded by each thread (when Prefetched).
+// block's input norm), with rms_norm_kernel's arithmetic: the columns by the block's
+// first `workers` threads, the norm's sum by the whole block (every thread must call).
+// `first`: the first column chunk of every stream, already loaded by each thread (when
+// Prefetched).
 template <int N, int V, bool Prefetched>
 __device__ void collapse_norm_row(const float* X, const float* pre, int64_t hidden, const Floats<V> (&first)[N],
-                                  const float* norm_weight, float norm_eps, float* xr) {
+                                  const float* norm_weight, float norm_eps, float* xr, int workers) {
   const int64_t chunks = hidden / V;
   float squares = 0;
-  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
+  for (int64_t i = threadIdx.x; i < chunks && threadIdx.x < workers; i += workers) {
     Floats<V> acc;
 #pragma unroll
     for (int e = 0; e < V; ++e) acc.v[e] = 0;
@@ -527,7 +544,7 @@ __device__ void collapse_norm_row(const float* X, const float* pre, int64_t hidd
   }
   if (norm_weight == nullptr) return;
   const float inv = 1.0f / sqrtf(block_sum(squares) / float(hidden) + norm_eps);
-  for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {  // each thread rescales what it wrote
+  for (int64_t i = threadIdx.x; i < chunks && threadIdx.x < workers; i += workers) {  // what each thread wrote
     Floats<V> f = load<V>(xr + i * V);
     const Floats<V> w = load<V>(norm_weight + i * V);
 #pragma unroll
@@ -556,13 +573,15 @@ __global__ void mhc_pre_norm_kernel(const float* streams, const float* mix, cons
   }
   mhc_block_coefficients<N>(mix + t * (2 + N) * N, base, scale, iters, eps, true, pre, post + t * N,
                             comb + t * N * N);
-  collapse_norm_row<N, V, true>(X, pre, hidden, first, norm_weight, norm_eps, x + t * hidden);
+  collapse_norm_row<N, V, true>(X, pre, hidden, first, norm_weight, norm_eps, x + t * hidden, int(blockDim.x));
 }
 
 // mhc_mix and mhc_pre (with or without the input norm) of up to kMixMaxTokens tokens in one
 // launch: the mixing pass as mhc_mix_kernel, then its last block finishes the mix in
 // shared memory and runs each token's coefficients, collapse and norm (at decode one
-// token: a 64 KB row, read from L2 where the mixing pass just left it).
+// token: a 64 KB row, read from L2 where the mixing pass just left it). The collapse
+// needs only pre, so the Sinkhorn of comb (a chain of ~40 dependent steps) runs on the
+// last warp while the other warps collapse.
 template <int N, int V>
 __global__ void __launch_bounds__(kMixThreads)
     mhc_mix_pre_kernel(const float* streams, int T, int64_t hidden, const float* fn, float mix_eps, float* acc,
@@ -575,10 +594,13 @@ __global__ void __launch_bounds__(kMixThreads)
   finish_mix(T, N * hidden, R, mix_eps, acc, ticket, mix);
   __syncthreads();
   const Floats<V> none[N] = {};
+  const int workers = int(blockDim.x) - 32;
   for (int t = 0; t < T; ++t) {
-    mhc_block_coefficients<N>(mix + t * R, base, scale, iters, eps, true, pre, post + t * N, comb + t * N * N);
+    mhc_pre_post<N>(mix + t * R, base, scale, eps, true, pre, post + t * N);
+    __syncthreads();
+    if (int(threadIdx.x) >= workers) mhc_warp_comb<N>(mix + t * R, base, scale, iters, eps, true, comb + t * N * N);
     collapse_norm_row<N, V, false>(streams + int64_t(t) * N * hidden, pre, hidden, none, norm_weight, norm_eps,
-                                   x + int64_t(t) * hidden);
+                                   x + int64_t(t) * hidden, workers);
     __syncthreads();  // pre is the next token's
   }
 }
