@@ -142,9 +142,10 @@ class Ops {
   virtual void mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
                        const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
                        const float* norm_weight, float norm_eps, float* x, float* post, float* comb) = 0;
-  // Per token: mhc_update(streams[t], post[t], comb[t], y[t]).
-  virtual void mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T,
-                        int64_t n_streams, int64_t hidden) = 0;
+  // Per token: mhc_update(streams[t], post[t], comb[t], y[t]), or with y[t] + y_extra[t]
+  // when y_extra is not null (the MoE's shared-expert output: its add folded in here).
+  virtual void mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,
+                        int64_t T, int64_t n_streams, int64_t hidden) = 0;
   // Per row: out[t] = mhc_collapse(streams[t], hc_head_weights(mix[t], base, scale)).
   virtual void hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,
                        int64_t n_streams, int64_t hidden, float eps, float* out) = 0;

@@ -95,9 +95,9 @@ void ProfilingOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatri
   });
 }
 
-void ProfilingOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T, int64_t n_streams, int64_t hidden) {
+void ProfilingOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra, int64_t T, int64_t n_streams, int64_t hidden) {
   timed("mhc_post", [&] {
-    inner_->mhc_post(streams, post, comb, y, T, n_streams, hidden);
+    inner_->mhc_post(streams, post, comb, y, y_extra, T, n_streams, hidden);
   });
 }
 

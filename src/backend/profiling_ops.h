@@ -70,7 +70,7 @@ class ProfilingOps final : public Ops {
   void norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps, const int64_t* positions, const cpu::RopeFrequencies& table) override;
   void mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn, float* mix) override;
   void mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x, float* post, float* comb) override;
-  void mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T, int64_t n_streams, int64_t hidden) override;
+  void mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra, int64_t T, int64_t n_streams, int64_t hidden) override;
   void hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n, int64_t n_streams, int64_t hidden, float eps, float* out) override;
   void route(const float* logits, int64_t T, int64_t n_experts, const float* bias, const int64_t* tid2eid, const int64_t* tokens, int64_t vocab, int64_t k, float scaling, int64_t* chosen, float* weights) override;
   void moe_experts(const float* x, int64_t T, int64_t hidden, const backend::ExpertLinears* experts, int64_t n_experts, const int64_t* chosen, const float* weights, int64_t k, float limit, float* out, backend::ExpertInputTap* tap) override;

@@ -15,16 +15,21 @@ void decoder_layer(const PassContext& ctx, int layer, const LayerWeights& w, con
   float* y = ws.f32("layer.y", T * H);
   float* post = ws.f32("layer.post", T * N);
   float* comb = ws.f32("layer.comb", T * N * N);
-  // X ← post ⊗ block(norm(collapse(X))) + combᵀ·X
+  // X ← post ⊗ block(norm(collapse(X))) + combᵀ·X. A block may leave its output in two
+  // parts, y and a returned y_extra (null: none), which mhc_post adds.
   auto half_step = [&](const HyperConnection& hc, const std::vector<float>& norm_weight, auto&& block) {
     ops.mhc_pre(streams, T, hc.fn.w, eps, ops.resident(hc.base), ops.resident(hc.scale), N, H, c.hc_sinkhorn_iters,
                 eps_hc, ops.resident(norm_weight), eps, x, post, comb);
-    block(x, y);
-    ops.mhc_post(streams, post, comb, y, T, N, H);
+    const float* y_extra = block(x, y);
+    ops.mhc_post(streams, post, comb, y, y_extra, T, N, H);
   };
   half_step(w.hc_attn, w.attn_norm,
-            [&](const float* in, float* out) { attention_block(ctx, layer, w.attn, rope, in, out); });
-  half_step(w.hc_ffn, w.ffn_norm, [&](const float* in, float* out) { moe_block(ctx, layer, w.ffn, in, out); });
+            [&](const float* in, float* out) -> const float* {
+              attention_block(ctx, layer, w.attn, rope, in, out);
+              return nullptr;
+            });
+  half_step(w.hc_ffn, w.ffn_norm,
+            [&](const float* in, float* out) { return moe_block(ctx, layer, w.ffn, in, out); });
 }
 
 }  // namespace dsq::model

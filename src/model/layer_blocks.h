@@ -62,7 +62,9 @@ void decoder_layer(const PassContext& ctx, int layer, const LayerWeights& w, con
 void attention_block(const PassContext& ctx, int layer, const AttentionWeights& w,
                      const cpu::RopeFrequencies& rope, const float* x, float* out);
 
-// x: [T, H] normalised ffn input; out: [T, H].
-void moe_block(const PassContext& ctx, int layer, const MoeWeights& w, const float* x, float* out);
+// x: [T, H] normalised ffn input. The block's output is out [T, H] (the routed experts'
+// sum) plus the returned [T, H] (the shared expert's, a workspace buffer): the caller
+// adds them (mhc_post does, in the same pass as the residual update).
+const float* moe_block(const PassContext& ctx, int layer, const MoeWeights& w, const float* x, float* out);
 
 }  // namespace dsq::model

@@ -1,6 +1,6 @@
 // The MoE block of one layer over a batch (spec §2.11): route every token (hash table or
 // bias-corrected top-k), run the routed experts (ops.moe_experts: each expert once on the
-// tokens sent to it, weighted and combined), then add the shared expert. The shared
+// tokens sent to it, weighted and combined), and the shared expert beside them. The shared
 // expert depends on nothing the routing computes, so it is side work (ops.h): on a GPU it
 // runs concurrently with the routed path, whose chain of small launches at decode leaves
 // memory bandwidth unused.
@@ -31,7 +31,7 @@ class ExpertObserverTap final : public backend::ExpertInputTap {
 
 }  // namespace
 
-void moe_block(const PassContext& ctx, int layer, const MoeWeights& w, const float* x, float* out) {
+const float* moe_block(const PassContext& ctx, int layer, const MoeWeights& w, const float* x, float* out) {
   const ModelConfig& c = ctx.config;
   backend::Ops& ops = ctx.ops;
   Workspace& ws = ctx.workspace;
@@ -45,8 +45,8 @@ void moe_block(const PassContext& ctx, int layer, const MoeWeights& w, const flo
   int64_t* chosen = ws.i64("moe.chosen", T * k);
   float* weights = ws.f32("moe.weights", T * k);
 
-  // Shared expert: W2 · (SiLU(min(W1·x, λ)) ⊙ clamp(W3·x, −λ, λ)), added to the routed sum
-  // after the wait below.
+  // Shared expert: W2 · (SiLU(min(W1·x, λ)) ⊙ clamp(W3·x, −λ, λ)), ready after the wait
+  // below.
   ops.start_side_work();
   run_linears(ctx, x, T, {{&w.shared.w1, gate}, {&w.shared.w3, up}});
   ops.swiglu(gate, up, T * F, float(c.swiglu_limit), gate);
@@ -66,7 +66,7 @@ void moe_block(const PassContext& ctx, int layer, const MoeWeights& w, const flo
   ops.moe_experts(x, T, H, experts.data(), E, chosen, weights, k, float(c.swiglu_limit), out,
                   tap ? &*tap : nullptr);
   ops.wait_side_work();
-  ops.add(out, shared, T * H);
+  return shared;
 }
 
 }  // namespace dsq::model

@@ -441,15 +441,20 @@ TEST(CudaElementwise, MhcPostMatchesCpu) {
   CudaOps gpu(Precision::F32);
   std::mt19937 rng(8);
   for (const MhcShape& s : kMhcShapes) {
-    SCOPED_TRACE(s.name);
-    const int64_t N = s.streams, T = s.tokens, H = s.hidden;
-    std::vector<float> streams = random_floats(size_t(T * N * H), rng);
-    const std::vector<float> post = random_floats(size_t(T * N), rng), comb = random_floats(size_t(T * N * N), rng),
-                             y = random_floats(size_t(T * H), rng);
-    Tensor gs = on_gpu(gpu, streams), gpost = on_gpu(gpu, post), gcomb = on_gpu(gpu, comb), gy = on_gpu(gpu, y);
-    cpu.mhc_post(streams.data(), post.data(), comb.data(), y.data(), T, N, H);
-    gpu.mhc_post(gs.mutable_data<float>(), gpost.data<float>(), gcomb.data<float>(), gy.data<float>(), T, N, H);
-    expect_close(floats_of(gpu, gs), streams, 1e-6, "mhc_post");
+    for (bool extra : {false, true}) {  // with a second block output (the shared expert's) added
+      SCOPED_TRACE(s.name + (extra ? ", with y_extra" : ""));
+      const int64_t N = s.streams, T = s.tokens, H = s.hidden;
+      std::vector<float> streams = random_floats(size_t(T * N * H), rng);
+      const std::vector<float> post = random_floats(size_t(T * N), rng),
+                               comb = random_floats(size_t(T * N * N), rng), y = random_floats(size_t(T * H), rng),
+                               y2 = random_floats(size_t(T * H), rng);
+      Tensor gs = on_gpu(gpu, streams), gpost = on_gpu(gpu, post), gcomb = on_gpu(gpu, comb), gy = on_gpu(gpu, y),
+             gy2 = on_gpu(gpu, y2);
+      cpu.mhc_post(streams.data(), post.data(), comb.data(), y.data(), extra ? y2.data() : nullptr, T, N, H);
+      gpu.mhc_post(gs.mutable_data<float>(), gpost.data<float>(), gcomb.data<float>(), gy.data<float>(),
+                   extra ? gy2.data<float>() : nullptr, T, N, H);
+      expect_close(floats_of(gpu, gs), streams, 1e-6, "mhc_post");
+    }
   }
 }
 
@@ -609,7 +614,7 @@ TEST(CudaElementwise, ZeroRowsAreNoOps) {
   const QuantizedMatrix mix_fn = QuantizedMatrix::dense(Tensor::from_f32(std::vector<float>(24 * 64, 1.0f), {24, 64}));
   gpu.mhc_pre(p, 0, mix_fn, 1e-6f, nullptr, nullptr, 4, 16, 20, 1e-6f, nullptr, 1e-6f, p, p, p);
   gpu.mhc_pre(p, 0, mix_fn, 1e-6f, nullptr, nullptr, 4, 16, 20, 1e-6f, p, 1e-6f, p, p, p);
-  gpu.mhc_post(p, nullptr, nullptr, nullptr, 0, 4, 16);
+  gpu.mhc_post(p, nullptr, nullptr, nullptr, nullptr, 0, 4, 16);
   gpu.hc_head(p, nullptr, nullptr, 1.0f, 0, 4, 16, 1e-6f, p);
   gpu.route(p, 0, 8, nullptr, nullptr, nullptr, 0, 2, 1.0f, nullptr, p);
   for (float v : floats_of(gpu, canary)) EXPECT_TRUE(std::isnan(v));

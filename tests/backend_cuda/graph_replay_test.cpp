@@ -51,7 +51,7 @@ std::vector<float> deterministic_step(backend::Ops& ops, const std::vector<float
   ops.linear(w, out, T, out + T * H);
   ops.norm_rope(out + T * H, T, 2, 64, nullptr, 1e-6f, pos.data<int64_t>(), rope);
   ops.swiglu(out, out + T * H, T * H, 10.0f, out + 2 * T * H);
-  ops.mhc_post(streams, post.data<float>(), comb.data<float>(), out + 2 * T * H, T, N, H);
+  ops.mhc_post(streams, post.data<float>(), comb.data<float>(), out + 2 * T * H, out, T, N, H);
   ops.add(out, streams, T * H);
   const Tensor ys = ops.to_host(y), xs = ops.to_host(x);
   std::vector<float> result(ys.data<float>(), ys.data<float>() + ys.numel());

@@ -133,10 +133,18 @@ void CpuOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn,
   });
 }
 
-void CpuOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T, int64_t N,
-                      int64_t H) {
+void CpuOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,
+                      int64_t T, int64_t N, int64_t H) {
   parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) mhc_update(streams + t * N * H, post + t * N, comb + t * N * N, y + t * H, N, H);
+    std::vector<float> sum(y_extra ? size_t(H) : 0);
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* a = y + t * H;
+      if (y_extra) {
+        for (int64_t c = 0; c < H; ++c) sum[size_t(c)] = a[c] + y_extra[t * H + c];
+        a = sum.data();
+      }
+      mhc_update(streams + t * N * H, post + t * N, comb + t * N * N, a, N, H);
+    }
   });
 }
 

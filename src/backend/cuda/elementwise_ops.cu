@@ -617,11 +617,11 @@ __global__ void hc_head_kernel(const float* streams, const float* mix, const flo
   collapse_slice<N, V>(streams + t * N * hidden, pre, hidden, out + t * hidden);
 }
 
-// X[k] ← post[k]·y + Σ_j comb[j][k]·X[j]: each thread reads all N old streams of its
-// columns into registers before writing any.
+// X[k] ← post[k]·a + Σ_j comb[j][k]·X[j] with a = y (+ y_extra): each thread reads all N
+// old streams of its columns into registers before writing any.
 template <int N, int V>
 __global__ void mhc_post_kernel(float* streams, const float* post, const float* comb, const float* y,
-                                int64_t hidden) {
+                                const float* y_extra, int64_t hidden) {
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
   __shared__ float coef[N + N * N];  // post, then comb
@@ -634,7 +634,12 @@ __global__ void mhc_post_kernel(float* streams, const float* post, const float* 
   Floats<V> old[N];
 #pragma unroll
   for (int j = 0; j < N; ++j) old[j] = load<V>(X + j * hidden);
-  const Floats<V> a = load<V>(y + t * hidden + i * V);
+  Floats<V> a = load<V>(y + t * hidden + i * V);
+  if (y_extra) {
+    const Floats<V> b = load<V>(y_extra + t * hidden + i * V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) a.v[e] += b.v[e];
+  }
 #pragma unroll
   for (int k = 0; k < N; ++k) {
     Floats<V> out;
@@ -891,16 +896,18 @@ void CudaOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn
   });
 }
 
-void CudaOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T,
-                       int64_t n_streams, int64_t hidden) {
-  const bool vec = hidden % 4 == 0 && aligned16(streams) && aligned16(y);
+void CudaOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,
+                       int64_t T, int64_t n_streams, int64_t hidden) {
+  const bool vec = hidden % 4 == 0 && aligned16(streams) && aligned16(y) && (!y_extra || aligned16(y_extra));
   with_stream_count(n_streams, "mhc_post", [&](auto n) {
     constexpr int N = decltype(n)::value;
     if (T <= 0 || hidden <= 0) return;
     if (vec)
-      launch_dependent(ctx(), mhc_post_kernel<N, 4>, column_grid(hidden, 4, T), kThreads, 0, streams, post, comb, y, hidden);
+      launch_dependent(ctx(), mhc_post_kernel<N, 4>, column_grid(hidden, 4, T), kThreads, 0, streams, post, comb, y,
+                       y_extra, hidden);
     else
-      launch_dependent(ctx(), mhc_post_kernel<N, 1>, column_grid(hidden, 1, T), kThreads, 0, streams, post, comb, y, hidden);
+      launch_dependent(ctx(), mhc_post_kernel<N, 1>, column_grid(hidden, 1, T), kThreads, 0, streams, post, comb, y,
+                       y_extra, hidden);
     DSQ_CUDA_CHECK_LAUNCH();
   });
 }

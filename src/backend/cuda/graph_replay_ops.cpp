@@ -323,10 +323,11 @@ void GraphReplayOps::mhc_pre(const float* streams, int64_t T, const QuantizedMat
       x, post, comb);
 }
 
-void GraphReplayOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, int64_t T,
+void GraphReplayOps::mhc_post(float* streams, const float* post, const float* comb, const float* y,
+                              const float* y_extra, int64_t T,
                               int64_t n_streams, int64_t hidden) {
-  defer([=, this] { inner_->mhc_post(streams, post, comb, y, T, n_streams, hidden); }, Op::MhcPost, streams, post,
-        comb, y, T, n_streams, hidden);
+  defer([=, this] { inner_->mhc_post(streams, post, comb, y, y_extra, T, n_streams, hidden); }, Op::MhcPost, streams,
+        post, comb, y, y_extra, T, n_streams, hidden);
 }
 
 void GraphReplayOps::hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,
