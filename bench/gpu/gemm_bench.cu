@@ -240,13 +240,16 @@ struct Fp8Op {
   int64_t N, K, groups;  // groups > 1: `groups` [N, K] blocks of rows, each on its K columns of x
 };
 
-// steps > 0: the decode kernel forced to that many 256-wide K steps per block (tuning).
+// steps > 0: the decode kernel forced to that many 256-wide K steps per block (tuning);
+// width > 0: forced column blocks per thread block; sum: how split K is summed. Tuning
+// rows name the configuration that ran (steps, width, cluster size; c1 = atomics).
 // One Fp8BlockLinear holds all groups (one call, as CudaOps runs attn.wo_a). Prefill
 // also reports the GEMM alone on activations quantized beforehand ("gemm only") and the
 // fp32-in / fp32-out call CudaOps makes ("f32 op": quantization from fp32 included);
 // the plain row is bf16 in and out.
 void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op& op,
-               const std::vector<int64_t>& Ms, bool decode, int steps = 0, Fp8Path path = Fp8Path::Auto) {
+               const std::vector<int64_t>& Ms, bool decode, int steps = 0, Fp8Path path = Fp8Path::Auto,
+               int width = 0, Fp8SplitSum sum = Fp8SplitSum::Atomics, bool name_config = false) {
   const int64_t rows = op.N * op.groups, XW = op.K * op.groups;
   const size_t scale_count = size_t(((rows + 127) / 128) * (op.K / 128));
   const size_t wbytes = size_t(rows * op.K) + scale_count * 4;
@@ -262,6 +265,8 @@ void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op
   for (auto& lin : w) {
     lin->set_decode_steps(steps);
     lin->set_path(path);
+    lin->set_decode_width(width);
+    lin->set_decode_sum(sum);
   }
   std::string name = steps ? std::string(op.name) + " steps " + std::to_string(steps) : op.name;
   if (path == Fp8Path::Decode) name += " decode kernel";
@@ -278,7 +283,12 @@ void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op
                             decode, decode ? 50 : 3);
     const double bytes = double(wbytes) + double(M) * XW * 2 + double(M) * rows * 2;
     const double flops = 2.0 * M * rows * op.K;
-    report(name.c_str(), M, s, bytes, flops, lim, decode, true);
+    const Fp8DecodeConfig c = w[0]->last_decode();
+    const std::string row = name_config && w[0]->last_path() == Fp8Path::Decode
+                                ? name + " s" + std::to_string(c.steps) + " w" + std::to_string(c.width) + " c" +
+                                      std::to_string(c.cluster)
+                                : name;
+    report(row.c_str(), M, s, bytes, flops, lim, decode, true);
     if (!extra) continue;
     Fp8BlockLinear& lin = *w[0];
     lin.quantize(ctx, x.get(), XW, M, ws.get());
@@ -691,14 +701,25 @@ int run(int argc, char** argv) {
     for (const Fp8Op& op : fp8_ops) {
       if (!wanted(op.name)) continue;
       bench_fp8(ctx, tm, lim, op, Ms, decode);
-      if (decode && tune && op.N * op.K * op.groups >= (int64_t(32) << 20))  // the large projections
-        for (int steps : {1, 2, 4}) bench_fp8(ctx, tm, lim, op, {1, 2, 4, 8, 16}, decode, steps);
+      if (decode && tune && op.N * op.K * op.groups >= (int64_t(32) << 20)) {  // the large projections
+        bench_fp8(ctx, tm, lim, op, {1, 8, 9, 16}, decode, 0, Fp8Path::Auto, 0, Fp8SplitSum::Atomics, true);
+        for (int width : {1, 2})
+          for (Fp8SplitSum sum : {Fp8SplitSum::Atomics, Fp8SplitSum::Cluster})
+            if (sum == Fp8SplitSum::Atomics || op.K > 1024)  // wq_b has a single slice
+              bench_fp8(ctx, tm, lim, op, {1, 8, 9, 16}, decode, 4, Fp8Path::Auto, width, sum, true);
+      }
       if (decode && tune)  // the decode kernel past the Auto threshold
         bench_fp8(ctx, tm, lim, op, {24, 32, 64}, decode, 0, Fp8Path::Decode);
     }
     if (wanted("fp8 wq_a+wkv concatenated [1536,4096]")) {
       // V4-Flash's wq_a and wkv concatenated, as linear_many runs them.
-      bench_fp8(ctx, tm, lim, {"fp8 wq_a+wkv concatenated [1536,4096]", 1536, 4096, 1}, Ms, decode);
+      const Fp8Op concat{"fp8 wq_a+wkv concatenated [1536,4096]", 1536, 4096, 1};
+      bench_fp8(ctx, tm, lim, concat, Ms, decode);
+      if (decode && tune)
+        for (int steps : {1, 2, 4})
+          for (Fp8SplitSum sum : {Fp8SplitSum::Atomics, Fp8SplitSum::Cluster})
+            if (sum == Fp8SplitSum::Atomics || steps > 1)  // 16 slices: no cluster
+              bench_fp8(ctx, tm, lim, concat, {1, 8, 16}, decode, steps, Fp8Path::Auto, 0, sum, true);
     }
     if (decode && wanted("CSA decode linear_many (fp8 wq_a+wkv, bf16 x5)")) bench_linear_many(tm, lim, {1, 2, 4, 8, 16});
     if (wanted("bf16 shared w1+w3 [4096,4096]"))

@@ -343,6 +343,15 @@ TEST_F(CudaLinearOps, LinearFp8DecodeTwoTokenTiles) {
   check_linear("flash wq_b 32768x1024", Format::Fp8F32, 32768, 1024, 1, seed++, {13});
 }
 
+// Odd row counts through CudaOps on the decode kernel's automatic configurations: wkv
+// (16 one-step slices), wo_b (8 four-step slices) and wo_a (4 per group) in narrow
+// blocks (3, 7) and wide ones (13).
+TEST_F(CudaLinearOps, LinearFp8DecodeOddRows) {
+  check_linear("flash wkv 512x4096", Format::Fp8F32, 512, 4096, 1, 260, {3, 7, 13});
+  check_linear("flash wo_b 4096x8192", Format::Fp8E8m0, 4096, 8192, 1, 261, {3, 13});
+  check_linear("flash wo_a 8x1024x4096", Format::Fp8E8m0, 8192, 4096, 8, 262, {7, 13});
+}
+
 // attn.wo_a: tiny-a (2 groups of 16 rows × 64 inputs), tiny-brown (2 × 128 × 256, where
 // FP8 runs per group) and V4-Flash (8 groups of 1024 rows × 4096 inputs).
 TEST_F(CudaLinearOps, LinearGroupedEveryFormat) {

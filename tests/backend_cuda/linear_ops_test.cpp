@@ -221,6 +221,11 @@ class Fp8BlockLinearTest : public LinearOpTest {
     decode_steps_ = steps;
     shapes_ = std::move(shapes);
   }
+  // Forces the decode kernel's column blocks per thread block and split-K sum.
+  void set_decode_variant(int width, Fp8SplitSum sum) {
+    decode_width_ = width;
+    decode_sum_ = sum;
+  }
   // A grouped weight: N rows in `groups` groups, group g reading x columns g·K.. of
   // x[M, groups·K]; with these shapes.
   void set_groups(int64_t groups, std::vector<Dims> shapes) {
@@ -281,6 +286,8 @@ class Fp8BlockLinearTest : public LinearOpTest {
     Fp8BlockLinear lin(w_.data(), scales_.data(), d_.N, d_.K, "test.fp8", groups_);
     lin.set_path(path_);
     lin.set_decode_steps(decode_steps_);
+    lin.set_decode_width(decode_width_);
+    lin.set_decode_sum(decode_sum_);
     if (orders_set_) lin.set_scale_orders(act_order_, weight_order_);
     auto x = DeviceBuffer<uint16_t>::from_host(x_);
     DeviceBuffer<unsigned char> ws(lin.workspace_bytes(d_.M));
@@ -306,6 +313,8 @@ class Fp8BlockLinearTest : public LinearOpTest {
   ScaleOrder act_order_ = ScaleOrder::OuterMajor, weight_order_ = ScaleOrder::KMajor;
   bool orders_set_ = false;
   int decode_steps_ = 0;
+  int decode_width_ = 0;
+  Fp8SplitSum decode_sum_ = Fp8SplitSum::Atomics;
   int64_t groups_ = 1;
   std::vector<Dims> shapes_;
   Dims d_{};
@@ -338,6 +347,35 @@ TEST_F(CudaLinear, Fp8BlockDecodeSixteenRows) {
     Fp8BlockLinearTest op(Fp8Path::Decode);
     op.set_decode_steps(steps, {{16, 1024, 4096}, {9, 256, 1024}, {13, 144, 2048}});
     check_op(op, 280);
+  }
+}
+
+// Wide blocks (two 128-row column blocks sharing one quantization) and narrow ones, each
+// summing split K by atomics or in a cluster: 4 steps at M = 1, 9, 13, 16 on N = 144
+// (a wide block with 112 idle rows) and 384 (a half-idle second wide block), 2-8 slices,
+// and grouped weights (8 groups of 256 rows); cluster sums with 1 and 2 steps (8 slices;
+// 2 steps issue both before the wait).
+TEST_F(CudaLinear, Fp8BlockDecodeWideAndClusterSums) {
+  for (int width : {1, 2})
+    for (Fp8SplitSum sum : {Fp8SplitSum::Atomics, Fp8SplitSum::Cluster}) {
+      SCOPED_TRACE("width " + std::to_string(width) + (sum == Fp8SplitSum::Cluster ? " cluster" : " atomics"));
+      Fp8BlockLinearTest op(Fp8Path::Decode);
+      op.set_decode_steps(4, {{1, 1024, 4096}, {9, 384, 8192}, {16, 1024, 8192}, {13, 144, 2048}, {1, 144, 2048}});
+      op.set_decode_variant(width, sum);
+      check_op(op, 310);
+      Fp8BlockLinearTest grouped(Fp8Path::Decode);
+      const std::vector<Dims> grouped_shapes = {{1, 2048, 4096}, {16, 2048, 4096}, {11, 2048, 2048}};
+      grouped.set_groups(8, grouped_shapes);
+      grouped.set_decode_steps(4, grouped_shapes);
+      grouped.set_decode_variant(width, sum);
+      check_op(grouped, 320);
+    }
+  for (int steps : {1, 2}) {
+    SCOPED_TRACE("cluster, steps " + std::to_string(steps));
+    Fp8BlockLinearTest op(Fp8Path::Decode);
+    op.set_decode_steps(steps, {{1, 1536, 4096 / (2 / steps)}, {16, 512, 2048 * steps}, {7, 144, 2048 * steps}});
+    op.set_decode_variant(1, Fp8SplitSum::Cluster);
+    check_op(op, 330);
   }
 }
 

@@ -97,18 +97,29 @@ __device__ float e4m3_to_float(uint8_t v) {
 
 // Decode GEMM: y[M, N] = quant(x) · W^T for M <= 64, in one launch.
 //
-// Grid: (N/128 column blocks) × (K/(256·R) slices). Each block finds the output range
-// (DecodeOutputs) its 128 rows belong to, quantizes its own slice of that range's x
-// columns (1×128 blocks, exactly as quantize_act_kernel does; x is small and stays in
-// L2) and multiplies it with 128 rows of W (one 16-row tile per warp, one m64 wgmma
+// Grid: (N/(128·CB) column blocks) × (K/(256·R) slices). Each block finds the output
+// range (DecodeOutputs) its 128·CB rows belong to, quantizes its own slice of that range's
+// x columns (1×128 blocks, exactly as quantize_act_kernel does; x is small and stays in
+// L2) and multiplies it with 128·CB rows of W (one 16-row tile per warp, one m64 wgmma
 // operand per warpgroup), R steps of 256 inputs with the next step's weights loading
-// during the current one. The results of
-// each 8-token tile pass through shared memory so that every thread then owns 4
-// consecutive columns of one token: a single slice stores y directly; otherwise the
-// blocks add their fp32 partial sums into the workspace accumulator with one 16-byte
-// vector atomic per thread (sm_90), and the last block to finish a column block
-// (counted with an atomic ticket) converts those columns and zeroes the accumulator
-// and its ticket again, so no separate memset or conversion launch is needed.
+// during the current one. CB = 2 (16 warps) shares one quantization between two 128-row
+// blocks: half the activation reads from L2 and half the quantization work per thread
+// at the same registers per thread (one block per SM instead of two).
+// A single slice stores y directly (each 8-token tile passes through shared memory so
+// that every thread then owns 4 consecutive columns of one token). Split K sums its
+// slices in one of two ways:
+// - cluster (a test/benchmark option, Fp8SplitSum): the slices of a column block are
+//   one thread-block cluster (<= 8); each leaves its fp32 partial sums in its shared
+//   memory, and after a cluster barrier every block adds a share of the columns over
+//   all blocks' shared memory (in slice order) and stores y. No workspace traffic and
+//   no second round trip through L2, yet on an H100 slower where it counts: wo_a / wo_b
+//   lost 14-20 points of copy bandwidth, and wq_a+wkv, 0.5 us faster at M = 1 when
+//   repeated alone, made the CSA decode unit (linear_many) 0.4-0.8 us slower at M = 1-2
+//   (session 4b in bench/results/gpu-gemm-fp8.md).
+// - atomics: the blocks add their partial sums into the workspace accumulator with one
+//   16-byte vector atomic per thread (sm_90), and the last block to finish a column block
+//   (counted with an atomic ticket) converts those columns and zeroes the accumulator
+//   and its ticket again, so no separate memset or conversion launch is needed.
 // It is launched as a programmatic dependent (dependent_launch.h): its weight loads are
 // issued before it waits for the previous kernel, which may have written x, and before
 // it touches the workspace that the previous run may still be finalizing.
@@ -125,9 +136,9 @@ __device__ float e4m3_to_float(uint8_t v) {
 // quantized x is written to shared memory in that same permuted k order, so the dot
 // products are unchanged, and W needs no re-layout.
 constexpr int kDecStep = 256;                  // K per step
-constexpr int kDecWarps = 8;                   // 16 rows of N each
-constexpr int kDecCols = kDecWarps * 16;       // N per block
-constexpr int kTileStride = kDecCols + 4;      // floats; conflict-free fragment writes
+constexpr int kDecWarps = 8;                   // per column block, 16 rows of N each
+constexpr int kDecCols = kDecWarps * 16;       // N per column block
+constexpr int kDecMaxCluster = 8;              // slices per cluster (the portable limit)
 
 // The row ranges of one decode launch (Fp8Output, as kernel parameters).
 template <typename Y>
@@ -205,6 +216,36 @@ __device__ __forceinline__ uint64_t smem_desc_sw128(const void* smem) {
   return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
 }
 
+// Thread-block cluster primitives (sm_90): a full barrier of all the cluster's threads
+// (release/acquire: shared-memory writes before it are visible to every block after
+// it), this block's rank, and a 16-byte load from the same offset in the shared memory
+// of the cluster's block `rank`.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ unsigned cluster_blocks() {
+  unsigned n;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
+  return n;
+}
+__device__ __forceinline__ float4 load_peer(const float* local, unsigned rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
+               : "=r"(remote)
+               : "r"(uint32_t(__cvta_generic_to_shared(local))), "r"(rank));
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(remote)
+               : "memory");
+  return v;
+}
+
 // 4 blocks of 64 inputs × rows {g, g+8} of one step: 8 independent 16-byte loads per lane
 // (zeros for a warp past N, which still takes part in its warpgroup's wgmma).
 __device__ __forceinline__ void load_step(uint4 (&wv)[4][2], const uint8_t* r0, int K, bool active) {
@@ -221,28 +262,40 @@ __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 // Blocks per SM the decode kernel is compiled for: four (<= 64 registers) for one step
 // per block and one token tile, whose weights then stream from 4 blocks per SM; three
 // for two tiles (which spill at 64); two for the double-buffered steps, which need more
-// registers than that.
-constexpr int decode_min_blocks(int MT, int R) { return MT > 2 ? 1 : R > 1 ? 2 : MT == 1 ? 4 : 3; }
+// registers than that; wide blocks (CB = 2, twice the threads) half as many, at the
+// same registers per thread.
+constexpr int decode_min_blocks(int MT, int R, int CB) {
+  const int narrow = MT > 2 ? 1 : R > 1 ? 2 : MT == 1 ? 4 : 3;
+  return narrow / CB > 0 ? narrow / CB : 1;
+}
 
 // X, Y: the activation and output types (bf16, or fp32 for CudaOps' fp32 activations,
-// which saves it a conversion launch on each side).
-template <int MT, int R, typename X, typename Y>
-__global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
+// which saves it a conversion launch on each side). cluster_sum: the slices of a column
+// block form one cluster and sum through shared memory (MT <= 2 only); it also issues a
+// 2-step block's second step before the wait (the small weights it serves are latency-
+// rather than bandwidth-bound).
+template <int MT, int R, int CB, typename X, typename Y>
+__global__ void __launch_bounds__(kDecWarps * 32 * CB, decode_min_blocks(MT, R, CB))
     fp8_decode_kernel(const uint8_t* __restrict__ w, const float* __restrict__ w_scales, const X* __restrict__ x,
                       int64_t x_ld, float* __restrict__ acc, unsigned* __restrict__ tickets,
-                      const DecodeOutputs<Y> out, int M, int N, int K) {
+                      const DecodeOutputs<Y> out, int M, int N, int K, bool cluster_sum) {
   constexpr int kSlice = R * kDecStep;
+  constexpr int kWarps = kDecWarps * CB, kCols = kDecCols * CB;
+  constexpr int kStride = kCols + 4;  // floats; conflict-free fragment writes
   // Quantized x as wgmma B, in permuted k order (see above): 128-wide K block h and token
   // tile m form one 1024-byte swizzle atom at (h·MT + m)·1024 (smem_desc_sw128), so the
   // MT tiles of one K block are one m64n(8·MT) operand.
   __shared__ __align__(1024) uint8_t xs[MT * 8 * kSlice];
   __shared__ float x_scale[MT * 8][2 * R];
-  __shared__ __align__(16) float tile[8][kTileStride];
+  __shared__ float w_scale[CB][2 * R];  // per 128-row column block and 128-wide K block
+  __shared__ __align__(16) float tile[8][kStride];
+  // Cluster sums: this block's partial sums of all (up to 16) tokens, read by its peers.
+  __shared__ __align__(16) float partial[MT <= 2 ? MT * 8 : 1][kStride];
   __shared__ bool last_block;
   const int k0 = blockIdx.y * kSlice;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int c0 = blockIdx.x * kDecCols;
+  const int c0 = blockIdx.x * kCols;
   const int n0 = c0 + warp * 16;
   const bool active = n0 < N;
   const uint8_t* wrow = w + size_t(n0 + g) * K + k0 + 16 * t;
@@ -252,11 +305,15 @@ __global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
   // issued as soon as a step's wgmmas are done with its buffer. With 2 steps the second
   // is issued only after the wait: requesting all of a block's weights before it cost
   // 4-6 points of copy bandwidth at M = 1-16 on an H100 (with 4 steps, two early steps
-  // gained 3-4 points at M = 1-8).
+  // gained 3-4 points at M = 1-8). Cluster sums (small, latency-bound weights) issue a
+  // 2-step block's second step before the wait too.
   constexpr bool kEarly = R >= 4;
+  const bool second_early = R == 2 && cluster_sum;
   uint4 wv[R > 1 ? 2 : 1][4][2];
   load_step(wv[0], wrow, K, active);
   if constexpr (kEarly) load_step(wv[1], wrow + kDecStep, K, active);
+  if constexpr (R == 2)
+    if (second_early) load_step(wv[1], wrow + kDecStep, K, active);
   // The range of this block's rows (ranges start on 128-row boundaries).
   int range = 0;
   while (range + 1 < out.count && c0 >= out.end[range]) ++range;
@@ -264,12 +321,23 @@ __global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
   Y* const y = out.y[range];
   const int y_ld = out.ld[range];
   const X* const xr = x + out.x_col[range] + k0;
+  // One token tile: the weight scales of the block's slice (constant) are requested
+  // before the wait, so that no step waits for one after its tensor-core work (on an
+  // H100 0.5-1 point of copy bandwidth at M = 1-8 for wq_b, wo_a, wo_b). Two tiles read
+  // them in the steps: preloaded, wide blocks at M = 9-16 lost 2.5-5 points (wq_b M = 16
+  // 90.3 -> 85.4 %), for reasons not found.
+  constexpr bool kPreloadScales = MT == 1;
+  const int scale_cb = threadIdx.x / (2 * R), scale_h = threadIdx.x % (2 * R);
+  const bool loads_scale = kPreloadScales && scale_cb < CB && c0 + scale_cb * kBlock < N;
+  const float my_scale =
+      loads_scale ? __ldg(w_scales + size_t(c0 / kBlock + scale_cb) * (K / kBlock) + k0 / kBlock + scale_h) : 0.0f;
   wait_for_previous_kernel();  // x is written, the workspace is clean
   // Quantize the x slice: half a warp per (row, 128-block), 8 values per lane, in rounds
   // of a fixed trip count, unrolled, so that a round's loads are all in flight together
   // (one after another they cost more than the block's weight streaming). A round holds
   // at most 32 registers of raw activations next to the two weight steps in flight.
-  constexpr int kTasks = MT * R;  // per warp: MT·8 rows × 2R blocks over 16 half-warps
+  constexpr int kTasks = 8 * MT * R / kWarps;  // per warp: MT·8 rows × 2R blocks over 2·kWarps half-warps
+  static_assert(kTasks >= 1 && 8 * MT * R % kWarps == 0, "quantization tasks must divide among the warps");
   constexpr int kRawWords = sizeof(X) / 2;  // 16-byte words per 8 values
   constexpr int kRound = kTasks < 8 / kRawWords ? kTasks : 8 / kRawWords;
   const int hl = lane % 16;
@@ -282,14 +350,14 @@ __global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
     uint4 raw[kRound][kRawWords];
 #pragma unroll
     for (int it = 0; it < kRound; ++it) {
-      const int p = 2 * (warp + (round + it) * kDecWarps) + lane / 16, r = p / (2 * R), h = p % (2 * R);
+      const int p = 2 * (warp + (round + it) * kWarps) + lane / 16, r = p / (2 * R), h = p % (2 * R);
       const uint4* src = reinterpret_cast<const uint4*>(xr + size_t(r) * x_ld + h * kBlock + hl * 8);
 #pragma unroll
       for (int q = 0; q < kRawWords; ++q) raw[it][q] = r < M ? src[q] : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int it = 0; it < kRound; ++it) {
-      const int p = 2 * (warp + (round + it) * kDecWarps) + lane / 16, r = p / (2 * R), h = p % (2 * R);
+      const int p = 2 * (warp + (round + it) * kWarps) + lane / 16, r = p / (2 * R), h = p % (2 * R);
       float v[8];
       unpack8<X>(raw[it], v);
       float amax = 0.0f;
@@ -306,6 +374,7 @@ __global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
       if (hl == 0) x_scale[r][h] = scale;
     }
   }
+  if (kPreloadScales && scale_cb < CB) w_scale[scale_cb][scale_h] = my_scale;
   // wgmma reads xs through the async proxy: make the generic-proxy stores visible to it.
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   __syncthreads();
@@ -313,7 +382,8 @@ __global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
   float sum[MT][4] = {};
 #pragma unroll
   for (int step = 0; step < R; ++step) {
-    if (!kEarly && step + 1 < R) load_step(wv[(step + 1) % 2], wrow + (step + 1) * kDecStep, K, active);
+    if (!kEarly && step + 1 < R && !second_early)
+      load_step(wv[(step + 1) % 2], wrow + (step + 1) * kDecStep, K, active);
     uint4 (&cur)[4][2] = wv[step % 2];
     float part[2][4 * MT];  // the two 128-wide scale blocks of the step
     wgmma_fence();
@@ -334,7 +404,9 @@ __global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
 #pragma unroll
       for (int j = 0; j < 4 * MT; ++j) fence_operand(part[half][j]);
       const int h = 2 * step + half;
-      const float ws = active ? __ldg(w_scales + size_t(n0 / kBlock) * (K / kBlock) + k0 / kBlock + h) : 0.0f;
+      const float ws = kPreloadScales ? w_scale[warp / kDecWarps][h]
+                       : active ? __ldg(w_scales + size_t(n0 / kBlock) * (K / kBlock) + k0 / kBlock + h)
+                                : 0.0f;
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
         const float s0 = ws * x_scale[m * 8 + 2 * t][h];
@@ -346,10 +418,46 @@ __global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
       }
     }
   }
-  // Per 8-token tile: C fragments (row g / g+8, tokens 2t, 2t+1) into shared memory,
-  // then thread i takes token i / 32, columns 4·(i % 32) .. +3.
+  constexpr int kQuads = kCols / 4;  // 4-column groups of the block
+  if constexpr (MT <= 2) {
+    if (cluster_sum) {
+      // C fragments (row g / g+8, tokens 2t, 2t+1) of every tile into `partial`; after the
+      // barrier, block `rank` of C sums the 4-column groups i ≡ rank (mod C) over the
+      // blocks in rank order and stores them.
+      if (active) {
+        const int col = warp * 16 + g;
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          partial[m * 8 + 2 * t][col] = sum[m][0];
+          partial[m * 8 + 2 * t + 1][col] = sum[m][1];
+          partial[m * 8 + 2 * t][col + 8] = sum[m][2];
+          partial[m * 8 + 2 * t + 1][col + 8] = sum[m][3];
+        }
+      }
+      cluster_sync();
+      const unsigned rank = cluster_rank(), blocks = cluster_blocks();
+      for (int i = int(threadIdx.x * blocks + rank); i < M * kQuads; i += int(blockDim.x * blocks)) {
+        const int tok = i / kQuads, cc = 4 * (i % kQuads), c = c0 + cc;
+        if (c >= N) continue;
+        float4 v[kDecMaxCluster];
+#pragma unroll
+        for (int q = 0; q < kDecMaxCluster; ++q)
+          if (q < int(blocks)) v[q] = load_peer(&partial[tok][cc], unsigned(q));
+        float4 s = v[0];
+#pragma unroll
+        for (int q = 1; q < kDecMaxCluster; ++q)
+          if (q < int(blocks)) s.x += v[q].x, s.y += v[q].y, s.z += v[q].z, s.w += v[q].w;
+        Y* at = y + size_t(tok) * y_ld + (c - first);
+        store(at, s.x), store(at + 1, s.y), store(at + 2, s.z), store(at + 3, s.w);
+      }
+      cluster_sync();  // the peers read this block's shared memory until here
+      return;
+    }
+  }
+  // Per 8-token tile: C fragments into shared memory, then thread i takes token
+  // i / kQuads, columns 4·(i % kQuads) .. +3.
   const bool single_slice = gridDim.y == 1;
-  const int tr = threadIdx.x / 32, tc = 4 * (threadIdx.x % 32);
+  const int tr = threadIdx.x / kQuads, tc = 4 * (threadIdx.x % kQuads);
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
     if (m * 8 >= M) break;
@@ -381,8 +489,8 @@ __global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
   __syncthreads();
   if (!last_block) return;
   __threadfence();
-  for (int i = threadIdx.x; i < M * (kDecCols / 4); i += blockDim.x) {
-    const int r = i / (kDecCols / 4), c = c0 + 4 * (i % (kDecCols / 4));
+  for (int i = threadIdx.x; i < M * kQuads; i += blockDim.x) {
+    const int r = i / kQuads, c = c0 + 4 * (i % kQuads);
     if (c >= N) continue;
     float4* a = reinterpret_cast<float4*>(acc + size_t(r) * N + c);
     const float4 v = __ldcg(a);
@@ -391,6 +499,48 @@ __global__ void __launch_bounds__(kDecWarps * 32, decode_min_blocks(MT, R))
     *a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   }
   if (threadIdx.x == 0) tickets[blockIdx.x] = 0;
+}
+
+// The decode kernel's launch configuration (cluster > 1: `cluster` slices of a column
+// block form one cluster), as a programmatic dependent like launch_dependent().
+cudaLaunchConfig_t decode_config(const GpuContext& ctx, dim3 grid, dim3 block, unsigned cluster,
+                                 cudaLaunchAttribute (&attrs)[2]) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.stream = ctx.stream();
+  attrs[0] = {};
+  attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[0].val.programmaticStreamSerializationAllowed = 1;
+  attrs[1] = {};
+  attrs[1].id = cudaLaunchAttributeClusterDimension;
+  attrs[1].val.clusterDim.x = 1;
+  attrs[1].val.clusterDim.y = cluster;
+  attrs[1].val.clusterDim.z = 1;
+  config.attrs = attrs;
+  config.numAttrs = cluster > 1 ? 2 : 1;
+  return config;
+}
+
+// Launches fp8_decode_kernel<MT, R, CB> with R steps per slice, summing split K as `sum`
+// says. Returns the cluster size (1: atomics or a single slice).
+template <int MT, int R, int CB, typename X, typename Y>
+int launch_decode_kernel(const GpuContext& ctx, Fp8SplitSum sum, const uint8_t* w, const float* w_scales, const X* x,
+                         int64_t x_ld, float* acc, unsigned* tickets, const DecodeOutputs<Y>& o, int M, int N, int K) {
+  const auto kernel = fp8_decode_kernel<MT, R, CB, X, Y>;
+  const dim3 grid(unsigned(ceil_div(N, kDecCols * CB)), unsigned(K / (R * kDecStep)));
+  const dim3 block(kDecWarps * 32 * CB);
+  const int slices = int(grid.y);
+  int cluster = 1;
+  if (sum == Fp8SplitSum::Cluster) {
+    DSQ_CHECK(MT <= 2 && slices >= 2 && slices <= kDecMaxCluster, "FP8 decode: cluster sums need 2-", kDecMaxCluster,
+              " slices and M <= 16 (", slices, " slices, M=", M, ")");
+    cluster = slices;
+  }
+  cudaLaunchAttribute attrs[2];
+  const cudaLaunchConfig_t config = decode_config(ctx, grid, block, unsigned(cluster), attrs);
+  DSQ_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, w, w_scales, x, x_ld, acc, tickets, o, M, N, K, cluster > 1));
+  return cluster;
 }
 
 // Fallback GEMM: a 16×16 thread block computes a 64×64 tile of y, each thread 4×4
@@ -570,19 +720,26 @@ Fp8BlockLinear::Workspace Fp8BlockLinear::carve(void* base, int64_t M) const {
 
 size_t Fp8BlockLinear::workspace_bytes(int64_t M) const { return carve(nullptr, M).bytes; }
 
-int Fp8BlockLinear::decode_steps(int sm_count) const {
-  const int64_t slices = K_ / kDecStep;
-  if (decode_steps_) {
-    DSQ_CHECK(slices % decode_steps_ == 0, what_, ": ", decode_steps_, " decode steps do not divide K=", K_);
-    return decode_steps_;
-  }
+int Fp8BlockLinear::bandwidth_steps(int sm_count) const {
   // Longer slices (fewer atomics, each block streams more, two steps in flight) while
   // every SM keeps a block: V4-Flash's wq_b, wo_a and wo_b (1,024 units each) run 256
   // blocks of 4 steps, measured on an H100 4-12 points of copy bandwidth better than 512
   // of 2 steps at M = 1-16 (bench/results/gpu-gemm-fp8.md, session 4).
-  const int64_t units = ceil_div(N_, kDecCols) * slices;
+  const int64_t slices = K_ / kDecStep, units = ceil_div(N_, kDecCols) * slices;
   for (int steps : {4, 2})
     if (slices % steps == 0 && units / steps >= int64_t(sm_count)) return steps;
+  return 0;
+}
+
+int Fp8BlockLinear::decode_steps(int sm_count, int64_t M) const {
+  const int64_t slices = K_ / kDecStep;
+  if (M > 16) return 1;
+  if (decode_steps_) {
+    DSQ_CHECK(slices % decode_steps_ == 0, what_, ": ", decode_steps_, " decode steps do not divide K=", K_);
+    return decode_steps_;
+  }
+  // Small weights (wq_a, wkv: 4-12 column blocks): one step per block, the most blocks.
+  if (const int steps = bandwidth_steps(sm_count)) return steps;
   return 1;
 }
 
@@ -654,21 +811,32 @@ void Fp8BlockLinear::launch_decode(const GpuContext& ctx, const X* x, int64_t x_
     o.ld[i] = int(outs[i].ld);
     o.y[i] = outs[i].y;
   }
-  const int steps = M <= 16 ? decode_steps(ctx.sm_count()) : 1;
-  const dim3 grid(unsigned(ceil_div(N_, kDecCols)), unsigned(K_ / (steps * kDecStep)));
-  const dim3 threads(kDecWarps * 32);
+  const int steps = decode_steps(ctx.sm_count(), M);
+  const int64_t slices = K_ / (steps * kDecStep);
+  // Wide blocks (two column blocks sharing one quantization) need 4 steps, <= 16 tokens
+  // and no range boundary inside a block. Measured on an H100 (session 4b): a single
+  // slice gains at any M (wq_b M = 1 / 16: 88.6 -> 93.7 / 80.4 -> 90.3 % of copy), split
+  // K gains at 9-16 tokens (wo_b M = 16: 70.0 -> 72.6 %) but loses at 1-8 (81.0 -> 77.0
+  // at M = 1).
+  bool wide_fits = M <= 16 && steps == 4;
+  for (int i = 0; i + 1 < count; ++i) wide_fits = wide_fits && o.end[i] % (2 * kDecCols) == 0;
+  DSQ_CHECK(decode_width_ != 2 || wide_fits, what_, ": wide decode blocks need M <= 16, 4 steps and ranges of ",
+            2 * kDecCols, " rows");
+  const int width = decode_width_ == 2 || (decode_width_ == 0 && wide_fits && (slices == 1 || M > 8)) ? 2 : 1;
   const float* wsc = kmajor_scales_.get();
-#define DSQ_FP8_DECODE(MT, R)                                                                                   \
-  launch_dependent(ctx, fp8_decode_kernel<MT, R, X, Y>, grid, threads, 0, values_.get(), wsc, x, x_ld, ws.acc, \
-                   ws.tickets, o, int(M), int(N_), int(K_))
-  if (M <= 8 && steps == 4) DSQ_FP8_DECODE(1, 4);
-  else if (M <= 8 && steps == 2) DSQ_FP8_DECODE(1, 2);
-  else if (M <= 8) DSQ_FP8_DECODE(1, 1);
-  else if (M <= 16 && steps == 4) DSQ_FP8_DECODE(2, 4);
-  else if (M <= 16 && steps == 2) DSQ_FP8_DECODE(2, 2);
-  else if (M <= 16) DSQ_FP8_DECODE(2, 1);
-  else if (M <= 32) DSQ_FP8_DECODE(4, 1);
-  else DSQ_FP8_DECODE(8, 1);
+#define DSQ_FP8_DECODE(MT, R, CB)                                                                      \
+  launch_decode_kernel<MT, R, CB, X, Y>(ctx, decode_sum_, values_.get(), wsc, x, x_ld, ws.acc, ws.tickets, o, \
+                                        int(M), int(N_), int(K_))
+  int cluster = 1;
+  if (M <= 8 && steps == 4) cluster = width == 2 ? DSQ_FP8_DECODE(1, 4, 2) : DSQ_FP8_DECODE(1, 4, 1);
+  else if (M <= 8 && steps == 2) cluster = DSQ_FP8_DECODE(1, 2, 1);
+  else if (M <= 8) cluster = DSQ_FP8_DECODE(1, 1, 1);
+  else if (M <= 16 && steps == 4) cluster = width == 2 ? DSQ_FP8_DECODE(2, 4, 2) : DSQ_FP8_DECODE(2, 4, 1);
+  else if (M <= 16 && steps == 2) cluster = DSQ_FP8_DECODE(2, 2, 1);
+  else if (M <= 16) cluster = DSQ_FP8_DECODE(2, 1, 1);
+  else if (M <= 32) cluster = DSQ_FP8_DECODE(4, 1, 1);
+  else cluster = DSQ_FP8_DECODE(8, 1, 1);
+  last_decode_ = {steps, width, cluster};
 #undef DSQ_FP8_DECODE
   last_path_ = Fp8Path::Decode;
 }

@@ -15,7 +15,8 @@
 // from the row-major checkpoint layout into the registers of FP8 wgmma's A operand (k is
 // permuted the same way in both operands, so no re-layout is needed) and applies both
 // scales in fp32 per 128-wide block; launched as a programmatic dependent, it streams W
-// while the kernel before it finishes. Larger M quantizes the
+// while the kernel before it finishes; large weights run two 128-row blocks per thread
+// block (one quantization) where that measured faster. Larger M quantizes the
 // activations once, then runs cuBLASLt's block-scaling mode per range (VEC128_32F for x,
 // BLK128x128_32F for W; Hopper, cuBLAS >= 12.9), which has no algorithm for some small M
 // (M = 1 on an H100): M is then padded to a multiple of 16. Where cuBLASLt has nothing at
@@ -49,6 +50,16 @@ enum class ScaleOrder { KMajor, OuterMajor };
 // wins on the single weights; bench/results/gpu-gemm-fp8.md.)
 enum class Fp8Path { Auto, Decode, CublasLt, Fallback };
 constexpr int64_t kFp8DecodeMaxRows = 64;
+// How the decode kernel sums the K slices of a column block: fp32 atomics in the
+// workspace (the default), or, as a test/benchmark option, through the shared memory of
+// a thread-block cluster of the slices (2-8 slices, M <= 16; measured slower on an H100,
+// see fp8_decode_kernel).
+enum class Fp8SplitSum { Atomics, Cluster };
+// The decode kernel's configuration of the last decode run: 256-wide K steps per block,
+// 128-row column blocks per thread block, slices per cluster (1: no cluster).
+struct Fp8DecodeConfig {
+  int steps = 0, width = 0, cluster = 0;
+};
 constexpr int64_t kFp8DecodeAutoRows = 16;
 // Most row ranges one call takes (V4-Flash's wo_a has 8 groups).
 constexpr int kFp8MaxOutputs = 8;
@@ -80,6 +91,16 @@ class Fp8BlockLinear {
     DSQ_CHECK(steps == 0 || steps == 1 || steps == 2 || steps == 4, what_, ": decode steps must be 0, 1, 2 or 4");
     decode_steps_ = steps;
   }
+  // Test/benchmark hooks: 128-row column blocks per thread block of the decode kernel
+  // (1, or 2 where it fits: M <= 16, 4 steps, no range boundary inside a block; 0: 2
+  // where it fits and measured faster: a single K slice, or 9-16 rows), and how it sums
+  // split K.
+  void set_decode_width(int width) {
+    DSQ_CHECK(width >= 0 && width <= 2, what_, ": decode width must be 0, 1 or 2");
+    decode_width_ = width;
+  }
+  void set_decode_sum(Fp8SplitSum sum) { decode_sum_ = sum; }
+  Fp8DecodeConfig last_decode() const { return last_decode_; }
 
   // Bytes of device scratch a call with M rows needs. Calls that run the decode kernel
   // (uses_decode(M)) need it zero-filled once when allocated and leave it zero again,
@@ -124,7 +145,10 @@ class Fp8BlockLinear {
   // apart as y_type (bf16 or fp32).
   bool has_plan(const GpuContext& ctx, int64_t M, int64_t rows, int64_t ld, cudaDataType_t y_type);
   void upload_weight_scales();
-  int decode_steps(int sm_count) const;
+  // 256-wide K steps per block of the decode kernel for M rows, and the steps of a
+  // weight large enough to be bandwidth-bound (0 where it is not).
+  int decode_steps(int sm_count, int64_t M) const;
+  int bandwidth_steps(int sm_count) const;
 
   int64_t N_, K_, groups_;
   std::string what_;
@@ -137,6 +161,9 @@ class Fp8BlockLinear {
   Fp8Path path_ = Fp8Path::Auto;
   Fp8Path last_path_ = Fp8Path::Auto;
   int decode_steps_ = 0;
+  int decode_width_ = 0;
+  Fp8SplitSum decode_sum_ = Fp8SplitSum::Atomics;
+  Fp8DecodeConfig last_decode_;
   // The non-decode path of the last quantize(): cuBLASLt rows (0: the fallback kernel).
   int64_t quantized_rows_ = 0;
   // (M, rows of the range, output row stride, output type) -> cuBLASLt algorithm from the
