@@ -127,47 +127,54 @@ __global__ void __launch_bounds__(kCompressThreads) compress_kernel(CompressArgs
     return;
   }
   const int64_t s = a.first_entry + blockIdx.x;
-  const int64_t n_slots = a.overlap ? 2 * a.rate : a.rate;  // slot t < m of an overlap: previous window
-  const CompressLayout layout = compress_layout(a.width, n_slots);
+  // Slot arithmetic in 32 bits, without a division per slot: slot t (t < m of an overlap:
+  // the previous window) is position base + t, found in this call's rows (row
+  // base + t − p0) from slot `fresh_from` on and in ring row (base_row + t) mod 2m before.
+  const int rate = int(a.rate), raw = int(a.raw), width = int(a.width);
+  const int n_slots = a.overlap ? 2 * rate : rate;
+  const int64_t base = a.overlap ? (s - 1) * a.rate : s * a.rate;
+  const int fresh_from = int(std::clamp<int64_t>(a.p0 - base, 0, n_slots));
+  const int fresh_shift = int(base - a.p0);  // row of slot t among this call's rows: t + fresh_shift
+  const int base_row = int(((base % (2 * a.rate)) + 2 * a.rate) % (2 * a.rate));
+  const CompressLayout layout = compress_layout(width, n_slots);
   const int lane = int(threadIdx.x) % layout.lanes, group = int(threadIdx.x) / layout.lanes;
   const bool active = group < layout.groups;
   const bool has_previous = a.overlap && s > 0;
-  const int64_t own = a.overlap ? a.width : 0;  // channel offset of the own-window half
-  // Slot t of channel c: position and raw column (the ape row is the slot within its window).
-  auto slot_column = [&](int64_t t, int64_t c) { return t < a.rate && a.overlap ? c : own + c; };
-  auto slot_position = [&](int64_t t) { return a.overlap ? (s - 1) * a.rate + t : s * a.rate + t; };
-  auto slot_ape = [&](int64_t t, int64_t c) { return a.ape[(t % a.rate) * a.raw + slot_column(t, c)]; };
-  auto usable = [&](int64_t t) { return t < n_slots && (has_previous || !a.overlap || t >= a.rate); };
+  const int own = a.overlap ? width : 0;  // channel offset of the own-window half
+  // Raw column of slot t, channel c, and its position-bias row (the slot within its window).
+  auto slot_column = [&](int t, int c) { return t < rate && a.overlap ? c : own + c; };
+  auto slot_ape = [&](int t, int c) { return a.ape[(t < rate ? t : t - rate) * raw + slot_column(t, c)]; };
+  auto usable = [&](int t) { return t < n_slots && (has_previous || !a.overlap || t >= rate); };
 
   // The weights of the first pass (position bias, norm weight, rope frequency) are read
   // before waiting for the kernel that writes the rows.
-  const int64_t nope = a.width - a.rope_dim;
-  const int64_t c_first = threadIdx.x;
-  const float norm_first = c_first < a.width ? a.norm[c_first] : 0.0f;
-  const float freq_first = c_first >= nope && c_first < a.width ? a.freqs[(c_first - nope) / 2] : 0.0f;
+  const int nope = width - int(a.rope_dim);
+  const int c_first = threadIdx.x;
+  const float norm_first = c_first < width ? a.norm[c_first] : 0.0f;
+  const float freq_first = c_first >= nope && c_first < width ? a.freqs[(c_first - nope) / 2] : 0.0f;
   float first_ape[kCompressBatch];
 #pragma unroll
   for (int x = 0; x < kCompressBatch; ++x) {
-    const int64_t t = group + int64_t(x) * layout.groups;
+    const int t = group + x * layout.groups;
     first_ape[x] = active && usable(t) ? slot_ape(t, lane) : 0.0f;
   }
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
 
-  // Raw row of position u: this call's rows from p0 on, the ring before.
-  auto row_offset = [&](int64_t u) { return u >= a.p0 ? (u - a.p0) * a.raw : (u % (2 * a.rate)) * a.raw; };
-  for (int64_t c = lane; c < a.width; c += layout.lanes) {
+  for (int c = lane; c < width; c += layout.lanes) {
     float run_max = kNegInf, run_sum = 0, run_acc = 0;
     if (active)
-      for (int64_t t0 = group; t0 < n_slots; t0 += int64_t(kCompressBatch) * layout.groups) {
+      for (int t0 = group; t0 < n_slots; t0 += kCompressBatch * layout.groups) {
         float g[kCompressBatch], v[kCompressBatch];
 #pragma unroll
         for (int x = 0; x < kCompressBatch; ++x) {
-          const int64_t t = t0 + int64_t(x) * layout.groups;
+          const int t = t0 + x * layout.groups;
           g[x] = kNegInf, v[x] = 0;
           if (!usable(t)) continue;
-          const int64_t u = slot_position(t), at = row_offset(u) + slot_column(t, c);
-          const bool fresh = u >= a.p0;
+          const bool fresh = t >= fresh_from;
+          int row = fresh ? t + fresh_shift : base_row + t;
+          if (!fresh && row >= 2 * rate) row -= 2 * rate;
+          const int64_t at = int64_t(row) * raw + slot_column(t, c);
           const float ape = t0 == group && c == lane ? first_ape[x] : slot_ape(t, c);
           g[x] = (fresh ? a.gate : a.ring_gate)[at] + ape;
           v[x] = (fresh ? a.kv : a.ring_kv)[at];
@@ -209,7 +216,7 @@ __global__ void __launch_bounds__(kCompressThreads) compress_kernel(CompressArgs
   }
   __syncthreads();
   float sum_sq = 0;
-  for (int64_t c = threadIdx.x; c < a.width; c += blockDim.x) sum_sq += pooled[c] * pooled[c];
+  for (int c = threadIdx.x; c < width; c += blockDim.x) sum_sq += pooled[c] * pooled[c];
   sum_sq = warp_sum(sum_sq);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum_sq;
   __syncthreads();
@@ -219,18 +226,18 @@ __global__ void __launch_bounds__(kCompressThreads) compress_kernel(CompressArgs
     if (threadIdx.x == 0) partial[0] = v;
   }
   __syncthreads();
-  const float inv = 1.0f / sqrtf(partial[0] / float(a.width) + a.eps);
-  for (int64_t c = threadIdx.x; c < a.width; c += blockDim.x)
+  const float inv = 1.0f / sqrtf(partial[0] / float(width) + a.eps);
+  for (int c = threadIdx.x; c < width; c += blockDim.x)
     pooled[c] = (c == c_first ? norm_first : a.norm[c]) * (pooled[c] * inv);
   __syncthreads();
   // Rope rotates the pairs (nope + 2i, nope + 2i + 1) by the angle s·m·freq[i].
   float* entry = a.entries + s * a.width;
-  for (int64_t c = threadIdx.x; c < a.width; c += blockDim.x) {
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
     if (c < nope) {
       entry[c] = pooled[c];
       continue;
     }
-    const int64_t i = (c - nope) / 2, x_at = nope + 2 * i;
+    const int i = (c - nope) / 2, x_at = nope + 2 * i;
     const float angle = float(s * a.rate) * (c == c_first ? freq_first : a.freqs[i]);
     const float cs = cosf(angle), sn = sinf(angle);
     const float x = pooled[x_at], y = pooled[x_at + 1];
