@@ -5,6 +5,8 @@
 //     compressed entries) over the time, next to the device-to-device copy bandwidth
 //     measured in the same run;
 //   the CSA indexer (indexer_scores + indexer_topk over all entries);
+//   the per-op latency of the small decode ops: compress (a step that closes a window,
+//     and one that only stores its rows in the rings), update_window, indexer_topk alone;
 // and, for reference, one 4096-token prefill chunk of sink_attention per layer kind.
 // Every call reads another layer's copy of the state, and the copies together exceed
 // the L2 several times, so keys come from memory as in a real decode step. Times are
@@ -21,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/rope.h"
 #include "backend/cuda/cuda_ops.h"
 #include "bench/gpu/copy_bandwidth.h"
 
@@ -178,6 +181,65 @@ void bench_indexer(CudaOps& ops, Timer& timer, int64_t ctx, double copy_bps) {
               100.0 * key_bytes / scores_only.graph / copy_bps);
 }
 
+// One compressor (V4-Flash: CSA 512 wide with overlap at m = 4, its indexer's 128 wide,
+// HCA 512 at m = 128) taking the decode step's row at position p0 = ctx − 1 (closes a
+// window) or ctx − 2 (rows only stored in the rings). Each call uses another layer's rings.
+void bench_compress(CudaOps& ops, Timer& timer, const char* name, int64_t width, int64_t rate, bool overlap,
+                    int64_t ctx, bool closes) {
+  const int64_t raw = overlap ? 2 * width : width, p0 = closes ? ctx - 1 : ctx - 2;
+  constexpr int kCopies = 64;
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> uniform(-0.5f, 0.5f);
+  std::vector<float> ape(static_cast<size_t>(rate * raw)), norm(static_cast<size_t>(width));
+  for (float& x : ape) x = uniform(rng);
+  for (float& x : norm) x = 1.0f + 0.1f * uniform(rng);
+  const cpu::YarnScaling yarn{16.0, 65536, 32.0, 1.0};
+  const cpu::RopeFrequencies rope = cpu::rope_frequencies(64, 160000.0, &yarn);
+  const backend::CompressorParams params{&ape, &norm, rate, width, overlap, 1e-6f, &rope};
+  std::vector<DeviceBuffer<float>> ring_kv, ring_gate, kv, gate;
+  for (int c = 0; c < kCopies; ++c) {
+    ring_kv.push_back(random_buffer(size_t(2 * rate * raw), 60 + c));
+    ring_gate.push_back(random_buffer(size_t(2 * rate * raw), 160 + c));
+    kv.push_back(random_buffer(size_t(raw), 260 + c));
+    gate.push_back(random_buffer(size_t(raw), 360 + c));
+  }
+  DeviceBuffer<float> entries(size_t((ctx / rate + 1) * width));
+  const Times t = measure(ops, timer, [&](int i) {
+    const size_t c = size_t(i % kCopies);
+    ops.compress(params, ring_kv[c].get(), ring_gate[c].get(), entries.get(), kv[c].get(), gate[c].get(), p0, 1);
+  });
+  std::printf("| compress %s, %s | %lldk | %.1f | %.1f |\n", name, closes ? "closes a window" : "ring store only",
+              (long long)(ctx / 1024), t.eager * 1e6, t.graph * 1e6);
+}
+
+// update_window of the decode step (one 512-wide row into the window ring), per layer.
+void bench_update_window(CudaOps& ops, Timer& timer, int64_t ctx) {
+  constexpr int kCopies = 64;
+  std::vector<DeviceBuffer<float>> rings, keys;
+  for (int c = 0; c < kCopies; ++c) {
+    rings.push_back(random_buffer(size_t((kWindow - 1) * kDim), 70 + c));
+    keys.push_back(random_buffer(size_t(kDim), 170 + c));
+  }
+  const Times t = measure(ops, timer, [&](int i) {
+    ops.update_window(rings[size_t(i % kCopies)].get(), keys[size_t(i % kCopies)].get(), ctx - 1, 1, kDim, kWindow);
+  });
+  std::printf("| update_window | %lldk | %.1f | %.1f |\n", (long long)(ctx / 1024), t.eager * 1e6, t.graph * 1e6);
+}
+
+// indexer_topk alone (top-512 of ctx / 4 scores; each call ranks another row of scores).
+void bench_topk(CudaOps& ops, Timer& timer, int64_t ctx) {
+  const int64_t p0 = ctx - 1, n_keys = ctx / kCsaRate;
+  constexpr int kCopies = 16;
+  std::vector<DeviceBuffer<float>> scores;
+  for (int c = 0; c < kCopies; ++c) scores.push_back(random_buffer(size_t(n_keys), 80 + c));
+  DeviceBuffer<int64_t> selected(static_cast<size_t>(kTopk));
+  const Times t = measure(ops, timer, [&](int i) {
+    ops.indexer_topk(scores[size_t(i % kCopies)].get(), 1, n_keys, kTopk, p0, kCsaRate, selected.get());
+  });
+  std::printf("| indexer_topk (top-512 of %lld) | %lldk | %.1f | %.1f |\n", (long long)n_keys,
+              (long long)(ctx / 1024), t.eager * 1e6, t.graph * 1e6);
+}
+
 // A prefill chunk of S tokens at positions p0 … p0+S−1 (one copy of the state: a chunk
 // this size is compute-bound): time per chunk and per token.
 void bench_prefill(CudaOps& ops, Timer& timer, Kind kind, int64_t p0, int64_t S) {
@@ -230,6 +292,15 @@ int run() {
     for (Kind kind : {Kind::Sliding, Kind::CSA, Kind::HCA}) bench_attention(ops, timer, kind, ctx, copy_bps);
     bench_indexer(ops, timer, ctx, copy_bps);
   }
+  std::printf("\nDecode (S = 1), per-op latency of the small ops.\n\n| op | context | eager (us) | graph (us) |\n"
+              "|---|---:|---:|---:|\n");
+  for (bool closes : {true, false}) {
+    bench_compress(ops, timer, "CSA 512, m = 4", 512, kCsaRate, true, 8192, closes);
+    bench_compress(ops, timer, "indexer 128, m = 4", kIndexDim, kCsaRate, true, 8192, closes);
+    bench_compress(ops, timer, "HCA 512, m = 128", 512, kHcaRate, false, 8192, closes);
+  }
+  bench_update_window(ops, timer, 8192);
+  for (int64_t ctx : {int64_t(8192), int64_t(65536)}) bench_topk(ops, timer, ctx);
   std::printf("\nPrefill chunk, V4-Flash shapes (eager, median of 3).\n\n| op | p0 | S | time (us) | per token (us) |\n"
               "|---|---:|---:|---:|---:|\n");
   for (Kind kind : {Kind::Sliding, Kind::CSA, Kind::HCA}) bench_prefill(ops, timer, kind, 4096, 4096);

@@ -74,62 +74,149 @@ void store_ring_rows(const GpuContext& ctx, RingRows a, RingRows b, int64_t p0, 
 // ---- compress ----
 
 struct CompressArgs {
-  const float* ring_kv;
-  const float* ring_gate;
+  float* ring_kv;
+  float* ring_gate;
   const float* kv;    // this call's raw rows [S, raw]
   const float* gate;
   const float* ape;   // [m, raw]
   const float* norm;  // [width]
   const float* freqs; // [rope_dim / 2]
   float* entries;
-  int64_t p0, rate, width, raw, rope_dim, first_entry;
+  int64_t p0, S, rate, width, raw, rope_dim, first_entry, n_close;
   bool overlap;
   float eps;
 };
 
-// One block per closing window s = first_entry + blockIdx.x: per channel, the softmax
-// pool over its slots (two passes, as the CPU), then RMSNorm and rope at position s·m.
-__global__ void compress_kernel(CompressArgs a) {
+constexpr int kCompressThreads = 1024;
+constexpr int kCompressBatch = 8;  // slots whose loads one thread has in flight at once
+
+// Channel lanes and slot groups of a compress block: `lanes` threads cover the channels
+// (each lanes-th one), and `groups` such sets of threads split a window's slots between
+// them, so that a narrow entry still keeps a full block of loads in flight.
+struct CompressLayout {
+  int lanes, groups;
+};
+__host__ __device__ inline CompressLayout compress_layout(int64_t width, int64_t n_slots) {
+  const int lanes = int(width < kCompressThreads ? width : kCompressThreads);
+  const int64_t groups = kCompressThreads / lanes < n_slots ? kCompressThreads / lanes : n_slots;
+  return {lanes, int(groups)};
+}
+
+// Blocks 0 … n_close−1: entry s = first_entry + blockIdx.x. Every channel's softmax pool
+// over the window's slots (the previous window's first-half channels and the own
+// window's second half with overlap), as an online softmax over batches of slots whose
+// loads are all in flight together; the slot groups' partial pools merge in shared
+// memory; then RMSNorm and rope at position s·m. Any blocks from n_close on store the
+// call's rows in the rings: legal in the same launch only when no ring row they
+// overwrite is one that a closing window reads (compress() checks).
+__global__ void __launch_bounds__(kCompressThreads) compress_kernel(CompressArgs a) {
+  extern __shared__ float pooled[];  // [width]
+  __shared__ float part_max[kCompressThreads], part_sum[kCompressThreads], part_acc[kCompressThreads];
+  __shared__ float partial[32];
+  if (blockIdx.x >= a.n_close) {  // ring store
+    wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+    allow_dependent_launch();
+    const int64_t first = a.S > 2 * a.rate ? a.S - 2 * a.rate : 0, total = (a.S - first) * a.raw;
+    for (int64_t idx = (blockIdx.x - a.n_close) * int64_t(blockDim.x) + threadIdx.x; idx < 2 * total;
+         idx += int64_t(gridDim.x - a.n_close) * blockDim.x) {
+      const bool is_gate = idx >= total;
+      const int64_t e = is_gate ? idx - total : idx, i = first + e / a.raw, c = e % a.raw;
+      float* ring = is_gate ? a.ring_gate : a.ring_kv;
+      ring[((a.p0 + i) % (2 * a.rate)) * a.raw + c] = (is_gate ? a.gate : a.kv)[i * a.raw + c];
+    }
+    return;
+  }
+  const int64_t s = a.first_entry + blockIdx.x;
+  // Slot arithmetic in 32 bits, without a division per slot: slot t (t < m of an overlap:
+  // the previous window) is position base + t, found in this call's rows (row
+  // base + t − p0) from slot `fresh_from` on and in ring row (base_row + t) mod 2m before.
+  const int rate = int(a.rate), raw = int(a.raw), width = int(a.width);
+  const int n_slots = a.overlap ? 2 * rate : rate;
+  const int64_t base = a.overlap ? (s - 1) * a.rate : s * a.rate;
+  const int fresh_from = int(std::clamp<int64_t>(a.p0 - base, 0, n_slots));
+  const int fresh_shift = int(base - a.p0);  // row of slot t among this call's rows: t + fresh_shift
+  const int base_row = int(((base % (2 * a.rate)) + 2 * a.rate) % (2 * a.rate));
+  const CompressLayout layout = compress_layout(width, n_slots);
+  const int lane = int(threadIdx.x) % layout.lanes, group = int(threadIdx.x) / layout.lanes;
+  const bool active = group < layout.groups;
+  const bool has_previous = a.overlap && s > 0;
+  const int own = a.overlap ? width : 0;  // channel offset of the own-window half
+  // Raw column of slot t, channel c, and its position-bias row (the slot within its window).
+  auto slot_column = [&](int t, int c) { return t < rate && a.overlap ? c : own + c; };
+  auto slot_ape = [&](int t, int c) { return a.ape[(t < rate ? t : t - rate) * raw + slot_column(t, c)]; };
+  auto usable = [&](int t) { return t < n_slots && (has_previous || !a.overlap || t >= rate); };
+
+  // The weights of the first pass (position bias, norm weight, rope frequency) are read
+  // before waiting for the kernel that writes the rows.
+  const int nope = width - int(a.rope_dim);
+  const int c_first = threadIdx.x;
+  const float norm_first = c_first < width ? a.norm[c_first] : 0.0f;
+  const float freq_first = c_first >= nope && c_first < width ? a.freqs[(c_first - nope) / 2] : 0.0f;
+  float first_ape[kCompressBatch];
+#pragma unroll
+  for (int x = 0; x < kCompressBatch; ++x) {
+    const int t = group + x * layout.groups;
+    first_ape[x] = active && usable(t) ? slot_ape(t, lane) : 0.0f;
+  }
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
-  extern __shared__ float pooled[];  // [width]
-  __shared__ float partial[32];
-  const int64_t s = a.first_entry + blockIdx.x;
-  // Raw row of position u: this call's rows from p0 on, the ring before.
-  auto kv_row = [&](int64_t u) {
-    return u >= a.p0 ? a.kv + (u - a.p0) * a.raw : a.ring_kv + (u % (2 * a.rate)) * a.raw;
-  };
-  auto gate_row = [&](int64_t u) {
-    return u >= a.p0 ? a.gate + (u - a.p0) * a.raw : a.ring_gate + (u % (2 * a.rate)) * a.raw;
-  };
-  const bool has_previous = a.overlap && s > 0;
-  const int64_t own = a.overlap ? a.width : 0;  // channel offset of the own-window half
-  float sum_sq = 0;
-  for (int64_t c = threadIdx.x; c < a.width; c += blockDim.x) {
-    float m = kNegInf;
-    if (has_previous)
-      for (int64_t j = 0; j < a.rate; ++j)
-        m = fmaxf(m, gate_row((s - 1) * a.rate + j)[c] + a.ape[j * a.raw + c]);
-    for (int64_t j = 0; j < a.rate; ++j)
-      m = fmaxf(m, gate_row(s * a.rate + j)[own + c] + a.ape[j * a.raw + own + c]);
-    float denom = 0, acc = 0;
-    if (has_previous)
-      for (int64_t j = 0; j < a.rate; ++j) {
-        const int64_t u = (s - 1) * a.rate + j;
-        const float e = expf(gate_row(u)[c] + a.ape[j * a.raw + c] - m);
-        denom += e;
-        acc += e * kv_row(u)[c];
+
+  for (int c = lane; c < width; c += layout.lanes) {
+    float run_max = kNegInf, run_sum = 0, run_acc = 0;
+    if (active)
+      for (int t0 = group; t0 < n_slots; t0 += kCompressBatch * layout.groups) {
+        float g[kCompressBatch], v[kCompressBatch];
+#pragma unroll
+        for (int x = 0; x < kCompressBatch; ++x) {
+          const int t = t0 + x * layout.groups;
+          g[x] = kNegInf, v[x] = 0;
+          if (!usable(t)) continue;
+          const bool fresh = t >= fresh_from;
+          int row = fresh ? t + fresh_shift : base_row + t;
+          if (!fresh && row >= 2 * rate) row -= 2 * rate;
+          const int64_t at = int64_t(row) * raw + slot_column(t, c);
+          const float ape = t0 == group && c == lane ? first_ape[x] : slot_ape(t, c);
+          g[x] = (fresh ? a.gate : a.ring_gate)[at] + ape;
+          v[x] = (fresh ? a.kv : a.ring_kv)[at];
+        }
+        float batch_max = kNegInf;
+#pragma unroll
+        for (int x = 0; x < kCompressBatch; ++x) batch_max = fmaxf(batch_max, g[x]);
+        if (batch_max == kNegInf) continue;
+        const float new_max = fmaxf(run_max, batch_max);
+        const float rescale = run_max == kNegInf ? 0.0f : expf(run_max - new_max);
+        run_sum *= rescale, run_acc *= rescale;
+#pragma unroll
+        for (int x = 0; x < kCompressBatch; ++x) {
+          const float e = g[x] == kNegInf ? 0.0f : expf(g[x] - new_max);
+          run_sum += e;
+          run_acc += e * v[x];
+        }
+        run_max = new_max;
       }
-    for (int64_t j = 0; j < a.rate; ++j) {
-      const int64_t u = s * a.rate + j;
-      const float e = expf(gate_row(u)[own + c] + a.ape[j * a.raw + own + c] - m);
-      denom += e;
-      acc += e * kv_row(u)[own + c];
+    if (layout.groups > 1) {  // the groups' partial pools of this channel
+      __syncthreads();
+      if (active) {
+        part_max[threadIdx.x] = run_max, part_sum[threadIdx.x] = run_sum, part_acc[threadIdx.x] = run_acc;
+      }
+      __syncthreads();
+      if (group == 0) {
+        float top = kNegInf;
+        for (int r = 0; r < layout.groups; ++r) top = fmaxf(top, part_max[r * layout.lanes + lane]);
+        run_sum = 0, run_acc = 0;
+        for (int r = 0; r < layout.groups; ++r) {
+          const float m = part_max[r * layout.lanes + lane];
+          const float w = m == kNegInf ? 0.0f : expf(m - top);
+          run_sum += part_sum[r * layout.lanes + lane] * w;
+          run_acc += part_acc[r * layout.lanes + lane] * w;
+        }
+      }
     }
-    const float v = acc / denom;
-    pooled[c] = v;
-    sum_sq += v * v;
+    if (group == 0) pooled[c] = run_acc / run_sum;
   }
+  __syncthreads();
+  float sum_sq = 0;
+  for (int c = threadIdx.x; c < width; c += blockDim.x) sum_sq += pooled[c] * pooled[c];
   sum_sq = warp_sum(sum_sq);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum_sq;
   __syncthreads();
@@ -139,75 +226,92 @@ __global__ void compress_kernel(CompressArgs a) {
     if (threadIdx.x == 0) partial[0] = v;
   }
   __syncthreads();
-  const float inv = 1.0f / sqrtf(partial[0] / float(a.width) + a.eps);
-  for (int64_t c = threadIdx.x; c < a.width; c += blockDim.x) pooled[c] = a.norm[c] * (pooled[c] * inv);
+  const float inv = 1.0f / sqrtf(partial[0] / float(width) + a.eps);
+  for (int c = threadIdx.x; c < width; c += blockDim.x)
+    pooled[c] = (c == c_first ? norm_first : a.norm[c]) * (pooled[c] * inv);
   __syncthreads();
+  // Rope rotates the pairs (nope + 2i, nope + 2i + 1) by the angle s·m·freq[i].
   float* entry = a.entries + s * a.width;
-  const int64_t nope = a.width - a.rope_dim;
-  for (int64_t c = threadIdx.x; c < nope; c += blockDim.x) entry[c] = pooled[c];
-  for (int64_t i = threadIdx.x; i < a.rope_dim / 2; i += blockDim.x) {
-    const float angle = float(s * a.rate) * a.freqs[i];
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    if (c < nope) {
+      entry[c] = pooled[c];
+      continue;
+    }
+    const int i = (c - nope) / 2, x_at = nope + 2 * i;
+    const float angle = float(s * a.rate) * (c == c_first ? freq_first : a.freqs[i]);
     const float cs = cosf(angle), sn = sinf(angle);
-    const float x = pooled[nope + 2 * i], y = pooled[nope + 2 * i + 1];
-    entry[nope + 2 * i] = x * cs - y * sn;
-    entry[nope + 2 * i + 1] = y * cs + x * sn;
+    const float x = pooled[x_at], y = pooled[x_at + 1];
+    entry[c] = c == x_at ? x * cs - y * sn : y * cs + x * sn;
   }
 }
 
 // ---- indexer scores ----
 
-constexpr int kIxKeys = 64, kIxHeads = 64, kIxDim = 64;  // block tile; 16×16 threads, 4 heads × 4 keys each
-constexpr int kIxLoads = kIxHeads * kIxDim / 4 / 256;    // float4 loads per thread and operand
+constexpr int kIxHeads = 64, kIxDim = 64;  // block tile of heads × dims; 16×16 threads, 4 heads each
+constexpr int kIxQLoads = kIxHeads * kIxDim / 4 / 256;  // float4 loads of q per thread and slice
 
-// Block (key tile, query i): the q·k products of up to 64 heads × 64 keys per pass over the
-// heads, accumulated over head_dim in slices of 64; ReLU and the head weight are applied
-// per pass and the per-key sums reduced over the 16 thread rows at the end. Tiles are
-// stored dim-major so that a thread reads its 4 heads and its 4 keys as one float4 each.
-// head_dim is a multiple of 4.
+// Block (key tile, query i) of 16·KPT keys (KPT keys per thread): the q·k products of up
+// to 64 heads × 16·KPT keys per pass over the heads, accumulated over head_dim in slices
+// of 64; ReLU and the head weight are applied per pass and the per-key sums reduced over
+// the 16 thread rows at the end. Tiles are stored dim-major so that a thread reads its 4
+// heads as one float4 and its KPT keys side by side. A decode at a few thousand entries
+// takes the narrower tile so that the grid covers more of the GPU; head_dim is a
+// multiple of 4.
+template <int KPT>
 __global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, const float* weights, int64_t S,
                                                              int n_heads, int head_dim, const float* keys,
                                                              int n_keys, float scale, float* scores) {
+  constexpr int kKeys = 16 * KPT;
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
   __shared__ __align__(16) float q_s[kIxDim][kIxHeads];
-  __shared__ __align__(16) float k_s[kIxDim][kIxKeys];
-  __shared__ float key_sum[16][kIxKeys];
+  __shared__ __align__(16) float k_s[kIxDim][kKeys];
+  __shared__ float key_sum[16][kKeys];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const int s0 = blockIdx.x * kIxKeys;
+  const int s0 = blockIdx.x * kKeys;
   for (int64_t i = blockIdx.y; i < S; i += gridDim.y) {
     const float* qi = q + i * n_heads * head_dim;
-    float total[4] = {0, 0, 0, 0};
+    float total[KPT] = {};
     for (int h0 = 0; h0 < n_heads; h0 += kIxHeads) {
-      float acc[4][4] = {};
+      float acc[4][KPT] = {};
       for (int d0 = 0; d0 < head_dim; d0 += kIxDim) {
         // All loads of the slice first (they overlap), then the transposed stores; a warp
         // covers 32 rows at one dim offset, so the stores hit 32 banks.
-        float4 qv[kIxLoads], kv[kIxLoads];
+        const float4 zero = make_float4(0, 0, 0, 0);
+        float4 qv[kIxQLoads], kv[KPT];
 #pragma unroll
-        for (int x = 0; x < kIxLoads; ++x) {
-          const int idx = threadIdx.x + 256 * x, r = idx % kIxHeads, d = d0 + 4 * (idx / kIxHeads);
-          const int h = h0 + r, s = s0 + r;
-          const float4 zero = make_float4(0, 0, 0, 0);
+        for (int x = 0; x < kIxQLoads; ++x) {
+          const int idx = threadIdx.x + 256 * x, h = h0 + idx % kIxHeads, d = d0 + 4 * (idx / kIxHeads);
           qv[x] = h < n_heads && d < head_dim ? *reinterpret_cast<const float4*>(qi + h * head_dim + d) : zero;
+        }
+#pragma unroll
+        for (int x = 0; x < KPT; ++x) {
+          const int idx = threadIdx.x + 256 * x, s = s0 + idx % kKeys, d = d0 + 4 * (idx / kKeys);
           kv[x] = s < n_keys && d < head_dim ? *reinterpret_cast<const float4*>(keys + int64_t(s) * head_dim + d)
                                              : zero;
         }
 #pragma unroll
-        for (int x = 0; x < kIxLoads; ++x) {
+        for (int x = 0; x < kIxQLoads; ++x) {
           const int idx = threadIdx.x + 256 * x, r = idx % kIxHeads, d = 4 * (idx / kIxHeads);
           q_s[d][r] = qv[x].x, q_s[d + 1][r] = qv[x].y, q_s[d + 2][r] = qv[x].z, q_s[d + 3][r] = qv[x].w;
+        }
+#pragma unroll
+        for (int x = 0; x < KPT; ++x) {
+          const int idx = threadIdx.x + 256 * x, r = idx % kKeys, d = 4 * (idx / kKeys);
           k_s[d][r] = kv[x].x, k_s[d + 1][r] = kv[x].y, k_s[d + 2][r] = kv[x].z, k_s[d + 3][r] = kv[x].w;
         }
         __syncthreads();
 #pragma unroll 8
         for (int d = 0; d < kIxDim; ++d) {
           const float4 a = *reinterpret_cast<const float4*>(&q_s[d][4 * ty]);
-          const float4 b = *reinterpret_cast<const float4*>(&k_s[d][4 * tx]);
-          const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+          const float av[4] = {a.x, a.y, a.z, a.w};
+          float bv[KPT];
+#pragma unroll
+          for (int y = 0; y < KPT; ++y) bv[y] = k_s[d][KPT * tx + y];
 #pragma unroll
           for (int x = 0; x < 4; ++x)
 #pragma unroll
-            for (int y = 0; y < 4; ++y) acc[x][y] += av[x] * bv[y];
+            for (int y = 0; y < KPT; ++y) acc[x][y] += av[x] * bv[y];
         }
         __syncthreads();
       }
@@ -217,17 +321,18 @@ __global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, con
         if (h >= n_heads) continue;
         const float w = weights[i * n_heads + h];
 #pragma unroll
-        for (int y = 0; y < 4; ++y) total[y] += fmaxf(acc[x][y], 0.0f) * w;
+        for (int y = 0; y < KPT; ++y) total[y] += fmaxf(acc[x][y], 0.0f) * w;
       }
     }
 #pragma unroll
-    for (int y = 0; y < 4; ++y) key_sum[ty][4 * tx + y] = total[y];
+    for (int y = 0; y < KPT; ++y) key_sum[ty][KPT * tx + y] = total[y];
     __syncthreads();
-    if (threadIdx.x < kIxKeys && s0 + int(threadIdx.x) < n_keys) {
+    if (threadIdx.x < kKeys && s0 + int(threadIdx.x) < n_keys) {
       float v = 0;
       for (int r = 0; r < 16; ++r) v += key_sum[r][threadIdx.x];
       scores[i * n_keys + s0 + threadIdx.x] = v * scale;
     }
+    __syncthreads();  // key_sum is rewritten for the next query
   }
 }
 
@@ -615,13 +720,21 @@ void CudaOps::compress(const backend::CompressorParams& p, float* ring_kv, float
             p.width);
   if (S <= 0) return;
   const int64_t first = p0 / p.rate, n_close = (p0 + S) / p.rate - first;
-  if (n_close > 0) {
-    CompressArgs a{ring_kv, ring_gate, kv, gate, resident(*p.ape), resident(*p.norm), rope_table(*p.rope),
-                   entries, p0, p.rate, p.width, raw, p.rope->rope_dim, first, p.overlap, p.eps};
-    launch_dependent(ctx(), compress_kernel, unsigned(n_close), 256, size_t(p.width) * sizeof(float), a);
-    DSQ_CUDA_CHECK_LAUNCH();
+  if (n_close == 0) {  // three decode steps in four at m = 4
+    store_ring_rows(ctx(), {ring_kv, kv}, {ring_gate, gate}, p0, S, raw, 2 * p.rate);
+    return;
   }
-  store_ring_rows(ctx(), {ring_kv, kv}, {ring_gate, gate}, p0, S, raw, 2 * p.rate);
+  // The rows go into the rings in the same launch unless a row they overwrite (position
+  // w − 2m for a stored position w) is one that a closing window still reads.
+  const int64_t lowest_read = first * p.rate - (p.overlap && first > 0 ? p.rate : 0);
+  const bool store_in_launch = p0 + S - 1 - 2 * p.rate < lowest_read;
+  const int64_t stored_values = 2 * std::min(S, 2 * p.rate) * raw;
+  CompressArgs a{ring_kv, ring_gate, kv, gate, resident(*p.ape), resident(*p.norm), rope_table(*p.rope),
+                 entries, p0, S, p.rate, p.width, raw, p.rope->rope_dim, first, n_close, p.overlap, p.eps};
+  const int64_t blocks = n_close + (store_in_launch ? blocks_for(stored_values, kCompressThreads) : 0);
+  launch_dependent(ctx(), compress_kernel, unsigned(blocks), kCompressThreads, size_t(p.width) * sizeof(float), a);
+  DSQ_CUDA_CHECK_LAUNCH();
+  if (!store_in_launch) store_ring_rows(ctx(), {ring_kv, kv}, {ring_gate, gate}, p0, S, raw, 2 * p.rate);
 }
 
 void CudaOps::indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim,
@@ -633,9 +746,19 @@ void CudaOps::indexer_scores(const float* q, const float* weights, int64_t S, in
                 reinterpret_cast<uintptr_t>(keys) % 16 == 0,
             "indexer_scores: head dim ", head_dim, " not a multiple of 4, or q / keys not 16-byte aligned");
   const float scale = 1.0f / std::sqrt(float(head_dim)) / std::sqrt(float(n_heads));
-  const dim3 grid{unsigned((n_keys + kIxKeys - 1) / kIxKeys), unsigned(std::min<int64_t>(S, 65535))};
-  launch_dependent(ctx(), indexer_scores_kernel, grid, 256, 0, q, weights, S, int(n_heads), int(head_dim), keys,
-                                                         int(n_keys), scale, scores);
+  // The wide tile (q re-read by fewer blocks) when it still gives every SM a block, else
+  // the half-wide one (a decode at a few thousand entries: 64 instead of 32 blocks, the
+  // faster of the two on an H100 at 8k context).
+  const int64_t wide_blocks = (n_keys + 63) / 64 * S;
+  const auto launch = [&](auto kernel, int keys_per_block) {
+    const dim3 grid{unsigned((n_keys + keys_per_block - 1) / keys_per_block), unsigned(std::min<int64_t>(S, 65535))};
+    launch_dependent(ctx(), kernel, grid, 256, 0, q, weights, S, int(n_heads), int(head_dim), keys, int(n_keys),
+                     scale, scores);
+  };
+  if (wide_blocks >= ctx().sm_count())
+    launch(indexer_scores_kernel<4>, 64);
+  else
+    launch(indexer_scores_kernel<2>, 32);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
