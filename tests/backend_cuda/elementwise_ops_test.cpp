@@ -331,6 +331,7 @@ const std::vector<MhcShape> kMhcShapes = {
     {"two streams, one Sinkhorn round", 2, 2, 64, 1},
     {"eight streams (two Sinkhorn entries per lane)", 3, 8, 64, 20},
     {"flash T=1", 1, 4, 4096, 20},
+    {"flash T=4", 4, 4, 4096, 20},
     {"flash T=7", 7, 4, 4096, 20},
     {"flash T=300", 300, 4, 4096, 20},
     {"70000 narrow tokens", 70000, 2, 4, 2},
@@ -353,8 +354,10 @@ MhcInputs mhc_inputs(const MhcShape& s, std::mt19937& rng) {
   return in;
 }
 
-// Without and with the fused input norm. Up to 8 tokens of ≤ 6 streams with a 4-aligned
-// hidden size take the one-launch path (mhc_mix_pre_kernel); the rest mhc_mix then the
+// Without and with the fused input norm. Up to 4 tokens of <= 4 streams with a hidden
+// size that is a multiple of 64 (up to 4096) take the cluster kernel
+// (mhc_pre_cluster_kernel), up to 8 tokens of <= 6 streams with a 4-aligned hidden size
+// the one-launch path with a ticket (mhc_mix_pre_kernel); the rest mhc_mix then the
 // per-token kernels. Bounds: the mixing sums are fp32 in another order (1e-6 relative on
 // the logits), which 20 Sinkhorn rounds and the sigmoids carry into comb and x.
 TEST(CudaElementwise, MhcPreMatchesCpu) {

@@ -19,6 +19,7 @@
 // [0, vocab) or a table entry outside [0, n_experts) gives expert 0 with weight NaN for
 // the whole token. The forward's logits then come out NaN, never a read out of bounds.
 // (gather_rows is not checked: it is not told how many rows `src` has.)
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -605,6 +606,135 @@ __global__ void __launch_bounds__(kMixThreads)
   }
 }
 
+// mhc_pre of up to kClusterMaxTokens tokens by one cluster of kClusterBlocks blocks, with
+// no trip through global memory inside the op: block b owns hidden columns
+// [b·w, (b+1)·w), w = H / kClusterBlocks, of every stream. Its warps r < R hold, in
+// registers from before the programmatic-launch wait, the mixing weights of those
+// columns (warp R sums the squares); the blocks' partial sums meet through distributed
+// shared memory, added in rank order. Every block then has the whole mix, collapses its
+// columns from the stream slice already in its shared memory, and the norm's sum of
+// squares is exchanged the same way. Block 0's last warp runs the Sinkhorn of comb
+// meanwhile (the longest chain: the others wait for it at the second barrier). Against
+// the one-block tail of mhc_mix_pre_kernel, the chain after the wait is two cluster
+// barriers instead of atomics, a ticket and a lone block's pass.
+constexpr int kClusterBlocks = 16;  // a non-portable cluster size: H100 GPCs hold >= 16 SMs
+constexpr int kClusterThreads = 1024;
+constexpr int kClusterMaxTokens = 4;
+constexpr int kClusterMaxQuads = 256;  // float4 per block and token: N·w <= 1024 (8 per lane)
+constexpr int kClusterMaxWidth = 256;  // w: one column per collapsing thread
+constexpr int kClusterWorkers = kClusterThreads - 32;  // the last warp is block 0's Sinkhorn
+
+template <int N>
+__global__ void __launch_bounds__(kClusterThreads, 1)
+    mhc_pre_cluster_kernel(const float* streams, int T, int hidden, const float* fn, float mix_eps,
+                           const float* base, const float* scale, int64_t iters, float eps,
+                           const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
+  constexpr int R = (2 + N) * N;
+  static_assert(R + 1 <= kClusterThreads / 32 - 1, "mixing rows + squares must leave the last warp free");
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  __shared__ float4 xs[kClusterMaxTokens][kClusterMaxQuads];   // the token rows' slices
+  __shared__ float part[kClusterMaxTokens][32];                 // this block's mixing sums
+  __shared__ float mixv[kClusterMaxTokens][R + 1];
+  __shared__ float pre[kClusterMaxTokens][N];
+  __shared__ float xv[kClusterMaxTokens][kClusterMaxWidth];     // collapsed, before the norm
+  __shared__ float part_sq[kClusterMaxTokens][32];
+  __shared__ float block_sq[kClusterMaxTokens];
+  __shared__ float inv_norm[kClusterMaxTokens];
+  const int rank = int(cluster.block_rank()), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int width = hidden / kClusterBlocks, h0 = rank * width, seg = width / 4, quads = N * seg;
+  const int64_t K = int64_t(N) * hidden;
+  // Quad q of the slice is stream q / seg, columns h0 + 4·(q % seg) ….
+  auto column = [&](int q) { return int64_t(q / seg) * hidden + h0 + 4 * (q % seg); };
+  float4 w[kClusterMaxQuads / 32];
+#pragma unroll
+  for (int i = 0; i < kClusterMaxQuads / 32; ++i) {
+    const int q = lane + 32 * i;
+    w[i] = warp < R && q < quads ? *reinterpret_cast<const float4*>(fn + int64_t(warp) * K + column(q))
+                                 : make_float4(0, 0, 0, 0);
+  }
+  const float nw = norm_weight && threadIdx.x < width ? norm_weight[h0 + threadIdx.x] : 0.0f;
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
+  for (int i = threadIdx.x; i < T * quads; i += blockDim.x)
+    xs[i / quads][i % quads] = *reinterpret_cast<const float4*>(streams + int64_t(i / quads) * K + column(i % quads));
+  __syncthreads();
+  if (warp <= R) {
+    for (int t = 0; t < T; ++t) {
+      float d = 0;
+#pragma unroll
+      for (int i = 0; i < kClusterMaxQuads / 32; ++i) {
+        const int q = lane + 32 * i;
+        if (q < quads) {
+          const float4 v = xs[t][q], u = warp == R ? v : w[i];
+          d += u.x * v.x + u.y * v.y + u.z * v.z + u.w * v.w;
+        }
+      }
+      d = warp_sum(d);
+      if (lane == 0) part[t][warp] = d;
+    }
+  }
+  cluster.sync();
+  for (int i = threadIdx.x; i < T * (R + 1); i += blockDim.x) {
+    const int t = i / (R + 1), r = i % (R + 1);
+    float sum = 0;
+    for (int b = 0; b < kClusterBlocks; ++b) sum += cluster.map_shared_rank(&part[0][0], b)[t * 32 + r];
+    mixv[t][r] = sum;
+  }
+  __syncthreads();
+  // mix = the sums / rms(row) (mhc_mix); pre for every block, post by block 0.
+  if (threadIdx.x < T * N) {
+    const int t = threadIdx.x / N, k = threadIdx.x % N;
+    const float inv = 1.0f / sqrtf(mixv[t][R] / float(K) + mix_eps);
+    pre[t][k] = sigmoid(mixv[t][k] * inv * scale[0] + base[k]) + eps;
+    if (rank == 0) post[t * N + k] = 2.0f * sigmoid(mixv[t][N + k] * inv * scale[1] + base[N + k]);
+  }
+  __syncthreads();
+  if (rank == 0 && threadIdx.x >= kClusterWorkers) {
+    for (int t = 0; t < T; ++t) {
+      const float inv = 1.0f / sqrtf(mixv[t][R] / float(K) + mix_eps);
+      float m[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) m[r] = mixv[t][r] * inv;
+      mhc_warp_comb<N>(m, base, scale, iters, eps, true, comb + t * N * N);
+    }
+  }
+  // x[t][h] = Σ_k pre[k]·X[k][h] (the CPU's k order), then the norm.
+  for (int t = 0; t < T; ++t) {
+    float squares = 0;
+    if (threadIdx.x < width) {
+      const float* row = reinterpret_cast<const float*>(xs[t]);
+      float v = 0;
+#pragma unroll
+      for (int k = 0; k < N; ++k) v += pre[t][k] * row[k * width + threadIdx.x];
+      xv[t][threadIdx.x] = v;
+      squares = v * v;
+    }
+    if (threadIdx.x < kClusterWorkers) {
+      squares = warp_sum(squares);
+      if (lane == 0) part_sq[t][warp] = squares;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < T) {
+    float sum = 0;
+    for (int i = 0; i < kClusterWorkers / 32; ++i) sum += part_sq[threadIdx.x][i];
+    block_sq[threadIdx.x] = sum;
+  }
+  cluster.sync();
+  if (norm_weight && threadIdx.x < T) {
+    float sum = 0;
+    for (int b = 0; b < kClusterBlocks; ++b) sum += cluster.map_shared_rank(block_sq, b)[threadIdx.x];
+    inv_norm[threadIdx.x] = 1.0f / sqrtf(sum / float(hidden) + norm_eps);
+  }
+  __syncthreads();
+  if (threadIdx.x < width)
+    for (int t = 0; t < T; ++t)
+      x[int64_t(t) * hidden + h0 + threadIdx.x] =
+          norm_weight ? nw * (xv[t][threadIdx.x] * inv_norm[t]) : xv[t][threadIdx.x];
+  cluster.sync();  // no block leaves while another may still read its shared memory
+}
+
 template <int N, int V>
 __global__ void hc_head_kernel(const float* streams, const float* mix, const float* base, float scale,
                                int64_t hidden, float eps, float* out) {
@@ -854,6 +984,46 @@ void CudaOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps,
   linear(fn, normed, T, mix);
 }
 
+namespace {
+
+// Launches mhc_pre_cluster_kernel<N> as a programmatic dependent; false (nothing launched)
+// where this GPU cannot hold a cluster of kClusterBlocks such blocks.
+template <int N>
+bool launch_mhc_pre_cluster(const GpuContext& ctx, const float* streams, int T, int hidden, const float* fn,
+                            float mix_eps, const float* base, const float* scale, int64_t iters, float eps,
+                            const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(kClusterBlocks);
+  config.blockDim = dim3(kClusterThreads);
+  config.stream = ctx.stream();
+  cudaLaunchAttribute attrs[2]{};
+  attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[0].val.programmaticStreamSerializationAllowed = 1;
+  attrs[1].id = cudaLaunchAttributeClusterDimension;
+  attrs[1].val.clusterDim.x = kClusterBlocks;
+  attrs[1].val.clusterDim.y = 1;
+  attrs[1].val.clusterDim.z = 1;
+  config.attrs = attrs;
+  config.numAttrs = 2;
+  static const bool fits = [&] {
+    if (cudaFuncSetAttribute(mhc_pre_cluster_kernel<N>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
+        cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    int clusters = 0;
+    const bool ok = cudaOccupancyMaxActiveClusters(&clusters, mhc_pre_cluster_kernel<N>, &config) == cudaSuccess;
+    cudaGetLastError();
+    return ok && clusters > 0;
+  }();
+  if (!fits) return false;
+  DSQ_CUDA_CHECK(cudaLaunchKernelEx(&config, mhc_pre_cluster_kernel<N>, streams, T, hidden, fn, mix_eps, base, scale,
+                                    iters, eps, norm_weight, norm_eps, x, post, comb));
+  return true;
+}
+
+}  // namespace
+
 void CudaOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
                       const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
                       const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
@@ -864,8 +1034,18 @@ void CudaOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn
   const bool vec = hidden % 4 == 0 && aligned16(streams) && aligned16(x) && (!norm_weight || aligned16(norm_weight));
   const float* w = prepared_f32(fn);
   const bool fused = w != nullptr && aligned16(w) && vec && T <= kMixMaxTokens && R <= kMixMaxRows;
+  const bool cluster = fused && T <= kClusterMaxTokens && hidden % (4 * kClusterBlocks) == 0 &&
+                       hidden / kClusterBlocks <= kClusterMaxWidth &&
+                       n_streams * hidden / kClusterBlocks <= 4 * kClusterMaxQuads;
   with_stream_count(n_streams, "mhc_pre", [&](auto n) {
     constexpr int N = decltype(n)::value;
+    if constexpr ((2 + N) * N + 1 <= kClusterThreads / 32 - 1) {
+      if (cluster && launch_mhc_pre_cluster<N>(ctx(), streams, int(T), int(hidden), w, mix_eps, base, scale,
+                                               sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb)) {
+        DSQ_CUDA_CHECK_LAUNCH();
+        return;
+      }
+    }
     if constexpr ((2 + N) * N <= kMixMaxRows) {
       if (fused) {
         const MixAccumulator a = mix_accumulator(*this);
