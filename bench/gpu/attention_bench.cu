@@ -26,9 +26,13 @@
 #include "backend/cpu/rope.h"
 #include "backend/cuda/cuda_ops.h"
 #include "bench/gpu/copy_bandwidth.h"
+#include "bench/gpu/kernel_timer.h"
 
 namespace dsq::cuda {
 namespace {
+
+using bench::KernelTimer;
+using bench::Times;
 
 constexpr int64_t kHeads = 64, kDim = 512, kWindow = 128, kCsaRate = 4, kHcaRate = 128, kTopk = 512;
 constexpr int64_t kIndexHeads = 64, kIndexDim = 128;
@@ -52,58 +56,9 @@ DeviceBuffer<float> random_buffer(size_t n, uint32_t seed) {
   return b;
 }
 
-struct Timer {
-  cudaEvent_t a, b;
-  Timer() {
-    DSQ_CUDA_CHECK(cudaEventCreate(&a));
-    DSQ_CUDA_CHECK(cudaEventCreate(&b));
-  }
-  ~Timer() {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-  double elapsed(cudaStream_t stream, const std::function<void()>& work) {
-    DSQ_CUDA_CHECK(cudaEventRecord(a, stream));
-    work();
-    DSQ_CUDA_CHECK(cudaEventRecord(b, stream));
-    DSQ_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    DSQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    return ms * 1e-3;
-  }
-};
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 // Seconds per call of call(i), i = call index: eager, and replayed from a CUDA graph.
-struct Times {
-  double eager, graph;
-};
-Times measure(CudaOps& ops, Timer& timer, const std::function<void(int)>& call) {
-  cudaStream_t stream = ops.context().stream();
-  for (int i = 0; i < kBatch; ++i) call(i);  // warm-up: scratch, kernel attributes
-  ops.synchronize();
-  std::vector<double> eager, graph;
-  for (int r = 0; r < 5; ++r)
-    eager.push_back(timer.elapsed(stream, [&] {
-      for (int i = 0; i < kBatch; ++i) call(i);
-    }) / kBatch);
-  cudaGraph_t g;
-  DSQ_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < kBatch; ++i) call(i);
-  DSQ_CUDA_CHECK(cudaStreamEndCapture(stream, &g));
-  cudaGraphExec_t exec;
-  DSQ_CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
-  DSQ_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-  ops.synchronize();
-  for (int r = 0; r < 5; ++r)
-    graph.push_back(timer.elapsed(stream, [&] { DSQ_CUDA_CHECK(cudaGraphLaunch(exec, stream)); }) / kBatch);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(g);
-  return {median(eager), median(graph)};
+Times measure(CudaOps& ops, KernelTimer& timer, const std::function<void(int)>& call) {
+  return timer.measure(ops.context(), call, kBatch, true);
 }
 
 // One layer's decode state at context `ctx` (the new token at position ctx − 1).
@@ -114,7 +69,7 @@ struct LayerState {
 
 enum class Kind { Sliding, CSA, HCA };
 
-void bench_attention(CudaOps& ops, Timer& timer, Kind kind, int64_t ctx, double copy_bps) {
+void bench_attention(CudaOps& ops, KernelTimer& timer, Kind kind, int64_t ctx, double copy_bps) {
   const int64_t p0 = ctx - 1, rate = kind == Kind::CSA ? kCsaRate : kHcaRate;
   const int64_t n_entries = kind == Kind::Sliding ? 0 : ctx / rate;
   const int64_t n_selected = kind == Kind::CSA ? std::min(kTopk, n_entries) : kind == Kind::HCA ? n_entries : 0;
@@ -153,7 +108,7 @@ void bench_attention(CudaOps& ops, Timer& timer, Kind kind, int64_t ctx, double 
               key_bytes / t.graph / 1e9, 100.0 * key_bytes / t.graph / copy_bps);
 }
 
-void bench_indexer(CudaOps& ops, Timer& timer, int64_t ctx, double copy_bps) {
+void bench_indexer(CudaOps& ops, KernelTimer& timer, int64_t ctx, double copy_bps) {
   const int64_t p0 = ctx - 1, n_keys = ctx / kCsaRate;
   const size_t state_bytes = sizeof(float) * size_t(n_keys * kIndexDim);
   const int copies = int(std::clamp<size_t>(kStateBytes / state_bytes, 4, 2048));
@@ -184,7 +139,7 @@ void bench_indexer(CudaOps& ops, Timer& timer, int64_t ctx, double copy_bps) {
 // One compressor (V4-Flash: CSA 512 wide with overlap at m = 4, its indexer's 128 wide,
 // HCA 512 at m = 128) taking the decode step's row at position p0 = ctx − 1 (closes a
 // window) or ctx − 2 (rows only stored in the rings). Each call uses another layer's rings.
-void bench_compress(CudaOps& ops, Timer& timer, const char* name, int64_t width, int64_t rate, bool overlap,
+void bench_compress(CudaOps& ops, KernelTimer& timer, const char* name, int64_t width, int64_t rate, bool overlap,
                     int64_t ctx, bool closes) {
   const int64_t raw = overlap ? 2 * width : width, p0 = closes ? ctx - 1 : ctx - 2;
   constexpr int kCopies = 64;
@@ -213,7 +168,7 @@ void bench_compress(CudaOps& ops, Timer& timer, const char* name, int64_t width,
 }
 
 // update_window of the decode step (one 512-wide row into the window ring), per layer.
-void bench_update_window(CudaOps& ops, Timer& timer, int64_t ctx) {
+void bench_update_window(CudaOps& ops, KernelTimer& timer, int64_t ctx) {
   constexpr int kCopies = 64;
   std::vector<DeviceBuffer<float>> rings, keys;
   for (int c = 0; c < kCopies; ++c) {
@@ -227,7 +182,7 @@ void bench_update_window(CudaOps& ops, Timer& timer, int64_t ctx) {
 }
 
 // indexer_topk alone (top-512 of ctx / 4 scores; each call ranks another row of scores).
-void bench_topk(CudaOps& ops, Timer& timer, int64_t ctx) {
+void bench_topk(CudaOps& ops, KernelTimer& timer, int64_t ctx) {
   const int64_t p0 = ctx - 1, n_keys = ctx / kCsaRate;
   constexpr int kCopies = 16;
   std::vector<DeviceBuffer<float>> scores;
@@ -242,7 +197,7 @@ void bench_topk(CudaOps& ops, Timer& timer, int64_t ctx) {
 
 // A prefill chunk of S tokens at positions p0 … p0+S−1 (one copy of the state: a chunk
 // this size is compute-bound): time per chunk and per token.
-void bench_prefill(CudaOps& ops, Timer& timer, Kind kind, int64_t p0, int64_t S) {
+void bench_prefill(CudaOps& ops, KernelTimer& timer, Kind kind, int64_t p0, int64_t S) {
   const int64_t rate = kind == Kind::CSA ? kCsaRate : kHcaRate;
   const int64_t n_entries = kind == Kind::Sliding ? 0 : (p0 + S) / rate;
   DeviceBuffer<float> q = random_buffer(size_t(S * kHeads * kDim), 6), new_keys = random_buffer(size_t(S * kDim), 7);
@@ -259,15 +214,10 @@ void bench_prefill(CudaOps& ops, Timer& timer, Kind kind, int64_t p0, int64_t S)
   const backend::EntrySelection selection = kind == Kind::Sliding ? backend::EntrySelection::None
                                             : kind == Kind::CSA   ? backend::EntrySelection::Selected
                                                                   : backend::EntrySelection::AllVisible;
-  std::vector<double> t;
-  for (int r = 0; r < 4; ++r)
-    t.push_back(timer.elapsed(ops.context().stream(), [&] {
-      ops.sink_attention(q.get(), S, kHeads, kDim, new_keys.get(), ring.get(), p0, kWindow, selection, entries.get(),
-                         n_entries, rate, selected.get(), kTopk, sinks.get(), 1.0f / std::sqrt(float(kDim)),
-                         out.get());
-    }));
-  t.erase(t.begin());  // warm-up
-  const double sec = median(t);
+  const double sec = timer.seconds(ops.context(), [&](int) {
+    ops.sink_attention(q.get(), S, kHeads, kDim, new_keys.get(), ring.get(), p0, kWindow, selection, entries.get(),
+                       n_entries, rate, selected.get(), kTopk, sinks.get(), 1.0f / std::sqrt(float(kDim)), out.get());
+  }, 1, 3);
   const char* name = kind == Kind::Sliding ? "sliding" : kind == Kind::CSA ? "CSA top-512" : "HCA";
   std::printf("| sink_attention %s | %lld | %lld | %.0f | %.2f |\n", name, (long long)p0, (long long)S, sec * 1e6,
               sec * 1e6 / double(S));
@@ -279,7 +229,7 @@ int run() {
     return 0;
   }
   CudaOps ops(Precision::Fast);
-  Timer timer;
+  KernelTimer timer;
   cudaDeviceProp prop{};
   DSQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   const double copy_bps = bench::copy_bandwidth(ops.context().stream());

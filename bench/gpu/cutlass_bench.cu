@@ -16,7 +16,6 @@
 // Usage: dsq_cutlass_bench [--quick] [--out FILE]
 #include <algorithm>
 #include <cmath>
-#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -32,129 +31,42 @@
 #include "backend/cuda/gpu_context.h"
 #include "backend/cuda/int4_linear.h"
 #include "bench/gpu/copy_bandwidth.h"
+#include "bench/gpu/gemm_peaks.h"
+#include "bench/gpu/kernel_timer.h"
+#include "bench/gpu/markdown_output.h"
 #include "bench/gpu/cutlass/cutlass_gemms.h"
 
 namespace dsq::cuda {
 namespace {
 
 namespace cg = dsq::bench::cutlass_gemm;
+using bench::bf16_gemm_peak;
+using bench::fp8_gemm_peak;
+using bench::KernelTimer;
+using bench::MarkdownOutput;
+using bench::next_random;
+using bench::random_bf16;
+using bench::random_fp8;
+using bench::Times;
 using cg::Tile;
 
 constexpr size_t kRotateBytes = size_t(256) << 20;  // ~5x the H100/H200 L2
 
-// ---- inputs ----
+// ---- timing and output ----
 
-uint64_t next(uint64_t& s) {
-  s = s * 6364136223846793005ull + 1442695040888963407ull;
-  return s;
-}
-// bf16 uniform in +-[0.25, 0.75) x scale, random sign (no zeros).
-std::vector<__nv_bfloat16> random_bf16(size_t n, uint64_t s, float scale) {
-  std::vector<__nv_bfloat16> v(n);
-  for (auto& x : v) {
-    const float u = float(next(s) >> 40) / float(1 << 24);  // [0, 1)
-    x = __float2bfloat16(scale * (u < 0.5f ? -(0.25f + u) : u - 0.25f));
-  }
-  return v;
-}
-std::vector<uint8_t> random_fp8(size_t n, uint64_t s) {
-  std::vector<uint8_t> v(n);
-  for (auto& b : v) {
-    uint8_t x = uint8_t(next(s) >> 56);
-    if ((x & 0x7f) == 0x7f || (x & 0x7f) == 0) x = 0x38;  // no NaN, no zero
-    b = x;
-  }
-  return v;
+// Eager and (with `graph`) replayed time, captured in relaxed mode as when the CUTLASS
+// rows of bench/results/gpu-cutlass.md were measured.
+Times measure(const GpuContext& ctx, KernelTimer& tm, const std::function<void(int)>& call, int batch, bool graph) {
+  return tm.measure(ctx, call, batch, graph, cudaStreamCaptureModeRelaxed);
 }
 
-// ---- timing ----
-
-struct Times {
-  double eager, graph;  // seconds per call; graph = 0 where not measured
-};
-
-class Timer {
- public:
-  explicit Timer(const GpuContext& ctx) : ctx_(ctx) {
-    DSQ_CUDA_CHECK(cudaEventCreate(&a_));
-    DSQ_CUDA_CHECK(cudaEventCreate(&b_));
-  }
-  ~Timer() {
-    cudaEventDestroy(a_);
-    cudaEventDestroy(b_);
-  }
-  // Median over 5 batches of `batch` calls (call(i) gets the call index, for rotating
-  // weights), after a warm-up batch; with `graph`, also the batch captured once into a
-  // CUDA graph and replayed (no host launch cost, as the engine runs decode).
-  Times measure(const std::function<void(int)>& call, int batch, bool graph) {
-    for (int i = 0; i < batch; ++i) call(i);
-    ctx_.synchronize();
-    std::vector<double> eager;
-    for (int r = 0; r < 5; ++r) {
-      DSQ_CUDA_CHECK(cudaEventRecord(a_, ctx_.stream()));
-      for (int i = 0; i < batch; ++i) call(r * batch + i);
-      eager.push_back(elapsed() / batch);
-    }
-    Times t{median(eager), 0.0};
-    if (!graph) return t;
-    cudaGraph_t g;
-    DSQ_CUDA_CHECK(cudaStreamBeginCapture(ctx_.stream(), cudaStreamCaptureModeRelaxed));
-    for (int i = 0; i < batch; ++i) call(i);
-    DSQ_CUDA_CHECK(cudaStreamEndCapture(ctx_.stream(), &g));
-    cudaGraphExec_t exec;
-    DSQ_CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
-    DSQ_CUDA_CHECK(cudaGraphLaunch(exec, ctx_.stream()));
-    ctx_.synchronize();
-    std::vector<double> replay;
-    for (int r = 0; r < 5; ++r) {
-      DSQ_CUDA_CHECK(cudaEventRecord(a_, ctx_.stream()));
-      DSQ_CUDA_CHECK(cudaGraphLaunch(exec, ctx_.stream()));
-      replay.push_back(elapsed() / batch);
-    }
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(g);
-    t.graph = median(replay);
-    return t;
-  }
-
- private:
-  double elapsed() {
-    DSQ_CUDA_CHECK(cudaEventRecord(b_, ctx_.stream()));
-    DSQ_CUDA_CHECK(cudaEventSynchronize(b_));
-    float ms = 0;
-    DSQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a_, b_));
-    return ms * 1e-3;
-  }
-  static double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  }
-  const GpuContext& ctx_;
-  cudaEvent_t a_, b_;
-};
-
-// ---- output ----
-
-std::string g_table;
+MarkdownOutput g_out;
 // Every CUTLASS configuration's time per row (the table keeps the fastest), printed last.
 std::string g_variants;
 void note_variant(const std::string& op, int64_t M, const char* label, double seconds) {
   char buf[256];
   std::snprintf(buf, sizeof buf, "| %s | %lld | %s | %.1f |\n", op.c_str(), (long long)M, label, seconds * 1e6);
   g_variants += buf;
-}
-void emit(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-void emit(const char* fmt, ...) {
-  va_list ap, again;
-  va_start(ap, fmt);
-  va_copy(again, ap);
-  std::vector<char> buf(size_t(std::vsnprintf(nullptr, 0, fmt, ap)) + 1);
-  va_end(ap);
-  std::vsnprintf(buf.data(), buf.size(), fmt, again);
-  va_end(again);
-  std::fputs(buf.data(), stdout);
-  std::fflush(stdout);
-  g_table += buf.data();
 }
 
 template <typename T>
@@ -181,51 +93,6 @@ struct Limits {
   double copy_bps, bf16_flops, fp8_flops;
 };
 
-double bf16_peak(const GpuContext& ctx, Timer& tm) {
-  const int64_t n = 8192;
-  const auto host = random_bf16(size_t(n * n), 1, 1.0f);
-  auto a = DeviceBuffer<__nv_bfloat16>::from_host(host), b = DeviceBuffer<__nv_bfloat16>::from_host(host);
-  DeviceBuffer<__nv_bfloat16> c(size_t(n * n));
-  const double s = tm.measure([&](int) { bf16_linear(ctx, a.get(), b.get(), c.get(), n, n, n); }, 20, false).eager;
-  return 2.0 * n * n * n / s;
-}
-
-// cuBLASLt FP8 GEMM with one scale per tensor: Hopper's fastest FP8 mode.
-double fp8_tensorwise_peak(const GpuContext& ctx, Timer& tm) {
-  const int64_t n = 8192;
-  const auto host = random_fp8(size_t(n * n), 3);
-  auto a = DeviceBuffer<uint8_t>::from_host(host), b = DeviceBuffer<uint8_t>::from_host(host);
-  DeviceBuffer<__nv_bfloat16> c(size_t(n * n));
-  cublasLtMatmulDesc_t op;
-  cublasLtMatrixLayout_t la, lb, lc;
-  DSQ_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  DSQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-  DSQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-  DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, n, n, n));
-  DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, n, n, n));
-  DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, n, n, n));
-  cublasLtMatmulPreference_t pref;
-  DSQ_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const size_t ws = ctx.workspace_bytes();
-  DSQ_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-  cublasLtMatmulHeuristicResult_t res{};
-  int found = 0;
-  DSQ_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.blas_lt(), op, la, lb, lc, lc, pref, 1, &res, &found));
-  DSQ_CHECK(found > 0, "bench: cuBLASLt has no FP8 algorithm for 8192^3");
-  const float alpha = 1.0f, beta = 0.0f;
-  const double s = tm.measure([&](int) {
-    DSQ_CUBLAS_CHECK(cublasLtMatmul(ctx.blas_lt(), op, &alpha, a.get(), la, b.get(), lb, &beta, c.get(), lc, c.get(),
-                                    lc, &res.algo, ctx.workspace(), ws, ctx.stream()));
-  }, 10, false).eager;
-  cublasLtMatmulPreferenceDestroy(pref);
-  cublasLtMatrixLayoutDestroy(lc);
-  cublasLtMatrixLayoutDestroy(lb);
-  cublasLtMatrixLayoutDestroy(la);
-  cublasLtMatmulDescDestroy(op);
-  return 2.0 * n * n * n / s;
-}
-
 // One table row: the better CUTLASS tile (by the time that counts) against ours.
 struct Side {
   Times t;
@@ -243,7 +110,7 @@ void row(const std::string& op, int64_t M, const Side& cut, const Side& ours, do
   };
   const char* faster = tc < to ? "CUTLASS" : "ours";
   const double ratio = tc < to ? to / tc : tc / to;
-  emit("| %s | %lld | %s | %.1f | %.1f | %.1f | %.1f | %.1f %% | %.1f %% | %s %.2fx | %.1e |\n", op.c_str(),
+  g_out.emit("| %s | %lld | %s | %.1f | %.1f | %.1f | %.1f | %.1f %% | %.1f %% | %s %.2fx | %.1e |\n", op.c_str(),
        (long long)M, cut.tile, tc * 1e6, to * 1e6, cut.t.eager * 1e6, ours.t.eager * 1e6, pct(tc), pct(to), faster,
        ratio, rel);
 }
@@ -266,7 +133,7 @@ std::vector<Variant> variants(bool decode) {
 
 // ---- INT4 W4A16, one routed expert ----
 
-void bench_int4(const GpuContext& ctx, Timer& tm, const Limits& lim, const char* name, int64_t N, int64_t K,
+void bench_int4(const GpuContext& ctx, KernelTimer& tm, const Limits& lim, const char* name, int64_t N, int64_t K,
                 const std::vector<int64_t>& Ms, bool decode) {
   const size_t words = size_t(N * K / 8), groups = size_t(N * K / 128);
   const size_t expert_bytes = words * 4 + groups * 2;
@@ -275,7 +142,7 @@ void bench_int4(const GpuContext& ctx, Timer& tm, const Limits& lim, const char*
   // cache, addresses do).
   std::vector<int32_t> one(words);
   uint64_t s = 21;
-  for (auto& w : one) w = int32_t(next(s) >> 32);
+  for (auto& w : one) w = int32_t(next_random(s) >> 32);
   const auto one_scales = random_bf16(groups, 22, 0.01f);
   std::vector<int32_t> packed(words * E);
   std::vector<uint16_t> scales(groups * E);
@@ -315,7 +182,7 @@ void bench_int4(const GpuContext& ctx, Timer& tm, const Limits& lim, const char*
         continue;
       ctx.synchronize();
       rel = std::max(rel, relative_l2(to_host_f32(y_cut.get(), size_t(M * N)), ref));
-      const Times tt = tm.measure([&](int call) {
+      const Times tt = measure(ctx, tm, [&](int call) {
         const int e = call % E;
         cg::int4_gemm(v.tile, v.splits, x.get(), M, cut_expert(e), cut_s.get() + size_t(e) * groups, N, K,
                       y_cut.get(), ws.get(), ctx.stream());
@@ -325,10 +192,10 @@ void bench_int4(const GpuContext& ctx, Timer& tm, const Limits& lim, const char*
       if (first || key < (decode ? best.t.graph : best.t.eager)) best = {tt, v.label};
       first = false;
     }
-    const Times to = tm.measure([&](int call) { int4_linear(ctx, ours, call % E, x.get(), M, y_ours.get(), scratch.get()); },
+    const Times to = measure(ctx, tm, [&](int call) { int4_linear(ctx, ours, call % E, x.get(), M, y_ours.get(), scratch.get()); },
                                 decode ? 32 : 3, decode);
     if (first) {
-      emit("| %s | %lld | CUTLASS rejected the problem | | %.1f | | | | | | |\n", name, (long long)M,
+      g_out.emit("| %s | %lld | CUTLASS rejected the problem | | %.1f | | | | | | |\n", name, (long long)M,
            (decode ? to.graph : to.eager) * 1e6);
       continue;
     }
@@ -347,7 +214,7 @@ std::vector<int64_t> route(int64_t tokens, int64_t E, int top_k, uint64_t& s) {
   for (int64_t t = 0; t < tokens; ++t) {
     for (int i = 0; i < int(E); ++i) ids[size_t(i)] = i;
     for (int k = 0; k < top_k; ++k) {
-      std::swap(ids[size_t(k)], ids[size_t(k + int(next(s) >> 33) % (int(E) - k))]);
+      std::swap(ids[size_t(k)], ids[size_t(k + int(next_random(s) >> 33) % (int(E) - k))]);
       ++count[size_t(ids[size_t(k)])];
     }
   }
@@ -360,7 +227,7 @@ std::vector<int64_t> route(int64_t tokens, int64_t E, int top_k, uint64_t& s) {
 // as the model calls it (decode kernel for experts with < 9 rows, wgmma GEMM above), CUTLASS
 // the grouped GEMM over the experts that got rows. Several routings are rotated so that
 // decode reads its experts from memory.
-void bench_int4_grouped(const GpuContext& ctx, Timer& tm, const Limits& lim, const char* name, int64_t N, int64_t K,
+void bench_int4_grouped(const GpuContext& ctx, KernelTimer& tm, const Limits& lim, const char* name, int64_t N, int64_t K,
                         const std::vector<int64_t>& token_counts, bool decode) {
   const int64_t E = 256;
   const int kTopK = 6;
@@ -368,7 +235,7 @@ void bench_int4_grouped(const GpuContext& ctx, Timer& tm, const Limits& lim, con
   const size_t expert_bytes = words * 4 + groups * 2;
   std::vector<int32_t> packed(words * E);
   uint64_t s = 41;
-  for (size_t i = 0; i < words; ++i) packed[i] = int32_t(next(s) >> 32);
+  for (size_t i = 0; i < words; ++i) packed[i] = int32_t(next_random(s) >> 32);
   const auto one_scales = random_bf16(groups, 42, 0.01f);
   std::vector<uint16_t> scales(groups * E);
   std::vector<__nv_bfloat16> scales_t(groups * E);
@@ -424,7 +291,7 @@ void bench_int4_grouped(const GpuContext& ctx, Timer& tm, const Limits& lim, con
       if (!gemms[0]->run(ws.get(), ctx.stream())) continue;
       ctx.synchronize();
       rel = std::max(rel, relative_l2(to_host_f32(y_cut.get(), size_t(rows * N)), ref));
-      const Times tt = tm.measure([&](int call) { gemms[size_t(call % routings)]->run(ws.get(), ctx.stream()); },
+      const Times tt = measure(ctx, tm, [&](int call) { gemms[size_t(call % routings)]->run(ws.get(), ctx.stream()); },
                                   decode ? 32 : 2, decode);
       const double key = decode ? tt.graph : tt.eager;
       const char* label = t == Tile::Decode ? "grouped 128x16" : "grouped 128x128";
@@ -432,12 +299,12 @@ void bench_int4_grouped(const GpuContext& ctx, Timer& tm, const Limits& lim, con
       if (first || key < (decode ? best.t.graph : best.t.eager)) best = {tt, label};
       first = false;
     }
-    const Times to = tm.measure([&](int call) {
+    const Times to = measure(ctx, tm, [&](int call) {
       int4_grouped_linear(ctx, ours, x.get(), offsets[size_t(call % routings)], y_ours.get(), scratch.get());
     }, decode ? 32 : 2, decode);
     const std::string op = std::string(name) + " (tokens; " + std::to_string(kTopK) + " of 256 experts each)";
     if (first) {
-      emit("| %s | %lld | CUTLASS rejected the problem | | %.1f | | | | | | |\n", op.c_str(), (long long)T,
+      g_out.emit("| %s | %lld | CUTLASS rejected the problem | | %.1f | | | | | | |\n", op.c_str(), (long long)T,
            (decode ? to.graph : to.eager) * 1e6);
       continue;
     }
@@ -473,7 +340,7 @@ void quantize_rows(const GpuContext& ctx, const __nv_bfloat16* x, int64_t M, int
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
-void bench_fp8(const GpuContext& ctx, Timer& tm, const Limits& lim, const char* name, int64_t N, int64_t K,
+void bench_fp8(const GpuContext& ctx, KernelTimer& tm, const Limits& lim, const char* name, int64_t N, int64_t K,
                const std::vector<int64_t>& Ms, bool decode) {
   const size_t scale_count = size_t((N / 128) * (K / 128));
   const size_t wbytes = size_t(N * K) + scale_count * 4;
@@ -481,7 +348,7 @@ void bench_fp8(const GpuContext& ctx, Timer& tm, const Limits& lim, const char* 
   const auto values = random_fp8(size_t(N * K), 31);
   std::vector<float> scales(scale_count);
   uint64_t s = 32;
-  for (auto& v : scales) v = 2e-4f + 6e-4f * float(next(s) >> 40) / float(1 << 24);
+  for (auto& v : scales) v = 2e-4f + 6e-4f * float(next_random(s) >> 40) / float(1 << 24);
   std::vector<std::unique_ptr<Fp8BlockLinear>> ours;
   std::vector<DeviceBuffer<uint8_t>> cut_w;
   std::vector<DeviceBuffer<float>> cut_s;
@@ -519,7 +386,7 @@ void bench_fp8(const GpuContext& ctx, Timer& tm, const Limits& lim, const char* 
           continue;
         ctx.synchronize();
         rel = std::max(rel, relative_l2(to_host_f32(y_cut.get(), size_t(M * N)), ref));
-        const Times tt = tm.measure([&](int call) {
+        const Times tt = measure(ctx, tm, [&](int call) {
           const int c = call % copies;
           if (!gemm_only) quantize_rows(ctx, x.get(), M, K, xq.get(), sx.get());
           cg::fp8_gemm(v.tile, v.splits, xq.get(), sx.get(), M, cut_w[c].get(), cut_s[c].get(), N, K, y_cut.get(), ws.get(),
@@ -535,14 +402,14 @@ void bench_fp8(const GpuContext& ctx, Timer& tm, const Limits& lim, const char* 
         Fp8BlockLinear& lin = *ours[0];
         lin.quantize(ctx, x.get(), K, M, ours_ws.get());
         const Fp8Output<__nv_bfloat16> out{y_ours.get(), N, N, 0};
-        to = tm.measure([&](int) { lin.gemm_quantized(ctx, M, &out, 1, ours_ws.get()); }, 3, false);
+        to = measure(ctx, tm, [&](int) { lin.gemm_quantized(ctx, M, &out, 1, ours_ws.get()); }, 3, false);
       } else {
-        to = tm.measure([&](int call) { ours[size_t(call % copies)]->run(ctx, x.get(), M, y_ours.get(), ours_ws.get()); },
+        to = measure(ctx, tm, [&](int call) { ours[size_t(call % copies)]->run(ctx, x.get(), M, y_ours.get(), ours_ws.get()); },
                         decode ? 50 : 3, decode);
       }
       const std::string op = std::string(name) + (gemm_only ? " GEMM only (x pre-quantized)" : "");
       if (first) {
-        emit("| %s | %lld | CUTLASS rejected the problem | | %.1f | | | | | | |\n", op.c_str(), (long long)M,
+        g_out.emit("| %s | %lld | CUTLASS rejected the problem | | %.1f | | | | | | |\n", op.c_str(), (long long)M,
              (decode ? to.graph : to.eager) * 1e6);
         continue;
       }
@@ -566,16 +433,16 @@ int run(int argc, char** argv) {
     return 0;
   }
   GpuContext ctx;
-  Timer tm(ctx);
+  KernelTimer tm;
   cudaDeviceProp prop{};
   DSQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  emit("Device: %s, %d SMs, %.0f MB L2\n\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
+  g_out.emit("Device: %s, %d SMs, %.0f MB L2\n\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
   Limits lim{};
-  bf16_peak(ctx, tm);  // warm-up: clocks settle before the limits are taken
+  bf16_gemm_peak(ctx, tm);  // warm-up: clocks settle before the limits are taken
   lim.copy_bps = bench::copy_bandwidth(ctx.stream());
-  lim.bf16_flops = bf16_peak(ctx, tm);
-  lim.fp8_flops = fp8_tensorwise_peak(ctx, tm);
-  emit("Limits: device-to-device copy %.0f GB/s (read+write); cuBLAS BF16 GEMM 8192^3 %.0f TFLOP/s; "
+  lim.bf16_flops = bf16_gemm_peak(ctx, tm);
+  lim.fp8_flops = fp8_gemm_peak(ctx, tm);
+  g_out.emit("Limits: device-to-device copy %.0f GB/s (read+write); cuBLAS BF16 GEMM 8192^3 %.0f TFLOP/s; "
        "cuBLASLt FP8 (per-tensor scale) 8192^3 %.0f TFLOP/s\n\n",
        lim.copy_bps / 1e9, lim.bf16_flops / 1e12, lim.fp8_flops / 1e12);
 
@@ -584,11 +451,11 @@ int run(int argc, char** argv) {
       quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{256, 512, 1024, 2048, 4096};
   const std::vector<int64_t> pre_fp8 = {4096};
   const std::vector<int64_t> pre_moe = quick ? std::vector<int64_t>{512} : std::vector<int64_t>{512, 4096, 16384};
-  emit("Decode rows: time of CUDA-graph replay, %% of copy bandwidth (bytes = weights + scales + x + y). "
+  g_out.emit("Decode rows: time of CUDA-graph replay, %% of copy bandwidth (bytes = weights + scales + x + y). "
        "Prefill rows: eager time, %% of the roofline max(FLOPs / GEMM peak, bytes / copy bandwidth) with the "
        "BF16 peak for INT4 and the FP8 peak for FP8. "
        "rel L2 = ||y_CUTLASS - y_ours|| / ||y_ours||.\n\n");
-  emit("| op | M | CUTLASS tile | CUTLASS us | ours us | CUTLASS eager us | ours eager us | CUTLASS %% of limit | "
+  g_out.emit("| op | M | CUTLASS tile | CUTLASS us | ours us | CUTLASS eager us | ours eager us | CUTLASS %% of limit | "
        "ours %% of limit | faster | rel L2 |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|\n");
   for (int phase = 0; phase < 2; ++phase) {
     const bool decode = phase == 0;
@@ -600,12 +467,12 @@ int run(int argc, char** argv) {
     bench_fp8(ctx, tm, lim, "fp8 wo_b [4096,8192]", 4096, 8192, decode ? dec : pre_fp8, decode);
     bench_fp8(ctx, tm, lim, "fp8 wq_a [1024,4096]", 1024, 4096, decode ? dec : pre_fp8, decode);
   }
-  emit("\nEvery CUTLASS configuration (us; graph replay in decode, eager in prefill):\n\n"
+  g_out.emit("\nEvery CUTLASS configuration (us; graph replay in decode, eager in prefill):\n\n"
        "| op | M | configuration | time |\n|---|---:|---|---:|\n%s", g_variants.c_str());
   if (!out_path.empty()) {
     FILE* f = std::fopen(out_path.c_str(), "w");
     DSQ_CHECK(f, "dsq_cutlass_bench: cannot write ", out_path);
-    std::fputs(g_table.c_str(), f);
+    std::fputs(g_out.text().c_str(), f);
     std::fclose(f);
   }
   return 0;

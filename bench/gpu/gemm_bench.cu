@@ -10,7 +10,6 @@
 // Usage: dsq_gemm_bench [--quick] [--decode-only] [--tune] [--only SUBSTRING] [--out FILE]
 // (prints a markdown table; FILE gets a copy; --tune adds the decode kernels' K-slice sweeps)
 #include <algorithm>
-#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -29,9 +28,19 @@
 #include "backend/cuda/int4_moe_decode.h"
 #include "backend/cuda/mxfp4_linear.h"
 #include "bench/gpu/copy_bandwidth.h"
+#include "bench/gpu/gemm_peaks.h"
+#include "bench/gpu/kernel_timer.h"
+#include "bench/gpu/markdown_output.h"
 
 namespace dsq::cuda {
 namespace {
+
+using bench::bf16_gemm_peak;
+using bench::fp8_gemm_peak;
+using bench::KernelTimer;
+using bench::MarkdownOutput;
+using bench::random_fp8;
+using bench::Times;
 
 constexpr size_t kRotateBytes = size_t(256) << 20;  // ~5x the H100/H200 L2
 
@@ -64,154 +73,18 @@ void fill_f32(float* p, size_t n, uint32_t seed) {
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
-std::vector<uint8_t> random_fp8(size_t n, uint32_t seed) {
-  std::vector<uint8_t> v(n);
-  uint64_t s = seed * 2654435761ull + 1;
-  for (auto& b : v) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    uint8_t x = uint8_t(s >> 56);
-    if ((x & 0x7f) == 0x7f || (x & 0x7f) == 0) x = 0x38;  // no NaN, no zero
-    b = x;
-  }
-  return v;
-}
-
 // ---- timing ----
 
-struct Timing {
-  cudaEvent_t a, b;
-  Timing() {
-    DSQ_CUDA_CHECK(cudaEventCreate(&a));
-    DSQ_CUDA_CHECK(cudaEventCreate(&b));
-  }
-  ~Timing() {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-  // Seconds per call: median over `repeats` batches of `batch` calls (call(i) gets the
-  // call index, for rotating inputs), after one warm-up batch.
-  double seconds(const GpuContext& ctx, const std::function<void(int)>& call, int batch, int repeats = 5) {
-    for (int i = 0; i < batch; ++i) call(i);
-    ctx.synchronize();
-    std::vector<double> t;
-    for (int r = 0; r < repeats; ++r) {
-      DSQ_CUDA_CHECK(cudaEventRecord(a, ctx.stream()));
-      for (int i = 0; i < batch; ++i) call(r * batch + i);
-      DSQ_CUDA_CHECK(cudaEventRecord(b, ctx.stream()));
-      DSQ_CUDA_CHECK(cudaEventSynchronize(b));
-      float ms = 0;
-      DSQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-      t.push_back(ms * 1e-3 / batch);
-    }
-    return median(t);
-  }
-  // The same with the batch captured once into a CUDA graph and replayed: the GPU-side
-  // time without host launch overhead, as an engine that replays decode graphs sees it.
-  double graph_seconds(const GpuContext& ctx, const std::function<void(int)>& call, int batch,
-                       int repeats = 5) {
-    for (int i = 0; i < batch; ++i) call(i);  // warm-up: plans, attributes, handles
-    ctx.synchronize();
-    cudaGraph_t graph;
-    DSQ_CUDA_CHECK(cudaStreamBeginCapture(ctx.stream(), cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < batch; ++i) call(i);
-    DSQ_CUDA_CHECK(cudaStreamEndCapture(ctx.stream(), &graph));
-    cudaGraphExec_t exec;
-    DSQ_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    DSQ_CUDA_CHECK(cudaGraphLaunch(exec, ctx.stream()));
-    ctx.synchronize();
-    std::vector<double> t;
-    for (int r = 0; r < repeats; ++r) {
-      DSQ_CUDA_CHECK(cudaEventRecord(a, ctx.stream()));
-      DSQ_CUDA_CHECK(cudaGraphLaunch(exec, ctx.stream()));
-      DSQ_CUDA_CHECK(cudaEventRecord(b, ctx.stream()));
-      DSQ_CUDA_CHECK(cudaEventSynchronize(b));
-      float ms = 0;
-      DSQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-      t.push_back(ms * 1e-3 / batch);
-    }
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
-    return median(t);
-  }
-
- private:
-  static double median(std::vector<double> t) {
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-  }
-};
-
-// Decode: eager and graph-replayed time; prefill: eager only (graph = 0).
-struct Times {
-  double eager, graph;
-};
-Times measure(const GpuContext& ctx, Timing& tm, const std::function<void(int)>& call, bool decode, int batch) {
-  Times t{tm.seconds(ctx, call, batch), 0.0};
-  if (decode) t.graph = tm.graph_seconds(ctx, call, batch);
-  return t;
+// Decode rows: eager and graph-replayed time; prefill rows: eager only (graph = 0).
+Times measure(const GpuContext& ctx, KernelTimer& tm, const std::function<void(int)>& call, bool decode, int batch) {
+  return tm.measure(ctx, call, batch, decode);
 }
 
 // ---- output ----
 
-std::string g_table;
-void emit(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-void emit(const char* fmt, ...) {
-  char buf[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  std::fputs(buf, stdout);
-  std::fflush(stdout);
-  g_table += buf;
-}
+MarkdownOutput g_out;
 
 // ---- the limits ----
-
-double bf16_peak(const GpuContext& ctx, Timing& tm) {
-  const int64_t n = 8192;
-  DeviceBuffer<__nv_bfloat16> a(n * n), b(n * n), c(n * n);
-  fill_bf16(a.get(), a.size(), 1);
-  fill_bf16(b.get(), b.size(), 2);
-  const double s = tm.seconds(ctx, [&](int) { bf16_linear(ctx, a.get(), b.get(), c.get(), n, n, n); }, 20, 7);
-  return 2.0 * n * n * n / s;
-}
-
-// cuBLASLt FP8 GEMM with one scale per tensor (the fastest FP8 mode Hopper has).
-double fp8_tensorwise_peak(const GpuContext& ctx, Timing& tm) {
-  const int64_t n = 8192;
-  auto host = random_fp8(size_t(n * n), 3);
-  auto a = DeviceBuffer<uint8_t>::from_host(host), b = DeviceBuffer<uint8_t>::from_host(host);
-  DeviceBuffer<__nv_bfloat16> c(n * n);
-  cublasLtMatmulDesc_t op;
-  cublasLtMatrixLayout_t la, lb, lc;
-  DSQ_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  DSQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-  DSQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-  DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, n, n, n));
-  DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, n, n, n));
-  DSQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, n, n, n));
-  cublasLtMatmulPreference_t pref;
-  DSQ_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const size_t ws = ctx.workspace_bytes();
-  DSQ_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-  cublasLtMatmulHeuristicResult_t res{};
-  int found = 0;
-  DSQ_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.blas_lt(), op, la, lb, lc, lc, pref, 1, &res, &found));
-  DSQ_CHECK(found > 0, "bench: cuBLASLt has no FP8 algorithm for 8192^3");
-  const float alpha = 1.0f, beta = 0.0f;
-  const double s = tm.seconds(ctx, [&](int) {
-    DSQ_CUBLAS_CHECK(cublasLtMatmul(ctx.blas_lt(), op, &alpha, a.get(), la, b.get(), lb, &beta, c.get(), lc,
-                                    c.get(), lc, &res.algo, ctx.workspace(), ws, ctx.stream()));
-  }, 10);
-  cublasLtMatmulPreferenceDestroy(pref);
-  cublasLtMatrixLayoutDestroy(lc);
-  cublasLtMatrixLayoutDestroy(lb);
-  cublasLtMatrixLayoutDestroy(la);
-  cublasLtMatmulDescDestroy(op);
-  return 2.0 * n * n * n / s;
-}
 
 struct Limits {
   double copy_bps, bf16_flops, fp8_flops;
@@ -221,14 +94,14 @@ void report(const char* op, int64_t M, Times t, double bytes, double flops, cons
             bool fp8) {
   if (decode) {
     const double bps = bytes / t.graph;
-    emit("| %-44s | %6lld | %8.1f | %8.1f | %8.0f GB/s | %5.1f %% |\n", op, (long long)M, t.eager * 1e6,
+    g_out.emit("| %-44s | %6lld | %8.1f | %8.1f | %8.0f GB/s | %5.1f %% |\n", op, (long long)M, t.eager * 1e6,
          t.graph * 1e6, bps / 1e9, 100.0 * bps / lim.copy_bps);
   } else {
     const double fps = flops / t.eager;
     const double peak = fp8 ? lim.fp8_flops : lim.bf16_flops;
     // Roofline: the slower of computing at the peak and moving the bytes at copy speed.
     const double floor = std::max(flops / peak, bytes / lim.copy_bps);
-    emit("| %-44s | %6lld | %9.1f | %7.0f TFLOP/s | %5.1f %% of %s | %5.1f %% |\n", op, (long long)M,
+    g_out.emit("| %-44s | %6lld | %9.1f | %7.0f TFLOP/s | %5.1f %% of %s | %5.1f %% |\n", op, (long long)M,
          t.eager * 1e6, fps / 1e12, 100.0 * fps / peak, fp8 ? "FP8 peak" : "BF16 peak", 100.0 * floor / t.eager);
   }
 }
@@ -247,7 +120,7 @@ struct Fp8Op {
 // also reports the GEMM alone on activations quantized beforehand ("gemm only") and the
 // fp32-in / fp32-out call CudaOps makes ("f32 op": quantization from fp32 included);
 // the plain row is bf16 in and out.
-void bench_fp8(const GpuContext& ctx, Timing& tm, const Limits& lim, const Fp8Op& op,
+void bench_fp8(const GpuContext& ctx, KernelTimer& tm, const Limits& lim, const Fp8Op& op,
                const std::vector<int64_t>& Ms, bool decode, int steps = 0, Fp8Path path = Fp8Path::Auto,
                int width = 0, Fp8SplitSum sum = Fp8SplitSum::Atomics, bool name_config = false) {
   const int64_t rows = op.N * op.groups, XW = op.K * op.groups;
@@ -340,7 +213,7 @@ QuantizedMatrix bench_weight(bool fp8, int64_t rows, int64_t cols, uint32_t seed
 // one launch; the compressor's wkv, wgate [1024,4096] and the indexer's weights_proj
 // [64,4096], compressor wkv, wgate [256,4096], bf16, in one dense_gemv launch), fp32
 // activations in and out. Weight sets rotate so every call reads from memory.
-void bench_linear_many(Timing& tm, const Limits& lim, const std::vector<int64_t>& Ms) {
+void bench_linear_many(KernelTimer& tm, const Limits& lim, const std::vector<int64_t>& Ms) {
   struct Target {
     bool fp8;
     int64_t rows;
@@ -385,7 +258,7 @@ void bench_linear_many(Timing& tm, const Limits& lim, const std::vector<int64_t>
 
 // ---- BF16 shared expert ----
 
-void bench_bf16(const GpuContext& ctx, Timing& tm, const Limits& lim, const char* name, int64_t N, int64_t K,
+void bench_bf16(const GpuContext& ctx, KernelTimer& tm, const Limits& lim, const char* name, int64_t N, int64_t K,
                 const std::vector<int64_t>& Ms, bool decode) {
   const size_t wbytes = size_t(N * K * 2);
   const int copies = decode ? int(std::clamp<size_t>(kRotateBytes / wbytes + 1, 2, 64)) : 1;
@@ -435,7 +308,7 @@ std::vector<int64_t> route(int64_t tokens, int64_t E, int top_k, std::mt19937& r
 
 // swiglu: the w1/w3 pair followed by its activation (int4_grouped_swiglu; decode only),
 // N is then the width F of each half. path: which kernels run (Auto: as in production).
-void bench_int4(const GpuContext& ctx, Timing& tm, const Limits& lim, const std::string& name, int64_t E, int64_t N,
+void bench_int4(const GpuContext& ctx, KernelTimer& tm, const Limits& lim, const std::string& name, int64_t E, int64_t N,
                 int64_t K, const std::vector<int64_t>& Ms, bool decode, bool swiglu = false,
                 Int4Path path = Int4Path::Auto) {
   std::vector<uint16_t> scales(size_t(E * N * K / 128), 0x3C00);  // bf16 0.0078125
@@ -481,7 +354,7 @@ void bench_int4(const GpuContext& ctx, Timing& tm, const Limits& lim, const std:
 
 // The routed-expert GEMMs: as in production (Auto), and in prefill each forced path for
 // comparison in the same run; with `tune`, decode also with each K slice of the decode kernel.
-void bench_int4_all(const GpuContext& ctx, Timing& tm, const Limits& lim, const std::vector<int64_t>& Ms,
+void bench_int4_all(const GpuContext& ctx, KernelTimer& tm, const Limits& lim, const std::vector<int64_t>& Ms,
                     bool decode, bool tune, const std::function<bool(const char*)>& wanted) {
   struct Shape {
     const char* name;
@@ -519,7 +392,7 @@ void bench_int4_all(const GpuContext& ctx, Timing& tm, const Limits& lim, const 
 // distinct experts' int4 + scales (what must come from memory). `tune`: also each forced
 // K slice of the decode kernel.
 constexpr const char* kMoeDecodeRow = "moe decode (int4_moe_decode: 6 of 256 experts, w1+w3+SwiGLU+w2+combine)";
-void bench_int4_moe_decode(const GpuContext& ctx, Timing& tm, const Limits& lim, const std::vector<int64_t>& Ms,
+void bench_int4_moe_decode(const GpuContext& ctx, KernelTimer& tm, const Limits& lim, const std::vector<int64_t>& Ms,
                            bool tune) {
   const int64_t E = 256, H = 4096, F = 2048;
   const int kTopK = 6, kRoutings = 16;
@@ -596,7 +469,7 @@ void bench_int4_moe_decode(const GpuContext& ctx, Timing& tm, const Limits& lim,
       int4_grouped_linear(ctx, down, h.get(), o, y.get());
     }, 32);
     const double bps = distinct * expert_bytes / before;
-    emit("| %-44s | %6lld | %8.1f | %8s | %8.0f GB/s | %5.1f %% |\n", "INT4 MoE host offsets+sync (before; eager)",
+    g_out.emit("| %-44s | %6lld | %8.1f | %8s | %8.0f GB/s | %5.1f %% |\n", "INT4 MoE host offsets+sync (before; eager)",
          (long long)M, before * 1e6, "-", bps / 1e9, 100.0 * bps / lim.copy_bps);
   }
 }
@@ -607,7 +480,7 @@ void bench_int4_moe_decode(const GpuContext& ctx, Timing& tm, const Limits& lim,
 // 2^-7 .. 2^-6) through mxfp4_grouped_linear, M tokens x top-6 of E experts, 16 random
 // routings rotated. Bytes: the active experts' codes + scales, bf16 activations in, fp32
 // out (as the INT4 rows).
-void bench_mxfp4(const GpuContext& ctx, Timing& tm, const Limits& lim, const char* name, int64_t E, int64_t N,
+void bench_mxfp4(const GpuContext& ctx, KernelTimer& tm, const Limits& lim, const char* name, int64_t E, int64_t N,
                  int64_t K, const std::vector<int64_t>& Ms) {
   std::vector<uint8_t> values(size_t(E * N * K / 2)), scales(size_t(E * N * K / 32));
   uint64_t s = 5;
@@ -639,7 +512,7 @@ void bench_mxfp4(const GpuContext& ctx, Timing& tm, const Limits& lim, const cha
   }
 }
 
-void bench_mxfp4_all(const GpuContext& ctx, Timing& tm, const Limits& lim, const std::vector<int64_t>& Ms,
+void bench_mxfp4_all(const GpuContext& ctx, KernelTimer& tm, const Limits& lim, const std::vector<int64_t>& Ms,
                      const std::function<bool(const char*)>& wanted) {
   const char* gate_up = "mxfp4 experts w1+w3 256x[4096,4096]";
   const char* down = "mxfp4 experts w2 256x[4096,2048]";
@@ -668,16 +541,16 @@ int run(int argc, char** argv) {
     return 0;
   }
   GpuContext ctx;
-  Timing tm;
+  KernelTimer tm;
   cudaDeviceProp prop{};
   DSQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  emit("Device: %s, %d SMs, %.0f MB L2\n\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
+  g_out.emit("Device: %s, %d SMs, %.0f MB L2\n\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
   Limits lim{};
-  bf16_peak(ctx, tm);  // warm-up: clocks settle before the limits are taken
+  bf16_gemm_peak(ctx, tm);  // warm-up: clocks settle before the limits are taken
   lim.copy_bps = bench::copy_bandwidth(ctx.stream());
-  lim.bf16_flops = bf16_peak(ctx, tm);
-  lim.fp8_flops = fp8_tensorwise_peak(ctx, tm);
-  emit("Limits measured in this run: device-to-device copy %.0f GB/s (read+write); cuBLAS BF16 GEMM "
+  lim.bf16_flops = bf16_gemm_peak(ctx, tm);
+  lim.fp8_flops = fp8_gemm_peak(ctx, tm);
+  g_out.emit("Limits measured in this run: device-to-device copy %.0f GB/s (read+write); cuBLAS BF16 GEMM "
        "8192^3 %.0f TFLOP/s; cuBLASLt FP8 (per-tensor scale) 8192^3 %.0f TFLOP/s\n\n",
        lim.copy_bps / 1e9, lim.bf16_flops / 1e12, lim.fp8_flops / 1e12);
 
@@ -690,9 +563,9 @@ int run(int argc, char** argv) {
                            {"fp8 wo_b [4096,8192]", 4096, 8192, 1}};
   for (int phase = 0; phase < (decode_only ? 1 : 2); ++phase) {
     const bool decode = phase == 0;
-    emit(decode ? "### Decode (memory-bound): GB/s moved, vs copy bandwidth\n\n"
+    g_out.emit(decode ? "### Decode (memory-bound): GB/s moved, vs copy bandwidth\n\n"
                 : "\n### Prefill (compute-bound): TFLOP/s, vs the GEMM peaks above\n\n");
-    emit(decode ? "| op | M | eager (us) | graph (us) | achieved (graph) | of copy |\n|---|---:|---:|---:|---:|---:|\n"
+    g_out.emit(decode ? "| op | M | eager (us) | graph (us) | achieved (graph) | of copy |\n|---|---:|---:|---:|---:|---:|\n"
                 : "| op | M | time (us) | achieved | of limit | of roofline |\n|---|---:|---:|---:|---:|---:|\n");
     const auto& Ms = decode ? dec : pre;
     bench_int4_all(ctx, tm, lim, Ms, decode, tune, wanted);
@@ -727,11 +600,11 @@ int run(int argc, char** argv) {
     if (wanted("bf16 shared w2 [4096,2048]"))
       bench_bf16(ctx, tm, lim, "bf16 shared w2 [4096,2048]", 4096, 2048, Ms, decode);
   }
-  emit("\nDecode: eager = back-to-back calls from the host; graph = the same calls captured in a CUDA "
+  g_out.emit("\nDecode: eager = back-to-back calls from the host; graph = the same calls captured in a CUDA "
        "graph and replayed (no host launch cost; what an engine replaying decode graphs sees). GB/s "
        "and %% of copy use the graph time.\n");
-  emit("Prefill: eager time; roofline = max(FLOPs / GEMM peak, bytes / copy bandwidth) over the measured time.\n");
-  emit("INT4 rows: M tokens x top-6 of 256 experts, random routing (16 routings rotated); bytes = "
+  g_out.emit("Prefill: eager time; roofline = max(FLOPs / GEMM peak, bytes / copy bandwidth) over the measured time.\n");
+  g_out.emit("INT4 rows: M tokens x top-6 of 256 experts, random routing (16 routings rotated); bytes = "
        "active experts' int4+scales + activations + fp32 output. Experts with < 9 rows run the "
        "tensor-core W4A16 decode kernel (mma.sync), experts with more rows the grouped wgmma GEMM; "
        "prefill rows marked gemm / mma / deq+cuBLAS force one path for every expert.\n"
@@ -749,7 +622,7 @@ int run(int argc, char** argv) {
   if (!out_path.empty()) {
     FILE* f = std::fopen(out_path.c_str(), "w");
     DSQ_CHECK(f, "dsq_gemm_bench: cannot write ", out_path);
-    std::fputs(g_table.c_str(), f);
+    std::fputs(g_out.text().c_str(), f);
     std::fclose(f);
   }
   return 0;
