@@ -34,6 +34,7 @@
 #include "bench/gpu/gemm_peaks.h"
 #include "bench/gpu/kernel_timer.h"
 #include "bench/gpu/markdown_output.h"
+#include "core/atomic_file.h"
 #include "bench/gpu/cutlass/cutlass_gemms.h"
 
 namespace dsq::cuda {
@@ -469,12 +470,7 @@ int run(int argc, char** argv) {
   }
   g_out.emit("\nEvery CUTLASS configuration (us; graph replay in decode, eager in prefill):\n\n"
        "| op | M | configuration | time |\n|---|---:|---|---:|\n%s", g_variants.c_str());
-  if (!out_path.empty()) {
-    FILE* f = std::fopen(out_path.c_str(), "w");
-    DSQ_CHECK(f, "dsq_cutlass_bench: cannot write ", out_path);
-    std::fputs(g_out.text().c_str(), f);
-    std::fclose(f);
-  }
+  if (!out_path.empty()) dsq::write_file_atomically(out_path, g_out.text());
   return 0;
 }
 

@@ -31,6 +31,7 @@
 #include "bench/gpu/gemm_peaks.h"
 #include "bench/gpu/kernel_timer.h"
 #include "bench/gpu/markdown_output.h"
+#include "core/atomic_file.h"
 
 namespace dsq::cuda {
 namespace {
@@ -619,12 +620,7 @@ int run(int argc, char** argv) {
        "MXFP4 rows: M tokens x top-6 of 256 experts through mxfp4_grouped_linear (experts with <= 8 "
        "rows: the MXFP4 decode kernel); bytes = active experts' e2m1 codes + e8m0 scales + "
        "activations + fp32 output.\n");
-  if (!out_path.empty()) {
-    FILE* f = std::fopen(out_path.c_str(), "w");
-    DSQ_CHECK(f, "dsq_gemm_bench: cannot write ", out_path);
-    std::fputs(g_out.text().c_str(), f);
-    std::fclose(f);
-  }
+  if (!out_path.empty()) dsq::write_file_atomically(out_path, g_out.text());
   return 0;
 }
 

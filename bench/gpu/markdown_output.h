@@ -1,5 +1,5 @@
 // A benchmark's result table: every line printed to stdout as it is produced (progress on
-// long runs) and kept, to be written to --out at the end.
+// long runs) and kept, to be written to --out at the end (core/atomic_file.h).
 #pragma once
 
 #include <cstdarg>
