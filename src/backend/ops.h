@@ -146,6 +146,20 @@ class Ops {
   // when y_extra is not null (the MoE's shared-expert output: its add folded in here).
   virtual void mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,
                         int64_t T, int64_t n_streams, int64_t hidden) = 0;
+  // mhc_post(streams, post, comb, y, y_extra) followed by mhc_pre(streams, …) writing
+  // x, next_post, next_comb: the residual update of one block and the mixing of the next
+  // one, as one op so that a backend can do both in one pass over the streams (on a GPU
+  // the update then needs no launch of its own). next_post / next_comb must not alias
+  // post / comb. The default runs the two ops.
+  virtual void mhc_post_pre(float* streams, const float* post, const float* comb, const float* y,
+                            const float* y_extra, int64_t T, const QuantizedMatrix& fn, float mix_eps,
+                            const float* base, const float* scale, int64_t n_streams, int64_t hidden,
+                            int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x,
+                            float* next_post, float* next_comb) {
+    mhc_post(streams, post, comb, y, y_extra, T, n_streams, hidden);
+    mhc_pre(streams, T, fn, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x,
+            next_post, next_comb);
+  }
   // Per row: out[t] = mhc_collapse(streams[t], hc_head_weights(mix[t], base, scale)).
   virtual void hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,
                        int64_t n_streams, int64_t hidden, float eps, float* out) = 0;
@@ -200,6 +214,12 @@ class Ops {
   virtual void start_side_work() {}
   virtual void end_side_work() {}
   virtual void wait_side_work() {}
+
+  // ---- hints ----
+  // The weights of w will be read soon (by a linear a few ops later): a backend with a
+  // cache in front of its memory may start loading them now, beside the ops in between.
+  // Results never depend on it; the CPU has nothing to gain, hence the default.
+  virtual void prefetch_weights(const QuantizedMatrix& w) { (void)w; }
 
   // Waits until the device has finished all work queued so far (on every lane).
   virtual void synchronize() = 0;

@@ -101,6 +101,18 @@ void ProfilingOps::mhc_post(float* streams, const float* post, const float* comb
   });
 }
 
+void ProfilingOps::mhc_post_pre(float* streams, const float* post, const float* comb, const float* y, const float* y_extra, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x, float* next_post, float* next_comb) {
+  timed("mhc_post_pre", [&] {
+    inner_->mhc_post_pre(streams, post, comb, y, y_extra, T, fn, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x, next_post, next_comb);
+  });
+}
+
+void ProfilingOps::prefetch_weights(const QuantizedMatrix& w) {
+  timed("prefetch_weights", [&] {
+    inner_->prefetch_weights(w);
+  });
+}
+
 void ProfilingOps::hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n, int64_t n_streams, int64_t hidden, float eps, float* out) {
   timed("hc_head", [&] {
     inner_->hc_head(streams, mix, base, scale, n, n_streams, hidden, eps, out);

@@ -56,6 +56,7 @@ class ProfilingOps final : public Ops {
   void start_side_work() override { inner_->start_side_work(); }
   void end_side_work() override { inner_->end_side_work(); }
   void wait_side_work() override { inner_->wait_side_work(); }
+  void prefetch_weights(const QuantizedMatrix& w) override;
 
   void linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) override;
   void linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
@@ -71,6 +72,7 @@ class ProfilingOps final : public Ops {
   void mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn, float* mix) override;
   void mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x, float* post, float* comb) override;
   void mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra, int64_t T, int64_t n_streams, int64_t hidden) override;
+  void mhc_post_pre(float* streams, const float* post, const float* comb, const float* y, const float* y_extra, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x, float* next_post, float* next_comb) override;
   void hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n, int64_t n_streams, int64_t hidden, float eps, float* out) override;
   void route(const float* logits, int64_t T, int64_t n_experts, const float* bias, const int64_t* tid2eid, const int64_t* tokens, int64_t vocab, int64_t k, float scaling, int64_t* chosen, float* weights) override;
   void moe_experts(const float* x, int64_t T, int64_t hidden, const backend::ExpertLinears* experts, int64_t n_experts, const int64_t* chosen, const float* weights, int64_t k, float limit, float* out, backend::ExpertInputTap* tap) override;

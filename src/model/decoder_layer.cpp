@@ -5,7 +5,7 @@
 namespace dsq::model {
 
 void decoder_layer(const PassContext& ctx, int layer, const LayerWeights& w, const cpu::RopeFrequencies& rope,
-                   float* streams) {
+                   float* streams, PendingResidual* pending) {
   const ModelConfig& c = ctx.config;
   backend::Ops& ops = ctx.ops;
   Workspace& ws = ctx.workspace;
@@ -13,23 +13,41 @@ void decoder_layer(const PassContext& ctx, int layer, const LayerWeights& w, con
   const float eps = float(c.rms_norm_eps), eps_hc = float(c.hc_eps);
   float* x = ws.f32("layer.x", T * H);
   float* y = ws.f32("layer.y", T * H);
-  float* post = ws.f32("layer.post", T * N);
-  float* comb = ws.f32("layer.comb", T * N * N);
+  PendingResidual local;
+  PendingResidual& update = pending ? *pending : local;
   // X ← post ⊗ block(norm(collapse(X))) + combᵀ·X. A block may leave its output in two
-  // parts, y and a returned y_extra (null: none), which mhc_post adds.
-  auto half_step = [&](const HyperConnection& hc, const std::vector<float>& norm_weight, auto&& block) {
-    ops.mhc_pre(streams, T, hc.fn.w, eps, ops.resident(hc.base), ops.resident(hc.scale), N, H, c.hc_sinkhorn_iters,
-                eps_hc, ops.resident(norm_weight), eps, x, post, comb);
+  // parts, y and a returned y_extra (null: none). The update is left pending and applied
+  // by the next half-step's mixing; post and comb alternate between two buffers (by
+  // half-step parity) so that the pending ones are not overwritten before they are read.
+  auto half_step = [&](int parity, const HyperConnection& hc, const std::vector<float>& norm_weight, auto&& block) {
+    float* post = ws.f32(parity ? "layer.post.1" : "layer.post.0", T * N);
+    float* comb = ws.f32(parity ? "layer.comb.1" : "layer.comb.0", T * N * N);
+    if (update.y)
+      ops.mhc_post_pre(streams, update.post, update.comb, update.y, update.y_extra, T, hc.fn.w, eps,
+                       ops.resident(hc.base), ops.resident(hc.scale), N, H, c.hc_sinkhorn_iters, eps_hc,
+                       ops.resident(norm_weight), eps, x, post, comb);
+    else
+      ops.mhc_pre(streams, T, hc.fn.w, eps, ops.resident(hc.base), ops.resident(hc.scale), N, H,
+                  c.hc_sinkhorn_iters, eps_hc, ops.resident(norm_weight), eps, x, post, comb);
     const float* y_extra = block(x, y);
-    ops.mhc_post(streams, post, comb, y, y_extra, T, N, H);
+    update = {y, y_extra, post, comb};
   };
-  half_step(w.hc_attn, w.attn_norm,
+  half_step(0, w.hc_attn, w.attn_norm,
             [&](const float* in, float* out) -> const float* {
               attention_block(ctx, layer, w.attn, rope, in, out);
               return nullptr;
             });
-  half_step(w.hc_ffn, w.ffn_norm,
+  half_step(1, w.hc_ffn, w.ffn_norm,
             [&](const float* in, float* out) { return moe_block(ctx, layer, w.ffn, in, out); });
+  if (!pending) finish_residual(ctx, streams, local);
+}
+
+void finish_residual(const PassContext& ctx, float* streams, PendingResidual& pending) {
+  if (!pending.y) return;
+  const ModelConfig& c = ctx.config;
+  ctx.ops.mhc_post(streams, pending.post, pending.comb, pending.y, pending.y_extra, ctx.num_tokens(), c.hc_mult,
+                   c.hidden_size);
+  pending = {};
 }
 
 }  // namespace dsq::model

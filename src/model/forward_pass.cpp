@@ -81,9 +81,12 @@ PassContext ForwardPass::context() const {
 void ForwardPass::run_layer(int layer) {
   DSQ_CHECK(layer == next_layer_, "forward: layer ", layer, " run out of order (next is ", next_layer_, ")");
   DSQ_CHECK(!committed_, "forward: run_layer after commit");
+  // Each layer's last residual update is applied by the next layer's first mixing op;
+  // the last layer's is applied here, so that the streams are complete after it.
   decoder_layer(context(), layer, model_.weights().layers[size_t(layer)], model_.rope_for_layer(layer),
-                streams_.mutable_data<float>());
+                streams_.mutable_data<float>(), &pending_);
   ++next_layer_;
+  if (next_layer_ == model_.config().num_layers) finish_residual(context(), streams_.mutable_data<float>(), pending_);
 }
 
 Tensor ForwardPass::final_hidden(LogitRows rows) const {

@@ -1,6 +1,6 @@
 // ForwardPass: one forward call over a batch of sequences, exposed step by step, so that
-// callers (the quantizer's calibration) can run the model layer by layer and look at or
-// change the residual streams between layers.
+// callers can run the model layer by layer. (The quantizer's calibration, which looks at
+// the streams between layers, calls decoder_layer itself: see streams() below.)
 //
 //   ForwardPass pass(model, batch, observer);   // embeds the tokens into streams
 //   for (int i = 0; i < L; ++i) pass.run_layer(i);  // in order; updates the states' layer i
@@ -33,7 +33,8 @@ class ForwardPass {
 
   // The residual streams, [num_tokens, N·H] f32 (stream-major per token), in the memory
   // of the model's ops (host memory for CpuOps): a workspace buffer, valid until the
-  // model's next forward.
+  // model's next forward. Complete before the first layer and after the last one; in
+  // between, a layer's last residual update is still pending (applied by the next layer).
   float* streams() { return streams_.mutable_data<float>(); }
   const float* streams() const { return streams_.data<float>(); }
 
@@ -56,6 +57,7 @@ class ForwardPass {
   LinearObserver* observer_;
   PassTokens ids_;
   Tensor streams_;
+  PendingResidual pending_;
   int next_layer_ = 0;
   bool committed_ = false;
 };

@@ -51,12 +51,28 @@ struct LinearTarget {
 };
 void run_linears(const PassContext& ctx, const float* x, int64_t n, const std::vector<LinearTarget>& targets);
 
+// A residual update X ← post ⊗ (y + y_extra) + combᵀ·X not yet applied to the streams:
+// a layer's last one, handed to the next layer, whose first mixing applies it in the same
+// op (Ops::mhc_post_pre: one launch less per layer on a GPU). The pointers are workspace
+// buffers that stay valid until the next layer's first op has read them.
+struct PendingResidual {
+  const float* y = nullptr;  // null: nothing pending
+  const float* y_extra = nullptr;
+  const float* post = nullptr;
+  const float* comb = nullptr;
+};
+
 // One whole decoder layer (spec §2.3) on the residual streams [T, N·H], in place, with
 // the given weights (the model's own, or a quantizer's replacement for the layer):
 // X ← post ⊗ attention(norm(collapse(X))) + combᵀ·X, then the same with the MoE.
 // Updates layer `layer` of each sequence's state. ForwardPass::run_layer is this call.
+// With `pending` null the streams are complete on return. Otherwise the update in
+// *pending (if any) is applied first and the layer's own last update is left in
+// *pending instead of applied: finish_residual() applies it.
 void decoder_layer(const PassContext& ctx, int layer, const LayerWeights& w, const cpu::RopeFrequencies& rope,
-                   float* streams);
+                   float* streams, PendingResidual* pending = nullptr);
+// Applies and clears *pending.
+void finish_residual(const PassContext& ctx, float* streams, PendingResidual& pending);
 
 // x: [T, H] normalised attention input; out: [T, H].
 void attention_block(const PassContext& ctx, int layer, const AttentionWeights& w,

@@ -461,6 +461,48 @@ TEST(CudaElementwise, MhcPostMatchesCpu) {
   }
 }
 
+// mhc_post then mhc_pre as one op: the cluster kernel applies the update to its own
+// columns first (flash T = 1 and 4); the other shapes run the two ops. The bounds are
+// those of mhc_post and mhc_pre.
+TEST(CudaElementwise, MhcPostPreMatchesCpu) {
+  DSQ_REQUIRE_GPU();
+  cpu::CpuOps cpu;
+  CudaOps gpu(Precision::F32);
+  std::mt19937 rng(10);
+  const float eps = 1e-6f;
+  std::vector<MhcInputs> inputs;  // each fn lives on (CudaOps keys its copies by address)
+  for (const MhcShape& s : kMhcShapes) inputs.push_back(mhc_inputs(s, rng));
+  for (size_t shape = 0; shape < kMhcShapes.size(); ++shape) {
+    const MhcShape& s = kMhcShapes[shape];
+    const int64_t N = s.streams, T = s.tokens, H = s.hidden;
+    const MhcInputs& in = inputs[shape];
+    const std::vector<float> norm_w = random_floats(size_t(H), rng), post = random_floats(size_t(T * N), rng),
+                             comb = random_floats(size_t(T * N * N), rng), y = random_floats(size_t(T * H), rng),
+                             y2 = random_floats(size_t(T * H), rng);
+    for (bool extra : {false, true}) {
+      SCOPED_TRACE(s.name + (extra ? ", with y_extra" : ""));
+      std::vector<float> streams = in.streams, x(size_t(T * H)), next_post(size_t(T * N)),
+                         next_comb(size_t(T * N * N));
+      cpu.mhc_post_pre(streams.data(), post.data(), comb.data(), y.data(), extra ? y2.data() : nullptr, T, in.fn, eps,
+                       in.base.data(), in.scale.data(), N, H, s.sinkhorn_iters, eps, norm_w.data(), eps, x.data(),
+                       next_post.data(), next_comb.data());
+      Tensor gs = on_gpu(gpu, in.streams), gpost = on_gpu(gpu, post), gcomb = on_gpu(gpu, comb), gy = on_gpu(gpu, y),
+             gy2 = on_gpu(gpu, y2), gbase = on_gpu(gpu, in.base), gscale = on_gpu(gpu, in.scale),
+             gw = on_gpu(gpu, norm_w);
+      Tensor gx = poisoned_gpu(gpu, T * H), gnext_post = poisoned_gpu(gpu, T * N),
+             gnext_comb = poisoned_gpu(gpu, T * N * N);
+      gpu.mhc_post_pre(gs.mutable_data<float>(), gpost.data<float>(), gcomb.data<float>(), gy.data<float>(),
+                       extra ? gy2.data<float>() : nullptr, T, in.fn, eps, gbase.data<float>(), gscale.data<float>(),
+                       N, H, s.sinkhorn_iters, eps, gw.data<float>(), eps, gx.mutable_data<float>(),
+                       gnext_post.mutable_data<float>(), gnext_comb.mutable_data<float>());
+      expect_close(floats_of(gpu, gs), streams, 1e-6, "mhc_post_pre streams");
+      expect_close(floats_of(gpu, gx), x, 2e-5, "mhc_post_pre x");
+      expect_close(floats_of(gpu, gnext_post), next_post, 1e-5, "mhc_post_pre post");
+      expect_close(floats_of(gpu, gnext_comb), next_comb, 5e-5, "mhc_post_pre comb");
+    }
+  }
+}
+
 TEST(CudaElementwise, HcHeadMatchesCpu) {
   DSQ_REQUIRE_GPU();
   cpu::CpuOps cpu;

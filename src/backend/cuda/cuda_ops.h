@@ -76,6 +76,10 @@ class CudaOps final : public backend::Ops {
   void mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
                const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
                const float* norm_weight, float norm_eps, float* x, float* post, float* comb) override;
+  void mhc_post_pre(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,
+                    int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale,
+                    int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight,
+                    float norm_eps, float* x, float* next_post, float* next_comb) override;
   void mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,
                 int64_t T, int64_t n_streams, int64_t hidden) override;
   void hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,
@@ -107,6 +111,8 @@ class CudaOps final : public backend::Ops {
   void start_side_work() override;
   void end_side_work() override;
   void wait_side_work() override;
+  // Loads the device copy of w (if it has run before) into the L2 cache (l2_prefetch.h).
+  void prefetch_weights(const QuantizedMatrix& w) override;
   void synchronize() override;
 
   // The device copy of a RoPE table's frequencies (kept, keyed by the table's address).

@@ -617,6 +617,10 @@ __global__ void __launch_bounds__(kMixThreads)
 // meanwhile (the longest chain: the others wait for it at the second barrier). Against
 // the one-block tail of mhc_mix_pre_kernel, the chain after the wait is two cluster
 // barriers instead of atomics, a ticket and a lone block's pass.
+//
+// With `update` (mhc_post_pre), the previous block's residual update comes first: each
+// block updates its own columns of the streams in shared memory (the column split makes
+// the update local) and writes them back, so the update needs no launch of its own.
 constexpr int kClusterBlocks = 16;  // a non-portable cluster size: H100 GPCs hold >= 16 SMs
 constexpr int kClusterThreads = 1024;
 constexpr int kClusterMaxTokens = 4;
@@ -624,11 +628,22 @@ constexpr int kClusterMaxQuads = 256;  // float4 per block and token: N·w <= 10
 constexpr int kClusterMaxWidth = 256;  // w: one column per collapsing thread
 constexpr int kClusterWorkers = kClusterThreads - 32;  // the last warp is block 0's Sinkhorn
 
+// The residual update mhc_post(streams, post, comb, y, y_extra) folded into the cluster
+// kernel; post == nullptr: none.
+struct ResidualUpdate {
+  float* streams;  // the same memory as the kernel's streams, written back
+  const float* post;
+  const float* comb;
+  const float* y;
+  const float* y_extra;
+};
+
 template <int N>
 __global__ void __launch_bounds__(kClusterThreads, 1)
     mhc_pre_cluster_kernel(const float* streams, int T, int hidden, const float* fn, float mix_eps,
                            const float* base, const float* scale, int64_t iters, float eps,
-                           const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
+                           const float* norm_weight, float norm_eps, float* x, float* post, float* comb,
+                           ResidualUpdate update) {
   constexpr int R = (2 + N) * N;
   static_assert(R + 1 <= kClusterThreads / 32 - 1, "mixing rows + squares must leave the last warp free");
   namespace cg = cooperative_groups;
@@ -658,6 +673,33 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
   allow_dependent_launch();
   for (int i = threadIdx.x; i < T * quads; i += blockDim.x)
     xs[i / quads][i % quads] = *reinterpret_cast<const float4*>(streams + int64_t(i / quads) * K + column(i % quads));
+  if (update.post) {
+    __shared__ float coef[kClusterMaxTokens][N + N * N];  // post, then comb
+    for (int i = threadIdx.x; i < T * (N + N * N); i += blockDim.x) {
+      const int t = i / (N + N * N), j = i % (N + N * N);
+      coef[t][j] = j < N ? update.post[t * N + j] : update.comb[t * N * N + j - N];
+    }
+    __syncthreads();
+    // X[k] ← post[k]·a + Σ_j comb[j][k]·X[j], a = y (+ y_extra): mhc_post_kernel's order.
+    // One column per thread (the weights held in registers leave no room for quads).
+    for (int i = threadIdx.x; i < T * width; i += blockDim.x) {
+      const int t = i / width, col = i % width;
+      float* row = reinterpret_cast<float*>(xs[t]);  // stream k's column col at k·width + col
+      const int64_t at = int64_t(t) * hidden + h0 + col;
+      const float a = update.y_extra ? update.y[at] + update.y_extra[at] : update.y[at];
+      float old[N];
+#pragma unroll
+      for (int j = 0; j < N; ++j) old[j] = row[j * width + col];
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        float out = coef[t][k] * a;
+#pragma unroll
+        for (int j = 0; j < N; ++j) out += coef[t][N + j * N + k] * old[j];
+        row[k * width + col] = out;
+        update.streams[int64_t(t) * K + int64_t(k) * hidden + h0 + col] = out;
+      }
+    }
+  }
   __syncthreads();
   if (warp <= R) {
     for (int t = 0; t < T; ++t) {
@@ -991,7 +1033,8 @@ namespace {
 template <int N>
 bool launch_mhc_pre_cluster(const GpuContext& ctx, const float* streams, int T, int hidden, const float* fn,
                             float mix_eps, const float* base, const float* scale, int64_t iters, float eps,
-                            const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
+                            const float* norm_weight, float norm_eps, float* x, float* post, float* comb,
+                            const ResidualUpdate& update) {
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(kClusterBlocks);
   config.blockDim = dim3(kClusterThreads);
@@ -1018,8 +1061,18 @@ bool launch_mhc_pre_cluster(const GpuContext& ctx, const float* streams, int T, 
   }();
   if (!fits) return false;
   DSQ_CUDA_CHECK(cudaLaunchKernelEx(&config, mhc_pre_cluster_kernel<N>, streams, T, hidden, fn, mix_eps, base, scale,
-                                    iters, eps, norm_weight, norm_eps, x, post, comb));
+                                    iters, eps, norm_weight, norm_eps, x, post, comb, update));
   return true;
+}
+
+// Whether mhc_pre's one-cluster kernel takes these shapes (w: fn as prepared f32).
+bool cluster_takes(const float* w, const float* streams, int64_t T, int64_t n_streams, int64_t hidden, const float* x,
+                   const float* norm_weight) {
+  const int64_t R = (2 + n_streams) * n_streams;
+  return w != nullptr && aligned16(w) && hidden % 4 == 0 && aligned16(streams) && aligned16(x) &&
+         (!norm_weight || aligned16(norm_weight)) && T <= kClusterMaxTokens && R + 1 <= kClusterThreads / 32 - 1 &&
+         hidden % (4 * kClusterBlocks) == 0 && hidden / kClusterBlocks <= kClusterMaxWidth &&
+         n_streams * hidden / kClusterBlocks <= 4 * kClusterMaxQuads;
 }
 
 }  // namespace
@@ -1034,14 +1087,12 @@ void CudaOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn
   const bool vec = hidden % 4 == 0 && aligned16(streams) && aligned16(x) && (!norm_weight || aligned16(norm_weight));
   const float* w = prepared_f32(fn);
   const bool fused = w != nullptr && aligned16(w) && vec && T <= kMixMaxTokens && R <= kMixMaxRows;
-  const bool cluster = fused && T <= kClusterMaxTokens && hidden % (4 * kClusterBlocks) == 0 &&
-                       hidden / kClusterBlocks <= kClusterMaxWidth &&
-                       n_streams * hidden / kClusterBlocks <= 4 * kClusterMaxQuads;
+  const bool cluster = fused && cluster_takes(w, streams, T, n_streams, hidden, x, norm_weight);
   with_stream_count(n_streams, "mhc_pre", [&](auto n) {
     constexpr int N = decltype(n)::value;
     if constexpr ((2 + N) * N + 1 <= kClusterThreads / 32 - 1) {
       if (cluster && launch_mhc_pre_cluster<N>(ctx(), streams, int(T), int(hidden), w, mix_eps, base, scale,
-                                               sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb)) {
+                                               sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb, {})) {
         DSQ_CUDA_CHECK_LAUNCH();
         return;
       }
@@ -1074,6 +1125,37 @@ void CudaOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn
           streams, mix, base, scale, hidden, sinkhorn_iters, eps, x, post, comb);
     DSQ_CUDA_CHECK_LAUNCH();
   });
+}
+
+void CudaOps::mhc_post_pre(float* streams, const float* post, const float* comb, const float* y,
+                           const float* y_extra, int64_t T, const QuantizedMatrix& fn, float mix_eps,
+                           const float* base, const float* scale, int64_t n_streams, int64_t hidden,
+                           int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x,
+                           float* next_post, float* next_comb) {
+  const int64_t width = n_streams * hidden, R = (2 + n_streams) * n_streams;
+  DSQ_CHECK(fn.rows == R && fn.cols == width, "mhc_post_pre: the mixing weight [", fn.rows, ", ", fn.cols,
+            "] is not [", R, ", ", width, "] for ", n_streams, " streams of ", hidden);
+  DSQ_CHECK(next_post != post && next_comb != comb, "mhc_post_pre: the new coefficients would overwrite the old");
+  if (T <= 0) return;
+  const float* w = prepared_f32(fn);
+  bool done = false;
+  if (cluster_takes(w, streams, T, n_streams, hidden, x, norm_weight) && aligned16(y) &&
+      (!y_extra || aligned16(y_extra))) {
+    with_stream_count(n_streams, "mhc_post_pre", [&](auto n) {
+      constexpr int N = decltype(n)::value;
+      if constexpr ((2 + N) * N + 1 <= kClusterThreads / 32 - 1)
+        done = launch_mhc_pre_cluster<N>(ctx(), streams, int(T), int(hidden), w, mix_eps, base, scale, sinkhorn_iters,
+                                         eps, norm_weight, norm_eps, x, next_post, next_comb,
+                                         {streams, post, comb, y, y_extra});
+    });
+  }
+  if (done) {
+    DSQ_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  mhc_post(streams, post, comb, y, y_extra, T, n_streams, hidden);
+  mhc_pre(streams, T, fn, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x,
+          next_post, next_comb);
 }
 
 void CudaOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,

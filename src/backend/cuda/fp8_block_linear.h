@@ -128,6 +128,9 @@ class Fp8BlockLinear {
   Fp8Path last_path() const { return last_path_; }
 
   int64_t rows() const { return N_; }
+  // The e4m3 weight codes on the device, [N, K] row-major.
+  const uint8_t* values() const { return values_.get(); }
+  size_t values_bytes() const { return values_.bytes(); }
   int64_t cols() const { return K_; }
 
  private:

@@ -25,12 +25,14 @@ enum class Op : uint8_t {
   MhcMix,
   MhcPre,
   MhcPost,
+  MhcPostPre,
   HcHead,
   Route,
   MoeExperts,
   StartSideWork,
   EndSideWork,
   WaitSideWork,
+  PrefetchWeights,
 };
 
 // Distinct segment signatures kept at most. A server sees prompts of every length, each
@@ -328,6 +330,26 @@ void GraphReplayOps::mhc_post(float* streams, const float* post, const float* co
                               int64_t n_streams, int64_t hidden) {
   defer([=, this] { inner_->mhc_post(streams, post, comb, y, y_extra, T, n_streams, hidden); }, Op::MhcPost, streams,
         post, comb, y, y_extra, T, n_streams, hidden);
+}
+
+void GraphReplayOps::mhc_post_pre(float* streams, const float* post, const float* comb, const float* y,
+                                  const float* y_extra, int64_t T, const QuantizedMatrix& fn, float mix_eps,
+                                  const float* base, const float* scale, int64_t n_streams, int64_t hidden,
+                                  int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps,
+                                  float* x, float* next_post, float* next_comb) {
+  const QuantizedMatrix* fp = &fn;
+  defer(
+      [=, this] {
+        inner_->mhc_post_pre(streams, post, comb, y, y_extra, T, *fp, mix_eps, base, scale, n_streams, hidden,
+                             sinkhorn_iters, eps, norm_weight, norm_eps, x, next_post, next_comb);
+      },
+      Op::MhcPostPre, streams, post, comb, y, y_extra, T, fp, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters,
+      eps, norm_weight, norm_eps, x, next_post, next_comb);
+}
+
+void GraphReplayOps::prefetch_weights(const QuantizedMatrix& w) {
+  const QuantizedMatrix* wp = &w;
+  defer([=, this] { inner_->prefetch_weights(*wp); }, Op::PrefetchWeights, wp);
 }
 
 void GraphReplayOps::hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,

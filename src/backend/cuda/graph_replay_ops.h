@@ -84,6 +84,7 @@ class GraphReplayOps final : public backend::Ops {
   void start_side_work() override;
   void end_side_work() override;
   void wait_side_work() override;
+  void prefetch_weights(const QuantizedMatrix& w) override;
 
   void linear(const QuantizedMatrix& w, const float* x, int64_t n, float* y) override;
   void linear_many(const QuantizedMatrix* const* ws, float* const* ys, int64_t count, const float* x,
@@ -107,6 +108,10 @@ class GraphReplayOps final : public backend::Ops {
                const float* norm_weight, float norm_eps, float* x, float* post, float* comb) override;
   void mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,
                 int64_t T, int64_t n_streams, int64_t hidden) override;
+  void mhc_post_pre(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,
+                    int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale,
+                    int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight,
+                    float norm_eps, float* x, float* next_post, float* next_comb) override;
   void hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,
                int64_t n_streams, int64_t hidden, float eps, float* out) override;
   void route(const float* logits, int64_t T, int64_t n_experts, const float* bias, const int64_t* tid2eid,

@@ -43,6 +43,7 @@
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/int4_moe_decode.h"
 #include "backend/cuda/dense_gemv.h"
+#include "backend/cuda/l2_prefetch.h"
 
 namespace dsq::cuda {
 
@@ -462,6 +463,21 @@ void CudaOps::linear(const QuantizedMatrix& w, const float* x, int64_t n, float*
   if (n == 0) return;
   PreparedLinear& p = prepared(linears_, w, 1, precision_);
   apply(*this, linears_, p, x, w.cols, n, y, w.rows, true);
+}
+
+void CudaOps::prefetch_weights(const QuantizedMatrix& w) {
+  // Only a weight already prepared: preparing allocates, which must not happen where the
+  // call may be under stream capture (the graph's first, eager run prepares it).
+  const auto it = linears_.linears.find(&w);
+  if (it == linears_.linears.end()) return;
+  const PreparedLinear& p = it->second;
+  switch (p.kind) {
+    case Kind::F32: prefetch_to_l2(ctx(), p.f32.get(), p.f32.bytes()); break;
+    case Kind::Bf16: prefetch_to_l2(ctx(), p.bf16.get(), p.bf16.bytes()); break;
+    case Kind::Fp8: prefetch_to_l2(ctx(), p.fp8->values(), p.fp8->values_bytes()); break;
+    case Kind::Int4: prefetch_to_l2(ctx(), p.int4->tiles(), size_t(p.rows) * size_t(p.cols) / 2); break;
+    case Kind::Mxfp4: break;  // the release experts run through moe_experts, never prefetched
+  }
 }
 
 const float* CudaOps::prepared_f32(const QuantizedMatrix& w) {
