@@ -139,9 +139,16 @@ class Ops {
   // x[t] = mhc_collapse(streams[t], pre), then, when norm_weight is not null,
   // x[t] = rms_norm(x[t]) · norm_weight (the block's input norm). base [(2+N)·N];
   // scale [3]. One op so that a backend can run the whole chain in one launch.
+  // post and comb may both be null: then only x is wanted (mhc_coefficients gives them,
+  // e.g. as side work: the block's input needs only pre, the residual update after the
+  // block needs post and comb, whose Sinkhorn is the longest chain of the op).
   virtual void mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
                        const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
                        const float* norm_weight, float norm_eps, float* x, float* post, float* comb) = 0;
+  // post and comb of mhc_pre (the same arguments) without x.
+  virtual void mhc_coefficients(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps,
+                                const float* base, const float* scale, int64_t n_streams, int64_t hidden,
+                                int64_t sinkhorn_iters, float eps, float* post, float* comb) = 0;
   // Per token: mhc_update(streams[t], post[t], comb[t], y[t]), or with y[t] + y_extra[t]
   // when y_extra is not null (the MoE's shared-expert output: its add folded in here).
   virtual void mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,
@@ -150,7 +157,7 @@ class Ops {
   // x, next_post, next_comb: the residual update of one block and the mixing of the next
   // one, as one op so that a backend can do both in one pass over the streams (on a GPU
   // the update then needs no launch of its own). next_post / next_comb must not alias
-  // post / comb. The default runs the two ops.
+  // post / comb; both may be null as in mhc_pre. The default runs the two ops.
   virtual void mhc_post_pre(float* streams, const float* post, const float* comb, const float* y,
                             const float* y_extra, int64_t T, const QuantizedMatrix& fn, float mix_eps,
                             const float* base, const float* scale, int64_t n_streams, int64_t hidden,
@@ -209,8 +216,9 @@ class Ops {
   // after everything issued before them, but may run concurrently with the ops issued
   // after end_side_work(), until wait_side_work(): ops after that see all of them. The
   // caller guarantees that the two lanes do not write what the other reads or writes
-  // between the start and the wait. A backend that runs ops in order (the CPU) ignores
-  // these calls, which is why they have a default.
+  // between the start and the wait. Several start/end pairs may come before one wait,
+  // which joins them all. A backend that runs ops in order (the CPU) ignores these calls,
+  // which is why they have a default.
   virtual void start_side_work() {}
   virtual void end_side_work() {}
   virtual void wait_side_work() {}

@@ -101,6 +101,12 @@ void ProfilingOps::mhc_post(float* streams, const float* post, const float* comb
   });
 }
 
+void ProfilingOps::mhc_coefficients(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, float* post, float* comb) {
+  timed("mhc_coefficients", [&] {
+    inner_->mhc_coefficients(streams, T, fn, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters, eps, post, comb);
+  });
+}
+
 void ProfilingOps::mhc_post_pre(float* streams, const float* post, const float* comb, const float* y, const float* y_extra, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x, float* next_post, float* next_comb) {
   timed("mhc_post_pre", [&] {
     inner_->mhc_post_pre(streams, post, comb, y, y_extra, T, fn, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x, next_post, next_comb);

@@ -78,9 +78,6 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
                                            {&w.indexer.compressor.wkv, ikv},
                                            {&w.indexer.compressor.wgate, igate}});
   }
-  // wq_b's weights start loading into the cache now, beside the latency-bound ops before
-  // it (the mixing that just ran, the narrow wq_a/wkv, the norm).
-  ops.prefetch_weights(w.wq_b.w);
   if (!side_from_x.empty()) {
     ops.start_side_work();
     run_linears(ctx, x, T, side_from_x);
@@ -102,8 +99,9 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
     ops.rope(iq, T, nI, DI, ctx.ids.positions_dev, rope, false);
   }
 
-  // Joined before the compressors, whose ops end a CUDA graph segment.
-  if (!side_from_x.empty()) ops.wait_side_work();
+  // All side work (this block's and the layer's mixing coefficients) joined before the
+  // compressors, whose ops end a CUDA graph segment.
+  ops.wait_side_work();
   // The attention state below moves little memory: wo_a's weights load meanwhile.
   ops.prefetch_weights(w.wo_a.w);
 

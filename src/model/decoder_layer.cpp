@@ -16,19 +16,24 @@ void decoder_layer(const PassContext& ctx, int layer, const LayerWeights& w, con
   PendingResidual local;
   PendingResidual& update = pending ? *pending : local;
   // X ← post ⊗ block(norm(collapse(X))) + combᵀ·X. A block may leave its output in two
-  // parts, y and a returned y_extra (null: none). The update is left pending and applied
-  // by the next half-step's mixing; post and comb alternate between two buffers (by
-  // half-step parity) so that the pending ones are not overwritten before they are read.
+  // parts, y and a returned y_extra (null: none). The block's input needs only pre; post
+  // and comb (the Sinkhorn) are side work beside the block, which joins all side work
+  // before it returns. The update is left pending and applied by the next half-step's
+  // mixing; post and comb alternate between two buffers (by half-step parity) so that
+  // the pending ones are not overwritten before they are read.
   auto half_step = [&](int parity, const HyperConnection& hc, const std::vector<float>& norm_weight, auto&& block) {
     float* post = ws.f32(parity ? "layer.post.1" : "layer.post.0", T * N);
     float* comb = ws.f32(parity ? "layer.comb.1" : "layer.comb.0", T * N * N);
+    const float *base = ops.resident(hc.base), *scale = ops.resident(hc.scale);
     if (update.y)
-      ops.mhc_post_pre(streams, update.post, update.comb, update.y, update.y_extra, T, hc.fn.w, eps,
-                       ops.resident(hc.base), ops.resident(hc.scale), N, H, c.hc_sinkhorn_iters, eps_hc,
-                       ops.resident(norm_weight), eps, x, post, comb);
+      ops.mhc_post_pre(streams, update.post, update.comb, update.y, update.y_extra, T, hc.fn.w, eps, base, scale, N,
+                       H, c.hc_sinkhorn_iters, eps_hc, ops.resident(norm_weight), eps, x, nullptr, nullptr);
     else
-      ops.mhc_pre(streams, T, hc.fn.w, eps, ops.resident(hc.base), ops.resident(hc.scale), N, H,
-                  c.hc_sinkhorn_iters, eps_hc, ops.resident(norm_weight), eps, x, post, comb);
+      ops.mhc_pre(streams, T, hc.fn.w, eps, base, scale, N, H, c.hc_sinkhorn_iters, eps_hc,
+                  ops.resident(norm_weight), eps, x, nullptr, nullptr);
+    ops.start_side_work();
+    ops.mhc_coefficients(streams, T, hc.fn.w, eps, base, scale, N, H, c.hc_sinkhorn_iters, eps_hc, post, comb);
+    ops.end_side_work();
     const float* y_extra = block(x, y);
     update = {y, y_extra, post, comb};
   };

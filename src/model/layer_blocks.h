@@ -74,6 +74,8 @@ void decoder_layer(const PassContext& ctx, int layer, const LayerWeights& w, con
 // Applies and clears *pending.
 void finish_residual(const PassContext& ctx, float* streams, PendingResidual& pending);
 
+// Both blocks join all side work (ops.h) before they return, also the side work their
+// caller started before them (decoder_layer's mixing coefficients).
 // x: [T, H] normalised attention input; out: [T, H].
 void attention_block(const PassContext& ctx, int layer, const AttentionWeights& w,
                      const cpu::RopeFrequencies& rope, const float* x, float* out);

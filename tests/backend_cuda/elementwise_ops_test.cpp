@@ -390,6 +390,17 @@ TEST(CudaElementwise, MhcPreMatchesCpu) {
         expect_close(floats_of(gpu, gpost), post, 1e-5, "mhc_pre post");
         expect_close(floats_of(gpu, gcomb), comb, 5e-5, "mhc_pre comb");
       }
+      // x alone (post and comb null: the cluster kernel's pre-only variant).
+      Tensor gx_only = poisoned_gpu(gpu, T * H);
+      gpu.mhc_pre(gs.data<float>(), T, in.fn, eps, gbase.data<float>(), gscale.data<float>(), N, H, s.sinkhorn_iters,
+                  eps, normed ? gw.data<float>() : nullptr, eps, gx_only.mutable_data<float>(), nullptr, nullptr);
+      expect_close(floats_of(gpu, gx_only), x, 2e-5, "mhc_pre x without post and comb");
+      // post and comb alone (mhc_coefficients).
+      Tensor gpost2 = poisoned_gpu(gpu, T * N), gcomb2 = poisoned_gpu(gpu, T * N * N);
+      gpu.mhc_coefficients(gs.data<float>(), T, in.fn, eps, gbase.data<float>(), gscale.data<float>(), N, H,
+                           s.sinkhorn_iters, eps, gpost2.mutable_data<float>(), gcomb2.mutable_data<float>());
+      expect_close(floats_of(gpu, gpost2), post, 1e-5, "mhc_coefficients post");
+      expect_close(floats_of(gpu, gcomb2), comb, 5e-5, "mhc_coefficients comb");
     }
   }
 }
@@ -499,6 +510,14 @@ TEST(CudaElementwise, MhcPostPreMatchesCpu) {
       expect_close(floats_of(gpu, gx), x, 2e-5, "mhc_post_pre x");
       expect_close(floats_of(gpu, gnext_post), next_post, 1e-5, "mhc_post_pre post");
       expect_close(floats_of(gpu, gnext_comb), next_comb, 5e-5, "mhc_post_pre comb");
+      // The same without the new post and comb (the decode step's form).
+      Tensor gs2 = on_gpu(gpu, in.streams), gx2 = poisoned_gpu(gpu, T * H);
+      gpu.mhc_post_pre(gs2.mutable_data<float>(), gpost.data<float>(), gcomb.data<float>(), gy.data<float>(),
+                       extra ? gy2.data<float>() : nullptr, T, in.fn, eps, gbase.data<float>(), gscale.data<float>(),
+                       N, H, s.sinkhorn_iters, eps, gw.data<float>(), eps, gx2.mutable_data<float>(), nullptr,
+                       nullptr);
+      expect_close(floats_of(gpu, gs2), streams, 1e-6, "mhc_post_pre streams (x only)");
+      expect_close(floats_of(gpu, gx2), x, 2e-5, "mhc_post_pre x (x only)");
     }
   }
 }

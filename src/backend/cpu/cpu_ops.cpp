@@ -120,16 +120,37 @@ void CpuOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn,
   DSQ_CHECK(N <= 64, "hc_mult ", N, " too large");
   DSQ_CHECK(fn.rows == n_mix && fn.cols == N * H, "mhc_pre: the mixing weight [", fn.rows, ", ", fn.cols,
             "] is not [", n_mix, ", ", N * H, "]");
+  DSQ_CHECK((post == nullptr) == (comb == nullptr), "mhc_pre: post and comb must both be given or both be null");
   std::vector<float> mix_rows(size_t(T * n_mix));
   mhc_mix(streams, T, N * H, mix_eps, fn, mix_rows.data());
   const float* mix = mix_rows.data();
   parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
-    float pre[64];
+    float pre[64], unused_post[64];
+    std::vector<float> unused_comb(post ? 0 : size_t(N * N));
     for (int64_t t = t0; t < t1; ++t) {
-      mhc_coefficients(mix + t * n_mix, base, scale, N, sinkhorn_iters, eps, pre, post + t * N, comb + t * N * N);
+      cpu::mhc_coefficients(mix + t * n_mix, base, scale, N, sinkhorn_iters, eps, pre,
+                            post ? post + t * N : unused_post,
+                            comb ? comb + t * N * N : unused_comb.data());
       mhc_collapse(streams + t * N * H, pre, N, H, x + t * H);
       if (norm_weight) cpu::rms_norm(x + t * H, 1, H, H, norm_weight, norm_eps, x + t * H);
     }
+  });
+}
+
+void CpuOps::mhc_coefficients(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps,
+                              const float* base, const float* scale, int64_t N, int64_t H, int64_t sinkhorn_iters,
+                              float eps, float* post, float* comb) {
+  const int64_t n_mix = (2 + N) * N;
+  DSQ_CHECK(N <= 64, "hc_mult ", N, " too large");
+  DSQ_CHECK(fn.rows == n_mix && fn.cols == N * H, "mhc_coefficients: the mixing weight [", fn.rows, ", ", fn.cols,
+            "] is not [", n_mix, ", ", N * H, "]");
+  std::vector<float> mix_rows(size_t(T * n_mix));
+  mhc_mix(streams, T, N * H, mix_eps, fn, mix_rows.data());
+  parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
+    float pre[64];
+    for (int64_t t = t0; t < t1; ++t)
+      cpu::mhc_coefficients(mix_rows.data() + t * n_mix, base, scale, N, sinkhorn_iters, eps, pre, post + t * N,
+                            comb + t * N * N);
   });
 }
 

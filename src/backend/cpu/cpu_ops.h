@@ -42,6 +42,9 @@ class CpuOps final : public backend::Ops {
   void mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
                const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
                const float* norm_weight, float norm_eps, float* x, float* post, float* comb) override;
+  void mhc_coefficients(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
+                        const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
+                        float* post, float* comb) override;
   void mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,
                 int64_t T, int64_t n_streams, int64_t hidden) override;
   void hc_head(const float* streams, const float* mix, const float* base, float scale, int64_t n,

@@ -519,6 +519,18 @@ __global__ void mhc_pre_kernel(const float* streams, const float* mix, const flo
   collapse_slice<N, V>(streams + t * N * hidden, pre, hidden, x + t * hidden);
 }
 
+// post and comb of token blockIdx.x from its mixing logits (mhc_coefficients), one warp.
+template <int N>
+__global__ void mhc_coefficients_kernel(const float* mix, const float* base, const float* scale, int64_t iters,
+                                        float eps, float* post, float* comb) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
+  __shared__ float pre[N];
+  const int64_t t = blockIdx.x;
+  mhc_block_coefficients<N>(mix + t * (2 + N) * N, base, scale, iters, eps, true, pre, post + t * N,
+                            comb + t * N * N);
+}
+
 // x = collapse(X, pre), then rms_norm(x)·norm_weight when norm_weight is not null (the
 // block's input norm), with rms_norm_kernel's arithmetic: the columns by the block's
 // first `workers` threads, the norm's sum by the whole block (every thread must call).
@@ -638,13 +650,14 @@ struct ResidualUpdate {
   const float* y_extra;
 };
 
-template <int N>
+template <int N, bool kCoefficients>
 __global__ void __launch_bounds__(kClusterThreads, 1)
     mhc_pre_cluster_kernel(const float* streams, int T, int hidden, const float* fn, float mix_eps,
                            const float* base, const float* scale, int64_t iters, float eps,
                            const float* norm_weight, float norm_eps, float* x, float* post, float* comb,
                            ResidualUpdate update) {
-  constexpr int R = (2 + N) * N;
+  // The mixing rows computed: all of them, or the first N (pre) without post and comb.
+  constexpr int R = kCoefficients ? (2 + N) * N : N;
   static_assert(R + 1 <= kClusterThreads / 32 - 1, "mixing rows + squares must leave the last warp free");
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
@@ -729,16 +742,18 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
     const int t = threadIdx.x / N, k = threadIdx.x % N;
     const float inv = 1.0f / sqrtf(mixv[t][R] / float(K) + mix_eps);
     pre[t][k] = sigmoid(mixv[t][k] * inv * scale[0] + base[k]) + eps;
-    if (rank == 0) post[t * N + k] = 2.0f * sigmoid(mixv[t][N + k] * inv * scale[1] + base[N + k]);
+    if (kCoefficients && rank == 0) post[t * N + k] = 2.0f * sigmoid(mixv[t][N + k] * inv * scale[1] + base[N + k]);
   }
   __syncthreads();
-  if (rank == 0 && threadIdx.x >= kClusterWorkers) {
-    for (int t = 0; t < T; ++t) {
-      const float inv = 1.0f / sqrtf(mixv[t][R] / float(K) + mix_eps);
-      float m[R];
+  if constexpr (kCoefficients) {
+    if (rank == 0 && threadIdx.x >= kClusterWorkers) {
+      for (int t = 0; t < T; ++t) {
+        const float inv = 1.0f / sqrtf(mixv[t][R] / float(K) + mix_eps);
+        float m[R];
 #pragma unroll
-      for (int r = 0; r < R; ++r) m[r] = mixv[t][r] * inv;
-      mhc_warp_comb<N>(m, base, scale, iters, eps, true, comb + t * N * N);
+        for (int r = 0; r < R; ++r) m[r] = mixv[t][r] * inv;
+        mhc_warp_comb<N>(m, base, scale, iters, eps, true, comb + t * N * N);
+      }
     }
   }
   // x[t][h] = Σ_k pre[k]·X[k][h] (the CPU's k order), then the norm.
@@ -1028,9 +1043,9 @@ void CudaOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps,
 
 namespace {
 
-// Launches mhc_pre_cluster_kernel<N> as a programmatic dependent; false (nothing launched)
+// Launches mhc_pre_cluster_kernel<N, kCoefficients> as a programmatic dependent; false (nothing launched)
 // where this GPU cannot hold a cluster of kClusterBlocks such blocks.
-template <int N>
+template <int N, bool kCoefficients>
 bool launch_mhc_pre_cluster(const GpuContext& ctx, const float* streams, int T, int hidden, const float* fn,
                             float mix_eps, const float* base, const float* scale, int64_t iters, float eps,
                             const float* norm_weight, float norm_eps, float* x, float* post, float* comb,
@@ -1049,18 +1064,19 @@ bool launch_mhc_pre_cluster(const GpuContext& ctx, const float* streams, int T, 
   config.attrs = attrs;
   config.numAttrs = 2;
   static const bool fits = [&] {
-    if (cudaFuncSetAttribute(mhc_pre_cluster_kernel<N>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
-        cudaSuccess) {
+    const auto kernel = mhc_pre_cluster_kernel<N, kCoefficients>;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
       cudaGetLastError();
       return false;
     }
     int clusters = 0;
-    const bool ok = cudaOccupancyMaxActiveClusters(&clusters, mhc_pre_cluster_kernel<N>, &config) == cudaSuccess;
+    const bool ok = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess;
     cudaGetLastError();
     return ok && clusters > 0;
   }();
   if (!fits) return false;
-  DSQ_CUDA_CHECK(cudaLaunchKernelEx(&config, mhc_pre_cluster_kernel<N>, streams, T, hidden, fn, mix_eps, base, scale,
+  DSQ_CUDA_CHECK(cudaLaunchKernelEx(&config, mhc_pre_cluster_kernel<N, kCoefficients>, streams, T, hidden, fn,
+                                    mix_eps, base, scale,
                                     iters, eps, norm_weight, norm_eps, x, post, comb, update));
   return true;
 }
@@ -1083,19 +1099,30 @@ void CudaOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn
   const int64_t width = n_streams * hidden, R = (2 + n_streams) * n_streams;
   DSQ_CHECK(fn.rows == R && fn.cols == width, "mhc_pre: the mixing weight [", fn.rows, ", ", fn.cols,
             "] is not [", R, ", ", width, "] for ", n_streams, " streams of ", hidden);
+  DSQ_CHECK((post == nullptr) == (comb == nullptr), "mhc_pre: post and comb must both be given or both be null");
   if (T <= 0) return;
   const bool vec = hidden % 4 == 0 && aligned16(streams) && aligned16(x) && (!norm_weight || aligned16(norm_weight));
   const float* w = prepared_f32(fn);
   const bool fused = w != nullptr && aligned16(w) && vec && T <= kMixMaxTokens && R <= kMixMaxRows;
   const bool cluster = fused && cluster_takes(w, streams, T, n_streams, hidden, x, norm_weight);
+  const bool coefficients = post != nullptr;
   with_stream_count(n_streams, "mhc_pre", [&](auto n) {
     constexpr int N = decltype(n)::value;
     if constexpr ((2 + N) * N + 1 <= kClusterThreads / 32 - 1) {
-      if (cluster && launch_mhc_pre_cluster<N>(ctx(), streams, int(T), int(hidden), w, mix_eps, base, scale,
-                                               sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb, {})) {
+      if (cluster && (coefficients ? launch_mhc_pre_cluster<N, true>(ctx(), streams, int(T), int(hidden), w, mix_eps,
+                                                                     base, scale, sinkhorn_iters, eps, norm_weight,
+                                                                     norm_eps, x, post, comb, {})
+                                   : launch_mhc_pre_cluster<N, false>(ctx(), streams, int(T), int(hidden), w,
+                                                                      mix_eps, base, scale, sinkhorn_iters, eps,
+                                                                      norm_weight, norm_eps, x, post, comb, {}))) {
         DSQ_CUDA_CHECK_LAUNCH();
         return;
       }
+    }
+    // The paths below compute post and comb anyway: unwanted ones go to scratch.
+    if (!coefficients) {
+      post = static_cast<float*>(scratch(13, size_t(T * (N + N * N)) * sizeof(float)));
+      comb = post + T * N;
     }
     if constexpr ((2 + N) * N <= kMixMaxRows) {
       if (fused) {
@@ -1136,17 +1163,23 @@ void CudaOps::mhc_post_pre(float* streams, const float* post, const float* comb,
   DSQ_CHECK(fn.rows == R && fn.cols == width, "mhc_post_pre: the mixing weight [", fn.rows, ", ", fn.cols,
             "] is not [", R, ", ", width, "] for ", n_streams, " streams of ", hidden);
   DSQ_CHECK(next_post != post && next_comb != comb, "mhc_post_pre: the new coefficients would overwrite the old");
+  DSQ_CHECK((next_post == nullptr) == (next_comb == nullptr),
+            "mhc_post_pre: next_post and next_comb must both be given or both be null");
   if (T <= 0) return;
   const float* w = prepared_f32(fn);
   bool done = false;
   if (cluster_takes(w, streams, T, n_streams, hidden, x, norm_weight) && aligned16(y) &&
       (!y_extra || aligned16(y_extra))) {
+    const ResidualUpdate update{streams, post, comb, y, y_extra};
     with_stream_count(n_streams, "mhc_post_pre", [&](auto n) {
       constexpr int N = decltype(n)::value;
       if constexpr ((2 + N) * N + 1 <= kClusterThreads / 32 - 1)
-        done = launch_mhc_pre_cluster<N>(ctx(), streams, int(T), int(hidden), w, mix_eps, base, scale, sinkhorn_iters,
-                                         eps, norm_weight, norm_eps, x, next_post, next_comb,
-                                         {streams, post, comb, y, y_extra});
+        done = next_post ? launch_mhc_pre_cluster<N, true>(ctx(), streams, int(T), int(hidden), w, mix_eps, base,
+                                                           scale, sinkhorn_iters, eps, norm_weight, norm_eps, x,
+                                                           next_post, next_comb, update)
+                         : launch_mhc_pre_cluster<N, false>(ctx(), streams, int(T), int(hidden), w, mix_eps, base,
+                                                            scale, sinkhorn_iters, eps, norm_weight, norm_eps, x,
+                                                            next_post, next_comb, update);
     });
   }
   if (done) {
@@ -1156,6 +1189,29 @@ void CudaOps::mhc_post_pre(float* streams, const float* post, const float* comb,
   mhc_post(streams, post, comb, y, y_extra, T, n_streams, hidden);
   mhc_pre(streams, T, fn, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters, eps, norm_weight, norm_eps, x,
           next_post, next_comb);
+}
+
+void CudaOps::mhc_coefficients(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps,
+                               const float* base, const float* scale, int64_t n_streams, int64_t hidden,
+                               int64_t sinkhorn_iters, float eps, float* post, float* comb) {
+  const int64_t width = n_streams * hidden, R = (2 + n_streams) * n_streams;
+  DSQ_CHECK(fn.rows == R && fn.cols == width, "mhc_coefficients: the mixing weight [", fn.rows, ", ", fn.cols,
+            "] is not [", R, ", ", width, "] for ", n_streams, " streams of ", hidden);
+  if (T <= 0) return;
+  // Plain launches, no cluster: this runs as side work, beside kernels that may hold the
+  // SMs a cluster would need at once. The mix through the norm and the GEMM (gemv) path,
+  // whose sums are in a fixed order, unlike mhc_mix's few-row kernel (atomics): the
+  // decode stays bit-reproducible.
+  auto* normed = static_cast<float*>(scratch(11, size_t(T * width) * sizeof(float)));
+  auto* mix = static_cast<float*>(scratch(12, size_t(T * R) * sizeof(float)));
+  rms_norm(streams, T, width, width, nullptr, mix_eps, normed);
+  linear(fn, normed, T, mix);
+  with_stream_count(n_streams, "mhc_coefficients", [&](auto n) {
+    constexpr int N = decltype(n)::value;
+    launch_dependent(ctx(), mhc_coefficients_kernel<N>, unsigned(T), 32, 0, static_cast<const float*>(mix), base,
+                     scale, sinkhorn_iters, eps, post, comb);
+    DSQ_CUDA_CHECK_LAUNCH();
+  });
 }
 
 void CudaOps::mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,

@@ -26,6 +26,7 @@ enum class Op : uint8_t {
   MhcPre,
   MhcPost,
   MhcPostPre,
+  MhcCoefficients,
   HcHead,
   Route,
   MoeExperts,
@@ -231,12 +232,15 @@ void GraphReplayOps::update_window(float* ring, const float* new_keys, int64_t p
 // ---- pure ops: deferred and signed ----
 
 void GraphReplayOps::start_side_work() {
-  DSQ_CHECK(!side_open_, "start_side_work: side work is already open");
+  DSQ_CHECK(!side_started_, "start_side_work: side work is already open");
+  side_started_ = true;
   side_open_ = enabled_;
   defer([this] { inner_->start_side_work(); }, Op::StartSideWork);
 }
 
 void GraphReplayOps::end_side_work() {
+  DSQ_CHECK(side_started_, "end_side_work: no side work is open");
+  side_started_ = false;
   defer([this] { inner_->end_side_work(); }, Op::EndSideWork);
 }
 
@@ -330,6 +334,18 @@ void GraphReplayOps::mhc_post(float* streams, const float* post, const float* co
                               int64_t n_streams, int64_t hidden) {
   defer([=, this] { inner_->mhc_post(streams, post, comb, y, y_extra, T, n_streams, hidden); }, Op::MhcPost, streams,
         post, comb, y, y_extra, T, n_streams, hidden);
+}
+
+void GraphReplayOps::mhc_coefficients(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps,
+                                      const float* base, const float* scale, int64_t n_streams, int64_t hidden,
+                                      int64_t sinkhorn_iters, float eps, float* post, float* comb) {
+  const QuantizedMatrix* fp = &fn;
+  defer(
+      [=, this] {
+        inner_->mhc_coefficients(streams, T, *fp, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters, eps, post,
+                                 comb);
+      },
+      Op::MhcCoefficients, streams, T, fp, mix_eps, base, scale, n_streams, hidden, sinkhorn_iters, eps, post, comb);
 }
 
 void GraphReplayOps::mhc_post_pre(float* streams, const float* post, const float* comb, const float* y,

@@ -108,6 +108,9 @@ class GraphReplayOps final : public backend::Ops {
                const float* norm_weight, float norm_eps, float* x, float* post, float* comb) override;
   void mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,
                 int64_t T, int64_t n_streams, int64_t hidden) override;
+  void mhc_coefficients(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
+                        const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
+                        float* post, float* comb) override;
   void mhc_post_pre(float* streams, const float* post, const float* comb, const float* y, const float* y_extra,
                     int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale,
                     int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight,
@@ -162,7 +165,8 @@ class GraphReplayOps final : public backend::Ops {
   std::unordered_map<std::string, Segment> segments_;
   uint64_t scratch_epoch_ = 0;
   bool enabled_ = true;
-  bool side_open_ = false;           // started and not yet waited for
+  bool side_started_ = false;        // between start_side_work and end_side_work
+  bool side_open_ = false;           // started (once or more) and not yet waited for
   bool segment_starts_open_ = false;  // side work was open when the pending segment began
   Stats stats_;
 };
