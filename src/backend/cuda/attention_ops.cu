@@ -5,18 +5,21 @@
 // summation order (and, for the top-k, by which of exactly tied scores is picked).
 //
 // sink_attention is the speed-critical one. Keys are shared by every head (MQA, V = K),
-// so a block copies a tile of 32 keys into shared memory once and serves 8 heads with it
-// (logits: one lane per key, the warps splitting the dims; softmax: one warp per head;
-// value sums: all threads over the dims), with an online softmax across tiles. A query's keys are at most W + top-k
-// (CSA) or W + visible entries (HCA), so at decode the few hundred keys are split over
+// so a block copies a tile of 32 keys (16 for a decode over a few hundred keys) into
+// shared memory once and serves 8 heads with it (logits: one lane per key, the warps
+// splitting the dims; softmax: one warp per head; value sums: all threads over the dims),
+// with an online softmax across tiles. A query's keys are at most W + top-k (CSA) or
+// W + visible entries (HCA), so at decode the few hundred keys are split over
 // blocks (flash-decoding) and a combine kernel merges the partial softmaxes with the
 // sink; a prefill has enough queries to fill the GPU without a split.
 #include <cub/block/block_scan.cuh>
 #include <cuda_pipeline.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/dependent_launch.h"
@@ -338,10 +341,6 @@ __global__ void __launch_bounds__(256) indexer_scores_kernel(const float* q, con
 
 // ---- indexer top-k ----
 
-constexpr int kTopkThreads = 1024;
-constexpr int kTopkWarps = kTopkThreads / 32;
-constexpr int64_t kTopkStagedKeys = 24576;  // rows up to this length are staged in shared memory
-
 // Order-preserving map of a float to an unsigned key (larger float, larger key); both
 // zeros map to +0's key so that they tie, as they compare equal on the CPU.
 __device__ uint32_t order_key(float f) {
@@ -349,13 +348,225 @@ __device__ uint32_t order_key(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// One block per query row: radix select (4 passes of 8 bits, per-warp histograms) of the
-// k-th largest key among the visible entries, then the entries above it (any order) and,
-// of those equal to it, the lowest indices. Slots past the picks get −1. The row's keys
-// are staged in shared memory when `staged` (visible <= kTopkStagedKeys).
-__global__ void __launch_bounds__(kTopkThreads) indexer_topk_kernel(const float* scores, int64_t n_keys, int64_t topk,
-                                                                    int64_t p0, int64_t rate, bool staged,
-                                                                    int64_t* selected) {
+__device__ float warp_min(float v) {
+  for (int off = 16; off > 0; off >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+// Rows of up to kTopkHeldKeys visible entries (every decode step up to 64k tokens of
+// context) are held in registers, a few consecutive entries per thread, and ranked in a
+// handful of block barriers; longer rows take the radix kernel further below.
+constexpr int kTopkBins = 2048;
+constexpr int kTopkHeldKeys = 16384;
+constexpr int kTopkFewCandidates = 32;  // a boundary bin this small is ranked by one warp
+
+// Bin of a score, non-decreasing in the score: equal scores share a bin and a larger
+// score never lands in a lower one, so every entry of a higher bin outranks every entry
+// of a lower one. Finite scores spread linearly over bins 1 … kTopkBins − 2 from the
+// smallest finite score `lo` on (scale = 0: all in bin 1); −∞ and negative NaN go to
+// bin 0, +∞ and positive NaN to the top bin, where order_key puts them.
+__device__ int coarse_bin(float v, float lo, float scale) {
+  if (!isfinite(v)) return signbit(v) ? 0 : kTopkBins - 1;
+  return 1 + int(scale > 0.0f ? fminf((v - lo) * scale, float(kTopkBins - 3)) : 0.0f);
+}
+
+// The bin holding the wanted-th largest entry of a histogram: its index, the entries in
+// the bins above it and its own count. Run by one whole warp; 1 <= wanted <= the total.
+struct TopkBoundary {
+  int bin, above, count;
+};
+__device__ void find_boundary(const int* hist, int wanted, TopkBoundary* result) {
+  constexpr int kPerLane = kTopkBins / 32;
+  const int lane = threadIdx.x % 32;
+  // Lane l sums bins 64l … 64l + 63; the lane whose chunk holds the boundary is found by
+  // a suffix scan from lane 31 down, then its chunk is scanned two bins per lane.
+  auto suffix_sum = [&](int v) {  // v + the values of the lanes above
+    for (int off = 1; off < 32; off <<= 1) {
+      const int n = __shfl_down_sync(0xffffffffu, v, off);
+      if (lane + off < 32) v += n;
+    }
+    return v;
+  };
+  const int4* chunk4 = reinterpret_cast<const int4*>(hist + lane * kPerLane);
+  int sum = 0;
+#pragma unroll
+  for (int x = 0; x < kPerLane / 4; ++x) {
+    const int4 c = chunk4[x];
+    sum += c.x + c.y + c.z + c.w;
+  }
+  const int chunk_above = suffix_sum(sum) - sum;
+  const int chunk = __ffs(__ballot_sync(0xffffffffu, chunk_above < wanted && wanted <= chunk_above + sum)) - 1;
+  const int above_chunk = __shfl_sync(0xffffffffu, chunk_above, chunk);
+  const int2 pair = reinterpret_cast<const int2*>(hist + chunk * kPerLane)[lane];
+  const int pair_sum = pair.x + pair.y;
+  const int above = above_chunk + suffix_sum(pair_sum) - pair_sum;
+  if (above < wanted && wanted <= above + pair_sum) {
+    const int bin = chunk * kPerLane + 2 * lane;
+    *result = above + pair.y >= wanted ? TopkBoundary{bin + 1, above, pair.y} : TopkBoundary{bin, above + pair.y, pair.x};
+  }
+}
+
+// One block per query row, thread t holding entries t·kItems … t·kItems + kItems − 1 of
+// the visible ones. The k-th largest entry is located in one histogram pass over
+// coarse_bin (the finite scores' range split into 2046 bins, found with one block
+// min/max): the entries of higher bins are all taken; in the boundary bin (a few entries
+// for scores of any smooth distribution) one warp finds the threshold key, or, when the
+// bin is crowded (ties, outliers), three 11-bit radix passes over that bin's keys do.
+// Taken are the entries above the threshold and, of those equal to it, the lowest
+// indices; they are written in ascending index order (a block scan of the per-thread
+// counts), so the output does not depend on timing. Slots past the picks get −1.
+template <int kThreads, int kItems>
+__global__ void __launch_bounds__(kThreads) indexer_topk_kernel(const float* scores, int64_t n_keys, int64_t topk,
+                                                                int64_t p0, int64_t rate, int64_t* selected) {
+  constexpr int kWarps = kThreads / 32;
+  __shared__ __align__(16) int hist[kTopkBins];
+  __shared__ float warp_lo[kWarps], warp_hi[kWarps];
+  __shared__ int warp_counts[kWarps];
+  __shared__ uint32_t candidates[kTopkFewCandidates];
+  __shared__ int n_candidates;
+  __shared__ TopkBoundary boundary;
+  __shared__ uint32_t threshold;
+  __shared__ int threshold_taken;  // how many of the entries equal to the threshold are taken
+  for (int b = threadIdx.x; b < kTopkBins; b += kThreads) hist[b] = 0;
+  if (threadIdx.x == 0) n_candidates = 0;
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
+  const int64_t i = blockIdx.x;
+  const float* row = scores + i * n_keys;
+  int64_t* out = selected + i * topk;
+  const int visible = int(std::min<int64_t>((p0 + i + 1) / rate, n_keys));
+  const int k = int(std::min<int64_t>(topk, visible));
+  for (int64_t j = k + threadIdx.x; j < topk; j += kThreads) out[j] = -1;
+  if (k == visible) {  // every visible entry is picked
+    for (int j = threadIdx.x; j < k; j += kThreads) out[j] = j;
+    return;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int first = threadIdx.x * kItems;
+  auto held = [&](int x) { return first + x < visible; };
+  float v[kItems];
+  if (kItems % 4 == 0 && reinterpret_cast<uintptr_t>(row) % 16 == 0 && first + kItems <= visible) {
+#pragma unroll
+    for (int x = 0; x < kItems; x += 4) {
+      const float4 f = *reinterpret_cast<const float4*>(row + first + x);
+      v[x] = f.x, v[x + 1] = f.y, v[x + 2] = f.z, v[x + 3] = f.w;
+    }
+  } else {
+#pragma unroll
+    for (int x = 0; x < kItems; ++x) v[x] = held(x) ? row[first + x] : 0.0f;
+  }
+
+  float lo = INFINITY, hi = -INFINITY;
+#pragma unroll
+  for (int x = 0; x < kItems; ++x)
+    if (held(x) && isfinite(v[x])) lo = fminf(lo, v[x]), hi = fmaxf(hi, v[x]);
+  lo = warp_min(lo), hi = warp_max(hi);
+  if (lane == 0) warp_lo[warp] = lo, warp_hi[warp] = hi;
+  __syncthreads();
+  lo = warp_min(lane < kWarps ? warp_lo[lane] : INFINITY);
+  hi = warp_max(lane < kWarps ? warp_hi[lane] : -INFINITY);
+  const float range = hi - lo;  // NaN (no finite score) and ∞ (overflow) take scale 0
+  const float scale = range > 0.0f && range < INFINITY ? fminf(float(kTopkBins - 2) / range, FLT_MAX) : 0.0f;
+#pragma unroll
+  for (int x = 0; x < kItems; ++x)
+    if (held(x)) atomicAdd(&hist[coarse_bin(v[x], lo, scale)], 1);
+  __syncthreads();
+  if (warp == 0) find_boundary(hist, k, &boundary);
+  __syncthreads();
+  const TopkBoundary coarse = boundary;
+  const int need = k - coarse.above;  // taken from the boundary bin
+  auto in_boundary_bin = [&](int x) { return held(x) && coarse_bin(v[x], lo, scale) == coarse.bin; };
+
+  if (coarse.count <= kTopkFewCandidates) {
+    // One warp: lane c holds candidate c and counts the candidates above it.
+#pragma unroll
+    for (int x = 0; x < kItems; ++x)
+      if (in_boundary_bin(x)) candidates[atomicAdd(&n_candidates, 1)] = order_key(v[x]);
+    __syncthreads();
+    if (warp == 0) {
+      const uint32_t mine = lane < coarse.count ? candidates[lane] : 0u;
+      int greater = 0, not_less = 0;
+      for (int c = 0; c < coarse.count; ++c) {
+        const uint32_t other = candidates[c];
+        greater += other > mine;
+        not_less += other >= mine;
+      }
+      if (lane < coarse.count && greater < need && need <= not_less) {  // lanes of one key write the same
+        threshold = mine;
+        threshold_taken = need - greater;
+      }
+    }
+  } else {
+    // Radix select over the boundary bin's keys: bits 31…21, 20…10, then 10…0 (bit 10 is
+    // already fixed by then, which only narrows the last digit's range).
+    uint32_t prefix = 0, mask = 0;
+    int remaining = need;
+    for (int pass = 0; pass < 3; ++pass) {
+      const int shift = pass == 0 ? 21 : pass == 1 ? 10 : 0;
+      __syncthreads();  // hist and boundary are read
+      for (int b = threadIdx.x; b < kTopkBins; b += kThreads) hist[b] = 0;
+      __syncthreads();
+#pragma unroll
+      for (int x = 0; x < kItems; ++x) {
+        const uint32_t key = order_key(v[x]);
+        if (in_boundary_bin(x) && (key & mask) == prefix) atomicAdd(&hist[(key >> shift) & (kTopkBins - 1)], 1);
+      }
+      __syncthreads();
+      if (warp == 0) find_boundary(hist, remaining, &boundary);
+      __syncthreads();
+      prefix |= uint32_t(boundary.bin) << shift;
+      mask |= uint32_t(kTopkBins - 1) << shift;
+      remaining -= boundary.above;
+    }
+    if (threadIdx.x == 0) threshold = prefix, threshold_taken = remaining;
+  }
+  __syncthreads();
+  const uint32_t t_key = threshold;
+  const int t_taken = threshold_taken;
+
+  // Output slots in index order: a block scan of each thread's (above, equal) counts,
+  // packed as above + 2^16 · equal (at most kTopkHeldKeys each).
+  int packed = 0;
+#pragma unroll
+  for (int x = 0; x < kItems; ++x) {
+    const uint32_t key = order_key(v[x]);
+    if (held(x)) packed += key > t_key ? 1 : key == t_key ? 1 << 16 : 0;
+  }
+  int inclusive = packed;
+  for (int off = 1; off < 32; off <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, inclusive, off);
+    if (lane >= off) inclusive += n;
+  }
+  if (lane == 31) warp_counts[warp] = inclusive;
+  __syncthreads();
+  const int before = __reduce_add_sync(0xffffffffu, lane < warp ? warp_counts[lane] : 0) + inclusive - packed;
+  int above_before = before & 0xFFFF, equal_before = before >> 16;
+#pragma unroll
+  for (int x = 0; x < kItems; ++x) {
+    if (!held(x)) continue;
+    const uint32_t key = order_key(v[x]);
+    if (key > t_key) {
+      out[above_before + min(equal_before, t_taken)] = first + x;
+      ++above_before;
+    } else if (key == t_key) {
+      if (equal_before < t_taken) out[above_before + equal_before] = first + x;
+      ++equal_before;
+    }
+  }
+}
+
+// Rows longer than kTopkHeldKeys (contexts past 64k tokens): one 1024-thread block per
+// row, radix select (4 passes of 8 bits, per-warp histograms) of the k-th largest key
+// among the visible entries, then the entries above it (any order) and, of those equal to
+// it, the lowest indices. Slots past the picks get −1. The row's keys are staged in
+// shared memory when `staged` (visible <= kTopkStagedKeys).
+constexpr int kTopkThreads = 1024;
+constexpr int kTopkWarps = kTopkThreads / 32;
+constexpr int64_t kTopkStagedKeys = 24576;
+
+__global__ void __launch_bounds__(kTopkThreads) indexer_topk_long_kernel(const float* scores, int64_t n_keys,
+                                                                         int64_t topk, int64_t p0, int64_t rate,
+                                                                         bool staged, int64_t* selected) {
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
   using Scan = cub::BlockScan<int, kTopkThreads>;
@@ -470,8 +681,7 @@ __global__ void __launch_bounds__(kTopkThreads) indexer_topk_kernel(const float*
 // ---- sink attention ----
 
 constexpr int kAttnThreads = 256;
-constexpr int kAttnHeads = 8;   // heads per block: one warp each for the logits
-constexpr int kAttnKeys = 32;   // keys per tile: one lane each for the logits
+constexpr int kAttnHeads = 8;   // heads per block: one warp each for the softmax
 constexpr int kAttnMaxDim = 512;
 
 // Where the keys of query i (position p0 + i) live: key k < n_window is window position
@@ -513,35 +723,44 @@ struct KeySet {
 
 constexpr int kAttnWarps = kAttnThreads / 32;
 
+// The logits' partial dot products: 32 / kKeys dim groups per warp, one lane per key.
+template <int kKeys>
+constexpr int kAttnDimGroups = kAttnWarps * (32 / kKeys);
+
+template <int kKeys>
 size_t attention_smem_bytes(int64_t dim) {
   const int64_t d4 = dim / 4;
-  return sizeof(float4) * size_t(kAttnKeys * (d4 + 1) + kAttnHeads * d4) +
-         sizeof(float) * size_t(kAttnWarps * kAttnHeads * kAttnKeys + kAttnHeads * kAttnKeys + 3 * kAttnHeads);
+  return sizeof(float4) * size_t(kKeys * (d4 + 1) + kAttnHeads * d4) +
+         sizeof(float) * size_t(kAttnDimGroups<kKeys> * kAttnHeads * kKeys + kAttnHeads * kKeys + 3 * kAttnHeads);
 }
 
 // Block (query i, heads 8·blockIdx.y …, split blockIdx.z): online softmax over the keys
-// [split·keys_per_split, …) of query i. With one split the block finishes the softmax
-// with the sink and writes `out`; otherwise it leaves its running max, sum and
-// unnormalised value sum for combine_kernel. dim is a multiple of 4, at most 512.
+// [split·keys_per_split, …) of query i in tiles of kKeys (32, or 16 where that spreads a
+// decode over more SMs: each block then does half the arithmetic). With one split the
+// block finishes the softmax with the sink and writes `out`; otherwise it leaves its
+// running max, sum and unnormalised value sum for combine_kernel. dim is a multiple of
+// 4, at most 512.
+template <int kKeys>
 __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet keys, const float* q, int n_heads,
                                                                       const float* sinks, float scale,
                                                                       int keys_per_split, float* out,
                                                                       float* part_acc, float* part_max,
                                                                       float* part_sum) {
+  constexpr int kGroups = kAttnDimGroups<kKeys>;
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
   extern __shared__ float4 smem4[];
   // Key rows padded by 16 bytes: the 128-bit reads of 8 lanes (one per key) at the same
   // offset then fall into 8 different bank groups.
   const int D = int(keys.dim), D4 = D / 4, stride4 = D4 + 1;
-  float4* k_s = smem4;                                          // [kAttnKeys][D4 + 1]
-  float4* q_s = k_s + kAttnKeys * stride4;                      // [kAttnHeads][D4]
-  float* dot_s = reinterpret_cast<float*>(q_s + kAttnHeads * D4);  // [kAttnWarps][kAttnHeads][kAttnKeys]
-  float* p_s = dot_s + kAttnWarps * kAttnHeads * kAttnKeys;         // [kAttnHeads][kAttnKeys]
-  float* alpha_s = p_s + kAttnHeads * kAttnKeys;
+  float4* k_s = smem4;                                          // [kKeys][D4 + 1]
+  float4* q_s = k_s + kKeys * stride4;                          // [kAttnHeads][D4]
+  float* dot_s = reinterpret_cast<float*>(q_s + kAttnHeads * D4);  // [kGroups][kAttnHeads][kKeys]
+  float* p_s = dot_s + kGroups * kAttnHeads * kKeys;                // [kAttnHeads][kKeys]
+  float* alpha_s = p_s + kAttnHeads * kKeys;
   float* max_s = alpha_s + kAttnHeads;
   float* sum_s = max_s + kAttnHeads;
-  __shared__ const float* rows[kAttnKeys];
+  __shared__ const float* rows[kKeys];
 
   const int64_t i = blockIdx.x;
   const int h0 = blockIdx.y * kAttnHeads, split = blockIdx.z, n_splits = gridDim.z;
@@ -565,11 +784,11 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
   const bool owns_dims = 2 * int(threadIdx.x) < D;
   float acc[kAttnHeads][2] = {};
   float run_max = kNegInf, run_sum = 0;  // of head h0 + warp, the same in every lane
-  for (int64_t kt = k_begin; kt < k_end; kt += kAttnKeys) {
+  for (int64_t kt = k_begin; kt < k_end; kt += kKeys) {
     __syncthreads();  // the previous tile is consumed (and q_s is written, first time)
-    if (threadIdx.x < kAttnKeys) rows[threadIdx.x] = kt + threadIdx.x < k_end ? keys.row(i, kt + threadIdx.x) : nullptr;
+    if (threadIdx.x < kKeys) rows[threadIdx.x] = kt + threadIdx.x < k_end ? keys.row(i, kt + threadIdx.x) : nullptr;
     __syncthreads();
-    for (int kk = warp; kk < kAttnKeys; kk += kAttnThreads / 32) {
+    for (int kk = warp; kk < kKeys; kk += kAttnWarps) {
       const float4* r = reinterpret_cast<const float4*>(rows[kk]);
       for (int d4 = lane; d4 < D4; d4 += 32) {
         if (r)
@@ -581,12 +800,14 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
     __pipeline_commit();
     __pipeline_wait_prior(0);
     __syncthreads();
-    // Logits: lane = key; warp w sums the dims d4 ≡ w (mod 8) for all 8 heads, so each
-    // key element is read from shared memory once and q is a broadcast.
+    // Logits: lane = key (of the lane's dim group: 32 / kKeys groups per warp); group g
+    // sums the dims d4 ≡ g (mod kGroups) for all 8 heads, so each key element is read
+    // from shared memory once and q is a broadcast.
     {
-      const float4* kr = k_s + lane * stride4;
+      const int key = lane % kKeys, group = warp * (32 / kKeys) + lane / kKeys;
+      const float4* kr = k_s + key * stride4;
       float part[kAttnHeads] = {};
-      for (int d4 = warp; d4 < D4; d4 += kAttnWarps) {
+      for (int d4 = group; d4 < D4; d4 += kGroups) {
         const float4 kv = kr[d4];
 #pragma unroll
         for (int h = 0; h < kAttnHeads; ++h) {
@@ -595,14 +816,14 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
         }
       }
 #pragma unroll
-      for (int h = 0; h < kAttnHeads; ++h) dot_s[(warp * kAttnHeads + h) * kAttnKeys + lane] = part[h];
+      for (int h = 0; h < kAttnHeads; ++h) dot_s[(group * kAttnHeads + h) * kKeys + key] = part[h];
     }
     __syncthreads();
     float logit = kNegInf;  // warp = head, lane = key from here on
-    if (warp < heads_here && rows[lane]) {
+    if (warp < heads_here && lane < kKeys && rows[lane]) {
       float dot = 0;
 #pragma unroll
-      for (int w = 0; w < kAttnWarps; ++w) dot += dot_s[(w * kAttnHeads + warp) * kAttnKeys + lane];
+      for (int g = 0; g < kGroups; ++g) dot += dot_s[(g * kAttnHeads + warp) * kKeys + lane];
       logit = dot * scale;
     }
     const float new_max = fmaxf(run_max, warp_max(logit));
@@ -610,7 +831,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
     const float alpha = run_max == kNegInf ? 0.0f : expf(run_max - new_max);
     run_sum = run_sum * alpha + warp_sum(p);
     run_max = new_max;
-    p_s[warp * kAttnKeys + lane] = p;
+    if (lane < kKeys) p_s[warp * kKeys + lane] = p;
     if (lane == 0) alpha_s[warp] = alpha;
     __syncthreads();
     if (owns_dims) {
@@ -620,10 +841,10 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
         acc[h][0] *= a;
         acc[h][1] *= a;
       }
-      for (int kk = 0; kk < kAttnKeys; kk += 4) {
+      for (int kk = 0; kk < kKeys; kk += 4) {
         float4 pw[kAttnHeads];
 #pragma unroll
-        for (int h = 0; h < kAttnHeads; ++h) pw[h] = *reinterpret_cast<const float4*>(p_s + h * kAttnKeys + kk);
+        for (int h = 0; h < kAttnHeads; ++h) pw[h] = *reinterpret_cast<const float4*>(p_s + h * kKeys + kk);
         float2 v[4];
 #pragma unroll
         for (int x = 0; x < 4; ++x) v[x] = reinterpret_cast<const float2*>(k_s + (kk + x) * stride4)[threadIdx.x];
@@ -664,46 +885,55 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
 }
 
 constexpr int kMaxSplits = 64;
+constexpr int kCombineThreads = kAttnMaxDim / 4;  // one per float4 column of a head
+constexpr int kCombineBatch = 8;                   // splits whose loads a thread has in flight at once
 
 // Block (query i, head h): merges the splits' partial softmaxes with the sink logit.
-// Warp 0 turns the splits' maxima into weights; then each thread sums float4 columns.
-__global__ void combine_kernel(const float* part_acc, const float* part_max, const float* part_sum, int n_splits,
-                               int n_heads, int dim, const float* sinks, float* out) {
+// Thread c merges float4 column c of every split with an online softmax over batches of
+// 8 splits, each thread loading the batch's maxima, sums and columns at once and
+// deriving the weights itself: up to 8 splits take one round trip to memory, with no
+// barrier. The block stays small (128 threads, few registers) so that it becomes
+// resident beside the split kernel's blocks and starts as soon as they finish.
+__global__ void __launch_bounds__(kCombineThreads) combine_kernel(const float* part_acc, const float* part_max,
+                                                                  const float* part_sum, int n_splits, int n_heads,
+                                                                  int dim, const float* sinks, float* out) {
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
-  __shared__ float weight_s[kMaxSplits];
-  __shared__ float denom_s;
   const int64_t i = blockIdx.x;
-  const int h = blockIdx.y, lane = threadIdx.x % 32;
+  const int h = blockIdx.y, column = threadIdx.x;
+  if (column >= dim / 4) return;
   auto slot = [&](int s) { return (i * n_splits + s) * n_heads + h; };
-  if (threadIdx.x < 32) {
-    const float sink = sinks[h];
-    float top = sink;
-    for (int s = lane; s < n_splits; s += 32) top = fmaxf(top, part_max[slot(s)]);
-    top = warp_max(top);
-    float denom = 0;
-    for (int s = lane; s < n_splits; s += 32) {
-      const float m = part_max[slot(s)];
-      const float w = m == kNegInf ? 0.0f : expf(m - top);
-      weight_s[s] = w;
-      denom += part_sum[slot(s)] * w;
+  const float sink = sinks[h];
+  float run_max = sink, run_sum = 1.0f;  // the sink: exp(sink − run_max), no value
+  float4 acc = make_float4(0, 0, 0, 0);
+  for (int s0 = 0; s0 < n_splits; s0 += kCombineBatch) {
+    float m[kCombineBatch], l[kCombineBatch];
+    float4 a[kCombineBatch];
+#pragma unroll
+    for (int x = 0; x < kCombineBatch; ++x) {
+      const int s = s0 + x;
+      const bool here = s < n_splits;
+      m[x] = here ? part_max[slot(s)] : kNegInf;
+      l[x] = here ? part_sum[slot(s)] : 0.0f;
+      a[x] = here ? reinterpret_cast<const float4*>(part_acc + slot(s) * dim)[column] : make_float4(0, 0, 0, 0);
     }
-    denom = warp_sum(denom);
-    if (lane == 0) denom_s = denom + expf(sink - top);
-  }
-  __syncthreads();
-  const float inv = 1.0f / denom_s;
-  for (int d4 = threadIdx.x; d4 < dim / 4; d4 += blockDim.x) {
-    float4 v = make_float4(0, 0, 0, 0);
-#pragma unroll 4
-    for (int s = 0; s < n_splits; ++s) {
-      const float w = weight_s[s];
-      const float4 a = reinterpret_cast<const float4*>(part_acc + slot(s) * dim)[d4];
-      v.x += a.x * w, v.y += a.y * w, v.z += a.z * w, v.w += a.w * w;
+    float new_max = run_max;
+#pragma unroll
+    for (int x = 0; x < kCombineBatch; ++x) new_max = fmaxf(new_max, m[x]);
+    const float rescale = expf(run_max - new_max);
+    run_sum *= rescale;
+    acc.x *= rescale, acc.y *= rescale, acc.z *= rescale, acc.w *= rescale;
+#pragma unroll
+    for (int x = 0; x < kCombineBatch; ++x) {
+      const float w = m[x] == kNegInf ? 0.0f : expf(m[x] - new_max);
+      run_sum += l[x] * w;
+      acc.x += a[x].x * w, acc.y += a[x].y * w, acc.z += a[x].z * w, acc.w += a[x].w * w;
     }
-    reinterpret_cast<float4*>(out + (i * n_heads + h) * dim)[d4] =
-        make_float4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
+    run_max = new_max;
   }
+  const float inv = 1.0f / run_sum;
+  reinterpret_cast<float4*>(out + (i * n_heads + h) * dim)[column] =
+      make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
 }
 
 }  // namespace
@@ -766,18 +996,35 @@ void CudaOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t top
                            int64_t* selected) {
   DSQ_CHECK(rate > 0, "indexer_topk: compression rate ", rate);
   if (S <= 0 || topk <= 0) return;
+  const int64_t longest = std::min(n_keys, (p0 + S) / rate);  // the longest visible part of a row
+  if (longest <= kTopkHeldKeys) {
+    // The fewest threads that hold the row with up to 8 entries each (16 past 8k): at 2k
+    // entries on an H100, 512 threads × 4 entries took 3.8 µs, 1024 × 2 3.9, 256 × 8 4.7.
+    const auto launch = [&](auto kernel, int threads) {
+      launch_dependent(ctx(), kernel, unsigned(S), threads, 0, scores, n_keys, topk, p0, rate, selected);
+    };
+    if (longest <= 2048)
+      launch(indexer_topk_kernel<512, 4>, 512);
+    else if (longest <= 4096)
+      launch(indexer_topk_kernel<512, 8>, 512);
+    else if (longest <= 8192)
+      launch(indexer_topk_kernel<1024, 8>, 1024);
+    else
+      launch(indexer_topk_kernel<1024, 16>, 1024);
+    DSQ_CUDA_CHECK_LAUNCH();
+    return;
+  }
   // Stage the rows in shared memory when the longest visible part fits.
-  const int64_t longest = std::min(n_keys, (p0 + S) / rate);
   const bool staged = longest <= kTopkStagedKeys;
   static const bool smem_ready = [] {
-    DSQ_CUDA_CHECK(cudaFuncSetAttribute(indexer_topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    DSQ_CUDA_CHECK(cudaFuncSetAttribute(indexer_topk_long_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         int(kTopkStagedKeys * sizeof(uint32_t))));
     return true;
   }();
   (void)smem_ready;
   const size_t smem = staged ? size_t(longest) * sizeof(uint32_t) : 0;
-  launch_dependent(ctx(), indexer_topk_kernel, unsigned(S), kTopkThreads, smem, scores, n_keys, topk, p0, rate, staged,
-                                                                          selected);
+  launch_dependent(ctx(), indexer_topk_long_kernel, unsigned(S), kTopkThreads, smem, scores, n_keys, topk, p0, rate,
+                   staged, selected);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -795,16 +1042,19 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
   if (S <= 0 || n_heads <= 0) return;
   const KeySet keys{new_keys, ring, entries, selected, p0, window, dim, n_entries, rate, topk, selection};
 
-  // Split the longest key list so that the grid fills the GPU at decode.
+  // Split the longest key list so that the grid fills the GPU at decode. Tiles of 16 keys
+  // where one such tile per block still fits the GPU twice over (a decode over the window
+  // and a few hundred entries at most), else of 32.
   int64_t max_keys = std::min(window, p0 + S);
   if (selection == backend::EntrySelection::AllVisible) max_keys += std::min(n_entries, (p0 + S) / rate);
   if (selection == backend::EntrySelection::Selected) max_keys += topk;
-  const int64_t tiles = (max_keys + kAttnKeys - 1) / kAttnKeys;
   const int64_t head_groups = (n_heads + kAttnHeads - 1) / kAttnHeads;
   const int64_t wanted = 2 * int64_t(ctx().sm_count());
+  const int tile_keys = S * head_groups * ((max_keys + 15) / 16) <= wanted ? 16 : 32;
+  const int64_t tiles = (max_keys + tile_keys - 1) / tile_keys;
   int64_t splits = std::clamp<int64_t>((wanted + S * head_groups - 1) / (S * head_groups), 1,
                                       std::clamp<int64_t>(tiles, 1, kMaxSplits));
-  const int64_t keys_per_split = ((tiles + splits - 1) / splits) * kAttnKeys;
+  const int64_t keys_per_split = ((tiles + splits - 1) / splits) * tile_keys;
   splits = std::max<int64_t>(1, (max_keys + keys_per_split - 1) / keys_per_split);
 
   float* part_acc = nullptr;
@@ -817,22 +1067,27 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
     part_max = base + slots * size_t(dim);
     part_sum = part_max + slots;
   }
-  const size_t smem = attention_smem_bytes(dim);
-  static const bool smem_ready = [] {
-    DSQ_CUDA_CHECK(cudaFuncSetAttribute(sink_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        int(attention_smem_bytes(kAttnMaxDim))));
-    return true;
-  }();
-  (void)smem_ready;
   DSQ_CHECK(S <= INT32_MAX && n_heads <= 65535, "sink_attention: ", S, " queries × ", n_heads, " heads too many");
   const dim3 grid{unsigned(S), unsigned(head_groups), unsigned(splits)};
-  launch_dependent(ctx(), sink_attention_kernel, grid, kAttnThreads, smem, keys, q, int(n_heads), sinks, scale,
-                                                                     int(keys_per_split), out, part_acc, part_max,
-                                                                     part_sum);
+  const auto launch = [&](auto keys_per_tile) {
+    constexpr int kKeys = decltype(keys_per_tile)::value;
+    static const bool smem_ready = [] {
+      DSQ_CUDA_CHECK(cudaFuncSetAttribute(sink_attention_kernel<kKeys>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(attention_smem_bytes<kKeys>(kAttnMaxDim))));
+      return true;
+    }();
+    (void)smem_ready;
+    launch_dependent(ctx(), sink_attention_kernel<kKeys>, grid, kAttnThreads, attention_smem_bytes<kKeys>(dim), keys,
+                     q, int(n_heads), sinks, scale, int(keys_per_split), out, part_acc, part_max, part_sum);
+  };
+  if (tile_keys == 16)
+    launch(std::integral_constant<int, 16>{});
+  else
+    launch(std::integral_constant<int, 32>{});
   DSQ_CUDA_CHECK_LAUNCH();
   if (splits > 1) {
-    launch_dependent(ctx(), combine_kernel, dim3(unsigned(S), unsigned(n_heads)), 128, 0, part_acc, part_max, part_sum,
-                     int(splits), int(n_heads), int(dim), sinks, out);
+    launch_dependent(ctx(), combine_kernel, dim3(unsigned(S), unsigned(n_heads)), kCombineThreads, 0,
+                     part_acc, part_max, part_sum, int(splits), int(n_heads), int(dim), sinks, out);
     DSQ_CUDA_CHECK_LAUNCH();
   }
 }
