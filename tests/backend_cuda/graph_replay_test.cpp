@@ -31,8 +31,8 @@ std::shared_ptr<cuda::GraphReplayOps> graph_ops(cuda::Precision p) {
   return std::make_shared<cuda::GraphReplayOps>(std::make_shared<cuda::CudaOps>(p));
 }
 
-// One step of deterministic ops (9 tokens of 4 streams of 128: above 8 tokens mhc_pre's
-// mixing sums go through the GEMM, not through atomics in an unspecified order), its
+// One step of deterministic ops (9 tokens of 4 streams of 128: mhc_pre's GEMM path, the
+// one-launch paths of fewer tokens are covered by MhcPreMatchesCpu), its
 // inputs uploaded first and its outputs read back last: both calls end a segment, so the
 // ops between are one segment. Returns the outputs.
 std::vector<float> deterministic_step(backend::Ops& ops, const std::vector<float>& host_x,

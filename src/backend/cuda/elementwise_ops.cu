@@ -184,10 +184,11 @@ __global__ void norm_rope_kernel(float* x, int64_t dim, const float* weight, flo
 }
 
 // ---- mhc_mix, few rows: fn · x / rms(x) in one pass over fn ----
-// Block b takes kMixChunk columns of every row of fn and of every token's x: partial dot
-// products and partial sums of squares go to an fp32 accumulator with atomics; the last
-// block to finish scales the sums into `mix` and clears the accumulator (and its ticket)
-// for the next call, so the op is one launch. Each warp loads its rows' weights before
+// Block b takes kMixChunk columns of every row of fn and of every token's x: its partial
+// dot products and partial sums of squares go to its own slot of a partials buffer; the
+// last block to finish (a ticket) adds the slots in block order, so the sums are the same
+// on every run, scales them into `mix` and clears the ticket for the next call: the op is
+// one launch. Each warp loads its rows' weights before
 // waiting for the previous kernel (they are constant), so their latency hides behind it.
 // mhc_mix_pre_kernel (below) continues in that last block with the whole mhc_pre.
 
@@ -196,11 +197,13 @@ constexpr int kMixThreads = 512;     // 16 warps
 constexpr int kMixMaxTokens = 8;
 constexpr int kMixMaxRows = 64;
 constexpr int kMixRowsPerWarp = (kMixMaxRows + 1 + kMixThreads / 32 - 1) / (kMixThreads / 32);  // + the squares row
+constexpr int kMixSlot = kMixMaxTokens * (kMixMaxRows + 1);  // floats of one block's partial sums
 
-// This block's share of the mixing sums of T rows of x [T, K] with fn [R, K]; true in the
-// block that finishes last, which then reads the complete sums from acc (row stride
-// R + 1: R dot products, then the sum of squares).
-__device__ bool mix_partials(const float* x, int T, int64_t K, const float* fn, int R, float* acc, unsigned* ticket) {
+// This block's share of the mixing sums of T rows of x [T, K] with fn [R, K], into its
+// slot of `partials` (row stride R + 1: R dot products, then the sum of squares); true in
+// the block that finishes last, which then finds every block's slot written.
+__device__ bool mix_partials(const float* x, int T, int64_t K, const float* fn, int R, float* partials,
+                             unsigned* ticket) {
   __shared__ float4 xs[kMixMaxTokens][kMixChunk / 4];
   __shared__ bool last;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
@@ -224,6 +227,7 @@ __device__ bool mix_partials(const float* x, int T, int64_t K, const float* fn, 
     xs[i / quads][i % quads] = *reinterpret_cast<const float4*>(x + int64_t(i / quads) * K + c0 + 4 * (i % quads));
   __syncthreads();
   const int stride = R + 1;
+  float* const slot = partials + int64_t(blockIdx.x) * kMixSlot;
 #pragma unroll
   for (int k = 0; k < kMixRowsPerWarp; ++k) {
     const int r = warp + k * warps;
@@ -248,7 +252,7 @@ __device__ bool mix_partials(const float* x, int T, int64_t K, const float* fn, 
     for (int t = 0; t < kMixMaxTokens; ++t) {
       if (t < T) {
         const float sum = warp_sum(d[t]);
-        if (lane == 0) atomicAdd(acc + t * stride + r, sum);
+        if (lane == 0) slot[t * stride + r] = sum;
       }
     }
   }
@@ -260,17 +264,21 @@ __device__ bool mix_partials(const float* x, int T, int64_t K, const float* fn, 
   return last;
 }
 
-// The last block: mix [T, R] = the sums scaled by each row's 1/rms; then acc and the
-// ticket are cleared for the next call.
-__device__ void finish_mix(int T, int64_t K, int R, float eps, float* acc, unsigned* ticket, float* mix) {
+// The last block: mix [T, R] = the sums (every block's slot, in block order) scaled by
+// each row's 1/rms; then the ticket is cleared for the next call.
+__device__ void finish_mix(int T, int64_t K, int R, float eps, const float* partials, unsigned* ticket, float* mix) {
+  __shared__ float sums[kMixSlot];
   const int stride = R + 1;
-  for (int i = threadIdx.x; i < T * R; i += blockDim.x) {
-    const int t = i / R, r = i % R;
-    const float inv = 1.0f / sqrtf(__ldcg(acc + t * stride + R) / float(K) + eps);
-    mix[i] = __ldcg(acc + t * stride + r) * inv;
+  for (int i = threadIdx.x; i < T * stride; i += blockDim.x) {
+    float sum = 0;
+    for (unsigned b = 0; b < gridDim.x; ++b) sum += __ldcg(partials + int64_t(b) * kMixSlot + i);
+    sums[i] = sum;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < T * stride; i += blockDim.x) acc[i] = 0;
+  for (int i = threadIdx.x; i < T * R; i += blockDim.x) {
+    const int t = i / R, r = i % R;
+    mix[i] = sums[t * stride + r] * (1.0f / sqrtf(sums[t * stride + R] / float(K) + eps));
+  }
   if (threadIdx.x == 0) *ticket = 0;
 }
 
@@ -531,6 +539,23 @@ __global__ void mhc_coefficients_kernel(const float* mix, const float* base, con
                             comb + t * N * N);
 }
 
+// mhc_coefficients of up to kMixMaxTokens tokens in one launch: the mixing pass as
+// mhc_mix_kernel, then its last block turns each token's mix into post and comb.
+template <int N>
+__global__ void __launch_bounds__(kMixThreads)
+    mhc_mix_coefficients_kernel(const float* streams, int T, int64_t K, const float* fn, float mix_eps, float* acc,
+                                unsigned* ticket, const float* base, const float* scale, int64_t iters, float eps,
+                                float* post, float* comb) {
+  constexpr int R = (2 + N) * N;
+  __shared__ float mix[kMixMaxTokens * R];
+  __shared__ float pre[N];
+  if (!mix_partials(streams, T, K, fn, R, acc, ticket)) return;
+  finish_mix(T, K, R, mix_eps, acc, ticket, mix);
+  __syncthreads();
+  for (int t = 0; t < T; ++t)
+    mhc_block_coefficients<N>(mix + t * R, base, scale, iters, eps, true, pre, post + t * N, comb + t * N * N);
+}
+
 // x = collapse(X, pre), then rms_norm(x)·norm_weight when norm_weight is not null (the
 // block's input norm), with rms_norm_kernel's arithmetic: the columns by the block's
 // first `workers` threads, the norm's sum by the whole block (every thread must call).
@@ -638,7 +663,20 @@ constexpr int kClusterThreads = 1024;
 constexpr int kClusterMaxTokens = 4;
 constexpr int kClusterMaxQuads = 256;  // float4 per block and token: N·w <= 1024 (8 per lane)
 constexpr int kClusterMaxWidth = 256;  // w: one column per collapsing thread
-constexpr int kClusterWorkers = kClusterThreads - 32;  // the last warp is block 0's Sinkhorn
+
+// Threads per block: a warp per mixing row and one for the squares, plus block 0's
+// Sinkhorn warp, with the coefficients; the N pre rows alone (x only) need a quarter of
+// that, and such blocks (at most 64 registers a thread) fit beside the previous kernel's
+// blocks, so they start (and load their weights) before that kernel has left 16 whole SMs.
+template <bool kCoefficients>
+constexpr int cluster_threads() {
+  return kCoefficients ? kClusterThreads : kClusterMaxWidth;
+}
+// The threads that collapse and sum squares: all but the Sinkhorn warp.
+template <bool kCoefficients>
+constexpr int cluster_workers() {
+  return kCoefficients ? kClusterThreads - 32 : kClusterMaxWidth;
+}
 
 // The residual update mhc_post(streams, post, comb, y, y_extra) folded into the cluster
 // kernel; post == nullptr: none.
@@ -651,14 +689,15 @@ struct ResidualUpdate {
 };
 
 template <int N, bool kCoefficients>
-__global__ void __launch_bounds__(kClusterThreads, 1)
+__global__ void __launch_bounds__(cluster_threads<kCoefficients>(), kCoefficients ? 1 : 4)
     mhc_pre_cluster_kernel(const float* streams, int T, int hidden, const float* fn, float mix_eps,
                            const float* base, const float* scale, int64_t iters, float eps,
                            const float* norm_weight, float norm_eps, float* x, float* post, float* comb,
                            ResidualUpdate update) {
   // The mixing rows computed: all of them, or the first N (pre) without post and comb.
   constexpr int R = kCoefficients ? (2 + N) * N : N;
-  static_assert(R + 1 <= kClusterThreads / 32 - 1, "mixing rows + squares must leave the last warp free");
+  constexpr int kWorkers = cluster_workers<kCoefficients>();
+  static_assert(R + 1 <= kWorkers / 32, "a warp per mixing row and one for the squares, beside the Sinkhorn warp");
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
   __shared__ float4 xs[kClusterMaxTokens][kClusterMaxQuads];   // the token rows' slices
@@ -746,7 +785,7 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
   }
   __syncthreads();
   if constexpr (kCoefficients) {
-    if (rank == 0 && threadIdx.x >= kClusterWorkers) {
+    if (rank == 0 && threadIdx.x >= kWorkers) {
       for (int t = 0; t < T; ++t) {
         const float inv = 1.0f / sqrtf(mixv[t][R] / float(K) + mix_eps);
         float m[R];
@@ -767,7 +806,7 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
       xv[t][threadIdx.x] = v;
       squares = v * v;
     }
-    if (threadIdx.x < kClusterWorkers) {
+    if (threadIdx.x < kWorkers) {
       squares = warp_sum(squares);
       if (lane == 0) part_sq[t][warp] = squares;
     }
@@ -775,7 +814,7 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
   __syncthreads();
   if (threadIdx.x < T) {
     float sum = 0;
-    for (int i = 0; i < kClusterWorkers / 32; ++i) sum += part_sq[threadIdx.x][i];
+    for (int i = 0; i < kWorkers / 32; ++i) sum += part_sq[threadIdx.x][i];
     block_sq[threadIdx.x] = sum;
   }
   cluster.sync();
@@ -1013,10 +1052,14 @@ struct MixAccumulator {
   float* acc;
   unsigned* ticket;
 };
-MixAccumulator mix_accumulator(CudaOps& ops) {
-  const size_t acc_bytes = size_t(kMixMaxTokens * (kMixMaxRows + 1)) * sizeof(float);
-  auto* acc = static_cast<float*>(ops.zeroed_scratch(10, acc_bytes + sizeof(unsigned)));
-  return {acc, reinterpret_cast<unsigned*>(reinterpret_cast<unsigned char*>(acc) + acc_bytes)};
+// The ticket (first, at a fixed place: zeroed when the scratch is allocated, left zero
+// by every call's last block, whatever the block count) and the partial sums of `blocks`
+// mixing blocks after it.
+MixAccumulator mix_accumulator(CudaOps& ops, int64_t blocks) {
+  constexpr size_t kTicketBytes = 16;  // keeps the partials 16-byte aligned
+  auto* base = static_cast<unsigned char*>(
+      ops.zeroed_scratch(10, kTicketBytes + size_t(blocks * kMixSlot) * sizeof(float)));
+  return {reinterpret_cast<float*>(base + kTicketBytes), reinterpret_cast<unsigned*>(base)};
 }
 
 }  // namespace
@@ -1029,7 +1072,7 @@ void CudaOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps,
   const float* w = prepared_f32(fn);
   if (w != nullptr && T <= kMixMaxTokens && fn.rows <= kMixMaxRows && width % 4 == 0 && aligned16(streams) &&
       aligned16(w)) {
-    const MixAccumulator a = mix_accumulator(*this);
+    const MixAccumulator a = mix_accumulator(*this, ceil_div(width, kMixChunk));
     launch_dependent(ctx(), mhc_mix_kernel, unsigned(ceil_div(width, kMixChunk)), kMixThreads, 0, streams, int(T),
                      width, w, int(fn.rows), eps, a.acc, a.ticket, mix);
     DSQ_CUDA_CHECK_LAUNCH();
@@ -1052,7 +1095,7 @@ bool launch_mhc_pre_cluster(const GpuContext& ctx, const float* streams, int T, 
                             const ResidualUpdate& update) {
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(kClusterBlocks);
-  config.blockDim = dim3(kClusterThreads);
+  config.blockDim = dim3(cluster_threads<kCoefficients>());
   config.stream = ctx.stream();
   cudaLaunchAttribute attrs[2]{};
   attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -1126,7 +1169,7 @@ void CudaOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn
     }
     if constexpr ((2 + N) * N <= kMixMaxRows) {
       if (fused) {
-        const MixAccumulator a = mix_accumulator(*this);
+        const MixAccumulator a = mix_accumulator(*this, ceil_div(width, kMixChunk));
         launch_dependent(ctx(), mhc_mix_pre_kernel<N, 4>, unsigned(ceil_div(width, kMixChunk)), kMixThreads, 0,
                          streams, int(T), hidden, w, mix_eps, a.acc, a.ticket, base, scale, sinkhorn_iters, eps,
                          norm_weight, norm_eps, x, post, comb);
@@ -1198,14 +1241,27 @@ void CudaOps::mhc_coefficients(const float* streams, int64_t T, const QuantizedM
   DSQ_CHECK(fn.rows == R && fn.cols == width, "mhc_coefficients: the mixing weight [", fn.rows, ", ", fn.cols,
             "] is not [", R, ", ", width, "] for ", n_streams, " streams of ", hidden);
   if (T <= 0) return;
-  // Plain launches, no cluster: this runs as side work, beside kernels that may hold the
-  // SMs a cluster would need at once. The mix through the norm and the GEMM (gemv) path,
-  // whose sums are in a fixed order, unlike mhc_mix's few-row kernel (atomics): the
-  // decode stays bit-reproducible.
-  auto* normed = static_cast<float*>(scratch(11, size_t(T * width) * sizeof(float)));
+  // One plain launch, no cluster: this runs as side work, beside kernels that may hold the
+  // SMs a cluster would need at once.
+  const float* w = prepared_f32(fn);
+  if (w != nullptr && aligned16(w) && T <= kMixMaxTokens && R <= kMixMaxRows && width % 4 == 0 &&
+      aligned16(streams)) {
+    bool done = false;
+    with_stream_count(n_streams, "mhc_coefficients", [&](auto n) {
+      constexpr int N = decltype(n)::value;
+      if constexpr ((2 + N) * N <= kMixMaxRows) {
+        const MixAccumulator a = mix_accumulator(*this, ceil_div(width, kMixChunk));
+        launch_dependent(ctx(), mhc_mix_coefficients_kernel<N>, unsigned(ceil_div(width, kMixChunk)), kMixThreads, 0,
+                         streams, int(T), width, w, mix_eps, a.acc, a.ticket, base, scale, sinkhorn_iters, eps, post,
+                         comb);
+        DSQ_CUDA_CHECK_LAUNCH();
+        done = true;
+      }
+    });
+    if (done) return;
+  }
   auto* mix = static_cast<float*>(scratch(12, size_t(T * R) * sizeof(float)));
-  rms_norm(streams, T, width, width, nullptr, mix_eps, normed);
-  linear(fn, normed, T, mix);
+  mhc_mix(streams, T, width, mix_eps, fn, mix);
   with_stream_count(n_streams, "mhc_coefficients", [&](auto n) {
     constexpr int N = decltype(n)::value;
     launch_dependent(ctx(), mhc_coefficients_kernel<N>, unsigned(T), 32, 0, static_cast<const float*>(mix), base,
