@@ -449,6 +449,25 @@ TEST(CudaElementwise, MhcMixMatchesCpu) {
   }
 }
 
+// A residual update's inputs: the block's coefficients and its two outputs, on the host
+// and as device copies.
+struct UpdateInputs {
+  std::vector<float> post, comb, y, y_extra;
+  Tensor gpost, gcomb, gy, gy_extra;
+};
+UpdateInputs update_inputs(CudaOps& gpu, int64_t T, int64_t N, int64_t H, std::mt19937& rng) {
+  UpdateInputs u;
+  u.post = random_floats(size_t(T * N), rng);
+  u.comb = random_floats(size_t(T * N * N), rng);
+  u.y = random_floats(size_t(T * H), rng);
+  u.y_extra = random_floats(size_t(T * H), rng);
+  u.gpost = on_gpu(gpu, u.post);
+  u.gcomb = on_gpu(gpu, u.comb);
+  u.gy = on_gpu(gpu, u.y);
+  u.gy_extra = on_gpu(gpu, u.y_extra);
+  return u;
+}
+
 TEST(CudaElementwise, MhcPostMatchesCpu) {
   DSQ_REQUIRE_GPU();
   cpu::CpuOps cpu;
@@ -459,14 +478,12 @@ TEST(CudaElementwise, MhcPostMatchesCpu) {
       SCOPED_TRACE(s.name + (extra ? ", with y_extra" : ""));
       const int64_t N = s.streams, T = s.tokens, H = s.hidden;
       std::vector<float> streams = random_floats(size_t(T * N * H), rng);
-      const std::vector<float> post = random_floats(size_t(T * N), rng),
-                               comb = random_floats(size_t(T * N * N), rng), y = random_floats(size_t(T * H), rng),
-                               y2 = random_floats(size_t(T * H), rng);
-      Tensor gs = on_gpu(gpu, streams), gpost = on_gpu(gpu, post), gcomb = on_gpu(gpu, comb), gy = on_gpu(gpu, y),
-             gy2 = on_gpu(gpu, y2);
-      cpu.mhc_post(streams.data(), post.data(), comb.data(), y.data(), extra ? y2.data() : nullptr, T, N, H);
-      gpu.mhc_post(gs.mutable_data<float>(), gpost.data<float>(), gcomb.data<float>(), gy.data<float>(),
-                   extra ? gy2.data<float>() : nullptr, T, N, H);
+      const UpdateInputs u = update_inputs(gpu, T, N, H, rng);
+      Tensor gs = on_gpu(gpu, streams);
+      cpu.mhc_post(streams.data(), u.post.data(), u.comb.data(), u.y.data(), extra ? u.y_extra.data() : nullptr, T, N,
+                   H);
+      gpu.mhc_post(gs.mutable_data<float>(), u.gpost.data<float>(), u.gcomb.data<float>(), u.gy.data<float>(),
+                   extra ? u.gy_extra.data<float>() : nullptr, T, N, H);
       expect_close(floats_of(gpu, gs), streams, 1e-6, "mhc_post");
     }
   }
@@ -487,37 +504,32 @@ TEST(CudaElementwise, MhcPostPreMatchesCpu) {
     const MhcShape& s = kMhcShapes[shape];
     const int64_t N = s.streams, T = s.tokens, H = s.hidden;
     const MhcInputs& in = inputs[shape];
-    const std::vector<float> norm_w = random_floats(size_t(H), rng), post = random_floats(size_t(T * N), rng),
-                             comb = random_floats(size_t(T * N * N), rng), y = random_floats(size_t(T * H), rng),
-                             y2 = random_floats(size_t(T * H), rng);
+    const std::vector<float> norm_w = random_floats(size_t(H), rng);
+    const UpdateInputs u = update_inputs(gpu, T, N, H, rng);
+    Tensor gbase = on_gpu(gpu, in.base), gscale = on_gpu(gpu, in.scale), gw = on_gpu(gpu, norm_w);
     for (bool extra : {false, true}) {
-      SCOPED_TRACE(s.name + (extra ? ", with y_extra" : ""));
       std::vector<float> streams = in.streams, x(size_t(T * H)), next_post(size_t(T * N)),
                          next_comb(size_t(T * N * N));
-      cpu.mhc_post_pre(streams.data(), post.data(), comb.data(), y.data(), extra ? y2.data() : nullptr, T, in.fn, eps,
-                       in.base.data(), in.scale.data(), N, H, s.sinkhorn_iters, eps, norm_w.data(), eps, x.data(),
-                       next_post.data(), next_comb.data());
-      Tensor gs = on_gpu(gpu, in.streams), gpost = on_gpu(gpu, post), gcomb = on_gpu(gpu, comb), gy = on_gpu(gpu, y),
-             gy2 = on_gpu(gpu, y2), gbase = on_gpu(gpu, in.base), gscale = on_gpu(gpu, in.scale),
-             gw = on_gpu(gpu, norm_w);
-      Tensor gx = poisoned_gpu(gpu, T * H), gnext_post = poisoned_gpu(gpu, T * N),
-             gnext_comb = poisoned_gpu(gpu, T * N * N);
-      gpu.mhc_post_pre(gs.mutable_data<float>(), gpost.data<float>(), gcomb.data<float>(), gy.data<float>(),
-                       extra ? gy2.data<float>() : nullptr, T, in.fn, eps, gbase.data<float>(), gscale.data<float>(),
-                       N, H, s.sinkhorn_iters, eps, gw.data<float>(), eps, gx.mutable_data<float>(),
-                       gnext_post.mutable_data<float>(), gnext_comb.mutable_data<float>());
-      expect_close(floats_of(gpu, gs), streams, 1e-6, "mhc_post_pre streams");
-      expect_close(floats_of(gpu, gx), x, 2e-5, "mhc_post_pre x");
-      expect_close(floats_of(gpu, gnext_post), next_post, 1e-5, "mhc_post_pre post");
-      expect_close(floats_of(gpu, gnext_comb), next_comb, 5e-5, "mhc_post_pre comb");
-      // The same without the new post and comb (the decode step's form).
-      Tensor gs2 = on_gpu(gpu, in.streams), gx2 = poisoned_gpu(gpu, T * H);
-      gpu.mhc_post_pre(gs2.mutable_data<float>(), gpost.data<float>(), gcomb.data<float>(), gy.data<float>(),
-                       extra ? gy2.data<float>() : nullptr, T, in.fn, eps, gbase.data<float>(), gscale.data<float>(),
-                       N, H, s.sinkhorn_iters, eps, gw.data<float>(), eps, gx2.mutable_data<float>(), nullptr,
-                       nullptr);
-      expect_close(floats_of(gpu, gs2), streams, 1e-6, "mhc_post_pre streams (x only)");
-      expect_close(floats_of(gpu, gx2), x, 2e-5, "mhc_post_pre x (x only)");
+      cpu.mhc_post_pre(streams.data(), u.post.data(), u.comb.data(), u.y.data(), extra ? u.y_extra.data() : nullptr,
+                       T, in.fn, eps, in.base.data(), in.scale.data(), N, H, s.sinkhorn_iters, eps, norm_w.data(), eps,
+                       x.data(), next_post.data(), next_comb.data());
+      // With the new post and comb, and without them (x alone: the decode step's form).
+      for (bool coefficients : {true, false}) {
+        SCOPED_TRACE(s.name + (extra ? ", with y_extra" : "") + (coefficients ? "" : ", x alone"));
+        Tensor gs = on_gpu(gpu, in.streams), gx = poisoned_gpu(gpu, T * H), gnext_post = poisoned_gpu(gpu, T * N),
+               gnext_comb = poisoned_gpu(gpu, T * N * N);
+        gpu.mhc_post_pre(gs.mutable_data<float>(), u.gpost.data<float>(), u.gcomb.data<float>(), u.gy.data<float>(),
+                         extra ? u.gy_extra.data<float>() : nullptr, T, in.fn, eps, gbase.data<float>(),
+                         gscale.data<float>(), N, H, s.sinkhorn_iters, eps, gw.data<float>(), eps,
+                         gx.mutable_data<float>(), coefficients ? gnext_post.mutable_data<float>() : nullptr,
+                         coefficients ? gnext_comb.mutable_data<float>() : nullptr);
+        expect_close(floats_of(gpu, gs), streams, 1e-6, "mhc_post_pre streams");
+        expect_close(floats_of(gpu, gx), x, 2e-5, "mhc_post_pre x");
+        if (coefficients) {
+          expect_close(floats_of(gpu, gnext_post), next_post, 1e-5, "mhc_post_pre post");
+          expect_close(floats_of(gpu, gnext_comb), next_comb, 5e-5, "mhc_post_pre comb");
+        }
+      }
     }
   }
 }
