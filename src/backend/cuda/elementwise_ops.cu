@@ -141,6 +141,23 @@ __global__ void rms_norm_kernel(const float* x, int64_t dim, int64_t stride, con
   normalize_row<V>(x + int64_t(blockIdx.x) * stride, dim, weight, eps, y + int64_t(blockIdx.x) * stride);
 }
 
+// mix[row][0..R) /= rms(x[row]) for row blockIdx.x of x [rows, K]: the mixing sums of
+// the raw rows (a GEMM) scaled as if taken on the normalised rows.
+template <int V>
+__global__ void scale_by_inv_rms_kernel(const float* x, int64_t K, float eps, int R, float* mix) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
+  const float* xr = x + int64_t(blockIdx.x) * K;
+  float squares = 0;
+  for (int64_t i = threadIdx.x; i < K / V; i += blockDim.x) {
+    const Floats<V> f = load<V>(xr + i * V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) squares += f.v[e] * f.v[e];
+  }
+  const float inv = 1.0f / sqrtf(block_sum(squares) / float(K) + eps);
+  if (int(threadIdx.x) < R) mix[int64_t(blockIdx.x) * R + threadIdx.x] *= inv;
+}
+
 // ---- rope: one thread per rotated pair ----
 
 __global__ void rope_kernel(float* x, int64_t pairs, int64_t heads, int64_t dim, int64_t rope_dim,
@@ -1078,10 +1095,20 @@ void CudaOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps,
     DSQ_CUDA_CHECK_LAUNCH();
     return;
   }
-  // Many rows (or a weight the kernel does not take): the two steps, through the GEMM.
-  auto* normed = static_cast<float*>(scratch(11, size_t(T * width) * sizeof(float)));
-  rms_norm(streams, T, width, width, nullptr, eps, normed);
-  linear(fn, normed, T, mix);
+  // Many rows (or a weight the kernel does not take): the GEMM on the raw rows, then each
+  // row's sums scaled by its 1/rms, so that no normalised copy of the rows is written
+  // (at prefill, the streams are the largest activations of the layer).
+  DSQ_CHECK(fn.rows <= 512, "mhc_mix: ", fn.rows, " mixing rows (the scaling kernel takes up to 512)");
+  linear(fn, streams, T, mix);
+  const bool vec = width % 4 == 0 && aligned16(streams);
+  const int64_t chunks = vec ? width / 4 : width;
+  const int threads = int(std::clamp<int64_t>(ceil_div(chunks, 32) * 32, std::max<int64_t>(32, ceil_div(fn.rows, 32) * 32),
+                                              512));
+  if (vec)
+    launch_dependent(ctx(), scale_by_inv_rms_kernel<4>, unsigned(T), threads, 0, streams, width, eps, int(fn.rows), mix);
+  else
+    launch_dependent(ctx(), scale_by_inv_rms_kernel<1>, unsigned(T), threads, 0, streams, width, eps, int(fn.rows), mix);
+  DSQ_CUDA_CHECK_LAUNCH();
 }
 
 namespace {
