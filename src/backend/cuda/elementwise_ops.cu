@@ -205,8 +205,8 @@ __global__ void norm_rope_kernel(float* x, int64_t dim, const float* weight, flo
 // dot products and partial sums of squares go to its own slot of a partials buffer; the
 // last block to finish (a ticket) adds the slots in block order, so the sums are the same
 // on every run, scales them into `mix` and clears the ticket for the next call: the op is
-// one launch. Each warp loads its rows' weights before
-// waiting for the previous kernel (they are constant), so their latency hides behind it.
+// one launch. Each warp loads its rows' weights before waiting for the previous kernel
+// (they are constant), so their latency hides behind it.
 // mhc_mix_pre_kernel (below) continues in that last block with the whole mhc_pre.
 
 constexpr int kMixChunk = 256;       // columns per block: 64 float4, two per lane
@@ -300,8 +300,8 @@ __device__ void finish_mix(int T, int64_t K, int R, float eps, const float* part
 }
 
 __global__ void __launch_bounds__(kMixThreads) mhc_mix_kernel(const float* x, int T, int64_t K, const float* fn, int R,
-                                                              float eps, float* acc, unsigned* ticket, float* mix) {
-  if (mix_partials(x, T, K, fn, R, acc, ticket)) finish_mix(T, K, R, eps, acc, ticket, mix);
+                                                              float eps, float* partials, unsigned* ticket, float* mix) {
+  if (mix_partials(x, T, K, fn, R, partials, ticket)) finish_mix(T, K, R, eps, partials, ticket, mix);
 }
 
 // ---- elementwise: grid-stride over V-chunks, the last n % V elements one by one ----
@@ -560,14 +560,14 @@ __global__ void mhc_coefficients_kernel(const float* mix, const float* base, con
 // mhc_mix_kernel, then its last block turns each token's mix into post and comb.
 template <int N>
 __global__ void __launch_bounds__(kMixThreads)
-    mhc_mix_coefficients_kernel(const float* streams, int T, int64_t K, const float* fn, float mix_eps, float* acc,
+    mhc_mix_coefficients_kernel(const float* streams, int T, int64_t K, const float* fn, float mix_eps, float* partials,
                                 unsigned* ticket, const float* base, const float* scale, int64_t iters, float eps,
                                 float* post, float* comb) {
   constexpr int R = (2 + N) * N;
   __shared__ float mix[kMixMaxTokens * R];
   __shared__ float pre[N];
-  if (!mix_partials(streams, T, K, fn, R, acc, ticket)) return;
-  finish_mix(T, K, R, mix_eps, acc, ticket, mix);
+  if (!mix_partials(streams, T, K, fn, R, partials, ticket)) return;
+  finish_mix(T, K, R, mix_eps, partials, ticket, mix);
   __syncthreads();
   for (int t = 0; t < T; ++t)
     mhc_block_coefficients<N>(mix + t * R, base, scale, iters, eps, true, pre, post + t * N, comb + t * N * N);
@@ -639,14 +639,14 @@ __global__ void mhc_pre_norm_kernel(const float* streams, const float* mix, cons
 // last warp while the other warps collapse.
 template <int N, int V>
 __global__ void __launch_bounds__(kMixThreads)
-    mhc_mix_pre_kernel(const float* streams, int T, int64_t hidden, const float* fn, float mix_eps, float* acc,
+    mhc_mix_pre_kernel(const float* streams, int T, int64_t hidden, const float* fn, float mix_eps, float* partials,
                        unsigned* ticket, const float* base, const float* scale, int64_t iters, float eps,
                        const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
   constexpr int R = (2 + N) * N;
   __shared__ float mix[kMixMaxTokens * R];
   __shared__ float pre[N];
-  if (!mix_partials(streams, T, N * hidden, fn, R, acc, ticket)) return;
-  finish_mix(T, N * hidden, R, mix_eps, acc, ticket, mix);
+  if (!mix_partials(streams, T, N * hidden, fn, R, partials, ticket)) return;
+  finish_mix(T, N * hidden, R, mix_eps, partials, ticket, mix);
   __syncthreads();
   const Floats<V> none[N] = {};
   const int workers = int(blockDim.x) - 32;
@@ -667,8 +667,10 @@ __global__ void __launch_bounds__(kMixThreads)
 // columns (warp R sums the squares); the blocks' partial sums meet through distributed
 // shared memory, added in rank order. Every block then has the whole mix, collapses its
 // columns from the stream slice already in its shared memory, and the norm's sum of
-// squares is exchanged the same way. Block 0's last warp runs the Sinkhorn of comb
-// meanwhile (the longest chain: the others wait for it at the second barrier). Against
+// squares is exchanged the same way. With the coefficients, block 0's last warp runs the
+// Sinkhorn of comb meanwhile (the longest chain: the others wait for it at the second
+// barrier); without them (x alone, mhc_coefficients gives post and comb), the blocks mix
+// only the N pre rows. Against
 // the one-block tail of mhc_mix_pre_kernel, the chain after the wait is two cluster
 // barriers instead of atomics, a ticket and a lone block's pass.
 //
@@ -1064,15 +1066,16 @@ void CudaOps::embed_streams(const QuantizedMatrix& table, const int64_t* ids, in
 
 namespace {
 
-// The fp32 sums of the fused mixing kernels and their ticket, zero between calls.
-struct MixAccumulator {
-  float* acc;
+// The per-block partial sums of the fused mixing kernels and their ticket (zero between
+// calls).
+struct MixPartials {
+  float* partials;
   unsigned* ticket;
 };
 // The ticket (first, at a fixed place: zeroed when the scratch is allocated, left zero
 // by every call's last block, whatever the block count) and the partial sums of `blocks`
 // mixing blocks after it.
-MixAccumulator mix_accumulator(CudaOps& ops, int64_t blocks) {
+MixPartials mix_partials_scratch(CudaOps& ops, int64_t blocks) {
   constexpr size_t kTicketBytes = 16;  // keeps the partials 16-byte aligned
   auto* base = static_cast<unsigned char*>(
       ops.zeroed_scratch(10, kTicketBytes + size_t(blocks * kMixSlot) * sizeof(float)));
@@ -1089,9 +1092,9 @@ void CudaOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps,
   const float* w = prepared_f32(fn);
   if (w != nullptr && T <= kMixMaxTokens && fn.rows <= kMixMaxRows && width % 4 == 0 && aligned16(streams) &&
       aligned16(w)) {
-    const MixAccumulator a = mix_accumulator(*this, ceil_div(width, kMixChunk));
+    const MixPartials a = mix_partials_scratch(*this, ceil_div(width, kMixChunk));
     launch_dependent(ctx(), mhc_mix_kernel, unsigned(ceil_div(width, kMixChunk)), kMixThreads, 0, streams, int(T),
-                     width, w, int(fn.rows), eps, a.acc, a.ticket, mix);
+                     width, w, int(fn.rows), eps, a.partials, a.ticket, mix);
     DSQ_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -1196,9 +1199,9 @@ void CudaOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn
     }
     if constexpr ((2 + N) * N <= kMixMaxRows) {
       if (fused) {
-        const MixAccumulator a = mix_accumulator(*this, ceil_div(width, kMixChunk));
+        const MixPartials a = mix_partials_scratch(*this, ceil_div(width, kMixChunk));
         launch_dependent(ctx(), mhc_mix_pre_kernel<N, 4>, unsigned(ceil_div(width, kMixChunk)), kMixThreads, 0,
-                         streams, int(T), hidden, w, mix_eps, a.acc, a.ticket, base, scale, sinkhorn_iters, eps,
+                         streams, int(T), hidden, w, mix_eps, a.partials, a.ticket, base, scale, sinkhorn_iters, eps,
                          norm_weight, norm_eps, x, post, comb);
         DSQ_CUDA_CHECK_LAUNCH();
         return;
@@ -1277,9 +1280,9 @@ void CudaOps::mhc_coefficients(const float* streams, int64_t T, const QuantizedM
     with_stream_count(n_streams, "mhc_coefficients", [&](auto n) {
       constexpr int N = decltype(n)::value;
       if constexpr ((2 + N) * N <= kMixMaxRows) {
-        const MixAccumulator a = mix_accumulator(*this, ceil_div(width, kMixChunk));
+        const MixPartials a = mix_partials_scratch(*this, ceil_div(width, kMixChunk));
         launch_dependent(ctx(), mhc_mix_coefficients_kernel<N>, unsigned(ceil_div(width, kMixChunk)), kMixThreads, 0,
-                         streams, int(T), width, w, mix_eps, a.acc, a.ticket, base, scale, sinkhorn_iters, eps, post,
+                         streams, int(T), width, w, mix_eps, a.partials, a.ticket, base, scale, sinkhorn_iters, eps, post,
                          comb);
         DSQ_CUDA_CHECK_LAUNCH();
         done = true;
