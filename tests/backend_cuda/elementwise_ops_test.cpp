@@ -405,8 +405,8 @@ TEST(CudaElementwise, MhcPreMatchesCpu) {
   }
 }
 
-// mhc_mix: the fused single pass (up to 8 rows, up to 64 mixing rows) and the norm +
-// GEMM path beyond; repeated calls check that the kernel leaves its accumulator clear.
+// mhc_mix: the fused single pass (up to 8 rows, up to 64 mixing rows) and the GEMM then
+// 1/rms path beyond; repeated calls check that the kernel leaves its ticket clear.
 // Bound 1e-5: fp32 sums in another order, and x·w/rms instead of (x/rms)·w.
 TEST(CudaElementwise, MhcMixMatchesCpu) {
   DSQ_REQUIRE_GPU();

@@ -113,16 +113,23 @@ void CpuOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps, 
   cpu::linear(normed.data(), T, fn, mix);
 }
 
+std::vector<float> CpuOps::mixing_logits(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps,
+                                         int64_t N, int64_t H, const char* op) {
+  const int64_t n_mix = (2 + N) * N;
+  DSQ_CHECK(N <= 64, "hc_mult ", N, " too large");
+  DSQ_CHECK(fn.rows == n_mix && fn.cols == N * H, op, ": the mixing weight [", fn.rows, ", ", fn.cols, "] is not [",
+            n_mix, ", ", N * H, "]");
+  std::vector<float> mix(size_t(T * n_mix));
+  mhc_mix(streams, T, N * H, mix_eps, fn, mix.data());
+  return mix;
+}
+
 void CpuOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
                      const float* scale, int64_t N, int64_t H, int64_t sinkhorn_iters, float eps,
                      const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
-  const int64_t n_mix = (2 + N) * N;
-  DSQ_CHECK(N <= 64, "hc_mult ", N, " too large");
-  DSQ_CHECK(fn.rows == n_mix && fn.cols == N * H, "mhc_pre: the mixing weight [", fn.rows, ", ", fn.cols,
-            "] is not [", n_mix, ", ", N * H, "]");
   DSQ_CHECK((post == nullptr) == (comb == nullptr), "mhc_pre: post and comb must both be given or both be null");
-  std::vector<float> mix_rows(size_t(T * n_mix));
-  mhc_mix(streams, T, N * H, mix_eps, fn, mix_rows.data());
+  const int64_t n_mix = (2 + N) * N;
+  const std::vector<float> mix_rows = mixing_logits(streams, T, fn, mix_eps, N, H, "mhc_pre");
   const float* mix = mix_rows.data();
   parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
     float pre[64], unused_post[64];
@@ -141,11 +148,7 @@ void CpuOps::mhc_coefficients(const float* streams, int64_t T, const QuantizedMa
                               const float* base, const float* scale, int64_t N, int64_t H, int64_t sinkhorn_iters,
                               float eps, float* post, float* comb) {
   const int64_t n_mix = (2 + N) * N;
-  DSQ_CHECK(N <= 64, "hc_mult ", N, " too large");
-  DSQ_CHECK(fn.rows == n_mix && fn.cols == N * H, "mhc_coefficients: the mixing weight [", fn.rows, ", ", fn.cols,
-            "] is not [", n_mix, ", ", N * H, "]");
-  std::vector<float> mix_rows(size_t(T * n_mix));
-  mhc_mix(streams, T, N * H, mix_eps, fn, mix_rows.data());
+  const std::vector<float> mix_rows = mixing_logits(streams, T, fn, mix_eps, N, H, "mhc_coefficients");
   parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
     float pre[64];
     for (int64_t t = t0; t < t1; ++t)

@@ -5,6 +5,8 @@
 // cpu_attention_ops.cpp on top of compressor_pool, attention and indexer.
 #pragma once
 
+#include <vector>
+
 #include "backend/ops.h"
 
 namespace dsq::cpu {
@@ -71,6 +73,11 @@ class CpuOps final : public backend::Ops {
                      int64_t window) override;
 
   void synchronize() override {}
+
+ private:
+  // mhc_mix of the T rows after checking fn's shape [(2+N)·N, N·H] (op: for the message).
+  std::vector<float> mixing_logits(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps,
+                                   int64_t N, int64_t H, const char* op);
 };
 
 }  // namespace dsq::cpu

@@ -1116,13 +1116,13 @@ void CudaOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps,
 
 namespace {
 
-// Launches mhc_pre_cluster_kernel<N, kCoefficients> as a programmatic dependent; false (nothing launched)
-// where this GPU cannot hold a cluster of kClusterBlocks such blocks.
+// Launches mhc_pre_cluster_kernel<N, kCoefficients> as a programmatic dependent; false
+// (nothing launched) where this GPU cannot hold a cluster of kClusterBlocks such blocks.
 template <int N, bool kCoefficients>
-bool launch_mhc_pre_cluster(const GpuContext& ctx, const float* streams, int T, int hidden, const float* fn,
-                            float mix_eps, const float* base, const float* scale, int64_t iters, float eps,
-                            const float* norm_weight, float norm_eps, float* x, float* post, float* comb,
-                            const ResidualUpdate& update) {
+bool launch_mhc_pre_cluster_kernel(const GpuContext& ctx, const float* streams, int T, int hidden, const float* fn,
+                                   float mix_eps, const float* base, const float* scale, int64_t iters, float eps,
+                                   const float* norm_weight, float norm_eps, float* x, float* post, float* comb,
+                                   const ResidualUpdate& update) {
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(kClusterBlocks);
   config.blockDim = dim3(cluster_threads<kCoefficients>());
@@ -1154,6 +1154,25 @@ bool launch_mhc_pre_cluster(const GpuContext& ctx, const float* streams, int T, 
   return true;
 }
 
+// The cluster kernel with the coefficients (post and comb given) or without (both null).
+template <int N>
+bool launch_mhc_pre_cluster(const GpuContext& ctx, const float* streams, int T, int hidden, const float* fn,
+                            float mix_eps, const float* base, const float* scale, int64_t iters, float eps,
+                            const float* norm_weight, float norm_eps, float* x, float* post, float* comb,
+                            const ResidualUpdate& update) {
+  return post ? launch_mhc_pre_cluster_kernel<N, true>(ctx, streams, T, hidden, fn, mix_eps, base, scale, iters,
+                                                       eps, norm_weight, norm_eps, x, post, comb, update)
+              : launch_mhc_pre_cluster_kernel<N, false>(ctx, streams, T, hidden, fn, mix_eps, base, scale, iters,
+                                                        eps, norm_weight, norm_eps, x, post, comb, update);
+}
+
+// The mixing weight fn must be [(2+N)·N, N·H] (op: the caller's name, for the message).
+void check_mixing_weight(const QuantizedMatrix& fn, int64_t n_streams, int64_t hidden, const char* op) {
+  const int64_t R = (2 + n_streams) * n_streams, width = n_streams * hidden;
+  DSQ_CHECK(fn.rows == R && fn.cols == width, op, ": the mixing weight [", fn.rows, ", ", fn.cols, "] is not [", R,
+            ", ", width, "] for ", n_streams, " streams of ", hidden);
+}
+
 // Whether mhc_pre's one-cluster kernel takes these shapes (w: fn as prepared f32).
 bool cluster_takes(const float* w, const float* streams, int64_t T, int64_t n_streams, int64_t hidden, const float* x,
                    const float* norm_weight) {
@@ -1169,31 +1188,25 @@ bool cluster_takes(const float* w, const float* streams, int64_t T, int64_t n_st
 void CudaOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base,
                       const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps,
                       const float* norm_weight, float norm_eps, float* x, float* post, float* comb) {
+  check_mixing_weight(fn, n_streams, hidden, "mhc_pre");
   const int64_t width = n_streams * hidden, R = (2 + n_streams) * n_streams;
-  DSQ_CHECK(fn.rows == R && fn.cols == width, "mhc_pre: the mixing weight [", fn.rows, ", ", fn.cols,
-            "] is not [", R, ", ", width, "] for ", n_streams, " streams of ", hidden);
   DSQ_CHECK((post == nullptr) == (comb == nullptr), "mhc_pre: post and comb must both be given or both be null");
   if (T <= 0) return;
   const bool vec = hidden % 4 == 0 && aligned16(streams) && aligned16(x) && (!norm_weight || aligned16(norm_weight));
   const float* w = prepared_f32(fn);
   const bool fused = w != nullptr && aligned16(w) && vec && T <= kMixMaxTokens && R <= kMixMaxRows;
   const bool cluster = fused && cluster_takes(w, streams, T, n_streams, hidden, x, norm_weight);
-  const bool coefficients = post != nullptr;
   with_stream_count(n_streams, "mhc_pre", [&](auto n) {
     constexpr int N = decltype(n)::value;
     if constexpr ((2 + N) * N + 1 <= kClusterThreads / 32 - 1) {
-      if (cluster && (coefficients ? launch_mhc_pre_cluster<N, true>(ctx(), streams, int(T), int(hidden), w, mix_eps,
-                                                                     base, scale, sinkhorn_iters, eps, norm_weight,
-                                                                     norm_eps, x, post, comb, {})
-                                   : launch_mhc_pre_cluster<N, false>(ctx(), streams, int(T), int(hidden), w,
-                                                                      mix_eps, base, scale, sinkhorn_iters, eps,
-                                                                      norm_weight, norm_eps, x, post, comb, {}))) {
+      if (cluster && launch_mhc_pre_cluster<N>(ctx(), streams, int(T), int(hidden), w, mix_eps, base, scale,
+                                               sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb, {})) {
         DSQ_CUDA_CHECK_LAUNCH();
         return;
       }
     }
     // The paths below compute post and comb anyway: unwanted ones go to scratch.
-    if (!coefficients) {
+    if (!post) {
       post = static_cast<float*>(scratch(13, size_t(T * (N + N * N)) * sizeof(float)));
       comb = post + T * N;
     }
@@ -1232,9 +1245,7 @@ void CudaOps::mhc_post_pre(float* streams, const float* post, const float* comb,
                            const float* base, const float* scale, int64_t n_streams, int64_t hidden,
                            int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x,
                            float* next_post, float* next_comb) {
-  const int64_t width = n_streams * hidden, R = (2 + n_streams) * n_streams;
-  DSQ_CHECK(fn.rows == R && fn.cols == width, "mhc_post_pre: the mixing weight [", fn.rows, ", ", fn.cols,
-            "] is not [", R, ", ", width, "] for ", n_streams, " streams of ", hidden);
+  check_mixing_weight(fn, n_streams, hidden, "mhc_post_pre");
   DSQ_CHECK(next_post != post && next_comb != comb, "mhc_post_pre: the new coefficients would overwrite the old");
   DSQ_CHECK((next_post == nullptr) == (next_comb == nullptr),
             "mhc_post_pre: next_post and next_comb must both be given or both be null");
@@ -1247,12 +1258,8 @@ void CudaOps::mhc_post_pre(float* streams, const float* post, const float* comb,
     with_stream_count(n_streams, "mhc_post_pre", [&](auto n) {
       constexpr int N = decltype(n)::value;
       if constexpr ((2 + N) * N + 1 <= kClusterThreads / 32 - 1)
-        done = next_post ? launch_mhc_pre_cluster<N, true>(ctx(), streams, int(T), int(hidden), w, mix_eps, base,
-                                                           scale, sinkhorn_iters, eps, norm_weight, norm_eps, x,
-                                                           next_post, next_comb, update)
-                         : launch_mhc_pre_cluster<N, false>(ctx(), streams, int(T), int(hidden), w, mix_eps, base,
-                                                            scale, sinkhorn_iters, eps, norm_weight, norm_eps, x,
-                                                            next_post, next_comb, update);
+        done = launch_mhc_pre_cluster<N>(ctx(), streams, int(T), int(hidden), w, mix_eps, base, scale,
+                                         sinkhorn_iters, eps, norm_weight, norm_eps, x, next_post, next_comb, update);
     });
   }
   if (done) {
@@ -1267,28 +1274,25 @@ void CudaOps::mhc_post_pre(float* streams, const float* post, const float* comb,
 void CudaOps::mhc_coefficients(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps,
                                const float* base, const float* scale, int64_t n_streams, int64_t hidden,
                                int64_t sinkhorn_iters, float eps, float* post, float* comb) {
+  check_mixing_weight(fn, n_streams, hidden, "mhc_coefficients");
   const int64_t width = n_streams * hidden, R = (2 + n_streams) * n_streams;
-  DSQ_CHECK(fn.rows == R && fn.cols == width, "mhc_coefficients: the mixing weight [", fn.rows, ", ", fn.cols,
-            "] is not [", R, ", ", width, "] for ", n_streams, " streams of ", hidden);
   if (T <= 0) return;
   // One plain launch, no cluster: this runs as side work, beside kernels that may hold the
   // SMs a cluster would need at once.
   const float* w = prepared_f32(fn);
   if (w != nullptr && aligned16(w) && T <= kMixMaxTokens && R <= kMixMaxRows && width % 4 == 0 &&
       aligned16(streams)) {
-    bool done = false;
     with_stream_count(n_streams, "mhc_coefficients", [&](auto n) {
       constexpr int N = decltype(n)::value;
-      if constexpr ((2 + N) * N <= kMixMaxRows) {
+      if constexpr ((2 + N) * N <= kMixMaxRows) {  // always, given R <= kMixMaxRows above
         const MixPartials a = mix_partials_scratch(*this, ceil_div(width, kMixChunk));
         launch_dependent(ctx(), mhc_mix_coefficients_kernel<N>, unsigned(ceil_div(width, kMixChunk)), kMixThreads, 0,
                          streams, int(T), width, w, mix_eps, a.partials, a.ticket, base, scale, sinkhorn_iters, eps, post,
                          comb);
         DSQ_CUDA_CHECK_LAUNCH();
-        done = true;
       }
     });
-    if (done) return;
+    return;
   }
   auto* mix = static_cast<float*>(scratch(12, size_t(T * R) * sizeof(float)));
   mhc_mix(streams, T, width, mix_eps, fn, mix);
