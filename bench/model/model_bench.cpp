@@ -3,7 +3,7 @@
 // experts), next to the limits of the same GPU measured in the same run.
 //
 //   dsq_model_bench <model dir> [--context 8192] [--steps 32] [--prefill-chunk 4096]
-//                   [--moe-chunks 4|8|16] [--skip op,op,...] [--out FILE]
+//                   [--moe-chunks 4|8|16] [--skip op,op,...] [--out FILE] [--trace FILE]
 // --skip drops those ops (names as in the per-op table) from the timed decode steps: a
 // what-if for the cost of each part of the step in the real, replayed pipeline (the
 // results are wrong then, and the skipped ops are missing from the per-op table).
@@ -23,7 +23,9 @@
 // timed alone; or `nsys profile --capture-range=cudaProfilerApi --cuda-graph-trace=node`:
 // the step's timeline, both lanes), and the
 // same steps once more through backend::ProfilingOps, printing where a step's time goes,
-// op by op.
+// op by op. --trace writes the kernel timeline of one more replayed step as CSV
+// (kernel_trace.h; bench/tools/trace_report.py reads it); recording runs from the start,
+// so every time printed by a traced run includes CUPTI's overhead.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -41,6 +43,7 @@
 #include "backend/cuda/int4_moe_decode.h"
 #include "backend/profiling_ops.h"
 #include "bench/gpu/copy_bandwidth.h"
+#include "bench/gpu/kernel_trace.h"
 #include "core/error.h"
 #include "model/model.h"
 
@@ -49,7 +52,7 @@ namespace {
 using dsq::model::Model;
 
 struct Options {
-  std::string model_dir, out_file;
+  std::string model_dir, out_file, trace_file;
   int64_t context = 8192, steps = 32, chunk = 4096;
   int moe_chunks = 0;  // the routed experts' K slice at decode, in 64-wide chunks (0: the default)
   std::set<std::string> skipped;  // ops dropped from the timed decode steps (ProfilingOps::set_skipped)
@@ -67,6 +70,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--steps") o.steps = std::stoll(value());
     else if (a == "--prefill-chunk") o.chunk = std::stoll(value());
     else if (a == "--out") o.out_file = value();
+    else if (a == "--trace") o.trace_file = value();
     else if (a == "--moe-chunks") o.moe_chunks = std::stoi(value());
     else if (a == "--skip") {
       std::stringstream names(value());
@@ -114,6 +118,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
+  dsq::bench::KernelTrace trace;
+  if (!o.trace_file.empty()) trace.start();
   dsq::cuda::int4_moe_decode_force_chunks(o.moe_chunks);
   auto gpu = std::make_shared<dsq::cuda::CudaOps>(dsq::cuda::Precision::Fast);
   auto graphs = std::make_shared<dsq::cuda::GraphReplayOps>(gpu);
@@ -187,6 +193,15 @@ int main(int argc, char** argv) try {
     DSQ_CUDA_CHECK(cudaProfilerStop());
     next = 2 + (next + 1) % (c.vocab_size - 2);
   }
+  if (!o.trace_file.empty()) {
+    const int64_t tok[] = {next};
+    ops->synchronize();
+    const uint64_t from = trace.now_ns();
+    m.forward({{&s, tok}}, dsq::model::LogitRows::Last);
+    ops->synchronize();
+    dsq::bench::write_kernel_trace_csv(trace.stop(from, trace.now_ns()), o.trace_file);
+    next = 2 + (next + 1) % (c.vocab_size - 2);
+  }
   // Where a decode step's time goes: the same steps again, each op timed on its own.
   ops->set_enabled(true);
   for (int64_t i = 0; i < o.steps; ++i) {
@@ -202,6 +217,7 @@ int main(int argc, char** argv) try {
   md << "Device: " << prop.name << ", " << prop.multiProcessorCount << " SMs\n\n";
   md << "Model: " << o.model_dir << " (" << c.num_layers << " layers, " << c.n_routed_experts
      << " routed experts, hidden " << c.hidden_size << ")\n\n";
+  if (!o.trace_file.empty()) md << "(Traced run: every time below includes CUPTI's per-kernel overhead.)\n\n";
   md << "Limit measured in this run: device-to-device copy " << int(copy_bw / 1e9) << " GB/s (read+write)\n\n";
   md << "| measurement | value | reference | ratio |\n|---|---:|---:|---:|\n";
   char line[512];

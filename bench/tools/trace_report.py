@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Reads a kernel timeline written by `dsq_model_bench --trace FILE` and prints where the
+time goes: how long the GPU ran at least one kernel versus nothing, time per kernel (by
+name), and optionally the timeline itself, kernel by kernel, with the idle gap before
+each.
+
+usage: trace_report.py TRACE.csv [--timeline FIRST:COUNT] [--top N]
+"""
+import argparse
+import csv
+import re
+import sys
+from collections import defaultdict
+
+
+def short_name(name):
+    """The kernel's name without namespaces and parameter list; template arguments kept."""
+    name = re.sub(r"\(anonymous namespace\)::|dsq::cuda::|dsq::", "", name)
+    depth = 0
+    for i, ch in enumerate(name):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0:
+            name = name[:i]
+            break
+    name = re.sub(r"^void ", "", name)
+    return name if len(name) <= 70 else name[:67] + "..."
+
+
+def load(path):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["start"] = float(r["start_us"])
+        r["end"] = float(r["end_us"])
+        r["short"] = short_name(r["name"])
+    rows.sort(key=lambda r: r["start"])
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("trace")
+    ap.add_argument("--timeline", help="FIRST:COUNT kernels (in start order) to list one by one")
+    ap.add_argument("--top", type=int, default=25, help="kernel names in the per-name table")
+    a = ap.parse_args()
+    rows = load(a.trace)
+    if not rows:
+        sys.exit("trace_report: no kernels in " + a.trace)
+
+    span = max(r["end"] for r in rows) - rows[0]["start"]
+    busy, covered_to, idle_before = 0.0, rows[0]["start"], []
+    for r in rows:
+        gap = max(0.0, r["start"] - covered_to)
+        idle_before.append(gap)
+        if r["end"] > covered_to:
+            busy += r["end"] - max(r["start"], covered_to)
+            covered_to = r["end"]
+    streams = defaultdict(float)
+    for r in rows:
+        streams[r["stream"]] += r["end"] - r["start"]
+    print(f"{len(rows)} kernels over {span:.1f} us; some kernel running {busy:.1f} us ({100 * busy / span:.1f} %), "
+          f"none {span - busy:.1f} us")
+    print("kernel time per stream: " + ", ".join(f"stream {s}: {t:.1f} us" for s, t in sorted(streams.items())))
+    print(f"direct launches (not in a graph): {sum(1 for r in rows if r['graph'] == '0')}")
+
+    by_name = defaultdict(lambda: [0, 0.0, 0.0])
+    for r, gap in zip(rows, idle_before):
+        e = by_name[r["short"]]
+        e[0] += 1
+        e[1] += r["end"] - r["start"]
+        e[2] += gap
+    print(f"\n| kernel | calls | total us | per call us | idle before it, total us |\n|---|---:|---:|---:|---:|")
+    for name, (n, total, gap) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[: a.top]:
+        print(f"| {name} | {n} | {total:.1f} | {total / n:.2f} | {gap:.1f} |")
+
+    if a.timeline:
+        first, count = (int(x) for x in a.timeline.split(":"))
+        print("\n| # | stream | graph | start us | duration us | idle before us | kernel |\n|---:|---:|---:|---:|---:|---:|---|")
+        for i in range(first, min(first + count, len(rows))):
+            r = rows[i]
+            print(f"| {i} | {r['stream']} | {r['graph']} | {r['start']:.2f} | {r['end'] - r['start']:.2f} | "
+                  f"{idle_before[i]:.2f} | {r['short']} |")
+
+
+if __name__ == "__main__":
+    main()
