@@ -665,14 +665,15 @@ __global__ void __launch_bounds__(kMixThreads)
 // [b·w, (b+1)·w), w = H / kClusterBlocks, of every stream. Its warps r < R hold, in
 // registers from before the programmatic-launch wait, the mixing weights of those
 // columns (warp R sums the squares); the blocks' partial sums meet through distributed
-// shared memory, added in rank order. Every block then has the whole mix, collapses its
-// columns from the stream slice already in its shared memory, and the norm's sum of
-// squares is exchanged the same way. With the coefficients, block 0's last warp runs the
-// Sinkhorn of comb meanwhile (the longest chain: the others wait for it at the second
+// shared memory, added in rank order. With the mixing sums the blocks exchange the Gram
+// matrix of their stream columns (G[j][k] = Σ X_j·X_k), so that every block then has the
+// whole mix and, once it has pre, the norm of the collapsed row too: |x|² = preᵀ·G·pre,
+// with no second exchange. It collapses its columns from the stream slice already in its
+// shared memory and normalises them. With the coefficients, block 0's last warp runs the
+// Sinkhorn of comb meanwhile (the longest chain: the others wait for it at the exit
 // barrier); without them (x alone, mhc_coefficients gives post and comb), the blocks mix
-// only the N pre rows. Against
-// the one-block tail of mhc_mix_pre_kernel, the chain after the wait is two cluster
-// barriers instead of atomics, a ticket and a lone block's pass.
+// only the N pre rows. Against the one-block tail of mhc_mix_pre_kernel, the chain after
+// the wait is one cluster barrier instead of atomics, a ticket and a lone block's pass.
 //
 // With `update` (mhc_post_pre), the previous block's residual update comes first: each
 // block updates its own columns of the streams in shared memory (the column split makes
@@ -707,6 +708,20 @@ struct ResidualUpdate {
   const float* y_extra;
 };
 
+// Entry e of the upper triangle of an N×N matrix, row by row: (gram_row, gram_column).
+template <int N>
+__device__ __forceinline__ int gram_row(int e) {
+  int j = 0;
+  while (e >= N - j) e -= N - j, ++j;
+  return j;
+}
+template <int N>
+__device__ __forceinline__ int gram_column(int e) {
+  int j = 0;
+  while (e >= N - j) e -= N - j, ++j;
+  return j + e;
+}
+
 template <int N, bool kCoefficients>
 __global__ void __launch_bounds__(cluster_threads<kCoefficients>(), kCoefficients ? 1 : 4)
     mhc_pre_cluster_kernel(const float* streams, int T, int hidden, const float* fn, float mix_eps,
@@ -715,17 +730,18 @@ __global__ void __launch_bounds__(cluster_threads<kCoefficients>(), kCoefficient
                            ResidualUpdate update) {
   // The mixing rows computed: all of them, or the first N (pre) without post and comb.
   constexpr int R = kCoefficients ? (2 + N) * N : N;
+  constexpr int kGram = N * (N + 1) / 2;  // G[j][k], j <= k, row by row
+  constexpr int kSums = R + 1 + kGram;    // the mixing rows, the squares, the Gram matrix
   constexpr int kWorkers = cluster_workers<kCoefficients>();
-  static_assert(R + 1 <= kWorkers / 32, "a warp per mixing row and one for the squares, beside the Sinkhorn warp");
+  constexpr int kGramWarps = kWorkers / 32 - (R + 1);
+  static_assert(kGramWarps >= 1, "a warp per mixing row, one for the squares and one for the Gram matrix, beside "
+                "the Sinkhorn warp");
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
   __shared__ float4 xs[kClusterMaxTokens][kClusterMaxQuads];   // the token rows' slices
-  __shared__ float part[kClusterMaxTokens][32];                 // this block's mixing sums
-  __shared__ float mixv[kClusterMaxTokens][R + 1];
+  __shared__ float part[kClusterMaxTokens][kSums];              // this block's sums
+  __shared__ float mixv[kClusterMaxTokens][kSums];              // the cluster's
   __shared__ float pre[kClusterMaxTokens][N];
-  __shared__ float xv[kClusterMaxTokens][kClusterMaxWidth];     // collapsed, before the norm
-  __shared__ float part_sq[kClusterMaxTokens][32];
-  __shared__ float block_sq[kClusterMaxTokens];
   __shared__ float inv_norm[kClusterMaxTokens];
   const int rank = int(cluster.block_rank()), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int width = hidden / kClusterBlocks, h0 = rank * width, seg = width / 4, quads = N * seg;
@@ -739,7 +755,8 @@ __global__ void __launch_bounds__(cluster_threads<kCoefficients>(), kCoefficient
     w[i] = warp < R && q < quads ? *reinterpret_cast<const float4*>(fn + int64_t(warp) * K + column(q))
                                  : make_float4(0, 0, 0, 0);
   }
-  const float nw = norm_weight && threadIdx.x < width ? norm_weight[h0 + threadIdx.x] : 0.0f;
+  __shared__ float nw[kClusterMaxWidth];  // this block's columns of the norm weight
+  if (norm_weight && threadIdx.x < width) nw[threadIdx.x] = norm_weight[h0 + threadIdx.x];
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
   for (int i = threadIdx.x; i < T * quads; i += blockDim.x)
@@ -786,14 +803,27 @@ __global__ void __launch_bounds__(cluster_threads<kCoefficients>(), kCoefficient
       d = warp_sum(d);
       if (lane == 0) part[t][warp] = d;
     }
+  } else if (warp < kWorkers / 32) {
+    for (int e = warp - (R + 1); e < T * kGram; e += kGramWarps) {
+      const int t = e / kGram, j = gram_row<N>(e % kGram), k = gram_column<N>(e % kGram);
+      float d = 0;
+      for (int q = lane; q < seg; q += 32) {
+        const float4 a = xs[t][j * seg + q], b = xs[t][k * seg + q];
+        d += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+      }
+      d = warp_sum(d);
+      if (lane == 0) part[t][R + 1 + e % kGram] = d;
+    }
   }
   cluster.sync();
-  for (int i = threadIdx.x; i < T * (R + 1); i += blockDim.x) {
-    const int t = i / (R + 1), r = i % (R + 1);
+  for (int i = threadIdx.x; i < T * kSums; i += blockDim.x) {
+    const int t = i / kSums, r = i % kSums;
     float sum = 0;
-    for (int b = 0; b < kClusterBlocks; ++b) sum += cluster.map_shared_rank(&part[0][0], b)[t * 32 + r];
+    for (int b = 0; b < kClusterBlocks; ++b) sum += cluster.map_shared_rank(&part[0][0], b)[t * kSums + r];
     mixv[t][r] = sum;
   }
+  // No block reads another's shared memory after this: arrive now, wait before leaving.
+  cluster.barrier_arrive();
   __syncthreads();
   // mix = the sums / rms(row) (mhc_mix); pre for every block, post by block 0.
   if (threadIdx.x < T * N) {
@@ -814,40 +844,28 @@ __global__ void __launch_bounds__(cluster_threads<kCoefficients>(), kCoefficient
       }
     }
   }
-  // x[t][h] = Σ_k pre[k]·X[k][h] (the CPU's k order), then the norm.
-  for (int t = 0; t < T; ++t) {
-    float squares = 0;
-    if (threadIdx.x < width) {
+  // The norm: |x|² = Σ_j Σ_k pre[j]·pre[k]·G[j][k].
+  if (norm_weight && threadIdx.x < T) {
+    const int t = threadIdx.x;
+    const float* G = &mixv[t][R + 1];
+    float sum = 0;
+    for (int e = 0; e < kGram; ++e) {
+      const int j = gram_row<N>(e), k = gram_column<N>(e);
+      sum += (j == k ? 1.0f : 2.0f) * pre[t][j] * pre[t][k] * G[e];
+    }
+    inv_norm[t] = 1.0f / sqrtf(sum / float(hidden) + norm_eps);
+  }
+  __syncthreads();
+  // x[t][h] = Σ_k pre[k]·X[k][h] (the CPU's k order), normalised.
+  if (threadIdx.x < width)
+    for (int t = 0; t < T; ++t) {
       const float* row = reinterpret_cast<const float*>(xs[t]);
       float v = 0;
 #pragma unroll
       for (int k = 0; k < N; ++k) v += pre[t][k] * row[k * width + threadIdx.x];
-      xv[t][threadIdx.x] = v;
-      squares = v * v;
+      x[int64_t(t) * hidden + h0 + threadIdx.x] = norm_weight ? nw[threadIdx.x] * (v * inv_norm[t]) : v;
     }
-    if (threadIdx.x < kWorkers) {
-      squares = warp_sum(squares);
-      if (lane == 0) part_sq[t][warp] = squares;
-    }
-  }
-  __syncthreads();
-  if (threadIdx.x < T) {
-    float sum = 0;
-    for (int i = 0; i < kWorkers / 32; ++i) sum += part_sq[threadIdx.x][i];
-    block_sq[threadIdx.x] = sum;
-  }
-  cluster.sync();
-  if (norm_weight && threadIdx.x < T) {
-    float sum = 0;
-    for (int b = 0; b < kClusterBlocks; ++b) sum += cluster.map_shared_rank(block_sq, b)[threadIdx.x];
-    inv_norm[threadIdx.x] = 1.0f / sqrtf(sum / float(hidden) + norm_eps);
-  }
-  __syncthreads();
-  if (threadIdx.x < width)
-    for (int t = 0; t < T; ++t)
-      x[int64_t(t) * hidden + h0 + threadIdx.x] =
-          norm_weight ? nw * (xv[t][threadIdx.x] * inv_norm[t]) : xv[t][threadIdx.x];
-  cluster.sync();  // no block leaves while another may still read its shared memory
+  cluster.barrier_wait();  // no block leaves while another may still read its shared memory
 }
 
 template <int N, int V>
@@ -1178,7 +1196,7 @@ bool cluster_takes(const float* w, const float* streams, int64_t T, int64_t n_st
                    const float* norm_weight) {
   const int64_t R = (2 + n_streams) * n_streams;
   return w != nullptr && aligned16(w) && hidden % 4 == 0 && aligned16(streams) && aligned16(x) &&
-         (!norm_weight || aligned16(norm_weight)) && T <= kClusterMaxTokens && R + 1 <= kClusterThreads / 32 - 1 &&
+         (!norm_weight || aligned16(norm_weight)) && T <= kClusterMaxTokens && R + 2 <= kClusterThreads / 32 - 1 &&
          hidden % (4 * kClusterBlocks) == 0 && hidden / kClusterBlocks <= kClusterMaxWidth &&
          n_streams * hidden / kClusterBlocks <= 4 * kClusterMaxQuads;
 }
@@ -1198,7 +1216,7 @@ void CudaOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn
   const bool cluster = fused && cluster_takes(w, streams, T, n_streams, hidden, x, norm_weight);
   with_stream_count(n_streams, "mhc_pre", [&](auto n) {
     constexpr int N = decltype(n)::value;
-    if constexpr ((2 + N) * N + 1 <= kClusterThreads / 32 - 1) {
+    if constexpr ((2 + N) * N + 2 <= kClusterThreads / 32 - 1) {
       if (cluster && launch_mhc_pre_cluster<N>(ctx(), streams, int(T), int(hidden), w, mix_eps, base, scale,
                                                sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb, {})) {
         DSQ_CUDA_CHECK_LAUNCH();
@@ -1257,7 +1275,7 @@ void CudaOps::mhc_post_pre(float* streams, const float* post, const float* comb,
     const ResidualUpdate update{streams, post, comb, y, y_extra};
     with_stream_count(n_streams, "mhc_post_pre", [&](auto n) {
       constexpr int N = decltype(n)::value;
-      if constexpr ((2 + N) * N + 1 <= kClusterThreads / 32 - 1)
+      if constexpr ((2 + N) * N + 2 <= kClusterThreads / 32 - 1)
         done = launch_mhc_pre_cluster<N>(ctx(), streams, int(T), int(hidden), w, mix_eps, base, scale,
                                          sinkhorn_iters, eps, norm_weight, norm_eps, x, next_post, next_comb, update);
     });
