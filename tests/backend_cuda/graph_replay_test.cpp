@@ -96,6 +96,33 @@ TEST(GpuGraphReplay, DeterministicOpsReplayBitIdentically) {
   EXPECT_EQ(replay.stats().failed_captures, 0);
 }
 
+// A wait with no side work since the last wait joins nothing, also when the last side
+// work was recorded inside a captured graph (a layer block with no side work of its
+// own after one that had some): it used to wait on that capture's event and fail.
+TEST(GpuGraphReplay, WaitWithoutSideWorkAfterACapturedSegment) {
+  DSQ_REQUIRE_GPU();
+  cuda::GraphReplayOps ops(std::make_shared<cuda::CudaOps>(cuda::Precision::F32));
+  const int64_t n = 256;
+  Tensor a = ops.alloc(DType::F32, {n}), b = ops.alloc(DType::F32, {n});
+  for (int step = 1; step <= 4; ++step) {  // the first segment runs, is captured, then replayed twice
+    const std::vector<float> host(static_cast<size_t>(n), float(step));
+    ops.upload_into(a.mutable_bytes(), host.data(), host.size() * sizeof(float));
+    ops.upload_into(b.mutable_bytes(), host.data(), host.size() * sizeof(float));
+    ops.start_side_work();
+    ops.add(a.mutable_data<float>(), b.data<float>(), n);  // a = 2·step
+    ops.end_side_work();
+    ops.wait_side_work();
+    ops.add(b.mutable_data<float>(), a.data<float>(), n);  // b = 3·step
+    ops.synchronize();                                     // ends the segment
+    ops.wait_side_work();
+    ops.add(b.mutable_data<float>(), a.data<float>(), n);  // b = 5·step
+    const Tensor got = ops.to_host(b);
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(got.data<float>()[i], 5.0f * float(step)) << "step " << step;
+  }
+  EXPECT_EQ(ops.stats().failed_captures, 0);
+  EXPECT_GE(ops.stats().replayed, 2);
+}
+
 TEST(GpuGraphReplay, TinyAAllPathsF32) {
   DSQ_REQUIRE_GPU();
   auto ops = graph_ops(cuda::Precision::F32);

@@ -55,11 +55,14 @@ void CudaOps::end_side_work() {
   DSQ_CHECK(lane_ == 1, "end_side_work: no side work is open");
   DSQ_CUDA_CHECK(cudaEventRecord(side_done_, lanes_[1].stream()));
   lane_ = 0;
+  side_unjoined_ = true;
 }
 
 void CudaOps::wait_side_work() {
   DSQ_CHECK(lane_ == 0, "wait_side_work: the side work has not ended");
+  if (!side_unjoined_) return;
   DSQ_CUDA_CHECK(cudaStreamWaitEvent(lanes_[0].stream(), side_done_, 0));
+  side_unjoined_ = false;
 }
 
 void CudaOps::synchronize() {

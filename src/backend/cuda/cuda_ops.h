@@ -145,6 +145,10 @@ class CudaOps final : public backend::Ops {
   int lane_ = 0;
   cudaEvent_t side_start_ = nullptr;  // main lane's work before the side work
   cudaEvent_t side_done_ = nullptr;   // the side work
+  // Side work ended since the last wait_side_work(). Without any, a wait joins nothing;
+  // waiting on side_done_ then could even fail, its last record having been part of a
+  // CUDA-graph capture.
+  bool side_unjoined_ = false;
   LinearCache linears_;
   std::unordered_map<const void*, DeviceBuffer<float>> float_params_;
   std::unordered_map<const void*, DeviceBuffer<int64_t>> int_params_;
