@@ -1,7 +1,8 @@
 // The attention of one layer over a batch (spec §2.5–§2.10, state update §3.2): q/kv
 // projections for all tokens at once; per sequence the compressors' update, the indexer's
-// scores and selection, the sink attention over window, new keys and entries, and the
-// window update; then the inverse rope and the grouped output projection.
+// scores and selection, the sink attention over window, new keys and entries (its output
+// turned back by the inverse rope in the same op), and the window update; then the
+// grouped output projection.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -106,7 +107,8 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   ops.prefetch_weights(w.wo_a.w);
 
   // Per sequence: compressors first (a token that closes a window sees its entry), the
-  // indexer's picks, attention, then the window ring takes the new keys.
+  // indexer's picks, attention (with the output's inverse rope), then the window ring
+  // takes the new keys.
   float* o = ws.f32("attn.o", T * nh * D);
   const float scale = 1.0f / std::sqrt(float(D));
   for (size_t b = 0; b < ctx.batch.size(); ++b) {
@@ -137,10 +139,9 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
     }
     ops.sink_attention(q + s0 * nh * D, S, nh, D, kv + s0 * D, ls.window.data<float>(), p0, c.sliding_window,
                        selection, n_entries > 0 ? ls.compressor.entries.data<float>() : nullptr, n_entries, rate,
-                       selected, topk, ops.resident(w.sinks), scale, o + s0 * nh * D);
+                       selected, topk, ops.resident(w.sinks), scale, &rope, o + s0 * nh * D);
     ops.update_window(ls.window.mutable_data<float>(), kv + s0 * D, p0, S, D, c.sliding_window);
   }
-  ops.rope(o, T, nh, D, ctx.ids.positions_dev, rope, true);
 
   // Grouped output projection: group g's heads through rows [g·R, (g+1)·R) of wo_a.
   const int64_t G = c.o_groups, R = c.o_lora_rank, group_width = nh * D / G;

@@ -217,10 +217,11 @@ void GraphReplayOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int6
 void GraphReplayOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys,
                                     const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection,
                                     const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
-                                    int64_t topk, const float* sinks, float scale, float* out) {
+                                    int64_t topk, const float* sinks, float scale,
+                                    const cpu::RopeFrequencies* output_rope, float* out) {
   flush();
   inner_->sink_attention(q, S, n_heads, dim, new_keys, ring, p0, window, selection, entries, n_entries, rate,
-                         selected, topk, sinks, scale, out);
+                         selected, topk, sinks, scale, output_rope, out);
 }
 
 void GraphReplayOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
