@@ -118,6 +118,14 @@ class Ops {
   // a head's norm and rotation in one op (the queries and the key of attention).
   virtual void norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps,
                          const int64_t* positions, const cpu::RopeFrequencies& table) = 0;
+  // rms_norm(x, n, dim, stride, weight, eps, y), then norm_rope(heads_x, n_tokens, heads,
+  // head_dim, head_weight, eps, positions, table), as one op: two independent small
+  // norms that a backend may run in one launch (attention's q_residual norm and its
+  // key/value head). The two outputs must not overlap each other or the other's input.
+  virtual void rms_norm_and_norm_rope(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight,
+                                      float* y, float* heads_x, int64_t n_tokens, int64_t heads, int64_t head_dim,
+                                      const float* head_weight, float eps, const int64_t* positions,
+                                      const cpu::RopeFrequencies& table) = 0;
   // cpu/swiglu.h semantics (out may alias gate).
   virtual void swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) = 0;
   // dst[i] += src[i].

@@ -83,6 +83,12 @@ void ProfilingOps::norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t 
   });
 }
 
+void ProfilingOps::rms_norm_and_norm_rope(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float* y, float* heads_x, int64_t n_tokens, int64_t heads, int64_t head_dim, const float* head_weight, float eps, const int64_t* positions, const cpu::RopeFrequencies& table) {
+  timed("rms_norm_and_norm_rope", [&] {
+    inner_->rms_norm_and_norm_rope(x, n, dim, stride, weight, y, heads_x, n_tokens, heads, head_dim, head_weight, eps, positions, table);
+  });
+}
+
 void ProfilingOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn, float* mix) {
   timed("mhc_mix", [&] {
     inner_->mhc_mix(streams, T, width, eps, fn, mix);

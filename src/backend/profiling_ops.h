@@ -69,6 +69,7 @@ class ProfilingOps final : public Ops {
   void gather_rows(const float* src, const int64_t* rows, int64_t n, int64_t width, float* dst) override;
   void embed_streams(const QuantizedMatrix& table, const int64_t* ids, int64_t T, int64_t n_streams, float* streams) override;
   void norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps, const int64_t* positions, const cpu::RopeFrequencies& table) override;
+  void rms_norm_and_norm_rope(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float* y, float* heads_x, int64_t n_tokens, int64_t heads, int64_t head_dim, const float* head_weight, float eps, const int64_t* positions, const cpu::RopeFrequencies& table) override;
   void mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn, float* mix) override;
   void mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x, float* post, float* comb) override;
   void mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra, int64_t T, int64_t n_streams, int64_t hidden) override;

@@ -86,19 +86,19 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   }
   run_linears(ctx, x, T, {{&w.wq_a, q_residual}, {&w.wkv, kv}});
 
-  // Queries: q_residual = q_norm(wq_a·x); per-head unweighted norm; rope.
-  ops.rms_norm(q_residual, T, qr, qr, ops.resident(w.q_norm), eps, q_residual);
-  run_linear(ctx, w.wq_b, q_residual, T, q);
+  // q_residual = q_norm(wq_a·x), and the shared key/value head's norm and rope in the same
+  // op (one launch): the head needs nothing of wq_b.
+  ops.rms_norm_and_norm_rope(q_residual, T, qr, qr, ops.resident(w.q_norm), q_residual, kv, T, 1, D,
+                             ops.resident(w.kv_norm), eps, ctx.ids.positions_dev, rope);
+
+  // Queries: wq_b·q_residual; per-head unweighted norm; rope. The CSA indexer's queries
+  // come from the same q_residual: both projections in one launch.
+  if (csa)
+    run_linears(ctx, q_residual, T, {{&w.wq_b, q}, {&w.indexer.wq_b, iq}});
+  else
+    run_linear(ctx, w.wq_b, q_residual, T, q);
   ops.norm_rope(q, T, nh, D, nullptr, eps, ctx.ids.positions_dev, rope);
-
-  // The shared key/value head.
-  ops.norm_rope(kv, T, 1, D, ops.resident(w.kv_norm), eps, ctx.ids.positions_dev, rope);
-
-  // Indexer queries, from the normalised q_residual.
-  if (csa) {
-    run_linear(ctx, w.indexer.wq_b, q_residual, T, iq);
-    ops.rope(iq, T, nI, DI, ctx.ids.positions_dev, rope, false);
-  }
+  if (csa) ops.rope(iq, T, nI, DI, ctx.ids.positions_dev, rope, false);
 
   // All side work (this block's and the layer's mixing coefficients) joined before the
   // compressors, whose ops end a CUDA graph segment.

@@ -33,6 +33,10 @@ class CpuOps final : public backend::Ops {
             const RopeFrequencies& table, bool inverse) override;
   void norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps,
                  const int64_t* positions, const RopeFrequencies& table) override;
+  void rms_norm_and_norm_rope(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float* y,
+                              float* heads_x, int64_t n_tokens, int64_t heads, int64_t head_dim,
+                              const float* head_weight, float eps, const int64_t* positions,
+                              const RopeFrequencies& table) override;
   void swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) override;
   void add(float* dst, const float* src, int64_t n) override;
   void gather_rows(const float* src, const int64_t* rows, int64_t n, int64_t width, float* dst) override;
