@@ -96,10 +96,12 @@ void bench_attention(CudaOps& ops, KernelTimer& timer, Kind kind, int64_t ctx, d
                                             : kind == Kind::CSA   ? backend::EntrySelection::Selected
                                                                   : backend::EntrySelection::AllVisible;
   const float scale = 1.0f / std::sqrt(float(kDim));
+  const cpu::RopeFrequencies output_rope = cpu::rope_frequencies(64, 10000.0);  // as the model: output turned back
   const Times t = measure(ops, timer, [&](int i) {
     const LayerState& s = layers[size_t(i % copies)];
     ops.sink_attention(s.q.get(), 1, kHeads, kDim, s.new_key.get(), s.ring.get(), p0, kWindow, selection,
-                       s.entries.get(), n_entries, rate, s.selected.get(), kTopk, sinks.get(), scale, out.get());
+                       s.entries.get(), n_entries, rate, s.selected.get(), kTopk, sinks.get(), scale, &output_rope,
+                       out.get());
   });
   const double key_bytes = double(keys * kDim) * sizeof(float);
   const char* name = kind == Kind::Sliding ? "sliding" : kind == Kind::CSA ? "CSA top-512" : "HCA";
@@ -214,9 +216,11 @@ void bench_prefill(CudaOps& ops, KernelTimer& timer, Kind kind, int64_t p0, int6
   const backend::EntrySelection selection = kind == Kind::Sliding ? backend::EntrySelection::None
                                             : kind == Kind::CSA   ? backend::EntrySelection::Selected
                                                                   : backend::EntrySelection::AllVisible;
+  const cpu::RopeFrequencies output_rope = cpu::rope_frequencies(64, 10000.0);  // as the model: output turned back
   const double sec = timer.seconds(ops.context(), [&](int) {
     ops.sink_attention(q.get(), S, kHeads, kDim, new_keys.get(), ring.get(), p0, kWindow, selection, entries.get(),
-                       n_entries, rate, selected.get(), kTopk, sinks.get(), 1.0f / std::sqrt(float(kDim)), out.get());
+                       n_entries, rate, selected.get(), kTopk, sinks.get(), 1.0f / std::sqrt(float(kDim)),
+                       &output_rope, out.get());
   }, 1, 3);
   const char* name = kind == Kind::Sliding ? "sliding" : kind == Kind::CSA ? "CSA top-512" : "HCA";
   std::printf("| sink_attention %s | %lld | %lld | %.0f | %.2f |\n", name, (long long)p0, (long long)S, sec * 1e6,

@@ -118,6 +118,14 @@ class Ops {
   // a head's norm and rotation in one op (the queries and the key of attention).
   virtual void norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps,
                          const int64_t* positions, const cpu::RopeFrequencies& table) = 0;
+  // rms_norm(x, n, dim, stride, weight, eps, y), then norm_rope(heads_x, n_tokens, heads,
+  // head_dim, head_weight, eps, positions, table), as one op: two independent small
+  // norms that a backend may run in one launch (attention's q_residual norm and its
+  // key/value head). The two outputs must not overlap each other or the other's input.
+  virtual void rms_norm_and_norm_rope(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight,
+                                      float* y, float* heads_x, int64_t n_tokens, int64_t heads, int64_t head_dim,
+                                      const float* head_weight, float eps, const int64_t* positions,
+                                      const cpu::RopeFrequencies& table) = 0;
   // cpu/swiglu.h semantics (out may alias gate).
   virtual void swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) = 0;
   // dst[i] += src[i].
@@ -203,10 +211,15 @@ class Ops {
   // p0 … p0+S−1 over: the window keys max(0, p−W+1) … p (positions < p0 from `ring`,
   // the others from new_keys [S, D]), then the compressed entries given by `selection`
   // (entries [n_entries, D]; `selected` [S, topk] for Selected). out [S, n_heads, D].
+  // With output_rope, each output row i is then turned back by the inverse rope at its
+  // position p0+i, exactly as rope(out, S, n_heads, D, positions, *output_rope, true):
+  // the rotation the keys' values carry (V = K) undone in the same op, so that a backend
+  // needs no launch of its own for it. Null: no rotation.
   virtual void sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys,
                               const float* ring, int64_t p0, int64_t window, EntrySelection selection,
                               const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
-                              int64_t topk, const float* sinks, float scale, float* out) = 0;
+                              int64_t topk, const float* sinks, float scale,
+                              const cpu::RopeFrequencies* output_rope, float* out) = 0;
   // Stores the last min(S, W−1) of new_keys [S, D] in the window ring.
   virtual void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
                              int64_t window) = 0;

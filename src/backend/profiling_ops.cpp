@@ -83,6 +83,12 @@ void ProfilingOps::norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t 
   });
 }
 
+void ProfilingOps::rms_norm_and_norm_rope(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float* y, float* heads_x, int64_t n_tokens, int64_t heads, int64_t head_dim, const float* head_weight, float eps, const int64_t* positions, const cpu::RopeFrequencies& table) {
+  timed("rms_norm_and_norm_rope", [&] {
+    inner_->rms_norm_and_norm_rope(x, n, dim, stride, weight, y, heads_x, n_tokens, heads, head_dim, head_weight, eps, positions, table);
+  });
+}
+
 void ProfilingOps::mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn, float* mix) {
   timed("mhc_mix", [&] {
     inner_->mhc_mix(streams, T, width, eps, fn, mix);
@@ -155,9 +161,9 @@ void ProfilingOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_
   });
 }
 
-void ProfilingOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys, const float* ring, int64_t p0, int64_t window, EntrySelection selection, const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected, int64_t topk, const float* sinks, float scale, float* out) {
+void ProfilingOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys, const float* ring, int64_t p0, int64_t window, EntrySelection selection, const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected, int64_t topk, const float* sinks, float scale, const cpu::RopeFrequencies* output_rope, float* out) {
   timed("sink_attention", [&] {
-    inner_->sink_attention(q, S, n_heads, dim, new_keys, ring, p0, window, selection, entries, n_entries, rate, selected, topk, sinks, scale, out);
+    inner_->sink_attention(q, S, n_heads, dim, new_keys, ring, p0, window, selection, entries, n_entries, rate, selected, topk, sinks, scale, output_rope, out);
   });
 }
 

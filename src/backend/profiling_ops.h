@@ -69,6 +69,7 @@ class ProfilingOps final : public Ops {
   void gather_rows(const float* src, const int64_t* rows, int64_t n, int64_t width, float* dst) override;
   void embed_streams(const QuantizedMatrix& table, const int64_t* ids, int64_t T, int64_t n_streams, float* streams) override;
   void norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps, const int64_t* positions, const cpu::RopeFrequencies& table) override;
+  void rms_norm_and_norm_rope(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float* y, float* heads_x, int64_t n_tokens, int64_t heads, int64_t head_dim, const float* head_weight, float eps, const int64_t* positions, const cpu::RopeFrequencies& table) override;
   void mhc_mix(const float* streams, int64_t T, int64_t width, float eps, const QuantizedMatrix& fn, float* mix) override;
   void mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn, float mix_eps, const float* base, const float* scale, int64_t n_streams, int64_t hidden, int64_t sinkhorn_iters, float eps, const float* norm_weight, float norm_eps, float* x, float* post, float* comb) override;
   void mhc_post(float* streams, const float* post, const float* comb, const float* y, const float* y_extra, int64_t T, int64_t n_streams, int64_t hidden) override;
@@ -80,7 +81,7 @@ class ProfilingOps final : public Ops {
   void compress(const backend::CompressorParams& p, float* ring_kv, float* ring_gate, float* entries, const float* kv, const float* gate, int64_t p0, int64_t S) override;
   void indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim, const float* keys, int64_t n_keys, float* scores) override;
   void indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t topk, int64_t p0, int64_t rate, int64_t* selected) override;
-  void sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys, const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection, const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected, int64_t topk, const float* sinks, float scale, float* out) override;
+  void sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys, const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection, const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected, int64_t topk, const float* sinks, float scale, const cpu::RopeFrequencies* output_rope, float* out) override;
   void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim, int64_t window) override;
 
  private:

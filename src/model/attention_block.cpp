@@ -1,7 +1,8 @@
 // The attention of one layer over a batch (spec §2.5–§2.10, state update §3.2): q/kv
 // projections for all tokens at once; per sequence the compressors' update, the indexer's
-// scores and selection, the sink attention over window, new keys and entries, and the
-// window update; then the inverse rope and the grouped output projection.
+// scores and selection, the sink attention over window, new keys and entries (its output
+// turned back by the inverse rope in the same op), and the window update; then the
+// grouped output projection.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -85,19 +86,19 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   }
   run_linears(ctx, x, T, {{&w.wq_a, q_residual}, {&w.wkv, kv}});
 
-  // Queries: q_residual = q_norm(wq_a·x); per-head unweighted norm; rope.
-  ops.rms_norm(q_residual, T, qr, qr, ops.resident(w.q_norm), eps, q_residual);
-  run_linear(ctx, w.wq_b, q_residual, T, q);
+  // q_residual = q_norm(wq_a·x), and the shared key/value head's norm and rope in the same
+  // op (one launch): the head needs nothing of wq_b.
+  ops.rms_norm_and_norm_rope(q_residual, T, qr, qr, ops.resident(w.q_norm), q_residual, kv, T, 1, D,
+                             ops.resident(w.kv_norm), eps, ctx.ids.positions_dev, rope);
+
+  // Queries: wq_b·q_residual; per-head unweighted norm; rope. The CSA indexer's queries
+  // come from the same q_residual: both projections in one launch.
+  if (csa)
+    run_linears(ctx, q_residual, T, {{&w.wq_b, q}, {&w.indexer.wq_b, iq}});
+  else
+    run_linear(ctx, w.wq_b, q_residual, T, q);
   ops.norm_rope(q, T, nh, D, nullptr, eps, ctx.ids.positions_dev, rope);
-
-  // The shared key/value head.
-  ops.norm_rope(kv, T, 1, D, ops.resident(w.kv_norm), eps, ctx.ids.positions_dev, rope);
-
-  // Indexer queries, from the normalised q_residual.
-  if (csa) {
-    run_linear(ctx, w.indexer.wq_b, q_residual, T, iq);
-    ops.rope(iq, T, nI, DI, ctx.ids.positions_dev, rope, false);
-  }
+  if (csa) ops.rope(iq, T, nI, DI, ctx.ids.positions_dev, rope, false);
 
   // All side work (this block's and the layer's mixing coefficients) joined before the
   // compressors, whose ops end a CUDA graph segment.
@@ -106,7 +107,8 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   ops.prefetch_weights(w.wo_a.w);
 
   // Per sequence: compressors first (a token that closes a window sees its entry), the
-  // indexer's picks, attention, then the window ring takes the new keys.
+  // indexer's picks, attention (with the output's inverse rope), then the window ring
+  // takes the new keys.
   float* o = ws.f32("attn.o", T * nh * D);
   const float scale = 1.0f / std::sqrt(float(D));
   for (size_t b = 0; b < ctx.batch.size(); ++b) {
@@ -137,10 +139,9 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
     }
     ops.sink_attention(q + s0 * nh * D, S, nh, D, kv + s0 * D, ls.window.data<float>(), p0, c.sliding_window,
                        selection, n_entries > 0 ? ls.compressor.entries.data<float>() : nullptr, n_entries, rate,
-                       selected, topk, ops.resident(w.sinks), scale, o + s0 * nh * D);
+                       selected, topk, ops.resident(w.sinks), scale, &rope, o + s0 * nh * D);
     ops.update_window(ls.window.mutable_data<float>(), kv + s0 * D, p0, S, D, c.sliding_window);
   }
-  ops.rope(o, T, nh, D, ctx.ids.positions_dev, rope, true);
 
   // Grouped output projection: group g's heads through rows [g·R, (g+1)·R) of wo_a.
   const int64_t G = c.o_groups, R = c.o_lora_rank, group_width = nh * D / G;

@@ -248,6 +248,7 @@ const std::vector<AttentionCase> kAttentionCases = {
     {"tiny HCA prefill", 4, 32, 8, kAll, 16, 0, 0, 50},
     {"tiny HCA decode closing a window", 4, 32, 8, kAll, 16, 0, 47, 1},
     {"tiny HCA chunk", 4, 32, 8, kAll, 16, 0, 10, 30},
+    {"tiny HCA decode split over blocks", 4, 32, 8, kAll, 4, 0, 400, 1},
     {"tiny CSA prefill", 4, 32, 8, kSel, 4, 4, 0, 12},
     {"tiny CSA decode", 4, 32, 8, kSel, 4, 4, 30, 1},
     {"tiny CSA chunk", 4, 32, 8, kSel, 4, 4, 30, 9},
@@ -281,37 +282,46 @@ std::vector<int64_t> random_selection(const AttentionCase& c, int64_t n_entries,
   return selected;
 }
 
+// Every case without and with the output's inverse rope: the V4 model's 64 dims, and 6 at
+// head dim 32 so that a float4 column of the combine kernel straddles the rotated part's
+// start. Both output paths are covered: the V4 decodes, the 4-token chunk and "tiny HCA
+// decode split over blocks" split their keys over blocks (the combine kernel writes the
+// output), the prefills and the other tiny cases do not (the attention kernel does).
 TEST_F(AttentionOpsTest, SinkAttentionMatchesCpu) {
-  for (const AttentionCase& c : kAttentionCases) {
-    SCOPED_TRACE(c.name);
-    std::mt19937 rng(17);
-    const int64_t D = c.dim, ring_rows = c.window - 1;
-    const int64_t n_entries = c.selection == kNone ? 0 : (c.p0 + c.S) / c.rate;
-    const std::vector<float> q = random_floats(size_t(c.S * c.heads * D), rng);
-    const std::vector<float> new_keys = random_floats(size_t(c.S * D), rng);
-    // Ring rows that hold no valid position are NaN: reading one fails the comparison.
-    std::vector<float> ring(size_t(ring_rows * D), std::nanf(""));
-    for (int64_t u = std::max<int64_t>(0, c.p0 - ring_rows); u < c.p0; ++u) {
-      const std::vector<float> row = random_floats(size_t(D), rng);
-      std::copy(row.begin(), row.end(), ring.begin() + (u % ring_rows) * D);
-    }
-    const std::vector<float> entries = random_floats(size_t(std::max<int64_t>(n_entries, 1) * D), rng);
-    const std::vector<int64_t> selected =
-        c.selection == kSel ? random_selection(c, n_entries, rng) : std::vector<int64_t>{-1};
-    const std::vector<float> sinks = random_floats(size_t(c.heads), rng);
-    const float scale = 1.0f / std::sqrt(float(D));
+  for (const AttentionCase& c : kAttentionCases)
+    for (bool rotated : {false, true}) {
+      SCOPED_TRACE(c.name + (rotated ? ", output rope" : ""));
+      const cpu::RopeFrequencies rope = cpu::rope_frequencies(c.dim == 32 ? 6 : 64, 10000.0);
+      const cpu::RopeFrequencies* output_rope = rotated ? &rope : nullptr;
+      std::mt19937 rng(17);
+      const int64_t D = c.dim, ring_rows = c.window - 1;
+      const int64_t n_entries = c.selection == kNone ? 0 : (c.p0 + c.S) / c.rate;
+      const std::vector<float> q = random_floats(size_t(c.S * c.heads * D), rng);
+      const std::vector<float> new_keys = random_floats(size_t(c.S * D), rng);
+      // Ring rows that hold no valid position are NaN: reading one fails the comparison.
+      std::vector<float> ring(size_t(ring_rows * D), std::nanf(""));
+      for (int64_t u = std::max<int64_t>(0, c.p0 - ring_rows); u < c.p0; ++u) {
+        const std::vector<float> row = random_floats(size_t(D), rng);
+        std::copy(row.begin(), row.end(), ring.begin() + (u % ring_rows) * D);
+      }
+      const std::vector<float> entries = random_floats(size_t(std::max<int64_t>(n_entries, 1) * D), rng);
+      const std::vector<int64_t> selected =
+          c.selection == kSel ? random_selection(c, n_entries, rng) : std::vector<int64_t>{-1};
+      const std::vector<float> sinks = random_floats(size_t(c.heads), rng);
+      const float scale = 1.0f / std::sqrt(float(D));
 
-    std::vector<float> want(size_t(c.S * c.heads * D));
-    cpu_.sink_attention(q.data(), c.S, c.heads, D, new_keys.data(), ring.data(), c.p0, c.window, c.selection,
-                        entries.data(), n_entries, c.rate, selected.data(), c.topk, sinks.data(), scale, want.data());
-    Tensor gq = on_gpu(*gpu_, q), gnew = on_gpu(*gpu_, new_keys), gring = on_gpu(*gpu_, ring);
-    Tensor gentries = on_gpu(*gpu_, entries), gsel = on_gpu(*gpu_, selected), gsinks = on_gpu(*gpu_, sinks);
-    Tensor got = poisoned_gpu(*gpu_, c.S * c.heads * D);
-    gpu_->sink_attention(gq.data<float>(), c.S, c.heads, D, gnew.data<float>(), gring.data<float>(), c.p0, c.window,
-                         c.selection, gentries.data<float>(), n_entries, c.rate, gsel.data<int64_t>(), c.topk,
-                         gsinks.data<float>(), scale, device_floats(got));
-    expect_close(floats_of(*gpu_, got), want, kTolerance, "attention output");
-  }
+      std::vector<float> want(size_t(c.S * c.heads * D));
+      cpu_.sink_attention(q.data(), c.S, c.heads, D, new_keys.data(), ring.data(), c.p0, c.window, c.selection,
+                          entries.data(), n_entries, c.rate, selected.data(), c.topk, sinks.data(), scale, output_rope,
+                          want.data());
+      Tensor gq = on_gpu(*gpu_, q), gnew = on_gpu(*gpu_, new_keys), gring = on_gpu(*gpu_, ring);
+      Tensor gentries = on_gpu(*gpu_, entries), gsel = on_gpu(*gpu_, selected), gsinks = on_gpu(*gpu_, sinks);
+      Tensor got = poisoned_gpu(*gpu_, c.S * c.heads * D);
+      gpu_->sink_attention(gq.data<float>(), c.S, c.heads, D, gnew.data<float>(), gring.data<float>(), c.p0, c.window,
+                           c.selection, gentries.data<float>(), n_entries, c.rate, gsel.data<int64_t>(), c.topk,
+                           gsinks.data<float>(), scale, output_rope, device_floats(got));
+      expect_close(floats_of(*gpu_, got), want, kTolerance, "attention output");
+    }
 }
 
 // ---- update_window, alone and in a decode loop with sink_attention ----
@@ -366,11 +376,11 @@ TEST_F(AttentionOpsTest, SlidingAttentionAcrossCallsMatchesCpu) {
       std::vector<float> want(q.size());
       const float scale = 1.0f / std::sqrt(float(D));
       cpu_.sink_attention(q.data(), S, c.heads, D, keys.data(), ring.data(), p0, c.window, kNone, nullptr, 0, 0,
-                          nullptr, 0, sinks.data(), scale, want.data());
+                          nullptr, 0, sinks.data(), scale, nullptr, want.data());
       cpu_.update_window(ring.data(), keys.data(), p0, S, D, c.window);
       Tensor gq = on_gpu(*gpu_, q), gkeys = on_gpu(*gpu_, keys), got = poisoned_gpu(*gpu_, S * c.heads * D);
       gpu_->sink_attention(gq.data<float>(), S, c.heads, D, gkeys.data<float>(), gring.data<float>(), p0, c.window,
-                           kNone, nullptr, 0, 0, nullptr, 0, gsinks.data<float>(), scale, device_floats(got));
+                           kNone, nullptr, 0, 0, nullptr, 0, gsinks.data<float>(), scale, nullptr, device_floats(got));
       gpu_->update_window(device_floats(gring), gkeys.data<float>(), p0, S, D, c.window);
       expect_close(floats_of(*gpu_, got), want, kTolerance, "attention output");
       p0 += S;

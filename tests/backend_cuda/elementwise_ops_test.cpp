@@ -1,5 +1,5 @@
 // GPU-vs-CPU checks of CudaOps' small ops (elementwise_ops.cu): rms_norm, rope,
-// norm_rope, swiglu, add, gather_rows, embed_streams, mhc_mix, mhc_pre, mhc_post, hc_head
+// norm_rope, rms_norm_and_norm_rope, swiglu, add, gather_rows, embed_streams, mhc_mix, mhc_pre, mhc_post, hc_head
 // and route. Each test runs one op through CpuOps (the fp32 reference) and CudaOps on the same random inputs, for
 // a table of shapes: tiny (H = 64, 4 heads of 32, rope 8, 8 experts, k = 2), DeepSeek-V4-
 // Flash (H = 4096, N = 4, 64 heads of 512, rope 64, 256 experts, k = 6, T in {1, 7, 300})
@@ -10,7 +10,8 @@
 //  - exact (0): pure copies and the plain sum of add (gather_rows, embed_streams, add).
 //  - 1e-6: one expression per element, where only the last bits of expf / sincosf and
 //    FMA contraction differ (swiglu, rope, mhc_post, hc_head).
-//  - 1e-5: a reduction over the row in another order (rms_norm, norm_rope, mhc_mix:
+//  - 1e-5: a reduction over the row in another order (rms_norm, norm_rope,
+//    rms_norm_and_norm_rope, mhc_mix:
 //    ≈ √dim·2⁻²⁴ on the norm) or 20 Sinkhorn rounds that amplify an expf ulp (mhc_pre).
 //  - route: the chosen expert SETS must be equal (order inside a token is unspecified);
 //    weights within 1e-5 absolute (they are O(1); only the k-term sum order differs).
@@ -174,6 +175,61 @@ TEST(CudaElementwise, NormRopeMatchesCpu) {
     gpu.norm_rope(gx.mutable_data<float>(), s.tokens, s.heads, s.dim, s.weighted ? gw.data<float>() : nullptr, 1e-6f,
                   gpos.data<int64_t>(), table);
     expect_close(floats_of(gpu, gx), want, 1e-5, "norm_rope");
+  }
+}
+
+// ---- rms_norm_and_norm_rope ----
+
+// Against the CPU (its composition of rms_norm and norm_rope), and bit for bit against
+// CudaOps' own rms_norm and norm_rope: the one launch must do exactly their arithmetic.
+TEST(CudaElementwise, RmsNormAndNormRopeMatchesCpuAndTheSeparateOps) {
+  DSQ_REQUIRE_GPU();
+  struct Shape {
+    std::string name;
+    int64_t n, dim, stride;                      // the rms_norm rows
+    int64_t tokens, heads, head_dim, rope_dim;  // the norm_rope vectors
+  };
+  const std::vector<Shape> shapes = {
+      {"flash q_residual and key head T=1", 1, 1024, 1024, 1, 1, 512, 64},
+      {"flash T=7", 7, 1024, 1024, 7, 1, 512, 64},
+      {"flash T=300", 300, 1024, 1024, 300, 1, 512, 64},
+      {"tiny, two heads", 3, 64, 64, 3, 2, 32, 8},
+      {"rows float4, heads scalar", 4, 64, 64, 4, 3, 13, 6},
+      {"rows scalar at stride, heads float4", 5, 37, 41, 5, 2, 32, 8},
+  };
+  cpu::CpuOps cpu;
+  CudaOps gpu(Precision::F32);
+  std::mt19937 rng(12);
+  std::vector<cpu::RopeFrequencies> tables;
+  tables.reserve(shapes.size());
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE(s.name);
+    cpu::YarnScaling yarn;
+    yarn.factor = 16;
+    yarn.original_max_positions = 65536;
+    const cpu::RopeFrequencies& table = tables.emplace_back(cpu::rope_frequencies(s.rope_dim, 10000.0, &yarn));
+    const std::vector<float> x = random_floats(size_t((s.n - 1) * s.stride + s.dim), rng, 2.0f);
+    const std::vector<float> w = random_floats(size_t(s.dim), rng);
+    const std::vector<float> hx = random_floats(size_t(s.tokens * s.heads * s.head_dim), rng, 2.0f);
+    const std::vector<float> hw = random_floats(size_t(s.head_dim), rng);
+    const std::vector<int64_t> pos = random_ints(size_t(s.tokens), 0, 65536, rng);
+    std::vector<float> want_y = x, want_h = hx;
+    cpu.rms_norm_and_norm_rope(x.data(), s.n, s.dim, s.stride, w.data(), want_y.data(), want_h.data(), s.tokens,
+                               s.heads, s.head_dim, hw.data(), 1e-6f, pos.data(), table);
+    const Tensor gx = on_gpu(gpu, x), gw = on_gpu(gpu, w), ghw = on_gpu(gpu, hw), gpos = on_gpu(gpu, pos);
+    Tensor gy = on_gpu(gpu, x), gh = on_gpu(gpu, hx);
+    gpu.rms_norm_and_norm_rope(gx.data<float>(), s.n, s.dim, s.stride, gw.data<float>(), gy.mutable_data<float>(),
+                               gh.mutable_data<float>(), s.tokens, s.heads, s.head_dim, ghw.data<float>(), 1e-6f,
+                               gpos.data<int64_t>(), table);
+    Tensor separate_y = on_gpu(gpu, x), separate_h = on_gpu(gpu, hx);
+    gpu.rms_norm(gx.data<float>(), s.n, s.dim, s.stride, gw.data<float>(), 1e-6f, separate_y.mutable_data<float>());
+    gpu.norm_rope(separate_h.mutable_data<float>(), s.tokens, s.heads, s.head_dim, ghw.data<float>(), 1e-6f,
+                  gpos.data<int64_t>(), table);
+    const std::vector<float> got_y = floats_of(gpu, gy), got_h = floats_of(gpu, gh);
+    expect_close(got_y, want_y, 1e-5, "rms_norm rows");
+    expect_close(got_h, want_h, 1e-5, "norm_rope vectors");
+    EXPECT_TRUE(got_y == floats_of(gpu, separate_y)) << "rms_norm rows differ from rms_norm's";
+    EXPECT_TRUE(got_h == floats_of(gpu, separate_h)) << "norm_rope vectors differ from norm_rope's";
   }
 }
 
@@ -686,6 +742,7 @@ TEST(CudaElementwise, ZeroRowsAreNoOps) {
   gpu.gather_rows(p, nullptr, 0, 16, p);
   gpu.embed_streams(embed, nullptr, 0, 4, p);
   gpu.norm_rope(p, 0, 4, 16, nullptr, 1e-6f, nullptr, table);
+  gpu.rms_norm_and_norm_rope(p, 0, 16, 16, nullptr, p, p, 0, 1, 16, nullptr, 1e-6f, nullptr, table);
   gpu.mhc_mix(p, 0, 16, 1e-6f, embed, p);
   const QuantizedMatrix mix_fn = QuantizedMatrix::dense(Tensor::from_f32(std::vector<float>(24 * 64, 1.0f), {24, 64}));
   gpu.mhc_pre(p, 0, mix_fn, 1e-6f, nullptr, nullptr, 4, 16, 20, 1e-6f, nullptr, 1e-6f, p, p, p);

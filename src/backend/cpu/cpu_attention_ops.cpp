@@ -1,7 +1,7 @@
 // CpuOps' stateful attention ops (cpu_ops.h): the compressor update over the raw-row
 // rings, the indexer's selection per query, the sink attention over window ring, new
-// keys and compressed entries, and the window ring update. The state layout is the one
-// backend/ops.h fixes.
+// keys and compressed entries (then its output's inverse rope), and the window ring
+// update. The state layout is the one backend/ops.h fixes.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -11,6 +11,7 @@
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cpu/indexer.h"
 #include "backend/cpu/rms_norm.h"
+#include "backend/cpu/rope.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
@@ -90,7 +91,10 @@ void CpuOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t topk
 void CpuOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys,
                             const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection,
                             const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
-                            int64_t topk, const float* sinks, float scale, float* out) {
+                            int64_t topk, const float* sinks, float scale,
+                            const cpu::RopeFrequencies* output_rope, float* out) {
+  DSQ_CHECK(!output_rope || output_rope->rope_dim <= dim, "sink_attention: ", output_rope ? output_rope->rope_dim : 0,
+            " rotary dims exceed a head of ", dim);
   const int64_t ring_rows = window - 1;
   parallel_for(S, 4, [&](int64_t i0, int64_t i1) {
     std::vector<const float*> keys;
@@ -111,6 +115,9 @@ void CpuOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t 
       scratch.resize(keys.size());
       cpu::sink_attention(q + i * n_heads * dim, n_heads, dim, keys.data(), int64_t(keys.size()), sinks, scale,
                           out + i * n_heads * dim, scratch.data());
+      if (output_rope)
+        for (int64_t h = 0; h < n_heads; ++h)
+          cpu::apply_rope_one(out + (i * n_heads + h) * dim, dim, p, *output_rope, /*inverse=*/true);
     }
   });
 }

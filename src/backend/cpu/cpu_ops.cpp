@@ -82,6 +82,14 @@ void CpuOps::norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, c
   apply_rope(x, n_tokens, heads, dim, positions, table, false);
 }
 
+void CpuOps::rms_norm_and_norm_rope(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight,
+                                    float* y, float* heads_x, int64_t n_tokens, int64_t heads, int64_t head_dim,
+                                    const float* head_weight, float eps, const int64_t* positions,
+                                    const RopeFrequencies& table) {
+  rms_norm(x, n, dim, stride, weight, eps, y);
+  norm_rope(heads_x, n_tokens, heads, head_dim, head_weight, eps, positions, table);
+}
+
 void CpuOps::swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) {
   swiglu_clamped(gate, up, n, limit, out);
 }

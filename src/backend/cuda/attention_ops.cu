@@ -11,7 +11,9 @@
 // with an online softmax across tiles. A query's keys are at most W + top-k (CSA) or
 // W + visible entries (HCA), so at decode the few hundred keys are split over
 // blocks (flash-decoding) and a combine kernel merges the partial softmaxes with the
-// sink; a prefill has enough queries to fill the GPU without a split.
+// sink; a prefill has enough queries to fill the GPU without a split. Whichever kernel
+// writes the output also applies its inverse rope (output_rope), which would otherwise
+// be a launch of its own on the decode step's critical path.
 #include <cub/block/block_scan.cuh>
 #include <cuda_pipeline.h>
 
@@ -734,16 +736,36 @@ size_t attention_smem_bytes(int64_t dim) {
          sizeof(float) * size_t(kAttnDimGroups<kKeys> * kAttnHeads * kKeys + kAttnHeads * kKeys + 3 * kAttnHeads);
 }
 
+// The output rotation of sink_attention's output_rope for the pair at dims (d, d + 1) (d
+// even) of a row at `position`: the inverse rope of rope_kernel (elementwise_ops.cu),
+// same arithmetic, or no turn below the trailing rope_dim dims (all of them when
+// rope_dim is 0: no output rotation, freqs unread).
+struct OutputTurn {
+  bool turns = false;
+  float c = 1.0f, s = 0.0f;
+  __device__ OutputTurn(int d, int dim, int rope_dim, const float* freqs, int64_t position) {
+    const int first = dim - rope_dim;
+    if (d < first) return;
+    turns = true;
+    sincosf(float(position) * freqs[(d - first) / 2], &s, &c);
+    s = -s;
+  }
+  __device__ float2 operator()(float a, float b) const {
+    return turns ? make_float2(a * c - b * s, b * c + a * s) : make_float2(a, b);
+  }
+};
+
 // Block (query i, heads 8·blockIdx.y …, split blockIdx.z): online softmax over the keys
 // [split·keys_per_split, …) of query i in tiles of kKeys (32, or 16 where that spreads a
 // decode over more SMs: each block then does half the arithmetic). With one split the
-// block finishes the softmax with the sink and writes `out`; otherwise it leaves its
-// running max, sum and unnormalised value sum for combine_kernel. dim is a multiple of
-// 4, at most 512.
+// block finishes the softmax with the sink and writes `out` (turned by OutputTurn);
+// otherwise it leaves its running max, sum and unnormalised value sum for
+// combine_kernel. dim is a multiple of 4, at most 512.
 template <int kKeys>
 __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet keys, const float* q, int n_heads,
                                                                       const float* sinks, float scale,
-                                                                      int keys_per_split, float* out,
+                                                                      int keys_per_split, const float* out_freqs,
+                                                                      int out_rope_dim, float* out,
                                                                       float* part_acc, float* part_max,
                                                                       float* part_sum) {
   constexpr int kGroups = kAttnDimGroups<kKeys>;
@@ -862,6 +884,8 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
   }
   __syncthreads();
   if (!owns_dims) return;
+  // Thread t's dims 2t, 2t + 1 are one rope pair: one angle serves all its heads.
+  const OutputTurn turn(2 * threadIdx.x, D, n_splits == 1 ? out_rope_dim : 0, out_freqs, keys.p0 + i);
 #pragma unroll
   for (int h = 0; h < kAttnHeads; ++h) {  // unrolled: acc stays in registers
     if (h >= heads_here) continue;
@@ -872,7 +896,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
       const float weight = m == kNegInf ? 0.0f : expf(m - top);
       const float denom = expf(sink - top) + sum_s[h] * weight;
       reinterpret_cast<float2*>(out + (i * n_heads + head) * D)[threadIdx.x] =
-          make_float2(acc[h][0] * weight / denom, acc[h][1] * weight / denom);
+          turn(acc[h][0] * weight / denom, acc[h][1] * weight / denom);
     } else {
       const int64_t slot = (i * n_splits + split) * n_heads + head;
       if (threadIdx.x == 0) {
@@ -893,10 +917,13 @@ constexpr int kCombineBatch = 8;                   // splits whose loads a threa
 // 8 splits, each thread loading the batch's maxima, sums and columns at once and
 // deriving the weights itself: up to 8 splits take one round trip to memory, with no
 // barrier. The block stays small (128 threads, few registers) so that it becomes
-// resident beside the split kernel's blocks and starts as soon as they finish.
+// resident beside the split kernel's blocks and starts as soon as they finish. The
+// column's two rope pairs are turned by OutputTurn at position p0 + i.
 __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const float* part_acc, const float* part_max,
                                                                   const float* part_sum, int n_splits, int n_heads,
-                                                                  int dim, const float* sinks, float* out) {
+                                                                  int dim, const float* sinks, int64_t p0,
+                                                                  const float* out_freqs, int out_rope_dim,
+                                                                  float* out) {
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
   const int64_t i = blockIdx.x;
@@ -932,8 +959,9 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const float* p
     run_max = new_max;
   }
   const float inv = 1.0f / run_sum;
-  reinterpret_cast<float4*>(out + (i * n_heads + h) * dim)[column] =
-      make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+  const float2 lo = OutputTurn(4 * column, dim, out_rope_dim, out_freqs, p0 + i)(acc.x * inv, acc.y * inv);
+  const float2 hi = OutputTurn(4 * column + 2, dim, out_rope_dim, out_freqs, p0 + i)(acc.z * inv, acc.w * inv);
+  reinterpret_cast<float4*>(out + (i * n_heads + h) * dim)[column] = make_float4(lo.x, lo.y, hi.x, hi.y);
 }
 
 }  // namespace
@@ -1031,7 +1059,8 @@ void CudaOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t top
 void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys,
                              const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection,
                              const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
-                             int64_t topk, const float* sinks, float scale, float* out) {
+                             int64_t topk, const float* sinks, float scale,
+                             const cpu::RopeFrequencies* output_rope, float* out) {
   DSQ_CHECK(dim > 0 && dim <= kAttnMaxDim && dim % 4 == 0, "sink_attention: head dim ", dim,
             " is not a multiple of 4 in [4, ", kAttnMaxDim, "]");
   for (const float* p : {q, new_keys, ring, entries, static_cast<const float*>(out)})
@@ -1039,8 +1068,12 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
               "sink_attention: a query, key or output pointer is not 16-byte aligned");
   DSQ_CHECK(window >= 1, "sink_attention: window ", window);
   DSQ_CHECK(selection == backend::EntrySelection::None || rate > 0, "sink_attention: compression rate ", rate);
+  DSQ_CHECK(!output_rope || output_rope->rope_dim <= dim, "sink_attention: ", output_rope ? output_rope->rope_dim : 0,
+            " rotary dims exceed a head of ", dim);
   if (S <= 0 || n_heads <= 0) return;
   const KeySet keys{new_keys, ring, entries, selected, p0, window, dim, n_entries, rate, topk, selection};
+  const float* out_freqs = output_rope ? rope_table(*output_rope) : nullptr;
+  const int out_rope_dim = output_rope ? int(output_rope->rope_dim) : 0;
 
   // Split the longest key list so that the grid fills the GPU at decode. Tiles of 16 keys
   // where one such tile per block still fits the GPU twice over (a decode over the window
@@ -1078,7 +1111,8 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
     }();
     (void)smem_ready;
     launch_dependent(ctx(), sink_attention_kernel<kKeys>, grid, kAttnThreads, attention_smem_bytes<kKeys>(dim), keys,
-                     q, int(n_heads), sinks, scale, int(keys_per_split), out, part_acc, part_max, part_sum);
+                     q, int(n_heads), sinks, scale, int(keys_per_split), out_freqs, out_rope_dim, out, part_acc,
+                     part_max, part_sum);
   };
   if (tile_keys == 16)
     launch(std::integral_constant<int, 16>{});
@@ -1087,7 +1121,8 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
   DSQ_CUDA_CHECK_LAUNCH();
   if (splits > 1) {
     launch_dependent(ctx(), combine_kernel, dim3(unsigned(S), unsigned(n_heads)), kCombineThreads, 0,
-                     part_acc, part_max, part_sum, int(splits), int(n_heads), int(dim), sinks, out);
+                     part_acc, part_max, part_sum, int(splits), int(n_heads), int(dim), sinks, p0, out_freqs,
+                     out_rope_dim, out);
     DSQ_CUDA_CHECK_LAUNCH();
   }
 }

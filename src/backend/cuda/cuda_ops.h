@@ -65,6 +65,10 @@ class CudaOps final : public backend::Ops {
             const cpu::RopeFrequencies& table, bool inverse) override;
   void norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, const float* weight, float eps,
                  const int64_t* positions, const cpu::RopeFrequencies& table) override;
+  void rms_norm_and_norm_rope(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float* y,
+                              float* heads_x, int64_t n_tokens, int64_t heads, int64_t head_dim,
+                              const float* head_weight, float eps, const int64_t* positions,
+                              const cpu::RopeFrequencies& table) override;
   void swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) override;
   void add(float* dst, const float* src, int64_t n) override;
   void gather_rows(const float* src, const int64_t* rows, int64_t n, int64_t width, float* dst) override;
@@ -104,7 +108,8 @@ class CudaOps final : public backend::Ops {
   void sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys,
                       const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection,
                       const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
-                      int64_t topk, const float* sinks, float scale, float* out) override;
+                      int64_t topk, const float* sinks, float scale,
+                      const cpu::RopeFrequencies* output_rope, float* out) override;
   void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
                      int64_t window) override;
 

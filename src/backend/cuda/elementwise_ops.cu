@@ -1,8 +1,8 @@
-// CudaOps' small memory-bound ops (cuda_ops.h): rms_norm, rope, norm_rope, swiglu, add,
-// gather_rows, embed_streams, the mHC ops mhc_mix / mhc_pre / mhc_post / hc_head (spec
-// §2.4, §2.12) and MoE routing (§2.11). Each op is one kernel launch on the context's
-// stream (mhc_mix with many rows: a norm and a GEMM), with the semantics of the CPU
-// functions in backend/cpu/ (the specification). Every kernel is a programmatic dependent
+// CudaOps' small memory-bound ops (cuda_ops.h): rms_norm, rope, norm_rope,
+// rms_norm_and_norm_rope, swiglu, add, gather_rows, embed_streams, the mHC ops
+// mhc_mix / mhc_pre / mhc_post / hc_head (spec §2.4, §2.12) and MoE routing (§2.11).
+// Each op is one kernel launch on the context's stream (mhc_mix with many rows: a norm
+// and a GEMM), with the semantics of the CPU functions in backend/cpu/ (the specification). Every kernel is a programmatic dependent
 // (dependent_launch.h) that lets its own dependent launch at once: in a decode step,
 // where most of these kernels run for a few microseconds, the next kernel is already
 // resident when one ends, and a weight-streaming kernel after it loads its weights early.
@@ -42,6 +42,20 @@ constexpr int kRouteWarps = 4;   // tokens per route block
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Threads of a one-block-per-row kernel over rows of `chunks` vectors: a thread per vector
+// up to 512, whole warps.
+int row_threads(int64_t chunks) {
+  return int(std::min<int64_t>(512, std::max<int64_t>(32, ceil_div(chunks, 32) * 32)));
+}
+
+// Whether rms_norm's rows and norm_rope's vectors can move as float4.
+bool rms_norm_vectorizable(const float* x, int64_t dim, int64_t stride, const float* weight, const float* y) {
+  return dim % 4 == 0 && stride % 4 == 0 && aligned16(x) && aligned16(y) && (!weight || aligned16(weight));
+}
+bool norm_rope_vectorizable(const float* x, int64_t dim, const float* weight) {
+  return dim % 4 == 0 && aligned16(x) && (!weight || aligned16(weight));
+}
 
 // Blocks for a grid-stride loop over `items`: enough to fill the GPU, no more.
 unsigned grid_for(int64_t items, const GpuContext& ctx) {
@@ -181,15 +195,15 @@ __global__ void rope_kernel(float* x, int64_t pairs, int64_t heads, int64_t dim,
 
 // ---- norm_rope: one block per vector, rms_norm_kernel's arithmetic then rope_kernel's ----
 
+// Vector `vec` of x (vectors of `dim`, `heads` per token) normalised in place, then its
+// trailing rope_dim entries rotated by its token's position, by the whole block.
 template <int V>
-__global__ void norm_rope_kernel(float* x, int64_t dim, const float* weight, float eps, int64_t heads,
+__device__ void norm_rope_vector(float* x, int64_t vec, int64_t dim, const float* weight, float eps, int64_t heads,
                                  int64_t rope_dim, const int64_t* positions, const float* freqs) {
-  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
-  allow_dependent_launch();
-  float* xr = x + int64_t(blockIdx.x) * dim;
+  float* xr = x + vec * dim;
   normalize_row<V>(xr, dim, weight, eps, xr);
   __syncthreads();  // the rotated pairs were normalised by other threads
-  const float position = float(positions[blockIdx.x / heads]);
+  const float position = float(positions[vec / heads]);
   float* slice = xr + (dim - rope_dim);
   for (int64_t i = threadIdx.x; i < rope_dim / 2; i += blockDim.x) {
     float s, c;
@@ -198,6 +212,33 @@ __global__ void norm_rope_kernel(float* x, int64_t dim, const float* weight, flo
     slice[2 * i] = a * c - b * s;
     slice[2 * i + 1] = b * c + a * s;
   }
+}
+
+template <int V>
+__global__ void norm_rope_kernel(float* x, int64_t dim, const float* weight, float eps, int64_t heads,
+                                 int64_t rope_dim, const int64_t* positions, const float* freqs) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
+  norm_rope_vector<V>(x, blockIdx.x, dim, weight, eps, heads, rope_dim, positions, freqs);
+}
+
+// ---- rms_norm_and_norm_rope: blocks [0, rows) are rms_norm_kernel's, the rest norm_rope_kernel's ----
+// VN, VR: the vector widths of the two parts. The block is as wide as the wider part
+// needs; the narrower part's extra threads hold no elements and add zeros to its sums,
+// so both parts come out bit-identical to their own kernels.
+
+template <int VN, int VR>
+__global__ void rms_norm_and_norm_rope_kernel(const float* x, int64_t rows, int64_t dim, int64_t stride,
+                                              const float* weight, float* y, float* heads_x, int64_t head_dim,
+                                              const float* head_weight, int64_t heads, int64_t rope_dim,
+                                              const int64_t* positions, const float* freqs, float eps) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
+  if (int64_t(blockIdx.x) < rows)
+    normalize_row<VN>(x + int64_t(blockIdx.x) * stride, dim, weight, eps, y + int64_t(blockIdx.x) * stride);
+  else
+    norm_rope_vector<VR>(heads_x, int64_t(blockIdx.x) - rows, head_dim, head_weight, eps, heads, rope_dim, positions,
+                         freqs);
 }
 
 // ---- mhc_mix, few rows: fn · x / rms(x) in one pass over fn ----
@@ -1009,9 +1050,8 @@ __global__ void route_kernel(const float* logits, int64_t T, int E, const float*
 void CudaOps::rms_norm(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight, float eps,
                        float* y) {
   if (n <= 0 || dim <= 0) return;
-  const bool vec = dim % 4 == 0 && stride % 4 == 0 && aligned16(x) && aligned16(y) && (!weight || aligned16(weight));
-  const int64_t chunks = vec ? dim / 4 : dim;
-  const int threads = int(std::min<int64_t>(512, std::max<int64_t>(32, ceil_div(chunks, 32) * 32)));
+  const bool vec = rms_norm_vectorizable(x, dim, stride, weight, y);
+  const int threads = row_threads(vec ? dim / 4 : dim);
   if (vec)
     launch_dependent(ctx(), rms_norm_kernel<4>, unsigned(n), threads, 0, x, dim, stride, weight, eps, y);
   else
@@ -1036,15 +1076,42 @@ void CudaOps::norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_t dim, 
   const int64_t n = n_tokens * heads;
   if (n <= 0 || dim <= 0) return;
   const float* freqs = rope_table(table);
-  const bool vec = dim % 4 == 0 && aligned16(x) && (!weight || aligned16(weight));
-  const int64_t chunks = vec ? dim / 4 : dim;
-  const int threads = int(std::min<int64_t>(512, std::max<int64_t>(32, ceil_div(chunks, 32) * 32)));
+  const bool vec = norm_rope_vectorizable(x, dim, weight);
+  const int threads = row_threads(vec ? dim / 4 : dim);
   if (vec)
     launch_dependent(ctx(), norm_rope_kernel<4>, unsigned(n), threads, 0, x, dim, weight, eps, heads, table.rope_dim,
                      positions, freqs);
   else
     launch_dependent(ctx(), norm_rope_kernel<1>, unsigned(n), threads, 0, x, dim, weight, eps, heads, table.rope_dim,
                      positions, freqs);
+  DSQ_CUDA_CHECK_LAUNCH();
+}
+
+void CudaOps::rms_norm_and_norm_rope(const float* x, int64_t n, int64_t dim, int64_t stride, const float* weight,
+                                     float* y, float* heads_x, int64_t n_tokens, int64_t heads, int64_t head_dim,
+                                     const float* head_weight, float eps, const int64_t* positions,
+                                     const cpu::RopeFrequencies& table) {
+  const int64_t vectors = n_tokens * heads;
+  if (n <= 0 || dim <= 0) return norm_rope(heads_x, n_tokens, heads, head_dim, head_weight, eps, positions, table);
+  if (vectors <= 0 || head_dim <= 0) return rms_norm(x, n, dim, stride, weight, eps, y);
+  DSQ_CHECK(table.rope_dim <= head_dim, "rms_norm_and_norm_rope: ", table.rope_dim, " rotary dims exceed a vector of ",
+            head_dim);
+  const float* freqs = rope_table(table);
+  const bool norm_vec = rms_norm_vectorizable(x, dim, stride, weight, y);
+  const bool rope_vec = norm_rope_vectorizable(heads_x, head_dim, head_weight);
+  const int threads = std::max(row_threads(norm_vec ? dim / 4 : dim), row_threads(rope_vec ? head_dim / 4 : head_dim));
+  const auto launch = [&](auto kernel) {
+    launch_dependent(ctx(), kernel, unsigned(n + vectors), threads, 0, x, n, dim, stride, weight, y, heads_x, head_dim,
+                     head_weight, heads, table.rope_dim, positions, freqs, eps);
+  };
+  if (norm_vec && rope_vec)
+    launch(rms_norm_and_norm_rope_kernel<4, 4>);
+  else if (norm_vec)
+    launch(rms_norm_and_norm_rope_kernel<4, 1>);
+  else if (rope_vec)
+    launch(rms_norm_and_norm_rope_kernel<1, 4>);
+  else
+    launch(rms_norm_and_norm_rope_kernel<1, 1>);
   DSQ_CUDA_CHECK_LAUNCH();
 }
 

@@ -18,6 +18,7 @@ enum class Op : uint8_t {
   RmsNorm,
   Rope,
   NormRope,
+  RmsNormAndNormRope,
   Swiglu,
   Add,
   GatherRows,
@@ -217,10 +218,11 @@ void GraphReplayOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int6
 void GraphReplayOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys,
                                     const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection,
                                     const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
-                                    int64_t topk, const float* sinks, float scale, float* out) {
+                                    int64_t topk, const float* sinks, float scale,
+                                    const cpu::RopeFrequencies* output_rope, float* out) {
   flush();
   inner_->sink_attention(q, S, n_heads, dim, new_keys, ring, p0, window, selection, entries, n_entries, rate,
-                         selected, topk, sinks, scale, out);
+                         selected, topk, sinks, scale, output_rope, out);
 }
 
 void GraphReplayOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
@@ -288,6 +290,20 @@ void GraphReplayOps::norm_rope(float* x, int64_t n_tokens, int64_t heads, int64_
   const cpu::RopeFrequencies* tp = &table;
   defer([=, this] { inner_->norm_rope(x, n_tokens, heads, dim, weight, eps, positions, *tp); }, Op::NormRope, x,
         n_tokens, heads, dim, weight, eps, positions, tp);
+}
+
+void GraphReplayOps::rms_norm_and_norm_rope(const float* x, int64_t n, int64_t dim, int64_t stride,
+                                            const float* weight, float* y, float* heads_x, int64_t n_tokens,
+                                            int64_t heads, int64_t head_dim, const float* head_weight, float eps,
+                                            const int64_t* positions, const cpu::RopeFrequencies& table) {
+  const cpu::RopeFrequencies* tp = &table;
+  defer(
+      [=, this] {
+        inner_->rms_norm_and_norm_rope(x, n, dim, stride, weight, y, heads_x, n_tokens, heads, head_dim, head_weight,
+                                       eps, positions, *tp);
+      },
+      Op::RmsNormAndNormRope, x, n, dim, stride, weight, y, heads_x, n_tokens, heads, head_dim, head_weight, eps,
+      positions, tp);
 }
 
 void GraphReplayOps::swiglu(const float* gate, const float* up, int64_t n, float limit, float* out) {
