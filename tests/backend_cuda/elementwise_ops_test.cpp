@@ -98,6 +98,14 @@ TEST(CudaElementwise, RmsNormMatchesCpu) {
 
 // ---- rope ----
 
+// A rope table with V4-Flash's long-context YaRN scaling (yarn) or plain.
+cpu::RopeFrequencies test_rope_table(int64_t rope_dim, bool yarn) {
+  cpu::YarnScaling scaling;
+  scaling.factor = 16;
+  scaling.original_max_positions = 65536;
+  return cpu::rope_frequencies(rope_dim, 10000.0, yarn ? &scaling : nullptr);
+}
+
 struct RopeShape {
   std::string name;
   int64_t tokens, heads, dim, rope_dim;
@@ -124,11 +132,7 @@ TEST(CudaElementwise, RopeMatchesCpu) {
   tables.reserve(shapes.size());
   for (const RopeShape& s : shapes) {
     SCOPED_TRACE(s.name);
-    cpu::YarnScaling yarn;
-    yarn.factor = 16;
-    yarn.original_max_positions = 65536;
-    const cpu::RopeFrequencies& table =
-        tables.emplace_back(cpu::rope_frequencies(s.rope_dim, 10000.0, s.yarn ? &yarn : nullptr));
+    const cpu::RopeFrequencies& table = tables.emplace_back(test_rope_table(s.rope_dim, s.yarn));
     const std::vector<float> x = random_floats(size_t(s.tokens * s.heads * s.dim), rng);
     const std::vector<int64_t> pos = random_ints(size_t(s.tokens), 0, s.max_position, rng);
     std::vector<float> want = x;
@@ -162,10 +166,7 @@ TEST(CudaElementwise, NormRopeMatchesCpu) {
   tables.reserve(shapes.size());
   for (const Shape& s : shapes) {
     SCOPED_TRACE(s.name);
-    cpu::YarnScaling yarn;
-    yarn.factor = 16;
-    yarn.original_max_positions = 65536;
-    const cpu::RopeFrequencies& table = tables.emplace_back(cpu::rope_frequencies(s.rope_dim, 10000.0, &yarn));
+    const cpu::RopeFrequencies& table = tables.emplace_back(test_rope_table(s.rope_dim, true));
     const std::vector<float> x = random_floats(size_t(s.tokens * s.heads * s.dim), rng, 2.0f);
     const std::vector<float> w = random_floats(size_t(s.dim), rng);
     const std::vector<int64_t> pos = random_ints(size_t(s.tokens), 0, 65536, rng);
@@ -204,10 +205,7 @@ TEST(CudaElementwise, RmsNormAndNormRopeMatchesCpuAndTheSeparateOps) {
   tables.reserve(shapes.size());
   for (const Shape& s : shapes) {
     SCOPED_TRACE(s.name);
-    cpu::YarnScaling yarn;
-    yarn.factor = 16;
-    yarn.original_max_positions = 65536;
-    const cpu::RopeFrequencies& table = tables.emplace_back(cpu::rope_frequencies(s.rope_dim, 10000.0, &yarn));
+    const cpu::RopeFrequencies& table = tables.emplace_back(test_rope_table(s.rope_dim, true));
     const std::vector<float> x = random_floats(size_t((s.n - 1) * s.stride + s.dim), rng, 2.0f);
     const std::vector<float> w = random_floats(size_t(s.dim), rng);
     const std::vector<float> hx = random_floats(size_t(s.tokens * s.heads * s.head_dim), rng, 2.0f);
