@@ -2,7 +2,8 @@
 // rms_norm_and_norm_rope, swiglu, add, gather_rows, embed_streams, the mHC ops
 // mhc_mix / mhc_pre / mhc_post / hc_head (spec §2.4, §2.12) and MoE routing (§2.11).
 // Each op is one kernel launch on the context's stream (mhc_mix with many rows: a norm
-// and a GEMM), with the semantics of the CPU functions in backend/cpu/ (the specification). Every kernel is a programmatic dependent
+// and a GEMM), with the semantics of the CPU functions in backend/cpu/ (the
+// specification). Every kernel is a programmatic dependent
 // (dependent_launch.h) that lets its own dependent launch at once: in a decode step,
 // where most of these kernels run for a few microseconds, the next kernel is already
 // resident when one ends, and a weight-streaming kernel after it loads its weights early.
@@ -738,6 +739,12 @@ template <bool kCoefficients>
 constexpr int cluster_workers() {
   return kCoefficients ? kClusterThreads - 32 : kClusterMaxWidth;
 }
+// Whether the kernel with the coefficients has its warps for n streams: one per mixing
+// row, one for the squares and at least one for the Gram matrix (the x-only kernel needs
+// fewer).
+constexpr bool cluster_fits_streams(int64_t n) {
+  return (2 + n) * n + 2 <= cluster_workers<true>() / 32;
+}
 
 // The residual update mhc_post(streams, post, comb, y, y_extra) folded into the cluster
 // kernel; post == nullptr: none.
@@ -749,19 +756,20 @@ struct ResidualUpdate {
   const float* y_extra;
 };
 
-// Entry e of the upper triangle of an N×N matrix, row by row: (gram_row, gram_column).
+// Entry e of the upper triangle (j <= k) of an N×N matrix, counted row by row.
+struct GramEntry {
+  int j, k;
+};
 template <int N>
-__device__ __forceinline__ int gram_row(int e) {
+__host__ __device__ constexpr GramEntry gram_entry(int e) {
   int j = 0;
   while (e >= N - j) e -= N - j, ++j;
-  return j;
+  return {j, j + e};
 }
-template <int N>
-__device__ __forceinline__ int gram_column(int e) {
-  int j = 0;
-  while (e >= N - j) e -= N - j, ++j;
-  return j + e;
-}
+static_assert(gram_entry<4>(0).j == 0 && gram_entry<4>(3).k == 3 && gram_entry<4>(4).j == 1 &&
+                  gram_entry<4>(4).k == 1 && gram_entry<4>(8).j == 2 && gram_entry<4>(8).k == 3 &&
+                  gram_entry<4>(9).j == 3 && gram_entry<4>(9).k == 3,
+              "the upper triangle of 4 streams, row by row");
 
 template <int N, bool kCoefficients>
 __global__ void __launch_bounds__(cluster_threads<kCoefficients>(), kCoefficients ? 1 : 4)
@@ -846,7 +854,8 @@ __global__ void __launch_bounds__(cluster_threads<kCoefficients>(), kCoefficient
     }
   } else if (warp < kWorkers / 32) {
     for (int e = warp - (R + 1); e < T * kGram; e += kGramWarps) {
-      const int t = e / kGram, j = gram_row<N>(e % kGram), k = gram_column<N>(e % kGram);
+      const int t = e / kGram;
+      const auto [j, k] = gram_entry<N>(e % kGram);
       float d = 0;
       for (int q = lane; q < seg; q += 32) {
         const float4 a = xs[t][j * seg + q], b = xs[t][k * seg + q];
@@ -891,7 +900,7 @@ __global__ void __launch_bounds__(cluster_threads<kCoefficients>(), kCoefficient
     const float* G = &mixv[t][R + 1];
     float sum = 0;
     for (int e = 0; e < kGram; ++e) {
-      const int j = gram_row<N>(e), k = gram_column<N>(e);
+      const auto [j, k] = gram_entry<N>(e);
       sum += (j == k ? 1.0f : 2.0f) * pre[t][j] * pre[t][k] * G[e];
     }
     inv_norm[t] = 1.0f / sqrtf(sum / float(hidden) + norm_eps);
@@ -1263,7 +1272,7 @@ bool cluster_takes(const float* w, const float* streams, int64_t T, int64_t n_st
                    const float* norm_weight) {
   const int64_t R = (2 + n_streams) * n_streams;
   return w != nullptr && aligned16(w) && hidden % 4 == 0 && aligned16(streams) && aligned16(x) &&
-         (!norm_weight || aligned16(norm_weight)) && T <= kClusterMaxTokens && R + 2 <= kClusterThreads / 32 - 1 &&
+         (!norm_weight || aligned16(norm_weight)) && T <= kClusterMaxTokens && cluster_fits_streams(n_streams) &&
          hidden % (4 * kClusterBlocks) == 0 && hidden / kClusterBlocks <= kClusterMaxWidth &&
          n_streams * hidden / kClusterBlocks <= 4 * kClusterMaxQuads;
 }
@@ -1283,7 +1292,7 @@ void CudaOps::mhc_pre(const float* streams, int64_t T, const QuantizedMatrix& fn
   const bool cluster = fused && cluster_takes(w, streams, T, n_streams, hidden, x, norm_weight);
   with_stream_count(n_streams, "mhc_pre", [&](auto n) {
     constexpr int N = decltype(n)::value;
-    if constexpr ((2 + N) * N + 2 <= kClusterThreads / 32 - 1) {
+    if constexpr (cluster_fits_streams(N)) {
       if (cluster && launch_mhc_pre_cluster<N>(ctx(), streams, int(T), int(hidden), w, mix_eps, base, scale,
                                                sinkhorn_iters, eps, norm_weight, norm_eps, x, post, comb, {})) {
         DSQ_CUDA_CHECK_LAUNCH();
@@ -1342,7 +1351,7 @@ void CudaOps::mhc_post_pre(float* streams, const float* post, const float* comb,
     const ResidualUpdate update{streams, post, comb, y, y_extra};
     with_stream_count(n_streams, "mhc_post_pre", [&](auto n) {
       constexpr int N = decltype(n)::value;
-      if constexpr ((2 + N) * N + 2 <= kClusterThreads / 32 - 1)
+      if constexpr (cluster_fits_streams(N))
         done = launch_mhc_pre_cluster<N>(ctx(), streams, int(T), int(hidden), w, mix_eps, base, scale,
                                          sinkhorn_iters, eps, norm_weight, norm_eps, x, next_post, next_comb, update);
     });
