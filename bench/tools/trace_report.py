@@ -58,12 +58,8 @@ def main():
         if r["end"] > covered_to:
             busy += r["end"] - max(r["start"], covered_to)
             covered_to = r["end"]
-    streams = defaultdict(float)
-    for r in rows:
-        streams[r["stream"]] += r["end"] - r["start"]
     print(f"{len(rows)} kernels over {span:.1f} us; some kernel running {busy:.1f} us ({100 * busy / span:.1f} %), "
           f"none {span - busy:.1f} us")
-    print("kernel time per stream: " + ", ".join(f"stream {s}: {t:.1f} us" for s, t in sorted(streams.items())))
     print(f"direct launches (not in a graph): {sum(1 for r in rows if r['graph'] == '0')}")
 
     by_name = defaultdict(lambda: [0, 0.0, 0.0])
