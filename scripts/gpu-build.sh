@@ -10,12 +10,12 @@ cd "$(dirname "$0")/.."
 [ -x /usr/local/cuda/bin/nvcc ] && export PATH="$PATH:/usr/local/cuda/bin"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DDSQ_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null
 cmake --build build -j "${DSQ_JOBS:-2}" --target test_backend_cuda dsq dsq_gemm_bench dsq_attention_bench \
-  dsq_model_bench
+  dsq_memory_bench dsq_model_bench
 carry=build/carry
 rm -rf "$carry"
 mkdir -p "$carry/lib" "$carry/shared/models/tiny-brown"
 for b in build/tests/backend_cuda/test_backend_cuda build/dsq build/dsq_gemm_bench \
-         build/dsq_attention_bench build/dsq_model_bench; do
+         build/dsq_attention_bench build/dsq_memory_bench build/dsq_model_bench; do
   strip -o "$carry/$(basename "$b")" "$b"
 done
 for lib in libpcre2-8.so.0 libyaml-0.so.2; do

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (the lent H100/H200): the CUDA tests (every op against the CPU
 # reference, the whole model against the transformers fixtures and the CPU perplexity),
-# then the benchmarks: GEMMs and attention at DeepSeek-V4-Flash shapes, and the whole
-# model on a `dsq synth` checkpoint with V4-Flash's per-layer dimensions. Logs go under
-# $OUT (default ./gpu-out).
+# then the benchmarks: GEMMs and attention at DeepSeek-V4-Flash shapes, streaming reads,
+# and the whole model on a `dsq synth` checkpoint with V4-Flash's per-layer dimensions.
+# Logs go under $OUT (default ./gpu-out).
 #
 # Build first, here, with scripts/gpu-build.sh (the GPU image lacks dsq's Debian build
 # dependencies) and carry build/carry to the device run.
@@ -34,6 +34,8 @@ if [ "$bench" = 1 ]; then
   echo "dsq_gemm_bench exit code: $?"
   "$bin/dsq_attention_bench" > "$out/attention-bench.md" 2>&1
   echo "dsq_attention_bench exit code: $?"
+  "$bin/dsq_memory_bench" --out "$out/memory-bench.md" > "$out/memory-bench.log" 2>&1
+  echo "dsq_memory_bench exit code: $?"
   synth=/tmp/dsq-synth-${layers}x${experts}
   [ -d "$synth" ] || "$bin/dsq" synth "$synth" --preset v4-flash --layers "$layers" --experts "$experts" \
     --format w4a16-fp8 > "$out/synth.log" 2>&1
