@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Reads a kernel timeline written by `dsq_model_bench --trace FILE` and prints where the
 time goes: how long the GPU ran at least one kernel versus nothing, time per kernel (by
-name), and optionally the timeline itself, kernel by kernel, with the idle gap before
-each.
+name), optionally the timeline itself, kernel by kernel, with the idle gap before each,
+and the step split into the layers' half-steps (attention, MoE) by layer kind.
 
-usage: trace_report.py TRACE.csv [--timeline FIRST:COUNT] [--top N]
+usage: trace_report.py TRACE.csv [--timeline FIRST:COUNT] [--top N] [--halves]
 """
 import argparse
 import csv
@@ -40,11 +40,53 @@ def load(path):
     return rows
 
 
+# The one-launch mHC mixing kernels that open every half-step of a decode step (at most 8
+# tokens: ops.h mhc_pre / mhc_post_pre).
+MIXING_KERNELS = ("mhc_pre_cluster_kernel", "mhc_mix_pre_kernel")
+
+
+def half_steps(rows):
+    """(kind, duration us, direct-launch span us) per half-step: each runs from the start of
+    one mixing kernel to the start of the next; halves alternate attention, MoE. An
+    attention half is CSA when it runs the indexer, HCA when it runs a compressor, else
+    sliding-window; its MoE half takes its kind. The direct-launch span is the time
+    from the first to the last end of the kernels launched outside a CUDA graph (the
+    attention state)."""
+    opens = [i for i, r in enumerate(rows) if r["short"].startswith(MIXING_KERNELS)]
+    halves, kind = [], "?"
+    for h, (a, b) in enumerate(zip(opens, opens[1:])):
+        seg = rows[a:b]
+        if h % 2 == 0:
+            names = " ".join(r["short"] for r in seg)
+            kind = "CSA" if "indexer" in names else "HCA" if "store_ring_rows" in names else "sliding"
+        direct = [r for r in seg if r["graph"] == "0"]
+        span = max(r["end"] for r in direct) - min(r["start"] for r in direct) if direct else 0.0
+        halves.append(("attention" if h % 2 == 0 else "MoE", kind, rows[b]["start"] - rows[a]["start"], span))
+    return halves
+
+
+def print_half_steps(rows):
+    halves = half_steps(rows)
+    if not halves:
+        sys.exit("trace_report: --halves needs a decode-step trace (no one-launch mixing kernels found)")
+    groups = defaultdict(list)
+    for half, kind, dur, span in halves:
+        groups[(half, kind)].append((dur, span))
+    print("\n| half-step | layer kind | count | mean us | min us | max us | direct launches, mean span us |"
+          "\n|---|---|---:|---:|---:|---:|---:|")
+    for (half, kind), v in sorted(groups.items()):
+        durs = [d for d, _ in v]
+        print(f"| {half} | {kind} | {len(v)} | {sum(durs) / len(v):.1f} | {min(durs):.1f} | {max(durs):.1f} | "
+              f"{sum(s for _, s in v) / len(v):.1f} |")
+    print(f"all {len(halves)} half-steps: {sum(d for _, _, d, _ in halves):.1f} us")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("trace")
     ap.add_argument("--timeline", help="FIRST:COUNT kernels (in start order) to list one by one")
     ap.add_argument("--top", type=int, default=25, help="kernel names in the per-name table")
+    ap.add_argument("--halves", action="store_true", help="the half-steps' durations by layer kind")
     a = ap.parse_args()
     rows = load(a.trace)
     if not rows:
@@ -71,6 +113,9 @@ def main():
     print(f"\n| kernel | calls | total us | per call us | idle before it, total us |\n|---|---:|---:|---:|---:|")
     for name, (n, total, gap) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[: a.top]:
         print(f"| {name} | {n} | {total:.1f} | {total / n:.2f} | {gap:.1f} |")
+
+    if a.halves:
+        print_half_steps(rows)
 
     if a.timeline:
         first, count = (int(x) for x in a.timeline.split(":"))
