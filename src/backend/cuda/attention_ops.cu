@@ -25,6 +25,7 @@
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/dependent_launch.h"
+#include "backend/cuda/rope_turn.cuh"
 
 namespace dsq::cuda {
 
@@ -737,22 +738,18 @@ size_t attention_smem_bytes(int64_t dim) {
 }
 
 // The output rotation of sink_attention's output_rope for the pair at dims (d, d + 1) (d
-// even) of a row at `position`: the inverse rope of rope_kernel (elementwise_ops.cu),
-// same arithmetic, or no turn below the trailing rope_dim dims (all of them when
-// rope_dim is 0: no output rotation, freqs unread).
+// even) of a row at `position`: the inverse RopeTurn, or no turn below the trailing
+// rope_dim dims (all of them when rope_dim is 0: no output rotation, freqs unread).
 struct OutputTurn {
   bool turns = false;
-  float c = 1.0f, s = 0.0f;
+  RopeTurn turn;
   __device__ OutputTurn(int d, int dim, int rope_dim, const float* freqs, int64_t position) {
     const int first = dim - rope_dim;
     if (d < first) return;
     turns = true;
-    sincosf(float(position) * freqs[(d - first) / 2], &s, &c);
-    s = -s;
+    turn = RopeTurn(float(position), freqs[(d - first) / 2], true);
   }
-  __device__ float2 operator()(float a, float b) const {
-    return turns ? make_float2(a * c - b * s, b * c + a * s) : make_float2(a, b);
-  }
+  __device__ float2 operator()(float a, float b) const { return turns ? turn(a, b) : make_float2(a, b); }
 };
 
 // Block (query i, heads 8·blockIdx.y …, split blockIdx.z): online softmax over the keys

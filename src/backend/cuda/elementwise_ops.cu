@@ -30,6 +30,7 @@
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/dependent_launch.h"
+#include "backend/cuda/rope_turn.cuh"
 
 namespace dsq::cuda {
 
@@ -183,14 +184,10 @@ __global__ void rope_kernel(float* x, int64_t pairs, int64_t heads, int64_t dim,
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < pairs;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t vec = idx / half, i = idx % half;
-    const float angle = float(positions[vec / heads]) * freqs[i];
-    float s, c;
-    sincosf(angle, &s, &c);
-    if (inverse) s = -s;
     float* slice = x + vec * dim + (dim - rope_dim);
-    const float a = slice[2 * i], b = slice[2 * i + 1];
-    slice[2 * i] = a * c - b * s;
-    slice[2 * i + 1] = b * c + a * s;
+    const float2 r = RopeTurn(float(positions[vec / heads]), freqs[i], inverse)(slice[2 * i], slice[2 * i + 1]);
+    slice[2 * i] = r.x;
+    slice[2 * i + 1] = r.y;
   }
 }
 
@@ -207,11 +204,9 @@ __device__ void norm_rope_vector(float* x, int64_t vec, int64_t dim, const float
   const float position = float(positions[vec / heads]);
   float* slice = xr + (dim - rope_dim);
   for (int64_t i = threadIdx.x; i < rope_dim / 2; i += blockDim.x) {
-    float s, c;
-    sincosf(position * freqs[i], &s, &c);
-    const float a = slice[2 * i], b = slice[2 * i + 1];
-    slice[2 * i] = a * c - b * s;
-    slice[2 * i + 1] = b * c + a * s;
+    const float2 r = RopeTurn(position, freqs[i], false)(slice[2 * i], slice[2 * i + 1]);
+    slice[2 * i] = r.x;
+    slice[2 * i + 1] = r.y;
   }
 }
 
