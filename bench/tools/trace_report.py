@@ -46,11 +46,11 @@ MIXING_KERNELS = ("mhc_pre_cluster_kernel", "mhc_mix_pre_kernel")
 
 
 def half_steps(rows):
-    """(kind, duration us, direct-launch span us) per half-step: each runs from the start of
-    one mixing kernel to the start of the next; halves alternate attention, MoE. An
-    attention half is CSA when it runs the indexer, HCA when it runs a compressor, else
-    sliding-window; its MoE half takes its kind. The direct-launch span is the time
-    from the first to the last end of the kernels launched outside a CUDA graph (the
+    """(half, layer kind, duration us, direct-launch span us) per half-step: each runs from
+    the start of one mixing kernel to the start of the next; halves alternate attention,
+    MoE. An attention half is CSA when it runs the indexer, HCA when it runs a compressor,
+    else sliding-window; its MoE half takes its kind. The direct-launch span runs from the
+    first start to the last end of the kernels launched outside a CUDA graph (the
     attention state)."""
     opens = [i for i, r in enumerate(rows) if r["short"].startswith(MIXING_KERNELS)]
     halves, kind = [], "?"
