@@ -144,9 +144,10 @@ class CudaOps final : public backend::Ops {
   GpuContext& ctx() { return lanes_[lane_]; }
 
   Precision precision_;
-  // The main lane carries the forward's critical path: its kernels are scheduled first,
-  // side work fills the SMs they leave free.
-  GpuContext lanes_[2] = {GpuContext(StreamPriority::High), GpuContext(StreamPriority::Low)};  // main, side
+  // Both lanes at one priority: with the side lane below the main lane (sessions 4-6) the
+  // 43-layer decode step was 0.03-0.10 ms slower in each of 6 alternating pairs on an
+  // H100, and with it above, 0.45 ms slower (bench/results/gpu-model.md, Session 7).
+  GpuContext lanes_[2] = {GpuContext(StreamPriority::High), GpuContext(StreamPriority::High)};  // main, side
   int lane_ = 0;
   cudaEvent_t side_start_ = nullptr;  // main lane's work before the side work
   cudaEvent_t side_done_ = nullptr;   // the side work
