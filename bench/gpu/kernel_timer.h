@@ -30,12 +30,16 @@ class KernelTimer {
   KernelTimer(const KernelTimer&) = delete;
   KernelTimer& operator=(const KernelTimer&) = delete;
 
-  // call(i) gets the call index (for rotating inputs); a batch is `batch` calls.
-  double seconds(const cuda::GpuContext& ctx, const std::function<void(int)>& call, int batch, int repeats = 5) {
+  // call(i) gets the call index (for rotating inputs); a batch is `batch` calls. `before`
+  // (optional) runs ahead of each timed batch, outside the timing: e.g. work that leaves
+  // the caches as the batch should find them.
+  double seconds(const cuda::GpuContext& ctx, const std::function<void(int)>& call, int batch, int repeats = 5,
+                 const std::function<void()>& before = nullptr) {
     for (int i = 0; i < batch; ++i) call(i);
     ctx.synchronize();
     std::vector<double> t;
     for (int r = 0; r < repeats; ++r) {
+      if (before) before();
       DSQ_CUDA_CHECK(cudaEventRecord(start_, ctx.stream()));
       for (int i = 0; i < batch; ++i) call(r * batch + i);
       t.push_back(elapsed(ctx) / batch);

@@ -8,18 +8,17 @@
 //      and after a plain read pass.
 // Every timed read starts after a 256 MiB read of other data, so nothing of it is left in
 // the L2 from the run before. Usage: dsq_memory_bench [--out FILE]
-#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <functional>
 #include <string>
-#include <vector>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_buffer.h"
 #include "backend/cuda/gpu_context.h"
 #include "backend/cuda/l2_prefetch.h"
 #include "bench/gpu/copy_bandwidth.h"
+#include "bench/gpu/kernel_timer.h"
 #include "bench/gpu/markdown_output.h"
 #include "core/atomic_file.h"
 
@@ -45,49 +44,35 @@ __global__ void __launch_bounds__(kThreads) stream_read(const uint4* p, size_t n
   if (acc == 0x9e3779b9u) *sink = acc;
 }
 
-class ReadTimer {
+// Times streaming reads that start with nothing of their data in the L2: each timed read
+// follows a read of 256 MiB of other data and then the caller's `prepare`.
+class ColdReads {
  public:
-  explicit ReadTimer(const dsq::cuda::GpuContext& ctx) : ctx_(ctx), flush_(256 * kMiB), sink_(1) {
+  explicit ColdReads(const dsq::cuda::GpuContext& ctx) : ctx_(ctx), flush_(256 * kMiB), sink_(1) {
     DSQ_CUDA_CHECK(cudaMemsetAsync(flush_.get(), 3, flush_.bytes(), ctx.stream()));
-    DSQ_CUDA_CHECK(cudaEventCreate(&start_));
-    DSQ_CUDA_CHECK(cudaEventCreate(&stop_));
   }
-  ~ReadTimer() {
-    cudaEventDestroy(start_);
-    cudaEventDestroy(stop_);
-  }
-  ReadTimer(const ReadTimer&) = delete;
-  ReadTimer& operator=(const ReadTimer&) = delete;
 
   void read(const unsigned char* p, size_t bytes, int blocks_per_sm) {
     const unsigned grid = unsigned(ctx_.sm_count() * blocks_per_sm);
     stream_read<<<grid, kThreads, 0, ctx_.stream()>>>(reinterpret_cast<const uint4*>(p), bytes / 16, sink_.get());
     DSQ_CUDA_CHECK_LAUNCH();
   }
-  // Seconds of one read of [p, p + bytes) with `blocks_per_sm` resident blocks per SM:
-  // the median of 5 after one warm-up, each after the flush and then `prepare`.
+  // Seconds of one read of [p, p + bytes) with `blocks_per_sm` resident blocks per SM
+  // (KernelTimer: the median of 5 after one warm-up).
   double seconds(const unsigned char* p, size_t bytes, int blocks_per_sm, const std::function<void()>& prepare) {
-    std::vector<float> ms;
-    for (int r = 0; r < 6; ++r) {
-      read(flush_.get(), flush_.bytes(), 8);
-      prepare();
-      DSQ_CUDA_CHECK(cudaEventRecord(start_, ctx_.stream()));
-      read(p, bytes, blocks_per_sm);
-      DSQ_CUDA_CHECK(cudaEventRecord(stop_, ctx_.stream()));
-      DSQ_CUDA_CHECK(cudaEventSynchronize(stop_));
-      float t = 0;
-      DSQ_CUDA_CHECK(cudaEventElapsedTime(&t, start_, stop_));
-      if (r > 0) ms.push_back(t);
-    }
-    std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
-    return double(ms[ms.size() / 2]) * 1e-3;
+    return timer_.seconds(
+        ctx_, [&](int) { read(p, bytes, blocks_per_sm); }, 1, 5,
+        [&] {
+          read(flush_.get(), flush_.bytes(), 8);
+          prepare();
+        });
   }
 
  private:
   const dsq::cuda::GpuContext& ctx_;
   DeviceBuffer<unsigned char> flush_;
   DeviceBuffer<unsigned> sink_;
-  cudaEvent_t start_, stop_;
+  dsq::bench::KernelTimer timer_;
 };
 
 }  // namespace
@@ -111,7 +96,7 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop{};
     DSQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     const double copy_bw = dsq::bench::copy_bandwidth(ctx.stream());
-    ReadTimer timer(ctx);
+    ColdReads reads(ctx);
     DeviceBuffer<unsigned char> data(512 * kMiB);
     DSQ_CUDA_CHECK(cudaMemsetAsync(data.get(), 1, data.bytes(), ctx.stream()));
     dsq::bench::MarkdownOutput md;
@@ -122,7 +107,7 @@ int main(int argc, char** argv) {
     md.emit("| size | blocks per SM | time | read GB/s | of copy bandwidth |\n|---:|---:|---:|---:|---:|\n");
     for (size_t mib : {8, 32, 128, 512})
       for (int blocks : {2, 4, 8}) {
-        const double s = timer.seconds(data.get(), mib * kMiB, blocks, [] {});
+        const double s = reads.seconds(data.get(), mib * kMiB, blocks, [] {});
         const double bw = double(mib * kMiB) / s;
         md.emit("| %zu MiB | %d | %.2f us | %.0f | %.1f %% |\n", mib, blocks, s * 1e6, bw / 1e9, 100.0 * bw / copy_bw);
       }
@@ -134,10 +119,10 @@ int main(int argc, char** argv) {
         {"nothing (cold)", [] {}},
         {"prefetch_to_l2 of the same bytes (bulk L2 prefetch)",
          [&] { dsq::cuda::prefetch_to_l2(ctx, data.get(), bytes); }},
-        {"a plain read pass of the same bytes", [&] { timer.read(data.get(), bytes, 8); }},
+        {"a plain read pass of the same bytes", [&] { reads.read(data.get(), bytes, 8); }},
     };
     for (const auto& [what, prepare] : preparations) {
-      const double s = timer.seconds(data.get(), bytes, 8, prepare);
+      const double s = reads.seconds(data.get(), bytes, 8, prepare);
       md.emit("| %s | %.2f us | %.0f |\n", what, s * 1e6, double(bytes) / s / 1e9);
     }
     if (!out_file.empty()) dsq::write_file_atomically(out_file, md.text());
