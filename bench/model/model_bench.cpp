@@ -2,7 +2,7 @@
 // `dsq synth` model with DeepSeek-V4-Flash's per-layer dimensions and fewer layers or
 // experts), next to the limits of the same GPU measured in the same run.
 //
-//   dsq_model_bench <model dir> [--context 8192] [--steps 32] [--prefill-chunk 4096]
+//   dsq_model_bench <model dir> [--context 8192] [--steps 32] [--prefill-chunk 4096] [--batch 1]
 //                   [--moe-chunks 4|8|16] [--skip op,op,...] [--out FILE] [--trace FILE]
 // --skip drops those ops (names as in the per-op table) from the timed decode steps: a
 // what-if for the cost of each part of the step in the real, replayed pipeline (the
@@ -18,14 +18,17 @@
 // entries — all visible for HCA, top-k for CSA — and the CSA indexer's keys) divided
 // by the device-to-device copy bandwidth measured here. Decode runs as served, through
 // GraphReplayOps (repeating work replayed as CUDA graphs), and again with every kernel
-// launched directly, for comparison. Then one replayed step between
+// launched directly, for comparison. With --batch N, N sequences (each its own random
+// prompt of `context` tokens, prefilled first; the first one's prefill is the one timed)
+// decode together, one token each per step: the step time is reported with the tokens/s
+// it gives, the roofline for batch 1 only. Then one replayed step between
 // cudaProfilerStart/Stop (for `ncu --profile-from-start off`: every kernel of one step,
 // timed alone; or `nsys profile --capture-range=cudaProfilerApi --cuda-graph-trace=node`:
-// the step's timeline, both lanes), and the
-// same steps once more through backend::ProfilingOps, printing where a step's time goes,
-// op by op. --trace writes the kernel timeline of one more replayed step as CSV
-// (kernel_trace.h; bench/tools/trace_report.py reads it); recording runs from the start,
-// so every time printed by a traced run includes CUPTI's overhead.
+// the step's timeline, both lanes), and the same steps once more through
+// backend::ProfilingOps, printing where a step's time goes, op by op. --trace writes the
+// kernel timeline of one more replayed step as CSV (kernel_trace.h;
+// bench/tools/trace_report.py reads it); recording runs from the start, so every time
+// printed by a traced run includes CUPTI's overhead.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -53,7 +56,7 @@ using dsq::model::Model;
 
 struct Options {
   std::string model_dir, out_file, trace_file;
-  int64_t context = 8192, steps = 32, chunk = 4096;
+  int64_t context = 8192, steps = 32, chunk = 4096, batch = 1;
   int moe_chunks = 0;  // the routed experts' K slice at decode, in 64-wide chunks (0: the default)
   std::set<std::string> skipped;  // ops dropped from the timed decode steps (ProfilingOps::set_skipped)
 };
@@ -69,6 +72,7 @@ Options parse(int argc, char** argv) {
     if (a == "--context") o.context = std::stoll(value());
     else if (a == "--steps") o.steps = std::stoll(value());
     else if (a == "--prefill-chunk") o.chunk = std::stoll(value());
+    else if (a == "--batch") o.batch = std::stoll(value());
     else if (a == "--out") o.out_file = value();
     else if (a == "--trace") o.trace_file = value();
     else if (a == "--moe-chunks") o.moe_chunks = std::stoi(value());
@@ -79,7 +83,9 @@ Options parse(int argc, char** argv) {
     else if (a.rfind("--", 0) == 0) throw dsq::error("unknown option ", a);
     else o.model_dir = a;
   }
-  DSQ_CHECK(!o.model_dir.empty(), "usage: dsq_model_bench <model dir> [--context N] [--steps N] [--out FILE]");
+  DSQ_CHECK(!o.model_dir.empty(),
+            "usage: dsq_model_bench <model dir> [--context N] [--steps N] [--batch N] [--out FILE]");
+  DSQ_CHECK(o.batch >= 1 && o.context >= 1 && o.steps >= 1, "--batch, --context and --steps must be at least 1");
   return o;
 }
 
@@ -132,9 +138,10 @@ int main(int argc, char** argv) try {
 
   std::mt19937 rng(7);
   std::uniform_int_distribution<int64_t> token(2, c.vocab_size - 1);
-  std::vector<int64_t> prompt(size_t(o.context));
-  for (int64_t& t : prompt) t = token(rng);
-  auto prefill = [&](dsq::model::SequenceState& s) {
+  std::vector<std::vector<int64_t>> prompts(size_t(o.batch), std::vector<int64_t>(size_t(o.context)));
+  for (auto& prompt : prompts)
+    for (int64_t& t : prompt) t = token(rng);
+  auto prefill = [&](dsq::model::SequenceState& s, const std::vector<int64_t>& prompt) {
     for (int64_t b = 0; b < o.context; b += o.chunk) {
       const int64_t n = std::min(o.chunk, o.context - b);
       m.forward({{&s, std::span<const int64_t>(prompt.data() + b, size_t(n))}}, dsq::model::LogitRows::Last);
@@ -144,17 +151,30 @@ int main(int argc, char** argv) try {
   {
     auto s = m.new_sequence();
     const auto t0 = std::chrono::steady_clock::now();
-    prefill(s);
+    prefill(s, prompts[0]);
     std::fprintf(stderr, "warm-up prefill (weights uploaded on first use): %.1f s\n", seconds_since(t0));
   }
-  auto s = m.new_sequence();
+  std::vector<dsq::model::SequenceState> seqs;
+  for (int64_t b = 0; b < o.batch; ++b) seqs.push_back(m.new_sequence());
   ops->synchronize();
   auto t0 = std::chrono::steady_clock::now();
-  prefill(s);
+  prefill(seqs[0], prompts[0]);  // the one timed
   ops->synchronize();
   const double prefill_s = seconds_since(t0);
+  for (int64_t b = 1; b < o.batch; ++b) prefill(seqs[size_t(b)], prompts[size_t(b)]);
 
-  int64_t next = prompt.back();
+  // One decode step of the batch: sequence b takes token next + b (kept in range).
+  int64_t next = prompts[0].back();
+  auto step = [&]() {
+    std::vector<int64_t> tokens(size_t(o.batch));
+    std::vector<dsq::model::SequenceInput> in;
+    for (int64_t b = 0; b < o.batch; ++b) {
+      tokens[size_t(b)] = 2 + (next + b) % (c.vocab_size - 2);
+      in.push_back({&seqs[size_t(b)], std::span<const int64_t>(&tokens[size_t(b)], 1)});
+    }
+    next = 2 + (next + 1) % (c.vocab_size - 2);
+    return m.forward(in, dsq::model::LogitRows::Last);  // waits for the GPU
+  };
   // Median step time, and the median host time to issue a step: the step's wall time
   // less the time spent waiting for the device in to_host (the logits' copy, last). When
   // the issue time nears the step time, the host, not the GPU, sets the pace.
@@ -164,14 +184,11 @@ int main(int argc, char** argv) try {
   auto decode_steps = [&](int64_t n) {
     std::vector<double> step_s, issue_s;
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t tok[] = {next};
       const double waited = ops->to_host_seconds();
       t0 = std::chrono::steady_clock::now();
-      const dsq::Tensor logits = m.forward({{&s, tok}}, dsq::model::LogitRows::Last);  // waits for the GPU
+      step();
       step_s.push_back(seconds_since(t0));
       issue_s.push_back(step_s.back() - (ops->to_host_seconds() - waited));
-      next = 2 + (next + 1) % (c.vocab_size - 2);
-      (void)logits;
     }
     std::sort(step_s.begin(), step_s.end());
     std::sort(issue_s.begin(), issue_s.end());
@@ -186,29 +203,19 @@ int main(int argc, char** argv) try {
   const Decode plain = decode_steps(o.steps);
   const double median = replayed.step_s, plain_median = plain.step_s;
   graphs->set_enabled(true);
-  {
-    const int64_t tok[] = {next};
-    DSQ_CUDA_CHECK(cudaProfilerStart());
-    m.forward({{&s, tok}}, dsq::model::LogitRows::Last);
-    DSQ_CUDA_CHECK(cudaProfilerStop());
-    next = 2 + (next + 1) % (c.vocab_size - 2);
-  }
+  DSQ_CUDA_CHECK(cudaProfilerStart());
+  step();
+  DSQ_CUDA_CHECK(cudaProfilerStop());
   if (!o.trace_file.empty()) {
-    const int64_t tok[] = {next};
     ops->synchronize();
     const uint64_t from = trace.now_ns();
-    m.forward({{&s, tok}}, dsq::model::LogitRows::Last);
+    step();
     ops->synchronize();
     dsq::bench::write_kernel_trace_csv(trace.stop(from, trace.now_ns()), o.trace_file);
-    next = 2 + (next + 1) % (c.vocab_size - 2);
   }
   // Where a decode step's time goes: the same steps again, each op timed on its own.
   ops->set_enabled(true);
-  for (int64_t i = 0; i < o.steps; ++i) {
-    const int64_t tok[] = {next};
-    m.forward({{&s, tok}}, dsq::model::LogitRows::Last);
-    next = 2 + (next + 1) % (c.vocab_size - 2);
-  }
+  for (int64_t i = 0; i < o.steps; ++i) step();
   ops->set_enabled(false);
   const double bytes = decode_bytes(m, o.context);
   const double roofline_s = bytes / copy_bw;
@@ -225,13 +232,22 @@ int main(int argc, char** argv) try {
                 (long long)o.context, (long long)o.chunk, double(o.context) / prefill_s,
                 double(o.context) / prefill_s / 7410.0);
   md << line;
-  std::snprintf(line, sizeof line,
-                "| decode step, batch 1, context %lld (median of %lld) | %.3f ms | roofline %.3f ms (%.2f GB at copy BW) | %.1f %% |\n",
-                (long long)o.context, (long long)o.steps, median * 1e3, roofline_s * 1e3, bytes / 1e9,
-                100.0 * roofline_s / median);
-  md << line;
-  std::snprintf(line, sizeof line, "| the same, every kernel launched directly (no CUDA graphs) | %.3f ms | | %.1f %% |\n",
-                plain_median * 1e3, 100.0 * roofline_s / plain_median);
+  if (o.batch == 1) {
+    std::snprintf(line, sizeof line,
+                  "| decode step, batch 1, context %lld (median of %lld) | %.3f ms | roofline %.3f ms (%.2f GB at copy BW) | %.1f %% |\n",
+                  (long long)o.context, (long long)o.steps, median * 1e3, roofline_s * 1e3, bytes / 1e9,
+                  100.0 * roofline_s / median);
+    md << line;
+    std::snprintf(line, sizeof line, "| the same, every kernel launched directly (no CUDA graphs) | %.3f ms | | %.1f %% |\n",
+                  plain_median * 1e3, 100.0 * roofline_s / plain_median);
+  } else {
+    std::snprintf(line, sizeof line, "| decode step, batch %lld, context %lld (median of %lld) | %.3f ms | %.0f tok/s | |\n",
+                  (long long)o.batch, (long long)o.context, (long long)o.steps, median * 1e3,
+                  double(o.batch) / median);
+    md << line;
+    std::snprintf(line, sizeof line, "| the same, every kernel launched directly (no CUDA graphs) | %.3f ms | %.0f tok/s | |\n",
+                  plain_median * 1e3, double(o.batch) / plain_median);
+  }
   md << line;
   std::snprintf(line, sizeof line, "| host time to issue a step (median): with graphs / without | %.3f / %.3f ms | | |\n",
                 replayed.issue_s * 1e3, plain.issue_s * 1e3);
