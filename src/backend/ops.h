@@ -65,6 +65,16 @@ struct CompressorParams {
   const cpu::RopeFrequencies* rope;  // entries are rotated at their window's first position
 };
 
+// One sequence of a decode_attention call: its state, its position p0 (the one query is
+// at p0), and for EntrySelection::Selected its picks [topk].
+struct DecodeSequence {
+  float* ring;           // window ring [W−1, D]: read, then takes the new key
+  const float* entries;  // [n_entries, D]
+  int64_t n_entries;
+  const int64_t* selected;
+  int64_t p0;
+};
+
 // Which compressed entries a query of one sequence sees in sink_attention.
 enum class EntrySelection {
   None,        // sliding layer: window keys only
@@ -223,6 +233,22 @@ class Ops {
   // Stores the last min(S, W−1) of new_keys [S, D] in the window ring.
   virtual void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
                              int64_t window) = 0;
+  // A decode step's attention for n sequences of one token each: for sequence b,
+  // sink_attention of q[b] (q [n, n_heads, D]) with its key new_keys[b] (new_keys [n, D])
+  // over seqs[b]'s window and entries, into out[b], then update_window of its ring with
+  // that key. The sequences' states must not overlap. The default makes those calls one
+  // sequence at a time; a backend may run each part for all sequences at once.
+  virtual void decode_attention(const float* q, int64_t n, const DecodeSequence* seqs, int64_t n_heads, int64_t dim,
+                                const float* new_keys, int64_t window, EntrySelection selection, int64_t rate,
+                                int64_t topk, const float* sinks, float scale,
+                                const cpu::RopeFrequencies* output_rope, float* out) {
+    for (int64_t b = 0; b < n; ++b) {
+      const DecodeSequence& s = seqs[b];
+      sink_attention(q + b * n_heads * dim, 1, n_heads, dim, new_keys + b * dim, s.ring, s.p0, window, selection,
+                     s.entries, s.n_entries, rate, s.selected, topk, sinks, scale, output_rope, out + b * n_heads * dim);
+    }
+    for (int64_t b = 0; b < n; ++b) update_window(seqs[b].ring, new_keys + b * dim, seqs[b].p0, 1, dim, window);
+  }
 
   // ---- concurrency ----
   // A second lane of work. Ops issued between start_side_work() and end_side_work() start

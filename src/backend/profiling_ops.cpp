@@ -173,4 +173,14 @@ void ProfilingOps::update_window(float* ring, const float* new_keys, int64_t p0,
   });
 }
 
+void ProfilingOps::decode_attention(const float* q, int64_t n, const DecodeSequence* seqs, int64_t n_heads,
+                                    int64_t dim, const float* new_keys, int64_t window, EntrySelection selection,
+                                    int64_t rate, int64_t topk, const float* sinks, float scale,
+                                    const cpu::RopeFrequencies* output_rope, float* out) {
+  timed("decode_attention", [&] {
+    inner_->decode_attention(q, n, seqs, n_heads, dim, new_keys, window, selection, rate, topk, sinks, scale,
+                             output_rope, out);
+  });
+}
+
 }  // namespace dsq::backend

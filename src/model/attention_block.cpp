@@ -1,11 +1,13 @@
 // The attention of one layer over a batch (spec §2.5–§2.10, state update §3.2): q/kv
 // projections for all tokens at once; per sequence the compressors' update, the indexer's
 // scores and selection, the sink attention over window, new keys and entries (its output
-// turned back by the inverse rope in the same op), and the window update; then the
-// grouped output projection.
+// turned back by the inverse rope in the same op), and the window update (for a decode
+// step of several sequences, both as one decode_attention call); then the grouped output
+// projection.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "core/error.h"
 #include "model/layer_blocks.h"
@@ -108,16 +110,20 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
 
   // Per sequence: compressors first (a token that closes a window sees its entry), the
   // indexer's picks, attention (with the output's inverse rope), then the window ring
-  // takes the new keys.
+  // takes the new keys. A decode step of several sequences (one token each) leaves the
+  // attention and the window update to one decode_attention call for all of them.
   float* o = ws.f32("attn.o", T * nh * D);
   const float scale = 1.0f / std::sqrt(float(D));
+  const bool batched_decode = ctx.batch.size() >= 2 && T == int64_t(ctx.batch.size());
+  std::vector<backend::DecodeSequence> decoding;
+  int64_t* selected_all = csa ? ws.i64("attn.index_selected", T * topk) : nullptr;
+  backend::EntrySelection selection = backend::EntrySelection::None;
   for (size_t b = 0; b < ctx.batch.size(); ++b) {
     const int64_t s0 = ctx.ids.offsets[b], S = ctx.ids.offsets[b + 1] - s0;
     if (S == 0) continue;
     const int64_t p0 = ctx.batch[b].state->position;
     LayerState& ls = ctx.batch[b].state->layers[size_t(layer)];
     ensure_layer_state(ops, c, kind, rate, ls);
-    backend::EntrySelection selection = backend::EntrySelection::None;
     int64_t n_entries = 0;
     int64_t* selected = nullptr;
     if (kind != AttentionKind::Sliding) {
@@ -133,15 +139,23 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
       float* scores = ws.f32("attn.index_scores", S * std::max<int64_t>(ls.indexer.entries.dim(0), n_entries));
       ops.indexer_scores(iq + s0 * nI * DI, iw + s0 * nI, S, nI, DI, ls.indexer.entries.data<float>(), n_entries,
                          scores);
-      selected = ws.i64("attn.index_selected", S * topk);
+      selected = selected_all + s0 * topk;
       ops.indexer_topk(scores, S, n_entries, topk, p0, rate, selected);
       selection = backend::EntrySelection::Selected;
     }
+    const float* entries = n_entries > 0 ? ls.compressor.entries.data<float>() : nullptr;
+    if (batched_decode) {
+      decoding.push_back({ls.window.mutable_data<float>(), entries, n_entries, selected, p0});
+      continue;
+    }
     ops.sink_attention(q + s0 * nh * D, S, nh, D, kv + s0 * D, ls.window.data<float>(), p0, c.sliding_window,
-                       selection, n_entries > 0 ? ls.compressor.entries.data<float>() : nullptr, n_entries, rate,
-                       selected, topk, ops.resident(w.sinks), scale, &rope, o + s0 * nh * D);
+                       selection, entries, n_entries, rate, selected, topk, ops.resident(w.sinks), scale, &rope,
+                       o + s0 * nh * D);
     ops.update_window(ls.window.mutable_data<float>(), kv + s0 * D, p0, S, D, c.sliding_window);
   }
+  if (batched_decode)
+    ops.decode_attention(q, int64_t(decoding.size()), decoding.data(), nh, D, kv, c.sliding_window, selection, rate,
+                         topk, ops.resident(w.sinks), scale, &rope, o);
 
   // Grouped output projection: group g's heads through rows [g·R, (g+1)·R) of wo_a.
   const int64_t G = c.o_groups, R = c.o_lora_rank, group_width = nh * D / G;

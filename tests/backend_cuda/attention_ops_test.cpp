@@ -1,8 +1,9 @@
 // CudaOps' attention-state ops (compress, indexer_scores, indexer_topk, sink_attention,
-// update_window) against CpuOps on random inputs, table-driven, at the tiny fixtures'
-// shapes (head dim 32, 4 heads, rope 8, window 8, CSA m = 4, HCA m = 16, indexer 16 × 16,
-// top-4) and at DeepSeek-V4-Flash's (head dim 512, 64 heads, rope 64 with YaRN, window
-// 128, CSA m = 4, HCA m = 128, indexer 64 × 128, top-512) up to 64k-token contexts.
+// update_window, decode_attention) against CpuOps on random inputs, table-driven, at the
+// tiny fixtures' shapes (head dim 32, 4 heads, rope 8, window 8, CSA m = 4, HCA m = 16,
+// indexer 16 × 16, top-4) and at DeepSeek-V4-Flash's (head dim 512, 64 heads, rope 64
+// with YaRN, window 128, CSA m = 4, HCA m = 128, indexer 64 × 128, top-512) up to
+// 64k-token contexts.
 //
 // Tolerances. Everything is fp32 on both sides; the GPU sums in a different order (tree
 // reductions, tiled dot products, an online softmax split over blocks) and its expf /
@@ -13,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -321,6 +323,93 @@ TEST_F(AttentionOpsTest, SinkAttentionMatchesCpu) {
                            c.selection, gentries.data<float>(), n_entries, c.rate, gsel.data<int64_t>(), c.topk,
                            gsinks.data<float>(), scale, output_rope, device_floats(got));
       expect_close(floats_of(*gpu_, got), want, kTolerance, "attention output");
+    }
+}
+
+// ---- decode_attention: several sequences of one token each ----
+
+struct DecodeBatchCase {
+  std::string name;
+  int64_t heads, dim, window;
+  EntrySelection selection;
+  int64_t rate, topk;
+  std::vector<int64_t> positions;  // p0 of each sequence
+};
+
+// Sequences at positions before, at and past the window's fill and across entry counts;
+// 33 sequences take two launches of the batched kernels (32 per launch).
+std::vector<int64_t> spread_positions(int64_t n, int64_t first, int64_t step) {
+  std::vector<int64_t> p(static_cast<size_t>(n));
+  for (int64_t b = 0; b < n; ++b) p[size_t(b)] = first + b * step;
+  return p;
+}
+
+const std::vector<DecodeBatchCase> kDecodeBatchCases = {
+    {"tiny sliding", 4, 32, 8, kNone, 0, 0, {0, 3, 7, 30, 8}},
+    {"tiny HCA", 4, 32, 8, kAll, 16, 0, {40, 2, 47, 15, 100}},
+    {"tiny CSA", 4, 32, 8, kSel, 4, 4, {30, 3, 11, 64, 7}},
+    {"tiny CSA, 33 sequences", 4, 32, 8, kSel, 4, 4, spread_positions(33, 1, 5)},
+    {"V4 sliding", 64, 512, 128, kNone, 0, 0, {8191, 5, 300}},
+    {"V4 HCA", 64, 512, 128, kAll, 128, 0, {8191, 127, 4000, 20000, 100, 8300, 64, 1000}},
+    {"V4 CSA", 64, 512, 128, kSel, 4, 512, {8191, 10, 3000, 700, 8000, 2047, 130, 4095}},
+};
+
+TEST_F(AttentionOpsTest, DecodeAttentionMatchesCpu) {
+  for (const DecodeBatchCase& c : kDecodeBatchCases)
+    for (bool rotated : {false, true}) {
+      SCOPED_TRACE(c.name + (rotated ? ", output rope" : ""));
+      const cpu::RopeFrequencies rope = cpu::rope_frequencies(c.dim == 32 ? 6 : 64, 10000.0);
+      const cpu::RopeFrequencies* output_rope = rotated ? &rope : nullptr;
+      std::mt19937 rng(29);
+      const int64_t D = c.dim, ring_rows = c.window - 1, n = int64_t(c.positions.size());
+      const std::vector<float> q = random_floats(size_t(n * c.heads * D), rng);
+      const std::vector<float> new_keys = random_floats(size_t(n * D), rng);
+      const std::vector<float> sinks = random_floats(size_t(c.heads), rng);
+      const float scale = 1.0f / std::sqrt(float(D));
+      // Per sequence: a ring (NaN where no valid position is), entries with 5 rows past
+      // the valid ones, and picks; host copies for the CPU, device copies for the GPU.
+      std::vector<std::vector<float>> rings, entries;
+      std::vector<std::vector<int64_t>> picks;
+      std::vector<Tensor> gpu_rings, gpu_entries, gpu_picks;
+      std::vector<backend::DecodeSequence> cpu_seqs, gpu_seqs;
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t p0 = c.positions[size_t(b)];
+        std::vector<float>& ring = rings.emplace_back(size_t(ring_rows * D), std::nanf(""));
+        for (int64_t u = std::max<int64_t>(0, p0 - ring_rows); u < p0; ++u) {
+          const std::vector<float> row = random_floats(size_t(D), rng);
+          std::copy(row.begin(), row.end(), ring.begin() + (u % ring_rows) * D);
+        }
+        const int64_t n_valid = c.selection == kNone ? 0 : (p0 + 1) / c.rate;
+        const int64_t n_rows = c.selection == kNone ? 0 : n_valid + 5;
+        entries.push_back(random_floats(size_t(std::max<int64_t>(n_rows, 1) * D), rng));
+        const AttentionCase as_case{c.name, c.heads, D, c.window, c.selection, c.rate, c.topk, p0, 1};
+        picks.push_back(c.selection == kSel ? random_selection(as_case, n_valid, rng) : std::vector<int64_t>{-1});
+        gpu_rings.push_back(on_gpu(*gpu_, ring));
+        gpu_entries.push_back(on_gpu(*gpu_, entries.back()));
+        gpu_picks.push_back(on_gpu(*gpu_, picks.back()));
+      }
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t p0 = c.positions[size_t(b)];
+        const int64_t n_rows = c.selection == kNone ? 0 : (p0 + 1) / c.rate + 5;
+        cpu_seqs.push_back({rings[size_t(b)].data(), entries[size_t(b)].data(), n_rows, picks[size_t(b)].data(), p0});
+        gpu_seqs.push_back({device_floats(gpu_rings[size_t(b)]), gpu_entries[size_t(b)].data<float>(), n_rows,
+                            gpu_picks[size_t(b)].data<int64_t>(), p0});
+      }
+      std::vector<float> want(size_t(n * c.heads * D));
+      cpu_.decode_attention(q.data(), n, cpu_seqs.data(), c.heads, D, new_keys.data(), c.window, c.selection, c.rate,
+                            c.topk, sinks.data(), scale, output_rope, want.data());
+      Tensor gq = on_gpu(*gpu_, q), gkeys = on_gpu(*gpu_, new_keys), gsinks = on_gpu(*gpu_, sinks);
+      Tensor got = poisoned_gpu(*gpu_, n * c.heads * D);
+      gpu_->decode_attention(gq.data<float>(), n, gpu_seqs.data(), c.heads, D, gkeys.data<float>(), c.window,
+                             c.selection, c.rate, c.topk, gsinks.data<float>(), scale, output_rope,
+                             device_floats(got));
+      expect_close(floats_of(*gpu_, got), want, kTolerance, "attention output");
+      for (int64_t b = 0; b < n; ++b) {
+        // NaN rows (never valid) must stay NaN on both sides; compare bitwise.
+        const std::vector<float> ring = floats_of(*gpu_, gpu_rings[size_t(b)]);
+        EXPECT_EQ(0, std::memcmp(ring.data(), rings[size_t(b)].data(), ring.size() * sizeof(float)))
+            << "ring of sequence " << b;
+      }
     }
 }
 

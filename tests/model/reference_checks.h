@@ -118,13 +118,17 @@ inline void check_batching(std::shared_ptr<backend::Ops> ops, double tolerance) 
   expect_logits_match(both.slice_rows(0, na), ra.reshaped({1, na, V}), 0, "batched sequence a", tolerance);
   expect_logits_match(both.slice_rows(na, both.dim(0)), rb.reshaped({1, rb.dim(0), V}), 0, "batched sequence b",
                       tolerance);
-  // And a decode step of both together continues each state correctly.
-  const int64_t ta[] = {a.back()}, tb[] = {b.back()};
-  const Tensor step = f.model.forward({{&sa, ta}, {&sb, tb}}, LogitRows::Last);
-  const Tensor step_a = f.model.forward({{&alone_a, ta}});
-  const Tensor step_b = f.model.forward({{&alone_b, tb}});
-  expect_logits_match(step.slice_rows(0, 1), step_a.reshaped({1, 1, V}), 0, "batched decode a", tolerance);
-  expect_logits_match(step.slice_rows(1, 2), step_b.reshaped({1, 1, V}), 0, "batched decode b", tolerance);
+  // And decode steps of both together (one decode_attention call per layer, whose window
+  // updates the next step reads) continue each state correctly.
+  for (size_t k = 0; k < 3; ++k) {
+    const int64_t ta[] = {a[a.size() - 1 - k]}, tb[] = {b[b.size() - 1 - k]};
+    const Tensor step = f.model.forward({{&sa, ta}, {&sb, tb}}, LogitRows::Last);
+    const Tensor step_a = f.model.forward({{&alone_a, ta}});
+    const Tensor step_b = f.model.forward({{&alone_b, tb}});
+    const std::string at = " (step " + std::to_string(k) + ")";
+    expect_logits_match(step.slice_rows(0, 1), step_a.reshaped({1, 1, V}), 0, "batched decode a" + at, tolerance);
+    expect_logits_match(step.slice_rows(1, 2), step_b.reshaped({1, 1, V}), 0, "batched decode b" + at, tolerance);
+  }
 }
 
 }  // namespace dsq::test

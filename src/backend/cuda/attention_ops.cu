@@ -13,7 +13,10 @@
 // blocks (flash-decoding) and a combine kernel merges the partial softmaxes with the
 // sink; a prefill has enough queries to fill the GPU without a split. Whichever kernel
 // writes the output also applies its inverse rope (output_rope), which would otherwise
-// be a launch of its own on the decode step's critical path.
+// be a launch of its own on the decode step's critical path. decode_attention runs the
+// same kernels over a decode step's sequences at once (block row = sequence, their key
+// sets passed as kernel parameters), then one launch stores every sequence's new key in
+// its window ring: a batch of sequences costs the launches of one.
 #include <cub/block/block_scan.cuh>
 #include <cuda_pipeline.h>
 
@@ -724,6 +727,45 @@ struct KeySet {
   }
 };
 
+// Which keys a sink_attention block row serves: one sequence's queries (row = query
+// index), or a decode batch's sequences of one query each (row = sequence). Kernels take
+// them as __grid_constant__ parameters, so a row's KeySet is read in place.
+struct OneSequence {
+  KeySet keys;
+  __device__ const KeySet& keys_of(int64_t) const { return keys; }
+  __device__ int64_t query_of(int64_t row) const { return row; }
+};
+constexpr int kDecodeBatch = 32;  // sequences per decode_attention launch (kernel parameter space)
+struct DecodeBatch {
+  KeySet seq[kDecodeBatch];
+  __device__ const KeySet& keys_of(int64_t row) const { return seq[row]; }
+  __device__ int64_t query_of(int64_t) const { return 0; }
+};
+
+// The position of each output row, for the output's inverse rope: first + row (one
+// sequence's queries) or p0[row] (a decode batch).
+struct RowPositions {
+  int64_t first;
+  int64_t p0[kDecodeBatch];
+  bool batched;
+  __device__ int64_t of(int64_t row) const { return batched ? p0[row] : first + row; }
+};
+
+// update_window of a decode batch: sequence b's key goes to row p0[b] mod (W − 1) of its
+// ring (block row b).
+struct WindowStores {
+  float* ring[kDecodeBatch];
+  int64_t p0[kDecodeBatch];
+};
+
+__global__ void store_window_keys_kernel(const __grid_constant__ WindowStores stores, const float* keys, int64_t dim,
+                                         int64_t ring_rows) {
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
+  const int64_t b = blockIdx.y, c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c < dim) stores.ring[b][(stores.p0[b] % ring_rows) * dim + c] = keys[b * dim + c];
+}
+
 constexpr int kAttnWarps = kAttnThreads / 32;
 
 // The logits' partial dot products: 32 / kKeys dim groups per warp, one lane per key.
@@ -758,14 +800,17 @@ struct OutputTurn {
 // block finishes the softmax with the sink and writes `out` (turned by OutputTurn);
 // otherwise it leaves its running max, sum and unnormalised value sum for
 // combine_kernel. dim is a multiple of 4, at most 512.
-template <int kKeys>
-__global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet keys, const float* q, int n_heads,
+template <int kKeys, typename Source>
+__global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(const __grid_constant__ Source source,
+                                                                      const float* q, int n_heads,
                                                                       const float* sinks, float scale,
                                                                       int keys_per_split, const float* out_freqs,
                                                                       int out_rope_dim, float* out,
                                                                       float* part_acc, float* part_max,
                                                                       float* part_sum) {
   constexpr int kGroups = kAttnDimGroups<kKeys>;
+  const int64_t row = blockIdx.x, i = source.query_of(row);  // output row, query of its sequence
+  const KeySet& keys = source.keys_of(row);
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
   extern __shared__ float4 smem4[];
@@ -781,7 +826,6 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
   float* sum_s = max_s + kAttnHeads;
   __shared__ const float* rows[kKeys];
 
-  const int64_t i = blockIdx.x;
   const int h0 = blockIdx.y * kAttnHeads, split = blockIdx.z, n_splits = gridDim.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int heads_here = min(kAttnHeads, n_heads - h0);
@@ -790,7 +834,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
 
   // Shared-memory tiles are filled with asynchronous copies (cp.async): all of a tile's
   // loads are in flight at once instead of one round trip per loop iteration.
-  const float4* q4 = reinterpret_cast<const float4*>(q + (i * n_heads + h0) * D);
+  const float4* q4 = reinterpret_cast<const float4*>(q + (row * n_heads + h0) * D);
   for (int idx = threadIdx.x; idx < kAttnHeads * D4; idx += blockDim.x) {
     if (idx < heads_here * D4)
       __pipeline_memcpy_async(q_s + idx, q4 + idx, sizeof(float4));
@@ -892,10 +936,10 @@ __global__ void __launch_bounds__(kAttnThreads, 2) sink_attention_kernel(KeySet 
       const float sink = sinks[head], top = fmaxf(sink, m);
       const float weight = m == kNegInf ? 0.0f : expf(m - top);
       const float denom = expf(sink - top) + sum_s[h] * weight;
-      reinterpret_cast<float2*>(out + (i * n_heads + head) * D)[threadIdx.x] =
+      reinterpret_cast<float2*>(out + (row * n_heads + head) * D)[threadIdx.x] =
           turn(acc[h][0] * weight / denom, acc[h][1] * weight / denom);
     } else {
-      const int64_t slot = (i * n_splits + split) * n_heads + head;
+      const int64_t slot = (row * n_splits + split) * n_heads + head;
       if (threadIdx.x == 0) {
         part_max[slot] = m;
         part_sum[slot] = sum_s[h];
@@ -915,10 +959,11 @@ constexpr int kCombineBatch = 8;                   // splits whose loads a threa
 // deriving the weights itself: up to 8 splits take one round trip to memory, with no
 // barrier. The block stays small (128 threads, few registers) so that it becomes
 // resident beside the split kernel's blocks and starts as soon as they finish. The
-// column's two rope pairs are turned by OutputTurn at position p0 + i.
+// column's two rope pairs are turned by OutputTurn at its row's position.
 __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const float* part_acc, const float* part_max,
                                                                   const float* part_sum, int n_splits, int n_heads,
-                                                                  int dim, const float* sinks, int64_t p0,
+                                                                  int dim, const float* sinks,
+                                                                  const __grid_constant__ RowPositions positions,
                                                                   const float* out_freqs, int out_rope_dim,
                                                                   float* out) {
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
@@ -956,8 +1001,9 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const float* p
     run_max = new_max;
   }
   const float inv = 1.0f / run_sum;
-  const float2 lo = OutputTurn(4 * column, dim, out_rope_dim, out_freqs, p0 + i)(acc.x * inv, acc.y * inv);
-  const float2 hi = OutputTurn(4 * column + 2, dim, out_rope_dim, out_freqs, p0 + i)(acc.z * inv, acc.w * inv);
+  const int64_t position = positions.of(i);
+  const float2 lo = OutputTurn(4 * column, dim, out_rope_dim, out_freqs, position)(acc.x * inv, acc.y * inv);
+  const float2 hi = OutputTurn(4 * column + 2, dim, out_rope_dim, out_freqs, position)(acc.z * inv, acc.w * inv);
   reinterpret_cast<float4*>(out + (i * n_heads + h) * dim)[column] = make_float4(lo.x, lo.y, hi.x, hi.y);
 }
 
@@ -1053,36 +1099,42 @@ void CudaOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t top
   DSQ_CUDA_CHECK_LAUNCH();
 }
 
-void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys,
-                             const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection,
-                             const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
-                             int64_t topk, const float* sinks, float scale,
-                             const cpu::RopeFrequencies* output_rope, float* out) {
+namespace {
+
+// The checks every sink_attention launch makes of its shared arguments.
+void check_attention_arguments(int64_t dim, int64_t window, backend::EntrySelection selection, int64_t rate,
+                               const cpu::RopeFrequencies* output_rope) {
   DSQ_CHECK(dim > 0 && dim <= kAttnMaxDim && dim % 4 == 0, "sink_attention: head dim ", dim,
             " is not a multiple of 4 in [4, ", kAttnMaxDim, "]");
-  for (const float* p : {q, new_keys, ring, entries, static_cast<const float*>(out)})
-    DSQ_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0,
-              "sink_attention: a query, key or output pointer is not 16-byte aligned");
   DSQ_CHECK(window >= 1, "sink_attention: window ", window);
   DSQ_CHECK(selection == backend::EntrySelection::None || rate > 0, "sink_attention: compression rate ", rate);
   DSQ_CHECK(!output_rope || output_rope->rope_dim <= dim, "sink_attention: ", output_rope ? output_rope->rope_dim : 0,
             " rotary dims exceed a head of ", dim);
-  if (S <= 0 || n_heads <= 0) return;
-  const KeySet keys{new_keys, ring, entries, selected, p0, window, dim, n_entries, rate, topk, selection};
-  const float* out_freqs = output_rope ? rope_table(*output_rope) : nullptr;
-  const int out_rope_dim = output_rope ? int(output_rope->rope_dim) : 0;
+}
 
+void check_aligned(std::initializer_list<const void*> pointers) {
+  for (const void* p : pointers)
+    DSQ_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0,
+              "sink_attention: a query, key or output pointer is not 16-byte aligned");
+}
+
+// sink_attention_kernel over `rows` rows of `source` (at most max_keys keys each), split
+// over blocks so that the grid fills the GPU at decode, then combine_kernel where split.
+template <typename Source>
+void launch_sink_attention(CudaOps& ops, const Source& source, int64_t rows, int64_t max_keys,
+                           const RowPositions& positions, const float* q, int64_t n_heads, int64_t dim,
+                           const float* sinks, float scale, const cpu::RopeFrequencies* output_rope, float* out) {
+  const GpuContext& ctx = ops.context();
+  const float* out_freqs = output_rope ? ops.rope_table(*output_rope) : nullptr;
+  const int out_rope_dim = output_rope ? int(output_rope->rope_dim) : 0;
   // Split the longest key list so that the grid fills the GPU at decode. Tiles of 16 keys
   // where one such tile per block still fits the GPU twice over (a decode over the window
   // and a few hundred entries at most), else of 32.
-  int64_t max_keys = std::min(window, p0 + S);
-  if (selection == backend::EntrySelection::AllVisible) max_keys += std::min(n_entries, (p0 + S) / rate);
-  if (selection == backend::EntrySelection::Selected) max_keys += topk;
   const int64_t head_groups = (n_heads + kAttnHeads - 1) / kAttnHeads;
-  const int64_t wanted = 2 * int64_t(ctx().sm_count());
-  const int tile_keys = S * head_groups * ((max_keys + 15) / 16) <= wanted ? 16 : 32;
+  const int64_t wanted = 2 * int64_t(ctx.sm_count());
+  const int tile_keys = rows * head_groups * ((max_keys + 15) / 16) <= wanted ? 16 : 32;
   const int64_t tiles = (max_keys + tile_keys - 1) / tile_keys;
-  int64_t splits = std::clamp<int64_t>((wanted + S * head_groups - 1) / (S * head_groups), 1,
+  int64_t splits = std::clamp<int64_t>((wanted + rows * head_groups - 1) / (rows * head_groups), 1,
                                       std::clamp<int64_t>(tiles, 1, kMaxSplits));
   const int64_t keys_per_split = ((tiles + splits - 1) / splits) * tile_keys;
   splits = std::max<int64_t>(1, (max_keys + keys_per_split - 1) / keys_per_split);
@@ -1091,25 +1143,26 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
   float* part_max = nullptr;
   float* part_sum = nullptr;
   if (splits > 1) {
-    const size_t slots = size_t(S * splits * n_heads);
-    float* base = static_cast<float*>(scratch(20, slots * size_t(dim + 2) * sizeof(float)));
+    const size_t slots = size_t(rows * splits * n_heads);
+    float* base = static_cast<float*>(ops.scratch(20, slots * size_t(dim + 2) * sizeof(float)));
     part_acc = base;
     part_max = base + slots * size_t(dim);
     part_sum = part_max + slots;
   }
-  DSQ_CHECK(S <= INT32_MAX && n_heads <= 65535, "sink_attention: ", S, " queries × ", n_heads, " heads too many");
-  const dim3 grid{unsigned(S), unsigned(head_groups), unsigned(splits)};
+  DSQ_CHECK(rows <= INT32_MAX && n_heads <= 65535, "sink_attention: ", rows, " queries × ", n_heads, " heads too many");
+  const dim3 grid{unsigned(rows), unsigned(head_groups), unsigned(splits)};
   const auto launch = [&](auto keys_per_tile) {
     constexpr int kKeys = decltype(keys_per_tile)::value;
     static const bool smem_ready = [] {
-      DSQ_CUDA_CHECK(cudaFuncSetAttribute(sink_attention_kernel<kKeys>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      DSQ_CUDA_CHECK(cudaFuncSetAttribute(sink_attention_kernel<kKeys, Source>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(attention_smem_bytes<kKeys>(kAttnMaxDim))));
       return true;
     }();
     (void)smem_ready;
-    launch_dependent(ctx(), sink_attention_kernel<kKeys>, grid, kAttnThreads, attention_smem_bytes<kKeys>(dim), keys,
-                     q, int(n_heads), sinks, scale, int(keys_per_split), out_freqs, out_rope_dim, out, part_acc,
-                     part_max, part_sum);
+    launch_dependent(ctx, sink_attention_kernel<kKeys, Source>, grid, kAttnThreads,
+                     attention_smem_bytes<kKeys>(dim), source, q, int(n_heads), sinks, scale, int(keys_per_split),
+                     out_freqs, out_rope_dim, out, part_acc, part_max, part_sum);
   };
   if (tile_keys == 16)
     launch(std::integral_constant<int, 16>{});
@@ -1117,10 +1170,70 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
     launch(std::integral_constant<int, 32>{});
   DSQ_CUDA_CHECK_LAUNCH();
   if (splits > 1) {
-    launch_dependent(ctx(), combine_kernel, dim3(unsigned(S), unsigned(n_heads)), kCombineThreads, 0,
-                     part_acc, part_max, part_sum, int(splits), int(n_heads), int(dim), sinks, p0, out_freqs,
+    launch_dependent(ctx, combine_kernel, dim3(unsigned(rows), unsigned(n_heads)), kCombineThreads, 0, part_acc,
+                     part_max, part_sum, int(splits), int(n_heads), int(dim), sinks, positions, out_freqs,
                      out_rope_dim, out);
     DSQ_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace
+
+void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys,
+                             const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection,
+                             const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
+                             int64_t topk, const float* sinks, float scale,
+                             const cpu::RopeFrequencies* output_rope, float* out) {
+  check_attention_arguments(dim, window, selection, rate, output_rope);
+  check_aligned({q, new_keys, ring, entries, out});
+  if (S <= 0 || n_heads <= 0) return;
+  int64_t max_keys = std::min(window, p0 + S);
+  if (selection == backend::EntrySelection::AllVisible) max_keys += std::min(n_entries, (p0 + S) / rate);
+  if (selection == backend::EntrySelection::Selected) max_keys += topk;
+  RowPositions positions{};
+  positions.first = p0;
+  launch_sink_attention(*this, OneSequence{{new_keys, ring, entries, selected, p0, window, dim, n_entries, rate, topk,
+                                     selection}},
+                        S, max_keys, positions, q, n_heads, dim, sinks, scale, output_rope, out);
+}
+
+void CudaOps::decode_attention(const float* q, int64_t n, const backend::DecodeSequence* seqs, int64_t n_heads,
+                               int64_t dim, const float* new_keys, int64_t window, backend::EntrySelection selection,
+                               int64_t rate, int64_t topk, const float* sinks, float scale,
+                               const cpu::RopeFrequencies* output_rope, float* out) {
+  check_attention_arguments(dim, window, selection, rate, output_rope);
+  check_aligned({q, new_keys, out});
+  if (n <= 0 || n_heads <= 0) return;
+  // kDecodeBatch sequences per launch: their key sets travel as kernel parameters.
+  for (int64_t b0 = 0; b0 < n; b0 += kDecodeBatch) {
+    const int64_t rows = std::min<int64_t>(kDecodeBatch, n - b0);
+    DecodeBatch batch{};
+    RowPositions positions{};
+    positions.batched = true;
+    WindowStores stores{};
+    int64_t max_keys = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const backend::DecodeSequence& s = seqs[b0 + r];
+      check_aligned({s.ring, s.entries});
+      const float* key = new_keys + (b0 + r) * dim;
+      batch.seq[r] = {key, s.ring, s.entries, s.selected, s.p0, window, dim, s.n_entries, rate, topk, selection};
+      positions.p0[r] = s.p0;
+      stores.ring[r] = s.ring;
+      stores.p0[r] = s.p0;
+      int64_t keys = std::min(window, s.p0 + 1);
+      if (selection == backend::EntrySelection::AllVisible) keys += std::min(s.n_entries, (s.p0 + 1) / rate);
+      if (selection == backend::EntrySelection::Selected) keys += topk;
+      max_keys = std::max(max_keys, keys);
+    }
+    float* rows_out = out + b0 * n_heads * dim;
+    launch_sink_attention(*this, batch, rows, max_keys, positions, q + b0 * n_heads * dim, n_heads, dim, sinks, scale,
+                          output_rope, rows_out);
+    // Every query has read its ring: each sequence's key goes in now.
+    if (window > 1) {
+      launch_dependent(ctx(), store_window_keys_kernel, dim3(blocks_for(dim, 256), unsigned(rows)), 256, 0, stores,
+                       new_keys + b0 * dim, dim, window - 1);
+      DSQ_CUDA_CHECK_LAUNCH();
+    }
   }
 }
 

@@ -231,6 +231,16 @@ void GraphReplayOps::update_window(float* ring, const float* new_keys, int64_t p
   inner_->update_window(ring, new_keys, p0, S, dim, window);
 }
 
+void GraphReplayOps::decode_attention(const float* q, int64_t n, const backend::DecodeSequence* seqs, int64_t n_heads,
+                                      int64_t dim, const float* new_keys, int64_t window,
+                                      backend::EntrySelection selection, int64_t rate, int64_t topk,
+                                      const float* sinks, float scale, const cpu::RopeFrequencies* output_rope,
+                                      float* out) {
+  flush();
+  inner_->decode_attention(q, n, seqs, n_heads, dim, new_keys, window, selection, rate, topk, sinks, scale,
+                           output_rope, out);
+}
+
 // ---- pure ops: deferred and signed ----
 
 void GraphReplayOps::start_side_work() {
