@@ -267,6 +267,18 @@ const std::vector<AttentionCase> kAttentionCases = {
     {"V4 CSA prefill topk above visible", 64, 512, 128, kSel, 4, 512, 1000, 64},
 };
 
+// A window ring of `ring_rows` rows of D before position p0: random keys in the rows of
+// positions max(0, p0 − ring_rows) … p0 − 1, NaN in the rows that hold no valid position
+// (reading one fails the comparison).
+std::vector<float> random_window_ring(int64_t p0, int64_t ring_rows, int64_t D, std::mt19937& rng) {
+  std::vector<float> ring(size_t(ring_rows * D), std::nanf(""));
+  for (int64_t u = std::max<int64_t>(0, p0 - ring_rows); u < p0; ++u) {
+    const std::vector<float> row = random_floats(size_t(D), rng);
+    std::copy(row.begin(), row.end(), ring.begin() + (u % ring_rows) * D);
+  }
+  return ring;
+}
+
 // The indexer's picks for query i: min(topk, visible) distinct visible entries at random
 // slots, the other slots −1.
 std::vector<int64_t> random_selection(const AttentionCase& c, int64_t n_entries, std::mt19937& rng) {
@@ -300,12 +312,7 @@ TEST_F(AttentionOpsTest, SinkAttentionMatchesCpu) {
       const int64_t n_entries = c.selection == kNone ? 0 : (c.p0 + c.S) / c.rate;
       const std::vector<float> q = random_floats(size_t(c.S * c.heads * D), rng);
       const std::vector<float> new_keys = random_floats(size_t(c.S * D), rng);
-      // Ring rows that hold no valid position are NaN: reading one fails the comparison.
-      std::vector<float> ring(size_t(ring_rows * D), std::nanf(""));
-      for (int64_t u = std::max<int64_t>(0, c.p0 - ring_rows); u < c.p0; ++u) {
-        const std::vector<float> row = random_floats(size_t(D), rng);
-        std::copy(row.begin(), row.end(), ring.begin() + (u % ring_rows) * D);
-      }
+      const std::vector<float> ring = random_window_ring(c.p0, ring_rows, D, rng);
       const std::vector<float> entries = random_floats(size_t(std::max<int64_t>(n_entries, 1) * D), rng);
       const std::vector<int64_t> selected =
           c.selection == kSel ? random_selection(c, n_entries, rng) : std::vector<int64_t>{-1};
@@ -374,11 +381,7 @@ TEST_F(AttentionOpsTest, DecodeAttentionMatchesCpu) {
       std::vector<backend::DecodeSequence> cpu_seqs, gpu_seqs;
       for (int64_t b = 0; b < n; ++b) {
         const int64_t p0 = c.positions[size_t(b)];
-        std::vector<float>& ring = rings.emplace_back(size_t(ring_rows * D), std::nanf(""));
-        for (int64_t u = std::max<int64_t>(0, p0 - ring_rows); u < p0; ++u) {
-          const std::vector<float> row = random_floats(size_t(D), rng);
-          std::copy(row.begin(), row.end(), ring.begin() + (u % ring_rows) * D);
-        }
+        const std::vector<float>& ring = rings.emplace_back(random_window_ring(p0, ring_rows, D, rng));
         const int64_t n_valid = c.selection == kNone ? 0 : (p0 + 1) / c.rate;
         const int64_t n_rows = c.selection == kNone ? 0 : n_valid + 5;
         entries.push_back(random_floats(size_t(std::max<int64_t>(n_rows, 1) * D), rng));
