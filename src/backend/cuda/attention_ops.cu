@@ -700,11 +700,12 @@ struct KeySet {
   int64_t p0, window, dim, n_entries, rate, topk;
   backend::EntrySelection selection;
 
-  __device__ __forceinline__ int64_t first_window_position(int64_t p) const {
+  __host__ __device__ __forceinline__ int64_t first_window_position(int64_t p) const {
     return p - window + 1 > 0 ? p - window + 1 : 0;
   }
-  __device__ __forceinline__ int64_t n_window(int64_t p) const { return p - first_window_position(p) + 1; }
-  __device__ __forceinline__ int64_t count(int64_t i) const {
+  __host__ __device__ __forceinline__ int64_t n_window(int64_t p) const { return p - first_window_position(p) + 1; }
+  // Keys of query i (the last query has the most: the host sizes the grid by it).
+  __host__ __device__ __forceinline__ int64_t count(int64_t i) const {
     const int64_t p = p0 + i;
     int64_t n = n_window(p);
     if (selection == backend::EntrySelection::AllVisible) n += std::min((p + 1) / rate, n_entries);
@@ -728,27 +729,21 @@ struct KeySet {
 };
 
 // Which keys a sink_attention block row serves: one sequence's queries (row = query
-// index), or a decode batch's sequences of one query each (row = sequence). Kernels take
-// them as __grid_constant__ parameters, so a row's KeySet is read in place.
+// index), or a decode batch's sequences of one query each (row = sequence); a row's
+// position (for the output's inverse rope) follows. Kernels take them as
+// __grid_constant__ parameters, so a row's KeySet is read in place.
 struct OneSequence {
   KeySet keys;
   __device__ const KeySet& keys_of(int64_t) const { return keys; }
   __device__ int64_t query_of(int64_t row) const { return row; }
+  __device__ int64_t position_of(int64_t row) const { return keys.p0 + row; }
 };
 constexpr int kDecodeBatch = 32;  // sequences per decode_attention launch (kernel parameter space)
 struct DecodeBatch {
   KeySet seq[kDecodeBatch];
   __device__ const KeySet& keys_of(int64_t row) const { return seq[row]; }
   __device__ int64_t query_of(int64_t) const { return 0; }
-};
-
-// The position of each output row, for the output's inverse rope: first + row (one
-// sequence's queries) or p0[row] (a decode batch).
-struct RowPositions {
-  int64_t first;
-  int64_t p0[kDecodeBatch];
-  bool batched;
-  __device__ int64_t of(int64_t row) const { return batched ? p0[row] : first + row; }
+  __device__ int64_t position_of(int64_t row) const { return seq[row].p0; }
 };
 
 // update_window of a decode batch: sequence b's key goes to row p0[b] mod (W − 1) of its
@@ -960,10 +955,11 @@ constexpr int kCombineBatch = 8;                   // splits whose loads a threa
 // barrier. The block stays small (128 threads, few registers) so that it becomes
 // resident beside the split kernel's blocks and starts as soon as they finish. The
 // column's two rope pairs are turned by OutputTurn at its row's position.
+template <typename Source>
 __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const float* part_acc, const float* part_max,
                                                                   const float* part_sum, int n_splits, int n_heads,
                                                                   int dim, const float* sinks,
-                                                                  const __grid_constant__ RowPositions positions,
+                                                                  const __grid_constant__ Source source,
                                                                   const float* out_freqs, int out_rope_dim,
                                                                   float* out) {
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
@@ -1001,7 +997,7 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const float* p
     run_max = new_max;
   }
   const float inv = 1.0f / run_sum;
-  const int64_t position = positions.of(i);
+  const int64_t position = source.position_of(i);
   const float2 lo = OutputTurn(4 * column, dim, out_rope_dim, out_freqs, position)(acc.x * inv, acc.y * inv);
   const float2 hi = OutputTurn(4 * column + 2, dim, out_rope_dim, out_freqs, position)(acc.z * inv, acc.w * inv);
   reinterpret_cast<float4*>(out + (i * n_heads + h) * dim)[column] = make_float4(lo.x, lo.y, hi.x, hi.y);
@@ -1121,9 +1117,9 @@ void check_aligned(std::initializer_list<const void*> pointers) {
 // sink_attention_kernel over `rows` rows of `source` (at most max_keys keys each), split
 // over blocks so that the grid fills the GPU at decode, then combine_kernel where split.
 template <typename Source>
-void launch_sink_attention(CudaOps& ops, const Source& source, int64_t rows, int64_t max_keys,
-                           const RowPositions& positions, const float* q, int64_t n_heads, int64_t dim,
-                           const float* sinks, float scale, const cpu::RopeFrequencies* output_rope, float* out) {
+void launch_sink_attention(CudaOps& ops, const Source& source, int64_t rows, int64_t max_keys, const float* q,
+                           int64_t n_heads, int64_t dim, const float* sinks, float scale,
+                           const cpu::RopeFrequencies* output_rope, float* out) {
   const GpuContext& ctx = ops.context();
   const float* out_freqs = output_rope ? ops.rope_table(*output_rope) : nullptr;
   const int out_rope_dim = output_rope ? int(output_rope->rope_dim) : 0;
@@ -1170,8 +1166,8 @@ void launch_sink_attention(CudaOps& ops, const Source& source, int64_t rows, int
     launch(std::integral_constant<int, 32>{});
   DSQ_CUDA_CHECK_LAUNCH();
   if (splits > 1) {
-    launch_dependent(ctx, combine_kernel, dim3(unsigned(rows), unsigned(n_heads)), kCombineThreads, 0, part_acc,
-                     part_max, part_sum, int(splits), int(n_heads), int(dim), sinks, positions, out_freqs,
+    launch_dependent(ctx, combine_kernel<Source>, dim3(unsigned(rows), unsigned(n_heads)), kCombineThreads, 0,
+                     part_acc, part_max, part_sum, int(splits), int(n_heads), int(dim), sinks, source, out_freqs,
                      out_rope_dim, out);
     DSQ_CUDA_CHECK_LAUNCH();
   }
@@ -1187,14 +1183,8 @@ void CudaOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t
   check_attention_arguments(dim, window, selection, rate, output_rope);
   check_aligned({q, new_keys, ring, entries, out});
   if (S <= 0 || n_heads <= 0) return;
-  int64_t max_keys = std::min(window, p0 + S);
-  if (selection == backend::EntrySelection::AllVisible) max_keys += std::min(n_entries, (p0 + S) / rate);
-  if (selection == backend::EntrySelection::Selected) max_keys += topk;
-  RowPositions positions{};
-  positions.first = p0;
-  launch_sink_attention(*this, OneSequence{{new_keys, ring, entries, selected, p0, window, dim, n_entries, rate, topk,
-                                     selection}},
-                        S, max_keys, positions, q, n_heads, dim, sinks, scale, output_rope, out);
+  const OneSequence source{{new_keys, ring, entries, selected, p0, window, dim, n_entries, rate, topk, selection}};
+  launch_sink_attention(*this, source, S, source.keys.count(S - 1), q, n_heads, dim, sinks, scale, output_rope, out);
 }
 
 void CudaOps::decode_attention(const float* q, int64_t n, const backend::DecodeSequence* seqs, int64_t n_heads,
@@ -1208,8 +1198,6 @@ void CudaOps::decode_attention(const float* q, int64_t n, const backend::DecodeS
   for (int64_t b0 = 0; b0 < n; b0 += kDecodeBatch) {
     const int64_t rows = std::min<int64_t>(kDecodeBatch, n - b0);
     DecodeBatch batch{};
-    RowPositions positions{};
-    positions.batched = true;
     WindowStores stores{};
     int64_t max_keys = 0;
     for (int64_t r = 0; r < rows; ++r) {
@@ -1217,17 +1205,12 @@ void CudaOps::decode_attention(const float* q, int64_t n, const backend::DecodeS
       check_aligned({s.ring, s.entries});
       const float* key = new_keys + (b0 + r) * dim;
       batch.seq[r] = {key, s.ring, s.entries, s.selected, s.p0, window, dim, s.n_entries, rate, topk, selection};
-      positions.p0[r] = s.p0;
       stores.ring[r] = s.ring;
       stores.p0[r] = s.p0;
-      int64_t keys = std::min(window, s.p0 + 1);
-      if (selection == backend::EntrySelection::AllVisible) keys += std::min(s.n_entries, (s.p0 + 1) / rate);
-      if (selection == backend::EntrySelection::Selected) keys += topk;
-      max_keys = std::max(max_keys, keys);
+      max_keys = std::max(max_keys, batch.seq[r].count(0));
     }
-    float* rows_out = out + b0 * n_heads * dim;
-    launch_sink_attention(*this, batch, rows, max_keys, positions, q + b0 * n_heads * dim, n_heads, dim, sinks, scale,
-                          output_rope, rows_out);
+    launch_sink_attention(*this, batch, rows, max_keys, q + b0 * n_heads * dim, n_heads, dim, sinks, scale,
+                          output_rope, out + b0 * n_heads * dim);
     // Every query has read its ring: each sequence's key goes in now.
     if (window > 1) {
       launch_dependent(ctx(), store_window_keys_kernel, dim3(blocks_for(dim, 256), unsigned(rows)), 256, 0, stores,
