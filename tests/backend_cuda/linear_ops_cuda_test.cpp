@@ -490,7 +490,8 @@ void pooled_routing(int64_t T, int64_t E, int64_t k, int64_t pool, Rng& rng, std
 // path (int4_moe_decode.h): T = 1, 2, 5 and 10 (10: 60 pairs, the largest at k = 6) from
 // pools of 7–12 experts, so tokens share experts; with a pool of 7 at T = 10 an expert
 // gets more than 8 rows, i.e. two 8-row tiles. Each case with the default K slice and
-// each forced one (256, 512, 1024 inputs). Fast only (F32 runs the per-expert GEMMs,
+// each forced one (256, 512, 1024 inputs; they concern the several-token kernel, T = 1
+// runs the single-token one whatever is forced). Fast only (F32 runs the per-expert GEMMs,
 // checked above), same rounding model; a second call must give identical bits (K slices
 // add in a fixed order, no atomics).
 TEST_F(CudaLinearOps, MoeDecodeDeviceIdsFlashShapes) {
@@ -561,6 +562,38 @@ TEST_F(CudaLinearOps, MoeDecodeMarksBadExpertIdsWithNaN) {
     const std::vector<float> row_got(got.begin() + t * H, got.begin() + (t + 1) * H);
     const std::vector<float> row_want(want.begin() + t * H, want.begin() + (t + 1) * H);
     EXPECT_LE(relative_error(row_got, row_want, "token " + std::to_string(t)), 2.0 * model) << "token " << t;
+  }
+}
+
+// One token whose slots repeat an expert (a hash table may): the single-token kernels
+// give each slot its own tile, so the repeated expert is computed once per slot, and the
+// result must equal the CPU's. Also a bad id at one token: that token's row is NaN.
+// H = 512: the 128-wide K slices of the single-token kernels.
+TEST_F(CudaLinearOps, MoeDecodeOneTokenWithRepeatedExperts) {
+  Rng rng(810);
+  const int64_t E = 4, H = 512, F = 512, k = 4;
+  const ExpertSet experts(Format::Int4Bf16G128, E, H, F, rng);
+  const std::vector<float> x = normals(H, rng);
+  const std::vector<float> weights = {0.5f, 0.25f, 0.75f, 0.125f};
+  const std::vector<int64_t> repeated = {2, 2, 0, 2};
+  std::vector<float> want(static_cast<size_t>(H));
+  cpu::CpuOps().moe_experts(x.data(), 1, H, experts.linears.data(), E, repeated.data(), weights.data(), k,
+                            kSwigluLimit, want.data(), nullptr);
+  CudaOps fast(Precision::Fast);
+  const Tensor xg = on_gpu(fast, x), wg = on_gpu(fast, weights);
+  for (const bool bad : {false, true}) {
+    std::vector<int64_t> ids = repeated;
+    if (bad) ids[1] = E;
+    const Tensor cg = on_gpu(fast, ids);
+    Tensor out = poisoned_gpu(fast, H);
+    fast.moe_experts(xg.data<float>(), 1, H, experts.linears.data(), E, cg.data<int64_t>(), wg.data<float>(), k,
+                     kSwigluLimit, out.mutable_data<float>(), nullptr);
+    const std::vector<float> got = floats_of(fast, out);
+    if (bad) {
+      for (int64_t c = 0; c < H; ++c) EXPECT_TRUE(std::isnan(got[size_t(c)])) << "column " << c;
+    } else {
+      EXPECT_LE(relative_error(got, want, "repeated experts"), 2.0 * fast_expert_error(Format::Int4Bf16G128, H, F));
+    }
   }
 }
 

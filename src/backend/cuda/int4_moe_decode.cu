@@ -1,6 +1,7 @@
-// The device-id decode path of the routed experts (int4_moe_decode.h): a W4A16 mma
-// kernel whose blocks find their expert and token rows in `chosen` themselves, the
-// SwiGLU pass and the weighted combine, each adding the K-slice partial sums in order.
+// The device-id decode path of the routed experts (int4_moe_decode.h): W4A16 mma
+// kernels whose blocks find their expert and token rows in `chosen` themselves (one for
+// several tokens, one for a single token), the SwiGLU pass and the weighted combine,
+// each adding the K-slice partial sums in order.
 //
 // The weights are in the mma-tile layout of int4_linear.cu (its file comment); the weight
 // loads and the MMA loop are int4_mma.cuh's, shared with int4_linear.cu's decode kernels,
@@ -17,10 +18,16 @@ namespace dsq::cuda {
 namespace {
 
 constexpr int kGroup = kInt4Group;
-constexpr int kThreads = 256;   // 8 warps, one 16-row tile of W each
+constexpr int kThreads = 256;   // 8 warps
+constexpr int kWarps = kThreads / 32;
 constexpr int kTileN = 128;     // rows of W per block
 constexpr int kChunk = kInt4Chunk;  // inputs per 16-byte lane word
 constexpr int kTokenRows = 8;   // slots per block: the n = 8 of mma.m16n8k16
+// The single-token kernel: each warp's K slice in 64-wide chunks (256 inputs: on an H100
+// the decode step took 7.48-7.52 ms with it, 7.69-7.75 with 512 and 7.67-7.70 with 128),
+// and at least 4 blocks per SM (<= 64 registers).
+constexpr int kTokenChunks = 4;
+constexpr int kTokenBlocksPerSm = 4;
 constexpr int kMaxSlots = int(kMoeDecodeMaxSlots);
 static_assert(kMaxSlots <= 64, "the slot scan uses the first two warps");
 // 512-wide K slices: on an H100 (V4-Flash widths, 256 experts) as fast as or faster than
@@ -158,6 +165,74 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The single-token kernel: partials[0][slot][n] = x_row(slot) · W_e[n]ᵀ (one K slice:
+// the whole of K) for the rows n of 16-row tile blockIdx.x of W and slot blockIdx.y,
+// whose expert e is chosen[slot] (x_row as above).
+//
+// At one token each slot is a token tile of its own: the token's experts are distinct
+// under top-k routing, and an expert repeated by a hash table is still computed
+// correctly, its weights read twice. So a block needs no tile search, only its slot's
+// id, and can own one 16-row tile of W over all of K, one contiguous piece of the weight,
+// as int4_linear.cu's whole-K kernel: warp w multiplies the CH·64-wide K slices w, w + 8,
+// … with its own staged copy of x's slice, the warps' sums are added in shared memory in
+// warp order, and warp 0 stores. Against moe_decode_linear_kernel at one token (H100, 6
+// of 256 V4-Flash experts, bench/results/gpu-model.md Session 9): gate/up 27.8-31.1 us
+// against 30.6-32.9, down 17.6-17.8 us against 19.1-20.3 (each alone under Nsight
+// Compute); the 43-layer decode step 7.44-7.53 ms against 7.69-7.71. At several tokens
+// the tiled kernel stays: the whole-K blocks would stage each token row once per 16 rows
+// of W instead of once per 128 (the batch-8 step was 4 % slower with them).
+//
+// ids_ready as for moe_decode_linear_kernel.
+template <typename In, int CH, bool ids_ready>
+__global__ void __launch_bounds__(kThreads, kTokenBlocksPerSm)
+    moe_decode_token_kernel(const uint4* __restrict__ tiles, const float* __restrict__ scales,
+                            const In* __restrict__ x, int slot_div, const int64_t* __restrict__ chosen, int E, int N,
+                            int K, float* __restrict__ partials) {
+  constexpr int kSlice = CH * kChunk;
+  constexpr int kRowStride = kSlice + 8;  // +16 bytes: conflict-free fragment reads
+  __shared__ float4 sums[kThreads];
+  __shared__ __align__(16) __nv_bfloat16 xs[kWarps][kRowStride];
+  if (ids_ready) allow_dependent_launch();
+  else wait_for_previous_kernel();  // the ids are known only now
+  const int slot = int(blockIdx.y);
+  const int64_t id = __ldcg(chosen + slot);  // from L2: may run before this grid's wait (down projection)
+  if (!ids_ready) allow_dependent_launch();  // the dependent may now rely on the ids
+  if (id < 0 || id >= E) return;
+  const int expert = int(id), ntile = int(blockIdx.x), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4, slices = K / kSlice;
+  const In* x_row = x + size_t(slot / slot_div) * K;
+  int slice = warp;
+  uint4 wv[CH];
+  if (slice < slices) load_int4_slice<CH>(tiles, expert, ntile, slice * kSlice, N, K, lane, wv);
+  if (ids_ready) wait_for_previous_kernel();  // x (the SwiGLU output) is written
+  float acc[1][4] = {};
+  while (slice < slices) {
+    const int k0 = slice * kSlice;
+    for (int c = lane; c < kSlice / 8; c += 32)
+      *reinterpret_cast<uint4*>(&xs[warp][c * 8]) = load8_bf16(x_row + k0 + c * 8);
+    __syncwarp();
+    mma_int4_slice<1, CH>(wv, xs[warp], kRowStride, 1,
+                          scales + (size_t(expert) * (K / kGroup) + k0 / kGroup) * N + ntile * 16 + g, N, lane, acc);
+    slice += kWarps;
+    if (slice >= slices) break;
+    __syncwarp();  // every lane has read xs before it is restaged
+    load_int4_slice<CH>(tiles, expert, ntile, slice * kSlice, N, K, lane, wv);
+  }
+  sums[threadIdx.x] = make_float4(acc[0][0], acc[0][1], acc[0][2], acc[0][3]);
+  __syncthreads();
+  if (warp != 0 || t != 0) return;  // C fragment: token 0 is column 0, held by lanes with t = 0
+  float4 sum = sums[lane];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) {
+    const float4 p = sums[w * 32 + lane];
+    sum.x += p.x;
+    sum.z += p.z;
+  }
+  float* out = partials + size_t(slot) * N + ntile * 16 + g;  // rows g and g + 8
+  out[0] = sum.x;
+  out[8] = sum.z;
+}
+
 // h[slot][f] = SiLU(min(g, limit)) · clamp(u, −limit, limit) with g, u the gate/up sums of
 // the `slices` partials (interleaved weight: in each 16 columns, 8 gates then their 8
 // ups). Slots with an invalid id have no partials; their h is never read.
@@ -221,6 +296,18 @@ void launch_linear(const GpuContext& ctx, const Int4ExpertWeights& w, const In* 
                    int(w.experts()), int(w.rows()), int(w.cols()), partials);
 }
 
+// The single-token kernel over W's 16-row tiles × the k slots (CH = 4 needs 8 warps ×
+// 256 inputs to divide K, which holds from K = 2048 on; smaller K takes 128-wide slices).
+template <typename In>
+void launch_token(const GpuContext& ctx, const Int4ExpertWeights& w, const In* x, int slot_div,
+                  const int64_t* chosen, int slots, float* partials) {
+  constexpr bool ids_ready = std::is_same_v<In, __nv_bfloat16>;
+  const auto kernel = w.cols() % (kWarps * kTokenChunks * kChunk) == 0 ? moe_decode_token_kernel<In, kTokenChunks, ids_ready>
+                                                                       : moe_decode_token_kernel<In, 2, ids_ready>;
+  launch_dependent(ctx, kernel, dim3(unsigned(w.rows() / 16), unsigned(slots)), dim3(kThreads), 0, w.tiles(),
+                   w.scales(), x, slot_div, chosen, int(w.experts()), int(w.rows()), int(w.cols()), partials);
+}
+
 unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
 
 }  // namespace
@@ -249,12 +336,17 @@ void int4_moe_decode(const GpuContext& ctx, const Int4ExpertWeights& gate_up, co
             "][2x", F, ", ", H, "]");
   DSQ_CHECK(T > 0 && k > 0 && slots <= kMoeDecodeMaxSlots, "int4_moe_decode: ", T, " tokens x k = ", k,
             " is not 1..", kMoeDecodeMaxSlots, " (token, expert) pairs");
-  const int s = int(slots), slices_gate_up = int(H / (chunks_for(H) * kChunk)),
-            slices_down = int(F / (chunks_for(F) * kChunk));
-  launch_linear(ctx, gate_up, x, int(k), chosen, s, gate_up_partials);
+  const int s = int(slots);
+  const bool one_token = T == 1;  // the single-token kernels: one K slice each
+  const int slices_gate_up = one_token ? 1 : int(H / (chunks_for(H) * kChunk)),
+            slices_down = one_token ? 1 : int(F / (chunks_for(F) * kChunk));
+  const auto* h = static_cast<const __nv_bfloat16*>(activations);
+  if (one_token) launch_token(ctx, gate_up, x, int(k), chosen, s, gate_up_partials);
+  else launch_linear(ctx, gate_up, x, int(k), chosen, s, gate_up_partials);
   launch_dependent(ctx, moe_decode_swiglu_kernel, dim3(blocks_for(slots * F)), dim3(kThreads), 0,
                    static_cast<const float*>(gate_up_partials), slices_gate_up, s, int(F), limit, activations);
-  launch_linear(ctx, down, static_cast<const __nv_bfloat16*>(activations), 1, chosen, s, down_partials);
+  if (one_token) launch_token(ctx, down, h, 1, chosen, s, down_partials);
+  else launch_linear(ctx, down, h, 1, chosen, s, down_partials);
   launch_dependent(ctx, moe_decode_combine_kernel, dim3(blocks_for(T * H)), dim3(kThreads), 0,
                    static_cast<const float*>(down_partials), slices_down, chosen, weights, int(gate_up.experts()),
                    int(T), int(k), int(H), out);

@@ -12,6 +12,12 @@
 // by the next kernel (SwiGLU, combine): the result is deterministic, with no atomics and
 // no zeroing pass.
 //
+// A single token (T = 1, batch-1 decode) takes kernels of its own: each slot is its own
+// tile, so a block needs only its slot's id, and it covers one 16-row tile of W over all
+// of K (one contiguous piece of the weight, its warps' K slices added in shared memory),
+// which streams faster than the 128-row × 512-input blocks of the tiled kernel
+// (int4_moe_decode.cu has the numbers); their output is a single "slice" of partial sums.
+//
 // The price: a gate/up block knows which weights to load only after waiting for the
 // kernel that wrote `chosen`, so unlike the grouped decode kernel it cannot stream weights
 // while the previous kernel finishes. The down projection can: it is launched only after
