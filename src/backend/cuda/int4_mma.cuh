@@ -1,5 +1,5 @@
 // Device code shared by the W4A16 decode kernels (int4_linear.cu's grouped decode kernels,
-// int4_moe_decode.cu's device-id kernel): the bf16 tensor-core MMA they accumulate with,
+// int4_moe_decode.cu's device-id kernels): the bf16 tensor-core MMA they accumulate with,
 // the exact nibble → bf16 conversion of the packed weights, the streamed load of one
 // warp's slice of the mma-tile layout and the loop that multiplies that slice with up to
 // MT token tiles of staged activations, group scales applied in fp32.

@@ -199,7 +199,7 @@ __global__ void __launch_bounds__(kThreads, kTokenBlocksPerSm)
   if (!ids_ready) allow_dependent_launch();  // the dependent may now rely on the ids
   if (id < 0 || id >= E) return;
   const int expert = int(id), ntile = int(blockIdx.x), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane / 4, t = lane % 4, slices = K / kSlice;
+  const int g = lane / 4, slices = K / kSlice;
   const In* x_row = x + size_t(slot / slot_div) * K;
   int slice = warp;
   uint4 wv[CH];
@@ -220,17 +220,7 @@ __global__ void __launch_bounds__(kThreads, kTokenBlocksPerSm)
   }
   sums[threadIdx.x] = make_float4(acc[0][0], acc[0][1], acc[0][2], acc[0][3]);
   __syncthreads();
-  if (warp != 0 || t != 0) return;  // C fragment: token 0 is column 0, held by lanes with t = 0
-  float4 sum = sums[lane];
-#pragma unroll
-  for (int w = 1; w < kWarps; ++w) {
-    const float4 p = sums[w * 32 + lane];
-    sum.x += p.x;
-    sum.z += p.z;
-  }
-  float* out = partials + size_t(slot) * N + ntile * 16 + g;  // rows g and g + 8
-  out[0] = sum.x;
-  out[8] = sum.z;
+  if (warp == 0) store_summed_tile(sums, kWarps, lane, ntile, 1, slot, N, partials);  // row `slot` of [slots, N]
 }
 
 // h[slot][f] = SiLU(min(g, limit)) · clamp(u, −limit, limit) with g, u the gate/up sums of
