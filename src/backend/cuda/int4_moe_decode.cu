@@ -176,9 +176,9 @@ __global__ void __launch_bounds__(kThreads)
 // as int4_linear.cu's whole-K kernel: warp w multiplies the CH·64-wide K slices w, w + 8,
 // … with its own staged copy of x's slice, the warps' sums are added in shared memory in
 // warp order, and warp 0 stores. Against moe_decode_linear_kernel at one token (H100, 6
-// of 256 V4-Flash experts, bench/results/gpu-model.md Session 9): gate/up 27.8-31.1 us
-// against 30.6-32.9, down 17.6-17.8 us against 19.1-20.3 (each alone under Nsight
-// Compute); the 43-layer decode step 7.44-7.53 ms against 7.69-7.71. At several tokens
+// of 256 V4-Flash experts, bench/results/gpu-model.md Session 9): the routed-expert step
+// 39.1-39.7 us against 46.8 (gate/up, SwiGLU, down, combine, graph replay); the 43-layer
+// decode step 7.37-7.50 ms against 7.66-7.71. At several tokens
 // the tiled kernel stays: the whole-K blocks would stage each token row once per 16 rows
 // of W instead of once per 128 (the batch-8 step was 4 % slower with them).
 //
