@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(kThreads)
 // warp order, and warp 0 stores. Against moe_decode_linear_kernel at one token (H100, 6
 // of 256 V4-Flash experts, bench/results/gpu-model.md Session 9): the routed-expert step
 // 39.1-39.7 us against 46.8 (gate/up, SwiGLU, down, combine, graph replay); the 43-layer
-// decode step 7.37-7.50 ms against 7.66-7.71. At several tokens
+// decode step 7.37-7.50 ms against 7.66-7.73. At several tokens
 // the tiled kernel stays: the whole-K blocks would stage each token row once per 16 rows
 // of W instead of once per 128 (the batch-8 step was 4 % slower with them).
 //
