@@ -292,8 +292,9 @@ template <typename In>
 void launch_token(const GpuContext& ctx, const Int4ExpertWeights& w, const In* x, int slot_div,
                   const int64_t* chosen, int slots, float* partials) {
   constexpr bool ids_ready = std::is_same_v<In, __nv_bfloat16>;
-  const auto kernel = w.cols() % (kWarps * kTokenChunks * kChunk) == 0 ? moe_decode_token_kernel<In, kTokenChunks, ids_ready>
-                                                                       : moe_decode_token_kernel<In, 2, ids_ready>;
+  const bool wide = w.cols() % (kWarps * kTokenChunks * kChunk) == 0;
+  const auto kernel =
+      wide ? moe_decode_token_kernel<In, kTokenChunks, ids_ready> : moe_decode_token_kernel<In, 2, ids_ready>;
   launch_dependent(ctx, kernel, dim3(unsigned(w.rows() / 16), unsigned(slots)), dim3(kThreads), 0, w.tiles(),
                    w.scales(), x, slot_div, chosen, int(w.experts()), int(w.rows()), int(w.cols()), partials);
 }
