@@ -45,11 +45,17 @@ def load(path):
 MIXING_KERNELS = ("mhc_pre_cluster_kernel", "mhc_mix_pre_kernel")
 
 
+# The ring-store kernel, by its names before and after it took any set of rings (traces of
+# either build read alike).
+RING_STORE_KERNELS = ("store_rings_kernel", "store_ring_rows_kernel")
+
+
 def half_steps(rows):
     """(half, layer kind, duration us, direct-launch span us) per half-step: each runs from
     the start of one mixing kernel to the start of the next; halves alternate attention,
-    MoE. An attention half is CSA when it runs the indexer, HCA when it runs a compressor,
-    else sliding-window; its MoE half takes its kind. The direct-launch span runs from the
+    MoE. An attention half is CSA when it runs the indexer, HCA when it runs a compressor
+    (its compress kernel, or a ring store of more rings than the window's), else
+    sliding-window; its MoE half takes its kind. The direct-launch span runs from the
     first start to the last end of the kernels launched outside a CUDA graph (the
     attention state)."""
     opens = [i for i, r in enumerate(rows) if r["short"].startswith(MIXING_KERNELS)]
@@ -58,7 +64,9 @@ def half_steps(rows):
         seg = rows[a:b]
         if h % 2 == 0:
             names = " ".join(r["short"] for r in seg)
-            kind = "CSA" if "indexer" in names else "HCA" if "store_ring_rows" in names else "sliding"
+            compressor = "compress_kernel" in names or any(
+                r["short"].startswith(RING_STORE_KERNELS) and int(r["grid_y"]) > 1 for r in seg)
+            kind = "CSA" if "indexer" in names else "HCA" if compressor else "sliding"
         direct = [r for r in seg if r["graph"] == "0"]
         span = max(r["end"] for r in direct) - min(r["start"] for r in direct) if direct else 0.0
         halves.append(("attention" if h % 2 == 0 else "MoE", kind, rows[b]["start"] - rows[a]["start"], span))

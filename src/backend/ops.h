@@ -75,6 +75,15 @@ struct DecodeSequence {
   int64_t p0;
 };
 
+// S rows of `width` floats into a ring of `ring_rows` rows, as the decoding state's rings
+// keep them: row i goes to ring row (p0 + i) mod ring_rows, and only the last
+// min(S, ring_rows) rows are stored.
+struct RingStore {
+  float* ring;
+  const float* rows;
+  int64_t p0, S, width, ring_rows;
+};
+
 // Which compressed entries a query of one sequence sees in sink_attention.
 enum class EntrySelection {
   None,        // sliding layer: window keys only
@@ -233,6 +242,11 @@ class Ops {
   // Stores the last min(S, W−1) of new_keys [S, D] in the window ring.
   virtual void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
                              int64_t window) = 0;
+  // The n ring stores, as one op (on a GPU one launch); the rings must not overlap. A
+  // window update is RingStore{ring, new_keys, p0, S, D, W − 1}; a compress() call that
+  // closes no window stores only its raw rows, RingStore{ring_kv, kv, p0, S, raw, 2·rate}
+  // and the same for the gate, so a decode step can take both with its window update.
+  virtual void store_rings(const RingStore* stores, int64_t n) = 0;
   // A decode step's attention for n sequences of one token each: for sequence b,
   // sink_attention of q[b] (q [n, n_heads, D]) with its key new_keys[b] (new_keys [n, D])
   // over seqs[b]'s window and entries, into out[b], then update_window of its ring with

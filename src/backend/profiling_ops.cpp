@@ -173,6 +173,10 @@ void ProfilingOps::update_window(float* ring, const float* new_keys, int64_t p0,
   });
 }
 
+void ProfilingOps::store_rings(const RingStore* stores, int64_t n) {
+  timed("store_rings", [&] { inner_->store_rings(stores, n); });
+}
+
 void ProfilingOps::decode_attention(const float* q, int64_t n, const DecodeSequence* seqs, int64_t n_heads,
                                     int64_t dim, const float* new_keys, int64_t window, EntrySelection selection,
                                     int64_t rate, int64_t topk, const float* sinks, float scale,

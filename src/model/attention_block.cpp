@@ -32,11 +32,20 @@ void ensure_layer_state(backend::Ops& ops, const ModelConfig& c, AttentionKind k
 }
 
 // Runs one compressor over a sequence's S new raw rows; returns the entries now valid.
+// When the rows close no window, compress() would only store them in the compressor's
+// rings, which nothing reads before the next call: those stores are appended to
+// *deferred instead (the caller runs them with its window update, ops.h store_rings).
 int64_t run_compressor(backend::Ops& ops, CompressorState& st, const CompressorWeights& w, bool overlap,
                        int64_t rate, int64_t width, const cpu::RopeFrequencies& rope, float eps, const float* kv,
-                       const float* gate, int64_t p0, int64_t S) {
+                       const float* gate, int64_t p0, int64_t S, std::vector<backend::RingStore>& deferred) {
   const int64_t count = (p0 + S) / rate;
   ops.grow_rows(st.entries, std::max<int64_t>(count, 1), width);
+  if (count == p0 / rate) {
+    const int64_t raw = overlap ? 2 * width : width;
+    deferred.push_back({st.ring_kv.mutable_data<float>(), kv, p0, S, raw, 2 * rate});
+    deferred.push_back({st.ring_gate.mutable_data<float>(), gate, p0, S, raw, 2 * rate});
+    return count;
+  }
   const backend::CompressorParams params{&w.ape, &w.norm, rate, width, overlap, eps, &rope};
   ops.compress(params, st.ring_kv.mutable_data<float>(), st.ring_gate.mutable_data<float>(),
                st.entries.mutable_data<float>(), kv, gate, p0, S);
@@ -110,14 +119,18 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
 
   // Per sequence: compressors first (a token that closes a window sees its entry), the
   // indexer's picks, attention (with the output's inverse rope), then the window ring
-  // takes the new keys. A decode step of several sequences (one token each) leaves the
-  // attention and the window update to one decode_attention call for all of them.
+  // takes the new keys, in one op with the compressors' deferred ring stores (a decode
+  // step that closes no window: one launch where there were three, off the chain from
+  // the query path to the attention). A decode step of several sequences (one token
+  // each) leaves the attention and the window update to one decode_attention call for
+  // all of them, after the deferred stores.
   float* o = ws.f32("attn.o", T * nh * D);
   const float scale = 1.0f / std::sqrt(float(D));
   const bool batched_decode = ctx.batch.size() >= 2 && T == int64_t(ctx.batch.size());
   std::vector<backend::DecodeSequence> decoding;
   int64_t* selected_all = csa ? ws.i64("attn.index_selected", T * topk) : nullptr;
   backend::EntrySelection selection = backend::EntrySelection::None;
+  std::vector<backend::RingStore> ring_stores;
   for (size_t b = 0; b < ctx.batch.size(); ++b) {
     const int64_t s0 = ctx.ids.offsets[b], S = ctx.ids.offsets[b + 1] - s0;
     if (S == 0) continue;
@@ -128,12 +141,12 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
     int64_t* selected = nullptr;
     if (kind != AttentionKind::Sliding) {
       n_entries = run_compressor(ops, ls.compressor, w.compressor, csa, rate, D, rope, eps, comp_kv + s0 * raw,
-                                 comp_gate + s0 * raw, p0, S);
+                                 comp_gate + s0 * raw, p0, S, ring_stores);
       selection = backend::EntrySelection::AllVisible;
     }
     if (csa) {
       run_compressor(ops, ls.indexer, w.indexer.compressor, true, rate, DI, rope, eps, ikv + s0 * 2 * DI,
-                     igate + s0 * 2 * DI, p0, S);
+                     igate + s0 * 2 * DI, p0, S, ring_stores);
       // Sized by the entries' capacity, which grows geometrically: sized by n_entries it
       // would be reallocated (a device allocation and free) every m decode steps.
       float* scores = ws.f32("attn.index_scores", S * std::max<int64_t>(ls.indexer.entries.dim(0), n_entries));
@@ -151,8 +164,12 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
     ops.sink_attention(q + s0 * nh * D, S, nh, D, kv + s0 * D, ls.window.data<float>(), p0, c.sliding_window,
                        selection, entries, n_entries, rate, selected, topk, ops.resident(w.sinks), scale, &rope,
                        o + s0 * nh * D);
-    ops.update_window(ls.window.mutable_data<float>(), kv + s0 * D, p0, S, D, c.sliding_window);
+    if (c.sliding_window > 1)
+      ring_stores.push_back({ls.window.mutable_data<float>(), kv + s0 * D, p0, S, D, c.sliding_window - 1});
+    ops.store_rings(ring_stores.data(), int64_t(ring_stores.size()));
+    ring_stores.clear();
   }
+  if (!ring_stores.empty()) ops.store_rings(ring_stores.data(), int64_t(ring_stores.size()));
   if (batched_decode)
     ops.decode_attention(q, int64_t(decoding.size()), decoding.data(), nh, D, kv, c.sliding_window, selection, rate,
                          topk, ops.resident(w.sinks), scale, &rope, o);

@@ -1,5 +1,7 @@
 // Hand-checkable cases for the CPU ops: RoPE pairs, sink softmax, Sinkhorn sums, the
-// torch top-k tie rule, the SwiGLU clamp, RMSNorm, the compressor pooling, routing.
+// torch top-k tie rule, the SwiGLU clamp, RMSNorm, the compressor pooling, routing; and
+// that a compress call closing no window is exactly its ring stores (the model defers
+// those to store_rings).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,6 +11,7 @@
 
 #include "backend/cpu/attention.h"
 #include "backend/cpu/compressor_pool.h"
+#include "backend/cpu/cpu_ops.h"
 #include "backend/cpu/indexer.h"
 #include "backend/cpu/mhc.h"
 #include "backend/cpu/rms_norm.h"
@@ -171,6 +174,28 @@ TEST(CompressorPool, SoftmaxPerChannelWithEmptySlots) {
   softmax_pool(values, logits, 3, 2, out);
   EXPECT_NEAR(out[0], 2.0f, 1e-5);             // equal weights
   EXPECT_NEAR(out[1], 0.25f * 100 + 0.75f * 200, 1e-3);
+}
+
+TEST(CompressorPool, CallClosingNoWindowOnlyStoresItsRows) {
+  const int64_t rate = 4, width = 3, raw = 2 * width;  // CSA-style overlap: raw rows of 2·width
+  std::vector<float> ape(size_t(rate * raw), 0.5f), norm(size_t(width), 1.0f);
+  const RopeFrequencies rope = rope_frequencies(2, 10000.0, nullptr);
+  const backend::CompressorParams params{&ape, &norm, rate, width, true, 1e-6f, &rope};
+  std::vector<float> kv(size_t(2 * raw)), gate(size_t(2 * raw));
+  for (size_t i = 0; i < kv.size(); ++i) kv[i] = 0.1f * float(i), gate[i] = -0.2f * float(i);
+  std::vector<float> ring_kv(size_t(2 * rate * raw), 7.0f), ring_gate(ring_kv), entries(size_t(4 * width), 9.0f);
+  std::vector<float> stored_kv(ring_kv), stored_gate(ring_gate);
+  CpuOps ops;
+  // Positions 9 and 10 close no window (windows close at 4i + 3).
+  ops.compress(params, ring_kv.data(), ring_gate.data(), entries.data(), kv.data(), gate.data(), 9, 2);
+  const backend::RingStore stores[2] = {{stored_kv.data(), kv.data(), 9, 2, raw, 2 * rate},
+                                        {stored_gate.data(), gate.data(), 9, 2, raw, 2 * rate}};
+  ops.store_rings(stores, 2);
+  EXPECT_EQ(ring_kv, stored_kv);
+  EXPECT_EQ(ring_gate, stored_gate);
+  EXPECT_EQ(entries, std::vector<float>(size_t(4 * width), 9.0f));  // no entry written
+  EXPECT_EQ(stored_kv[size_t(1 * raw)], kv[0]);                      // position 9: ring row 9 mod 8
+  EXPECT_EQ(stored_gate[size_t(2 * raw + 1)], gate[size_t(raw + 1)]);  // position 10: ring row 2
 }
 
 TEST(Router, BiasSelectsButUnbiasedScoresWeigh) {

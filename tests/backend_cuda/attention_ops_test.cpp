@@ -1,5 +1,5 @@
 // CudaOps' attention-state ops (compress, indexer_scores, indexer_topk, sink_attention,
-// update_window, decode_attention) against CpuOps on random inputs, table-driven, at the
+// update_window, store_rings, decode_attention) against CpuOps on random inputs, table-driven, at the
 // tiny fixtures' shapes (head dim 32, 4 heads, rope 8, window 8, CSA m = 4, HCA m = 16,
 // indexer 16 × 16, top-4) and at DeepSeek-V4-Flash's (head dim 512, 64 heads, rope 64
 // with YaRN, window 128, CSA m = 4, HCA m = 128, indexer 64 × 128, top-512) up to
@@ -439,6 +439,42 @@ TEST_F(AttentionOpsTest, UpdateWindowMatchesCpu) {
     cpu_.update_window(ring.data(), keys.data(), c.p0, c.S, c.dim, c.window);
     gpu_->update_window(device_floats(gring), gkeys.data<float>(), c.p0, c.S, c.dim, c.window);
     EXPECT_EQ(floats_of(*gpu_, gring), ring);
+  }
+}
+
+// One store_rings call over rings of different widths and lengths: a decode step's window
+// and two compressors' rings, rows past a ring's length, a wrap, an empty store, and more
+// stores than one launch takes.
+TEST_F(AttentionOpsTest, StoreRingsMatchesCpu) {
+  struct Ring {
+    int64_t width, ring_rows, p0, S;
+  };
+  const std::vector<Ring> rings = {
+      {512, 127, 8191, 1}, {1024, 8, 8190, 1}, {1024, 8, 8190, 1}, {256, 8, 8190, 1}, {256, 8, 8190, 1},
+      {32, 7, 3, 20},      {16, 256, 250, 9},  {48, 5, 0, 0},      {512, 256, 8000, 1}, {8, 3, 11, 3},
+  };
+  std::mt19937 rng(29);
+  std::vector<std::vector<float>> cpu_rings, rows;
+  std::vector<Tensor> gpu_rings, gpu_rows;
+  std::vector<backend::RingStore> cpu_stores, gpu_stores;
+  for (const Ring& r : rings) {
+    cpu_rings.push_back(random_floats(size_t(r.ring_rows * r.width), rng));
+    rows.push_back(random_floats(size_t(std::max<int64_t>(r.S, 1) * r.width), rng));
+    gpu_rings.push_back(on_gpu(*gpu_, cpu_rings.back()));
+    gpu_rows.push_back(on_gpu(*gpu_, rows.back()));
+  }
+  for (size_t k = 0; k < rings.size(); ++k) {
+    const Ring& r = rings[k];
+    cpu_stores.push_back({cpu_rings[k].data(), rows[k].data(), r.p0, r.S, r.width, r.ring_rows});
+    gpu_stores.push_back({device_floats(gpu_rings[k]), gpu_rows[k].data<float>(), r.p0, r.S, r.width, r.ring_rows});
+  }
+  const std::vector<std::vector<float>> before = cpu_rings;
+  cpu_.store_rings(cpu_stores.data(), int64_t(cpu_stores.size()));
+  gpu_->store_rings(gpu_stores.data(), int64_t(gpu_stores.size()));
+  for (size_t k = 0; k < rings.size(); ++k) {
+    SCOPED_TRACE("ring " + std::to_string(k));
+    EXPECT_EQ(floats_of(*gpu_, gpu_rings[k]), cpu_rings[k]);
+    if (rings[k].S > 0) EXPECT_NE(cpu_rings[k], before[k]);  // the store wrote something
   }
 }
 

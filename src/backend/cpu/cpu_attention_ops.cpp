@@ -1,7 +1,7 @@
 // CpuOps' stateful attention ops (cpu_ops.h): the compressor update over the raw-row
 // rings, the indexer's selection per query, the sink attention over window ring, new
 // keys and compressed entries (then its output's inverse rope), and the window ring
-// update. The state layout is the one backend/ops.h fixes.
+// update (and any ring stores). The state layout is the one backend/ops.h fixes.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -123,9 +123,19 @@ void CpuOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t 
 }
 
 void CpuOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim, int64_t window) {
-  const int64_t ring_rows = window - 1;
-  for (int64_t u = std::max(p0, p0 + S - ring_rows); u < p0 + S; ++u)
-    std::memcpy(ring + (u % ring_rows) * dim, new_keys + (u - p0) * dim, size_t(dim) * sizeof(float));
+  const backend::RingStore store{ring, new_keys, p0, S, dim, window - 1};
+  if (window > 1) store_rings(&store, 1);
+}
+
+void CpuOps::store_rings(const backend::RingStore* stores, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    const backend::RingStore& r = stores[k];
+    DSQ_CHECK(r.ring_rows > 0 && r.width > 0, "store_rings: a ring of ", r.ring_rows, " rows of ", r.width,
+              " values");
+    for (int64_t u = std::max(r.p0, r.p0 + r.S - r.ring_rows); u < r.p0 + r.S; ++u)
+      std::memcpy(r.ring + (u % r.ring_rows) * r.width, r.rows + (u - r.p0) * r.width,
+                  size_t(r.width) * sizeof(float));
+  }
 }
 
 }  // namespace dsq::cpu

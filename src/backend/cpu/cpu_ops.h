@@ -76,6 +76,7 @@ class CpuOps final : public backend::Ops {
                       const cpu::RopeFrequencies* output_rope, float* out) override;
   void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
                      int64_t window) override;
+  void store_rings(const backend::RingStore* stores, int64_t n) override;
 
   void synchronize() override {}
 

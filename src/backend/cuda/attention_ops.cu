@@ -47,37 +47,51 @@ __device__ float warp_sum(float v) {
 
 int blocks_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535)); }
 
-// ---- ring writes (update_window, the compressor rings) ----
+// ---- ring writes (update_window, the compressor rings, store_rings) ----
 
-// ring[(p0 + i) mod ring_rows] = rows[i] for the last min(S, ring_rows) of S rows; with
-// gridDim.y == 2 the same for a second (ring, rows) pair of the same shape (a
-// compressor's kv and gate rings in one launch).
-struct RingRows {
-  float* ring;
-  const float* rows;
+// Ring stores per launch (block row y = store y), passed in the kernel's parameter space:
+// a decode step's window update and its two compressors' kv and gate rings fit.
+constexpr int kRingStoresPerLaunch = 8;
+struct RingStores {
+  backend::RingStore store[kRingStoresPerLaunch];
 };
 
-__global__ void store_ring_rows_kernel(RingRows a, RingRows b, int64_t p0, int64_t S, int64_t width,
-                                       int64_t ring_rows) {
+// Store blockIdx.y (see backend::RingStore): ring[(p0 + i) mod ring_rows] = rows[i] for
+// the last min(S, ring_rows) of S rows.
+__global__ void store_rings_kernel(const __grid_constant__ RingStores stores) {
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
-  const RingRows& r = blockIdx.y == 0 ? a : b;
-  const int64_t first = S > ring_rows ? S - ring_rows : 0;
-  const int64_t total = (S - first) * width;
+  const backend::RingStore& r = stores.store[blockIdx.y];
+  const int64_t first = r.S > r.ring_rows ? r.S - r.ring_rows : 0;
+  const int64_t total = (r.S - first) * r.width;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = first + idx / width, c = idx % width;
-    r.ring[((p0 + i) % ring_rows) * width + c] = r.rows[i * width + c];
+    const int64_t i = first + idx / r.width, c = idx % r.width;
+    r.ring[((r.p0 + i) % r.ring_rows) * r.width + c] = r.rows[i * r.width + c];
   }
 }
 
-// Stores `a` and, when b.ring is not null, `b` (see the kernel).
-void store_ring_rows(const GpuContext& ctx, RingRows a, RingRows b, int64_t p0, int64_t S, int64_t width,
-                     int64_t ring_rows) {
-  if (S <= 0 || ring_rows <= 0 || width <= 0) return;
-  const dim3 grid(blocks_for(std::min(S, ring_rows) * width, 256), b.ring != nullptr ? 2 : 1);
-  launch_dependent(ctx, store_ring_rows_kernel, grid, 256, 0, a, b, p0, S, width, ring_rows);
-  DSQ_CUDA_CHECK_LAUNCH();
+// The stores with rows to store, kRingStoresPerLaunch per launch; a launch's grid is
+// sized by its largest store.
+void launch_ring_stores(const GpuContext& ctx, const backend::RingStore* stores, int64_t n) {
+  RingStores batch{};
+  int count = 0, blocks = 0;
+  const auto launch = [&] {
+    if (count == 0) return;
+    launch_dependent(ctx, store_rings_kernel, dim3(unsigned(blocks), unsigned(count)), 256, 0, batch);
+    DSQ_CUDA_CHECK_LAUNCH();
+    count = blocks = 0;
+  };
+  for (int64_t k = 0; k < n; ++k) {
+    const backend::RingStore& r = stores[k];
+    DSQ_CHECK(r.ring_rows > 0 && r.width > 0, "store_rings: a ring of ", r.ring_rows, " rows of ", r.width,
+              " values");
+    if (r.S <= 0) continue;
+    batch.store[count++] = r;
+    blocks = std::max(blocks, blocks_for(std::min(r.S, r.ring_rows) * r.width, 256));
+    if (count == kRingStoresPerLaunch) launch();
+  }
+  launch();
 }
 
 // ---- compress ----
@@ -1017,8 +1031,10 @@ void CudaOps::compress(const backend::CompressorParams& p, float* ring_kv, float
             p.width);
   if (S <= 0) return;
   const int64_t first = p0 / p.rate, n_close = (p0 + S) / p.rate - first;
+  const backend::RingStore raw_rows[2] = {{ring_kv, kv, p0, S, raw, 2 * p.rate},
+                                          {ring_gate, gate, p0, S, raw, 2 * p.rate}};
   if (n_close == 0) {  // three decode steps in four at m = 4
-    store_ring_rows(ctx(), {ring_kv, kv}, {ring_gate, gate}, p0, S, raw, 2 * p.rate);
+    launch_ring_stores(ctx(), raw_rows, 2);
     return;
   }
   // The rows go into the rings in the same launch unless a row they overwrite (position
@@ -1031,7 +1047,7 @@ void CudaOps::compress(const backend::CompressorParams& p, float* ring_kv, float
   const int64_t blocks = n_close + (store_in_launch ? blocks_for(stored_values, kCompressThreads) : 0);
   launch_dependent(ctx(), compress_kernel, unsigned(blocks), kCompressThreads, size_t(p.width) * sizeof(float), a);
   DSQ_CUDA_CHECK_LAUNCH();
-  if (!store_in_launch) store_ring_rows(ctx(), {ring_kv, kv}, {ring_gate, gate}, p0, S, raw, 2 * p.rate);
+  if (!store_in_launch) launch_ring_stores(ctx(), raw_rows, 2);
 }
 
 void CudaOps::indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim,
@@ -1222,7 +1238,10 @@ void CudaOps::decode_attention(const float* q, int64_t n, const backend::DecodeS
 
 void CudaOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
                             int64_t window) {
-  store_ring_rows(ctx(), {ring, new_keys}, {nullptr, nullptr}, p0, S, dim, window - 1);
+  const backend::RingStore store{ring, new_keys, p0, S, dim, window - 1};
+  if (window > 1) launch_ring_stores(ctx(), &store, 1);
 }
+
+void CudaOps::store_rings(const backend::RingStore* stores, int64_t n) { launch_ring_stores(ctx(), stores, n); }
 
 }  // namespace dsq::cuda

@@ -19,7 +19,7 @@
 //   elementwise_ops.cu     rms_norm, rope, norm_rope, swiglu, add, gather_rows,
 //                          embed_streams, mhc_mix / mhc_pre / mhc_post / hc_head, route
 //   attention_ops.cu       compress, indexer_scores, indexer_topk, sink_attention,
-//                          update_window, decode_attention
+//                          update_window, store_rings, decode_attention
 #pragma once
 
 #include <memory>
@@ -112,6 +112,7 @@ class CudaOps final : public backend::Ops {
                       const cpu::RopeFrequencies* output_rope, float* out) override;
   void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
                      int64_t window) override;
+  void store_rings(const backend::RingStore* stores, int64_t n) override;
   void decode_attention(const float* q, int64_t n, const backend::DecodeSequence* seqs, int64_t n_heads, int64_t dim,
                         const float* new_keys, int64_t window, backend::EntrySelection selection, int64_t rate,
                         int64_t topk, const float* sinks, float scale, const cpu::RopeFrequencies* output_rope,

@@ -231,6 +231,11 @@ void GraphReplayOps::update_window(float* ring, const float* new_keys, int64_t p
   inner_->update_window(ring, new_keys, p0, S, dim, window);
 }
 
+void GraphReplayOps::store_rings(const backend::RingStore* stores, int64_t n) {
+  flush();
+  inner_->store_rings(stores, n);
+}
+
 void GraphReplayOps::decode_attention(const float* q, int64_t n, const backend::DecodeSequence* seqs, int64_t n_heads,
                                       int64_t dim, const float* new_keys, int64_t window,
                                       backend::EntrySelection selection, int64_t rate, int64_t topk,

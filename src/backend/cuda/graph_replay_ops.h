@@ -6,7 +6,7 @@
 // How. The calls are split into segments at every op that is not a pure function of its
 // arguments and device memory: the stateful attention ops, whose kernels take the
 // sequence position from the host (compress, indexer_scores, indexer_topk,
-// sink_attention, update_window, decode_attention), and every memory or host-transfer
+// sink_attention, update_window, store_rings, decode_attention), and every memory or host-transfer
 // call. Inside a segment, pure ops (linears, norms, rope, mHC, routing, experts, ...)
 // are not run at once: each is kept as a closure and its arguments are appended to the
 // segment's signature (op, pointers, sizes, scalars, bytewise). At the segment's end:
@@ -141,6 +141,7 @@ class GraphReplayOps final : public backend::Ops {
                       const cpu::RopeFrequencies* output_rope, float* out) override;
   void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
                      int64_t window) override;
+  void store_rings(const backend::RingStore* stores, int64_t n) override;
   void decode_attention(const float* q, int64_t n, const backend::DecodeSequence* seqs, int64_t n_heads, int64_t dim,
                         const float* new_keys, int64_t window, backend::EntrySelection selection, int64_t rate,
                         int64_t topk, const float* sinks, float scale, const cpu::RopeFrequencies* output_rope,
