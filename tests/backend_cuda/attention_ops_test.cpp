@@ -474,7 +474,9 @@ TEST_F(AttentionOpsTest, StoreRingsMatchesCpu) {
   for (size_t k = 0; k < rings.size(); ++k) {
     SCOPED_TRACE("ring " + std::to_string(k));
     EXPECT_EQ(floats_of(*gpu_, gpu_rings[k]), cpu_rings[k]);
-    if (rings[k].S > 0) EXPECT_NE(cpu_rings[k], before[k]);  // the store wrote something
+    if (rings[k].S > 0) {
+      EXPECT_NE(cpu_rings[k], before[k]);  // the store wrote something
+    }
   }
 }
 
