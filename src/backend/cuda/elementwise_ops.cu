@@ -240,9 +240,9 @@ __global__ void rms_norm_and_norm_rope_kernel(const float* x, int64_t rows, int6
 // ---- mhc_mix, few rows: fn · x / rms(x) in one pass over fn ----
 // Block b takes kMixChunk columns of every row of fn and of every token's x: its partial
 // dot products and partial sums of squares go to its own slot of a partials buffer; the
-// last block to finish (a ticket) adds the slots in block order, so the sums are the same
-// on every run, scales them into `mix` and clears the ticket for the next call: the op is
-// one launch. Each warp loads its rows' weights before waiting for the previous kernel
+// last block to finish (a ticket) adds the slots in a fixed order, so the sums are the
+// same on every run, scales them into `mix` and clears the ticket for the next call: the
+// op is one launch. Each warp loads its rows' weights before waiting for the previous kernel
 // (they are constant), so their latency hides behind it.
 // mhc_mix_pre_kernel (below) continues in that last block with the whole mhc_pre.
 
@@ -318,15 +318,29 @@ __device__ bool mix_partials(const float* x, int T, int64_t K, const float* fn, 
   return last;
 }
 
-// The last block: mix [T, R] = the sums (every block's slot, in block order) scaled by
-// each row's 1/rms; then the ticket is cleared for the next call.
+// Lanes that add up one sum of finish_mix: lane g takes slots g, g + 16, ... in order
+// (their loads in flight together), then the 16 lanes' sums meet in a fixed shuffle tree.
+// One thread per sum, walking all 64 slots of a decode's mixing, took a chain of L2 round
+// trips: most of the mixing-coefficient kernel's time.
+constexpr int kFinishLanes = 16;
+
+// The last block: mix [T, R] = the sums (every block's slot) scaled by each row's 1/rms;
+// then the ticket is cleared for the next call.
 __device__ void finish_mix(int T, int64_t K, int R, float eps, const float* partials, unsigned* ticket, float* mix) {
   __shared__ float sums[kMixSlot];
   const int stride = R + 1;
-  for (int i = threadIdx.x; i < T * stride; i += blockDim.x) {
+  const int lane = threadIdx.x % kFinishLanes, groups = blockDim.x / kFinishLanes;
+  // A uniform trip count: every lane of a warp takes part in each shuffle.
+  for (int i0 = 0; i0 < T * stride; i0 += groups) {
+    const int i = i0 + int(threadIdx.x) / kFinishLanes;
     float sum = 0;
-    for (unsigned b = 0; b < gridDim.x; ++b) sum += __ldcg(partials + int64_t(b) * kMixSlot + i);
-    sums[i] = sum;
+    if (i < T * stride) {
+#pragma unroll 4
+      for (unsigned b = lane; b < gridDim.x; b += kFinishLanes) sum += __ldcg(partials + int64_t(b) * kMixSlot + i);
+    }
+#pragma unroll
+    for (int o = kFinishLanes / 2; o > 0; o /= 2) sum += __shfl_down_sync(0xffffffffu, sum, o, kFinishLanes);
+    if (lane == 0 && i < T * stride) sums[i] = sum;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < T * R; i += blockDim.x) {

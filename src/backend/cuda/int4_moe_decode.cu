@@ -246,7 +246,10 @@ __global__ void moe_decode_swiglu_kernel(const float* __restrict__ partials, int
 }
 
 // out[t][c] = Σ_j weights[t·k+j] · (Σ_slice partials[slice][t·k+j][c]), j and slices in
-// order; NaN where the token has an id outside [0, E).
+// order; NaN where the token has an id outside [0, E). Up to kCombineBatch slots' ids,
+// weights and values are loaded before any is used, so that a decode token's k = 6 slots
+// cost one round trip to memory (a slot at a time, they were a chain of twelve).
+constexpr int kCombineBatch = 8;
 __global__ void moe_decode_combine_kernel(const float* __restrict__ partials, int slices,
                                           const int64_t* __restrict__ chosen, const float* __restrict__ weights,
                                           int E, int T, int k, int H, float* __restrict__ out) {
@@ -257,18 +260,27 @@ __global__ void moe_decode_combine_kernel(const float* __restrict__ partials, in
   const int t = i / H, c = i % H;
   const size_t slice_stride = size_t(T) * k * H;
   float sum = 0.0f;
-  for (int j = 0; j < k; ++j) {
-    const int slot = t * k + j;
-    const int64_t e = chosen[slot];
-    if (e < 0 || e >= E) {
-      sum = NAN;
-      break;
+  bool valid = true;
+  for (int j0 = 0; j0 < k; j0 += kCombineBatch) {
+    int64_t e[kCombineBatch];
+    float w[kCombineBatch], y[kCombineBatch];
+#pragma unroll
+    for (int x = 0; x < kCombineBatch; ++x) {
+      const int slot = t * k + j0 + x;
+      const bool here = j0 + x < k;
+      e[x] = here ? chosen[slot] : 0;
+      w[x] = here ? weights[slot] : 0.0f;
+      y[x] = 0.0f;
+      for (int sl = 0; sl < slices && here; ++sl) y[x] += partials[sl * slice_stride + size_t(slot) * H + c];
     }
-    float y = 0.0f;
-    for (int sl = 0; sl < slices; ++sl) y += partials[sl * slice_stride + size_t(slot) * H + c];
-    sum += weights[slot] * y;
+#pragma unroll
+    for (int x = 0; x < kCombineBatch; ++x) {
+      if (j0 + x >= k) break;
+      valid = valid && e[x] >= 0 && e[x] < E;
+      sum += w[x] * y[x];
+    }
   }
-  out[i] = sum;
+  out[i] = valid ? sum : NAN;
 }
 
 // ids_ready: see moe_decode_linear_kernel (the down projection: bf16 input).
