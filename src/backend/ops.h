@@ -26,6 +26,7 @@
 // The indexer of a CSA layer has its own rings and entries with the same layout.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -83,6 +84,15 @@ struct RingStore {
   const float* rows;
   int64_t p0, S, width, ring_rows;
 };
+
+// compress()'s raw-row stores: the call's S kv and gate rows into the compressor's two
+// rings of 2·rate rows (rows of 2·width under overlap, else width). A call that closes no
+// window does nothing else.
+inline std::array<RingStore, 2> compressor_ring_stores(const CompressorParams& p, float* ring_kv, float* ring_gate,
+                                                       const float* kv, const float* gate, int64_t p0, int64_t S) {
+  const int64_t raw = p.overlap ? 2 * p.width : p.width;
+  return {{{ring_kv, kv, p0, S, raw, 2 * p.rate}, {ring_gate, gate, p0, S, raw, 2 * p.rate}}};
+}
 
 // Which compressed entries a query of one sequence sees in sink_attention.
 enum class EntrySelection {
@@ -239,14 +249,16 @@ class Ops {
                               const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
                               int64_t topk, const float* sinks, float scale,
                               const cpu::RopeFrequencies* output_rope, float* out) = 0;
-  // Stores the last min(S, W−1) of new_keys [S, D] in the window ring.
-  virtual void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
-                             int64_t window) = 0;
   // The n ring stores, as one op (on a GPU one launch); the rings must not overlap. A
-  // window update is RingStore{ring, new_keys, p0, S, D, W − 1}; a compress() call that
-  // closes no window stores only its raw rows, RingStore{ring_kv, kv, p0, S, raw, 2·rate}
-  // and the same for the gate, so a decode step can take both with its window update.
+  // compress() call that closes no window stores only its raw rows
+  // (compressor_ring_stores), so a decode step can take those with its window update.
   virtual void store_rings(const RingStore* stores, int64_t n) = 0;
+  // Stores the last min(S, W−1) of new_keys [S, D] in the window ring (W − 1 rows; none
+  // for W = 1): a store_rings call of one ring.
+  void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim, int64_t window) {
+    const RingStore store{ring, new_keys, p0, S, dim, window - 1};
+    if (window > 1) store_rings(&store, 1);
+  }
   // A decode step's attention for n sequences of one token each: for sequence b,
   // sink_attention of q[b] (q [n, n_heads, D]) with its key new_keys[b] (new_keys [n, D])
   // over seqs[b]'s window and entries, into out[b], then update_window of its ring with

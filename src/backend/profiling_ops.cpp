@@ -167,12 +167,6 @@ void ProfilingOps::sink_attention(const float* q, int64_t S, int64_t n_heads, in
   });
 }
 
-void ProfilingOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim, int64_t window) {
-  timed("update_window", [&] {
-    inner_->update_window(ring, new_keys, p0, S, dim, window);
-  });
-}
-
 void ProfilingOps::store_rings(const RingStore* stores, int64_t n) {
   timed("store_rings", [&] { inner_->store_rings(stores, n); });
 }

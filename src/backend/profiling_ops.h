@@ -82,7 +82,6 @@ class ProfilingOps final : public Ops {
   void indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim, const float* keys, int64_t n_keys, float* scores) override;
   void indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t topk, int64_t p0, int64_t rate, int64_t* selected) override;
   void sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys, const float* ring, int64_t p0, int64_t window, backend::EntrySelection selection, const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected, int64_t topk, const float* sinks, float scale, const cpu::RopeFrequencies* output_rope, float* out) override;
-  void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim, int64_t window) override;
   void store_rings(const RingStore* stores, int64_t n) override;
   void decode_attention(const float* q, int64_t n, const DecodeSequence* seqs, int64_t n_heads, int64_t dim,
                         const float* new_keys, int64_t window, EntrySelection selection, int64_t rate, int64_t topk,

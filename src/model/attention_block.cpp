@@ -40,13 +40,13 @@ int64_t run_compressor(backend::Ops& ops, CompressorState& st, const CompressorW
                        const float* gate, int64_t p0, int64_t S, std::vector<backend::RingStore>& deferred) {
   const int64_t count = (p0 + S) / rate;
   ops.grow_rows(st.entries, std::max<int64_t>(count, 1), width);
+  const backend::CompressorParams params{&w.ape, &w.norm, rate, width, overlap, eps, &rope};
   if (count == p0 / rate) {
-    const int64_t raw = overlap ? 2 * width : width;
-    deferred.push_back({st.ring_kv.mutable_data<float>(), kv, p0, S, raw, 2 * rate});
-    deferred.push_back({st.ring_gate.mutable_data<float>(), gate, p0, S, raw, 2 * rate});
+    const auto stores = backend::compressor_ring_stores(params, st.ring_kv.mutable_data<float>(),
+                                                        st.ring_gate.mutable_data<float>(), kv, gate, p0, S);
+    deferred.insert(deferred.end(), stores.begin(), stores.end());
     return count;
   }
-  const backend::CompressorParams params{&w.ape, &w.norm, rate, width, overlap, eps, &rope};
   ops.compress(params, st.ring_kv.mutable_data<float>(), st.ring_gate.mutable_data<float>(),
                st.entries.mutable_data<float>(), kv, gate, p0, S);
   return count;
@@ -164,7 +164,7 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
     ops.sink_attention(q + s0 * nh * D, S, nh, D, kv + s0 * D, ls.window.data<float>(), p0, c.sliding_window,
                        selection, entries, n_entries, rate, selected, topk, ops.resident(w.sinks), scale, &rope,
                        o + s0 * nh * D);
-    if (c.sliding_window > 1)
+    if (c.sliding_window > 1)  // as update_window
       ring_stores.push_back({ls.window.mutable_data<float>(), kv + s0 * D, p0, S, D, c.sliding_window - 1});
     ops.store_rings(ring_stores.data(), int64_t(ring_stores.size()));
     ring_stores.clear();

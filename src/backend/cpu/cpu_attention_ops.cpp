@@ -65,10 +65,8 @@ void CpuOps::compress(const backend::CompressorParams& p, float* ring_kv, float*
   });
 
   // Keep the last 2m raw rows (unbiased) for later calls.
-  for (int64_t u = std::max(p0, p0 + S - ring_rows); u < p0 + S; ++u) {
-    std::memcpy(ring_kv + (u % ring_rows) * raw, kv + (u - p0) * raw, size_t(raw) * sizeof(float));
-    std::memcpy(ring_gate + (u % ring_rows) * raw, gate + (u - p0) * raw, size_t(raw) * sizeof(float));
-  }
+  const auto raw_rows = backend::compressor_ring_stores(p, ring_kv, ring_gate, kv, gate, p0, S);
+  store_rings(raw_rows.data(), 2);
 }
 
 void CpuOps::indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim,
@@ -120,11 +118,6 @@ void CpuOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t 
           cpu::apply_rope_one(out + (i * n_heads + h) * dim, dim, p, *output_rope, /*inverse=*/true);
     }
   });
-}
-
-void CpuOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim, int64_t window) {
-  const backend::RingStore store{ring, new_keys, p0, S, dim, window - 1};
-  if (window > 1) store_rings(&store, 1);
 }
 
 void CpuOps::store_rings(const backend::RingStore* stores, int64_t n) {

@@ -74,8 +74,6 @@ class CpuOps final : public backend::Ops {
                       const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
                       int64_t topk, const float* sinks, float scale,
                       const cpu::RopeFrequencies* output_rope, float* out) override;
-  void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
-                     int64_t window) override;
   void store_rings(const backend::RingStore* stores, int64_t n) override;
 
   void synchronize() override {}

@@ -1031,10 +1031,9 @@ void CudaOps::compress(const backend::CompressorParams& p, float* ring_kv, float
             p.width);
   if (S <= 0) return;
   const int64_t first = p0 / p.rate, n_close = (p0 + S) / p.rate - first;
-  const backend::RingStore raw_rows[2] = {{ring_kv, kv, p0, S, raw, 2 * p.rate},
-                                          {ring_gate, gate, p0, S, raw, 2 * p.rate}};
+  const auto raw_rows = backend::compressor_ring_stores(p, ring_kv, ring_gate, kv, gate, p0, S);
   if (n_close == 0) {  // three decode steps in four at m = 4
-    launch_ring_stores(ctx(), raw_rows, 2);
+    launch_ring_stores(ctx(), raw_rows.data(), 2);
     return;
   }
   // The rows go into the rings in the same launch unless a row they overwrite (position
@@ -1047,7 +1046,7 @@ void CudaOps::compress(const backend::CompressorParams& p, float* ring_kv, float
   const int64_t blocks = n_close + (store_in_launch ? blocks_for(stored_values, kCompressThreads) : 0);
   launch_dependent(ctx(), compress_kernel, unsigned(blocks), kCompressThreads, size_t(p.width) * sizeof(float), a);
   DSQ_CUDA_CHECK_LAUNCH();
-  if (!store_in_launch) launch_ring_stores(ctx(), raw_rows, 2);
+  if (!store_in_launch) launch_ring_stores(ctx(), raw_rows.data(), 2);
 }
 
 void CudaOps::indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads, int64_t head_dim,
@@ -1234,12 +1233,6 @@ void CudaOps::decode_attention(const float* q, int64_t n, const backend::DecodeS
       DSQ_CUDA_CHECK_LAUNCH();
     }
   }
-}
-
-void CudaOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
-                            int64_t window) {
-  const backend::RingStore store{ring, new_keys, p0, S, dim, window - 1};
-  if (window > 1) launch_ring_stores(ctx(), &store, 1);
 }
 
 void CudaOps::store_rings(const backend::RingStore* stores, int64_t n) { launch_ring_stores(ctx(), stores, n); }

@@ -225,12 +225,6 @@ void GraphReplayOps::sink_attention(const float* q, int64_t S, int64_t n_heads, 
                          selected, topk, sinks, scale, output_rope, out);
 }
 
-void GraphReplayOps::update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
-                                   int64_t window) {
-  flush();
-  inner_->update_window(ring, new_keys, p0, S, dim, window);
-}
-
 void GraphReplayOps::store_rings(const backend::RingStore* stores, int64_t n) {
   flush();
   inner_->store_rings(stores, n);

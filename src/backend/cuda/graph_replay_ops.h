@@ -139,8 +139,6 @@ class GraphReplayOps final : public backend::Ops {
                       const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
                       int64_t topk, const float* sinks, float scale,
                       const cpu::RopeFrequencies* output_rope, float* out) override;
-  void update_window(float* ring, const float* new_keys, int64_t p0, int64_t S, int64_t dim,
-                     int64_t window) override;
   void store_rings(const backend::RingStore* stores, int64_t n) override;
   void decode_attention(const float* q, int64_t n, const backend::DecodeSequence* seqs, int64_t n_heads, int64_t dim,
                         const float* new_keys, int64_t window, backend::EntrySelection selection, int64_t rate,
