@@ -976,13 +976,19 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const float* p
                                                                   const __grid_constant__ Source source,
                                                                   const float* out_freqs, int out_rope_dim,
                                                                   float* out) {
-  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
-  allow_dependent_launch();
   const int64_t i = blockIdx.x;
   const int h = blockIdx.y, column = threadIdx.x;
-  if (column >= dim / 4) return;
-  auto slot = [&](int s) { return (i * n_splits + s) * n_heads + h; };
+  // The sink logit and the output rotation are constants (the position is the host's):
+  // loaded before the wait, they add no round trip after the merge.
   const float sink = sinks[h];
+  const int64_t position = source.position_of(i);
+  const bool live = column < dim / 4;  // the others hold no column (and read no frequency)
+  const OutputTurn turn_lo(live ? 4 * column : 0, dim, live ? out_rope_dim : 0, out_freqs, position),
+      turn_hi(live ? 4 * column + 2 : 0, dim, live ? out_rope_dim : 0, out_freqs, position);
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
+  if (!live) return;
+  auto slot = [&](int s) { return (i * n_splits + s) * n_heads + h; };
   float run_max = sink, run_sum = 1.0f;  // the sink: exp(sink − run_max), no value
   float4 acc = make_float4(0, 0, 0, 0);
   for (int s0 = 0; s0 < n_splits; s0 += kCombineBatch) {
@@ -1011,9 +1017,8 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const float* p
     run_max = new_max;
   }
   const float inv = 1.0f / run_sum;
-  const int64_t position = source.position_of(i);
-  const float2 lo = OutputTurn(4 * column, dim, out_rope_dim, out_freqs, position)(acc.x * inv, acc.y * inv);
-  const float2 hi = OutputTurn(4 * column + 2, dim, out_rope_dim, out_freqs, position)(acc.z * inv, acc.w * inv);
+  const float2 lo = turn_lo(acc.x * inv, acc.y * inv);
+  const float2 hi = turn_hi(acc.z * inv, acc.w * inv);
   reinterpret_cast<float4*>(out + (i * n_heads + h) * dim)[column] = make_float4(lo.x, lo.y, hi.x, hi.y);
 }
 

@@ -23,6 +23,7 @@
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_pipeline.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -123,22 +124,40 @@ __device__ float block_sum(float v) {
 
 // ---- rms_norm: one block per row ----
 
-// yr = rms_norm(xr) · weight (weight may be null) by the whole block; yr may alias xr.
+// Thread threadIdx.x's first V-wide chunk of a row norm's weight (ones where there is
+// none). Weights are constant, so kernels load it before their programmatic wait: the
+// scaling after the row's sum of squares then waits for no memory.
 template <int V>
-__device__ void normalize_row(const float* xr, int64_t dim, const float* weight, float eps, float* yr) {
+__device__ Floats<V> first_weight_chunk(const float* weight, int64_t dim) {
+  Floats<V> w;
+  if (weight != nullptr && threadIdx.x < dim / V) return load<V>(weight + threadIdx.x * V);
+#pragma unroll
+  for (int e = 0; e < V; ++e) w.v[e] = 1.0f;
+  return w;
+}
+
+// yr = rms_norm(xr) · weight (weight may be null) by the whole block; yr may alias xr.
+// w0: first_weight_chunk(weight, dim). The thread's first chunk of x stays in registers
+// between the two passes (one chunk per thread covers the decode rows).
+template <int V>
+__device__ void normalize_row(const float* xr, int64_t dim, const float* weight, float eps, float* yr,
+                              const Floats<V>& w0) {
   const int64_t chunks = dim / V;
   float squares = 0;
+  Floats<V> x0{};
   for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
     const Floats<V> f = load<V>(xr + i * V);
+    if (i == threadIdx.x) x0 = f;
 #pragma unroll
     for (int e = 0; e < V; ++e) squares += f.v[e] * f.v[e];
   }
   // Every thread has read its elements before any is written (y may alias x).
   const float inv = 1.0f / sqrtf(block_sum(squares) / float(dim) + eps);
   for (int64_t i = threadIdx.x; i < chunks; i += blockDim.x) {
-    Floats<V> f = load<V>(xr + i * V);
+    const bool first = i == threadIdx.x;
+    Floats<V> f = first ? x0 : load<V>(xr + i * V);
     if (weight) {
-      const Floats<V> w = load<V>(weight + i * V);
+      const Floats<V> w = first ? w0 : load<V>(weight + i * V);
 #pragma unroll
       for (int e = 0; e < V; ++e) f.v[e] = w.v[e] * (f.v[e] * inv);
     } else {
@@ -152,9 +171,10 @@ __device__ void normalize_row(const float* xr, int64_t dim, const float* weight,
 template <int V>
 __global__ void rms_norm_kernel(const float* x, int64_t dim, int64_t stride, const float* weight, float eps,
                                 float* y) {
+  const Floats<V> w0 = first_weight_chunk<V>(weight, dim);
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
-  normalize_row<V>(x + int64_t(blockIdx.x) * stride, dim, weight, eps, y + int64_t(blockIdx.x) * stride);
+  normalize_row<V>(x + int64_t(blockIdx.x) * stride, dim, weight, eps, y + int64_t(blockIdx.x) * stride, w0);
 }
 
 // mix[row][0..R) /= rms(x[row]) for row blockIdx.x of x [rows, K]: the mixing sums of
@@ -193,18 +213,33 @@ __global__ void rope_kernel(float* x, int64_t pairs, int64_t heads, int64_t dim,
 
 // ---- norm_rope: one block per vector, rms_norm_kernel's arithmetic then rope_kernel's ----
 
+// The constants of one vector's norm_rope that a thread uses, loaded before the
+// programmatic wait: its first chunk of the norm weight, the token's position (uploaded
+// by the host before the step's kernels) and its first rotation frequency.
+template <int V>
+struct NormRopeConstants {
+  Floats<V> w0;
+  float position;
+  float freq0;
+};
+template <int V>
+__device__ NormRopeConstants<V> norm_rope_constants(int64_t vec, int64_t dim, const float* weight, int64_t heads,
+                                                    int64_t rope_dim, const int64_t* positions, const float* freqs) {
+  return {first_weight_chunk<V>(weight, dim), positions ? float(positions[vec / heads]) : 0.0f,
+          threadIdx.x < rope_dim / 2 ? freqs[threadIdx.x] : 0.0f};
+}
+
 // Vector `vec` of x (vectors of `dim`, `heads` per token) normalised in place, then its
 // trailing rope_dim entries rotated by its token's position, by the whole block.
 template <int V>
-__device__ void norm_rope_vector(float* x, int64_t vec, int64_t dim, const float* weight, float eps, int64_t heads,
-                                 int64_t rope_dim, const int64_t* positions, const float* freqs) {
+__device__ void norm_rope_vector(float* x, int64_t vec, int64_t dim, const float* weight, float eps,
+                                 int64_t rope_dim, const float* freqs, const NormRopeConstants<V>& k) {
   float* xr = x + vec * dim;
-  normalize_row<V>(xr, dim, weight, eps, xr);
+  normalize_row<V>(xr, dim, weight, eps, xr, k.w0);
   __syncthreads();  // the rotated pairs were normalised by other threads
-  const float position = float(positions[vec / heads]);
   float* slice = xr + (dim - rope_dim);
   for (int64_t i = threadIdx.x; i < rope_dim / 2; i += blockDim.x) {
-    const float2 r = RopeTurn(position, freqs[i], false)(slice[2 * i], slice[2 * i + 1]);
+    const float2 r = RopeTurn(k.position, i == threadIdx.x ? k.freq0 : freqs[i], false)(slice[2 * i], slice[2 * i + 1]);
     slice[2 * i] = r.x;
     slice[2 * i + 1] = r.y;
   }
@@ -213,9 +248,10 @@ __device__ void norm_rope_vector(float* x, int64_t vec, int64_t dim, const float
 template <int V>
 __global__ void norm_rope_kernel(float* x, int64_t dim, const float* weight, float eps, int64_t heads,
                                  int64_t rope_dim, const int64_t* positions, const float* freqs) {
+  const auto k = norm_rope_constants<V>(blockIdx.x, dim, weight, heads, rope_dim, positions, freqs);
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
-  norm_rope_vector<V>(x, blockIdx.x, dim, weight, eps, heads, rope_dim, positions, freqs);
+  norm_rope_vector<V>(x, blockIdx.x, dim, weight, eps, rope_dim, freqs, k);
 }
 
 // ---- rms_norm_and_norm_rope: blocks [0, rows) are rms_norm_kernel's, the rest norm_rope_kernel's ----
@@ -228,13 +264,17 @@ __global__ void rms_norm_and_norm_rope_kernel(const float* x, int64_t rows, int6
                                               const float* weight, float* y, float* heads_x, int64_t head_dim,
                                               const float* head_weight, int64_t heads, int64_t rope_dim,
                                               const int64_t* positions, const float* freqs, float eps) {
+  const bool norm = int64_t(blockIdx.x) < rows;
+  const int64_t vec = int64_t(blockIdx.x) - rows;
+  const Floats<VN> w0 = first_weight_chunk<VN>(norm ? weight : nullptr, dim);
+  const auto k = norm_rope_constants<VR>(norm ? 0 : vec, head_dim, norm ? nullptr : head_weight, heads,
+                                         norm ? 0 : rope_dim, norm ? nullptr : positions, freqs);
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
-  if (int64_t(blockIdx.x) < rows)
-    normalize_row<VN>(x + int64_t(blockIdx.x) * stride, dim, weight, eps, y + int64_t(blockIdx.x) * stride);
+  if (norm)
+    normalize_row<VN>(x + int64_t(blockIdx.x) * stride, dim, weight, eps, y + int64_t(blockIdx.x) * stride, w0);
   else
-    norm_rope_vector<VR>(heads_x, int64_t(blockIdx.x) - rows, head_dim, head_weight, eps, heads, rope_dim, positions,
-                         freqs);
+    norm_rope_vector<VR>(heads_x, vec, head_dim, head_weight, eps, rope_dim, freqs, k);
 }
 
 // ---- mhc_mix, few rows: fn · x / rms(x) in one pass over fn ----
@@ -822,6 +862,17 @@ __global__ void __launch_bounds__(cluster_threads<kCoefficients>(), kCoefficient
   }
   __shared__ float nw[kClusterMaxWidth];  // this block's columns of the norm weight
   if (norm_weight && threadIdx.x < width) nw[threadIdx.x] = norm_weight[h0 + threadIdx.x];
+  // The coefficients' constants (scale[0..1], base[0..2N)): read after the cluster's
+  // sums, they cost a memory round trip there (~1 us of the kernel's ~6 after its wait,
+  // timed on an H100). Copied asynchronously, they hold no registers meanwhile.
+  constexpr int kConstants = kCoefficients ? 2 + 2 * N : 1 + N;
+  __shared__ float constants[kConstants];  // scale[0], base[0..N), then scale[1], base[N..2N)
+  if (int(threadIdx.x) < kConstants) {
+    const int c = int(threadIdx.x);
+    const float* from = c == 0 ? scale : c <= N ? base + (c - 1) : c == N + 1 ? scale + 1 : base + (c - 2);
+    __pipeline_memcpy_async(&constants[c], from, sizeof(float));
+  }
+  __pipeline_commit();
   wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
   allow_dependent_launch();
   for (int i = threadIdx.x; i < T * quads; i += blockDim.x)
@@ -832,6 +883,13 @@ __global__ void __launch_bounds__(cluster_threads<kCoefficients>(), kCoefficient
       const int t = i / (N + N * N), j = i % (N + N * N);
       coef[t][j] = j < N ? update.post[t * N + j] : update.comb[t * N * N + j - N];
     }
+    // The block output of the thread's first update column, requested with the stream
+    // slice and the coefficients: one round trip for all three (at one token the only
+    // column of each thread).
+    auto block_output = [&](int64_t at) { return update.y_extra ? update.y[at] + update.y_extra[at] : update.y[at]; };
+    const float a0 = int(threadIdx.x) < T * width
+                         ? block_output(int64_t(threadIdx.x / width) * hidden + h0 + threadIdx.x % width)
+                         : 0.0f;
     __syncthreads();
     // X[k] ← post[k]·a + Σ_j comb[j][k]·X[j], a = y (+ y_extra): mhc_post_kernel's order.
     // One column per thread (the weights held in registers leave no room for quads).
@@ -839,7 +897,7 @@ __global__ void __launch_bounds__(cluster_threads<kCoefficients>(), kCoefficient
       const int t = i / width, col = i % width;
       float* row = reinterpret_cast<float*>(xs[t]);  // stream k's column col at k·width + col
       const int64_t at = int64_t(t) * hidden + h0 + col;
-      const float a = update.y_extra ? update.y[at] + update.y_extra[at] : update.y[at];
+      const float a = i == int(threadIdx.x) ? a0 : block_output(at);
       float old[N];
 #pragma unroll
       for (int j = 0; j < N; ++j) old[j] = row[j * width + col];
@@ -890,13 +948,15 @@ __global__ void __launch_bounds__(cluster_threads<kCoefficients>(), kCoefficient
   }
   // No block reads another's shared memory after this: arrive now, wait before leaving.
   cluster.barrier_arrive();
+  __pipeline_wait_prior(0);  // the constants
   __syncthreads();
   // mix = the sums / rms(row) (mhc_mix); pre for every block, post by block 0.
   if (threadIdx.x < T * N) {
     const int t = threadIdx.x / N, k = threadIdx.x % N;
     const float inv = 1.0f / sqrtf(mixv[t][R] / float(K) + mix_eps);
-    pre[t][k] = sigmoid(mixv[t][k] * inv * scale[0] + base[k]) + eps;
-    if (kCoefficients && rank == 0) post[t * N + k] = 2.0f * sigmoid(mixv[t][N + k] * inv * scale[1] + base[N + k]);
+    pre[t][k] = sigmoid(mixv[t][k] * inv * constants[0] + constants[1 + k]) + eps;
+    if (kCoefficients && rank == 0)
+      post[t * N + k] = 2.0f * sigmoid(mixv[t][N + k] * inv * constants[N + 1] + constants[N + 2 + k]);
   }
   __syncthreads();
   if constexpr (kCoefficients) {
@@ -1019,35 +1079,53 @@ __device__ uint64_t rank_key(float score, int expert) {
   return (uint64_t(u) << 32) | (0xFFFFFFFFu - uint32_t(expert));
 }
 
-// Lane j < k ends with the j-th pick in `expert` and its unbiased score in `score`.
+// Lane j < k ends with the j-th pick in `expert` and its unbiased score in `score`. What
+// the kernel reads besides the logits (the bias; for hash routing the token and its
+// table row, uploaded by the host before the step) is loaded before its programmatic
+// wait, and the picks' scores come from the lanes that computed them: after the wait
+// the route is one memory round trip (the logits) and the stores.
 __global__ void route_kernel(const float* logits, int64_t T, int E, const float* bias, const int64_t* tid2eid,
                              const int64_t* tokens, int64_t vocab, int k, float scaling, int64_t* chosen,
                              float* weights) {
-  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
-  allow_dependent_launch();
   const int lane = threadIdx.x % 32;
   const int64_t t = int64_t(blockIdx.x) * kRouteWarps + threadIdx.x / 32;
+  int64_t hashed = -1;  // hash routing: this lane's expert (lanes < k)
+  float b[kRouteSlots] = {};  // top-k: expert lane + 32·s's bias
+  if (t < T && tid2eid) {
+    if (lane < k) {
+      const int64_t token = tokens[t];
+      hashed = token >= 0 && token < vocab ? tid2eid[token * k + lane] : -1;
+    }
+  } else if (t < T) {
+#pragma unroll
+    for (int s = 0; s < kRouteSlots; ++s) {
+      const int e = lane + 32 * s;
+      b[s] = bias && e < E ? bias[e] : 0.0f;
+    }
+  }
+  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
+  allow_dependent_launch();
   if (t >= T) return;  // whole warps leave together
   const float* lg = logits + t * E;
   int expert = 0;
   float score = 0;
   if (tid2eid) {
     if (lane < k) {
-      const int64_t token = tokens[t];
-      const int64_t e = token >= 0 && token < vocab ? tid2eid[token * k + lane] : -1;
-      if (e >= 0 && e < E) {
-        expert = int(e);
-        score = sqrt_softplus(lg[e]);
+      if (hashed >= 0 && hashed < E) {
+        expert = int(hashed);
+        score = sqrt_softplus(lg[hashed]);
       } else {
         score = __int_as_float(0x7fc00000);  // NaN: see the header
       }
     }
   } else {
     uint64_t keys[kRouteSlots];  // slot s: expert lane + 32·s
+    float unbiased[kRouteSlots];
 #pragma unroll
     for (int s = 0; s < kRouteSlots; ++s) {
       const int e = lane + 32 * s;
-      keys[s] = e < E ? rank_key(sqrt_softplus(lg[e]) + (bias ? bias[e] : 0.0f), e) : 0;
+      unbiased[s] = e < E ? sqrt_softplus(lg[e]) : 0.0f;
+      keys[s] = e < E ? rank_key(unbiased[s] + b[s], e) : 0;
     }
     for (int j = 0; j < k; ++j) {
       uint64_t best = 0;
@@ -1056,12 +1134,20 @@ __global__ void route_kernel(const float* logits, int64_t T, int E, const float*
 #pragma unroll
       for (int o = 16; o > 0; o /= 2) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
       // Keys are unique (they hold the expert), so only the owner's slot matches.
+      const int pick = int(0xFFFFFFFFu - uint32_t(best));
+      float owned = 0;  // the pick's unbiased score, on its owner lane
 #pragma unroll
       for (int s = 0; s < kRouteSlots; ++s)
-        if (keys[s] == best) keys[s] = 0;
-      if (lane == j) expert = int(0xFFFFFFFFu - uint32_t(best));
+        if (keys[s] == best) {
+          keys[s] = 0;
+          owned = unbiased[s];
+        }
+      const float picked = __shfl_sync(0xffffffffu, owned, pick % 32);
+      if (lane == j) {
+        expert = pick;
+        score = picked;
+      }
     }
-    if (lane < k) score = sqrt_softplus(lg[expert]);
   }
   const float sum = warp_sum(lane < k ? score : 0.0f);
   if (lane < k) {
