@@ -664,11 +664,21 @@ __global__ void __launch_bounds__(kMixThreads)
   constexpr int R = (2 + N) * N;
   __shared__ float mix[kMixMaxTokens * R];
   __shared__ float pre[N];
-  if (!mix_partials(streams, T, K, fn, R, partials, ticket)) return;
+  // base and scale (constants) copied before the wait inside mix_partials: the last
+  // block's coefficients then start without a memory round trip.
+  __shared__ float constants[R + 3];  // base [R], then scale [3]
+  if (int(threadIdx.x) < R + 3)
+    __pipeline_memcpy_async(&constants[threadIdx.x], threadIdx.x < R ? base + threadIdx.x : scale + (threadIdx.x - R),
+                            sizeof(float));
+  __pipeline_commit();
+  const bool last = mix_partials(streams, T, K, fn, R, partials, ticket);
+  __pipeline_wait_prior(0);  // no thread leaves with a copy in flight
+  if (!last) return;
   finish_mix(T, K, R, mix_eps, partials, ticket, mix);
   __syncthreads();
   for (int t = 0; t < T; ++t)
-    mhc_block_coefficients<N>(mix + t * R, base, scale, iters, eps, true, pre, post + t * N, comb + t * N * N);
+    mhc_block_coefficients<N>(mix + t * R, constants, constants + R, iters, eps, true, pre, post + t * N,
+                              comb + t * N * N);
 }
 
 // x = collapse(X, pre), then rms_norm(x)·norm_weight when norm_weight is not null (the
