@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/dependent_launch.h"
@@ -50,7 +51,8 @@ int blocks_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threa
 // ---- ring writes (update_window, the compressor rings, store_rings) ----
 
 // Ring stores per launch (block row y = store y), passed in the kernel's parameter space:
-// a decode step's window update and its two compressors' kv and gate rings fit.
+// a decode step's window update and its two compressors' kv and gate rings fit, and a
+// decode batch's window keys (decode_attention) go 8 sequences per launch.
 constexpr int kRingStoresPerLaunch = 8;
 struct RingStores {
   backend::RingStore store[kRingStoresPerLaunch];
@@ -760,21 +762,6 @@ struct DecodeBatch {
   __device__ int64_t position_of(int64_t row) const { return seq[row].p0; }
 };
 
-// update_window of a decode batch: sequence b's key goes to row p0[b] mod (W − 1) of its
-// ring (block row b).
-struct WindowStores {
-  float* ring[kDecodeBatch];
-  int64_t p0[kDecodeBatch];
-};
-
-__global__ void store_window_keys_kernel(const __grid_constant__ WindowStores stores, const float* keys, int64_t dim,
-                                         int64_t ring_rows) {
-  wait_for_previous_kernel();  // launched as a programmatic dependent (dependent_launch.h)
-  allow_dependent_launch();
-  const int64_t b = blockIdx.y, c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (c < dim) stores.ring[b][(stores.p0[b] % ring_rows) * dim + c] = keys[b * dim + c];
-}
-
 constexpr int kAttnWarps = kAttnThreads / 32;
 
 // The logits' partial dot products: 32 / kKeys dim groups per warp, one lane per key.
@@ -1218,25 +1205,20 @@ void CudaOps::decode_attention(const float* q, int64_t n, const backend::DecodeS
   for (int64_t b0 = 0; b0 < n; b0 += kDecodeBatch) {
     const int64_t rows = std::min<int64_t>(kDecodeBatch, n - b0);
     DecodeBatch batch{};
-    WindowStores stores{};
+    std::vector<backend::RingStore> window_stores;  // each sequence's key into its window ring
     int64_t max_keys = 0;
     for (int64_t r = 0; r < rows; ++r) {
       const backend::DecodeSequence& s = seqs[b0 + r];
       check_aligned({s.ring, s.entries});
       const float* key = new_keys + (b0 + r) * dim;
       batch.seq[r] = {key, s.ring, s.entries, s.selected, s.p0, window, dim, s.n_entries, rate, topk, selection};
-      stores.ring[r] = s.ring;
-      stores.p0[r] = s.p0;
+      if (window > 1) window_stores.push_back({s.ring, key, s.p0, 1, dim, window - 1});
       max_keys = std::max(max_keys, batch.seq[r].count(0));
     }
     launch_sink_attention(*this, batch, rows, max_keys, q + b0 * n_heads * dim, n_heads, dim, sinks, scale,
                           output_rope, out + b0 * n_heads * dim);
     // Every query has read its ring: each sequence's key goes in now.
-    if (window > 1) {
-      launch_dependent(ctx(), store_window_keys_kernel, dim3(blocks_for(dim, 256), unsigned(rows)), 256, 0, stores,
-                       new_keys + b0 * dim, dim, window - 1);
-      DSQ_CUDA_CHECK_LAUNCH();
-    }
+    launch_ring_stores(ctx(), window_stores.data(), int64_t(window_stores.size()));
   }
 }
 
