@@ -41,6 +41,10 @@ class CudaOps final : public backend::Ops {
   Precision precision() const { return precision_; }
   // The lane that ops issue their work to now (see start_side_work()).
   GpuContext& context() { return ctx(); }
+  // Hands both lanes' launches to `interceptor` (null: to the streams again).
+  void set_launch_interceptor(LaunchInterceptor* interceptor) {
+    for (GpuContext& lane : lanes_) lane.set_launch_interceptor(interceptor);
+  }
 
   Device device() const override { return Device::CUDA; }
   Tensor alloc(DType dtype, Shape shape) override;

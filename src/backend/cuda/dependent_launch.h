@@ -6,6 +6,7 @@
 // memory is visible; work before that point (streaming immutable weights) overlaps the
 // previous kernel's tail and this launch's latency. Kernels launched normally, or
 // after a non-kernel stream operation, are unaffected; both instructions are no-ops then.
+// A context's LaunchInterceptor (gpu_context.h) takes its launches instead of the stream.
 #pragma once
 
 #include <utility>
@@ -28,7 +29,16 @@ void launch_dependent(const GpuContext& ctx, void (*kernel)(Params...), dim3 gri
   dependent.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &dependent;
   config.numAttrs = 1;
-  DSQ_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+  // The arguments converted to the kernel's parameter types, one pointer each (what
+  // cudaLaunchKernelEx does), so that the context's interceptor, if any, can take them.
+  [&](Params... coerced) {
+    void* pointers[] = {&coerced..., nullptr};
+    const void* function = reinterpret_cast<const void*>(kernel);
+    if (LaunchInterceptor* interceptor = ctx.launch_interceptor())
+      interceptor->launch(config, function, pointers);
+    else
+      DSQ_CUDA_CHECK(cudaLaunchKernelExC(&config, function, pointers));
+  }(std::forward<Args>(args)...);
 }
 
 // Device side: let the next kernel (if launched as our dependent) be scheduled now.

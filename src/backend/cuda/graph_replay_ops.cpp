@@ -1,5 +1,5 @@
-// GraphReplayOps (graph_replay_ops.h): segments of pure ops, deferred, signed, and run
-// eagerly, captured or replayed.
+// GraphReplayOps (graph_replay_ops.h): segments of ops, deferred, signed, and run
+// eagerly, captured or replayed (the stateful ones re-parameterised at each replay).
 #include "backend/cuda/graph_replay_ops.h"
 
 #include <cstdio>
@@ -35,6 +35,12 @@ enum class Op : uint8_t {
   EndSideWork,
   WaitSideWork,
   PrefetchWeights,
+  Compress,
+  IndexerScores,
+  IndexerTopk,
+  SinkAttention,
+  StoreRings,
+  DecodeAttention,
 };
 
 // Distinct segment signatures kept at most. A server sees prompts of every length, each
@@ -42,10 +48,29 @@ enum class Op : uint8_t {
 // dropped (the decode step's 45 or so are captured again two steps later).
 constexpr size_t kMaxSegments = 4096;
 
+// Ops in the first segment after the host waited for the device: about one decoder layer,
+// so that the GPU starts soon; each later segment may take twice its predecessor's
+// (the host prepares the next while the GPU runs it).
+constexpr size_t kFirstSegmentOps = 32;
+
+// Sends a CudaOps' launches to an interceptor for a scope (also when an op throws).
+class InterceptedLaunches {
+ public:
+  InterceptedLaunches(CudaOps& ops, LaunchInterceptor* interceptor) : ops_(ops) {
+    ops_.set_launch_interceptor(interceptor);
+  }
+  ~InterceptedLaunches() { ops_.set_launch_interceptor(nullptr); }
+  InterceptedLaunches(const InterceptedLaunches&) = delete;
+  InterceptedLaunches& operator=(const InterceptedLaunches&) = delete;
+
+ private:
+  CudaOps& ops_;
+};
+
 }  // namespace
 
 GraphReplayOps::GraphReplayOps(std::shared_ptr<CudaOps> inner)
-    : inner_(std::move(inner)), scratch_epoch_(inner_->scratch_epoch()) {}
+    : inner_(std::move(inner)), segment_budget_(kFirstSegmentOps), scratch_epoch_(inner_->scratch_epoch()) {}
 
 GraphReplayOps::~GraphReplayOps() {
   try {
@@ -62,26 +87,39 @@ void GraphReplayOps::set_enabled(bool on) {
 }
 
 template <typename... Args>
-void GraphReplayOps::defer(std::function<void()> work, const Args&... args) {
+void GraphReplayOps::defer_op(bool stateful, std::function<void()> work, const Args&... args) {
   static_assert((std::is_trivially_copyable_v<Args> && ...), "a signed argument must be plain bytes");
   if (!enabled_) return work();
   (sign(&args, sizeof(Args)), ...);
-  pending_.push_back(std::move(work));
+  pending_.push_back({std::move(work), stateful});
+  if (pending_.size() >= segment_budget_ && !side_started_ && !side_open_ && !segment_starts_open_) {
+    flush();
+    segment_budget_ *= 2;
+  }
 }
 
-void GraphReplayOps::run(const std::vector<std::function<void()>>& work) {
-  for (const auto& call : work) call();
+void GraphReplayOps::run(const std::vector<Deferred>& work) {
+  for (const Deferred& op : work) op.work();
 }
 
-bool GraphReplayOps::capture(const std::vector<std::function<void()>>& work, Segment& segment) {
+bool GraphReplayOps::capture(const std::vector<Deferred>& work, Segment& segment) {
   const cudaStream_t stream = inner_->context().stream();
+  std::vector<CapturedLaunch> state_launches;
+  KernelNodeRecorder recorder(state_launches);
   // Thread-local mode: an op that waits for the device or copies to the host (the
   // many-token MoE path reads its expert counts) gets an error instead of reading
   // results that a capture never produced, and the capture is abandoned.
   DSQ_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
   bool ran = true;
   try {
-    run(work);
+    for (const Deferred& op : work) {
+      if (!op.stateful) {
+        op.work();
+        continue;
+      }
+      InterceptedLaunches recorded(*inner_, &recorder);
+      op.work();
+    }
   } catch (const std::exception& e) {
     ran = false;
     if (std::getenv("DSQ_GRAPH_TRACE") != nullptr)
@@ -95,10 +133,11 @@ bool GraphReplayOps::capture(const std::vector<std::function<void()>>& work, Seg
       // Per-node priorities: a captured kernel keeps its lane's stream priority.
       cudaGraphInstantiateWithFlags(&exec, graph, cudaGraphInstantiateFlagUseNodePriority) == cudaSuccess) {
     segment.graph = exec;
+    segment.source = graph;  // kept: the recorded nodes are its nodes
+    segment.state_launches = std::move(state_launches);
     ++stats_.graphs;
-  }
-  if (graph != nullptr) cudaGraphDestroy(graph);
-  if (segment.graph == nullptr) {
+  } else {
+    if (graph != nullptr) cudaGraphDestroy(graph);
     cudaGetLastError();
     return false;
   }
@@ -106,10 +145,40 @@ bool GraphReplayOps::capture(const std::vector<std::function<void()>>& work, Seg
   return true;
 }
 
+bool GraphReplayOps::update_state_launches(const std::vector<Deferred>& work, Segment& segment) {
+  if (segment.state_launches.empty()) return true;
+  const uint64_t epoch = inner_->scratch_epoch();
+  KernelNodeUpdater updater(segment.graph, segment.state_launches);
+  {
+    InterceptedLaunches updated(*inner_, &updater);
+    for (const Deferred& op : work)
+      if (op.stateful) op.work();
+  }
+  if (inner_->scratch_epoch() != epoch) {
+    trace(work.size(), "captured again: scratch memory moved");
+    return false;
+  }
+  if (!updater.matched()) trace(work.size(), ("captured again: " + updater.mismatch()).c_str());
+  return updater.matched();
+}
+
+void GraphReplayOps::trace(size_t ops, const char* what) {
+  static const bool tracing = std::getenv("DSQ_GRAPH_TRACE") != nullptr;
+  if (tracing) std::fprintf(stderr, "dsq: CUDA graph segment of %zu ops: %s\n", ops, what);
+}
+
+void GraphReplayOps::destroy_graph(Segment& segment) {
+  if (segment.graph != nullptr) cudaGraphExecDestroy(segment.graph);
+  if (segment.source != nullptr) cudaGraphDestroy(segment.source);
+  segment.graph = nullptr;
+  segment.source = nullptr;
+  segment.state_launches.clear();
+}
+
 void GraphReplayOps::flush() {
   if (pending_.empty()) return;
   // Taken out first: if an op throws, its segment is not run again by the next flush.
-  const std::vector<std::function<void()>> work = std::move(pending_);
+  const std::vector<Deferred> work = std::move(pending_);
   const std::string signature = std::move(signature_);
   pending_.clear();
   signature_.clear();
@@ -122,6 +191,7 @@ void GraphReplayOps::flush() {
   const bool crosses_side_work = segment_starts_open_ || side_open_;
   segment_starts_open_ = side_open_;
   if (crosses_side_work) {
+    trace(work.size(), "plain launches: crosses open side work");
     run(work);
     ++stats_.eager;
     return;
@@ -131,11 +201,17 @@ void GraphReplayOps::flush() {
     segments_.clear();
   }
   Segment& segment = segments_[signature];
+  if (segment.graph != nullptr && !update_state_launches(work, segment)) {
+    destroy_graph(segment);  // captured again below
+    --stats_.graphs;
+    ++stats_.recaptured;
+  }
   if (segment.graph != nullptr) {
     DSQ_CUDA_CHECK(cudaGraphLaunch(segment.graph, inner_->context().stream()));
     ++stats_.replayed;
   } else if (segment.capturable && segment.sightings > 0) {
     if (capture(work, segment)) {
+      trace(work.size(), "captured");
       ++stats_.captured;
     } else {
       ++stats_.failed_captures;
@@ -146,17 +222,20 @@ void GraphReplayOps::flush() {
       ++stats_.eager;
     }
   } else {
+    trace(work.size(), segment.capturable ? "plain launches: first sighting" : "plain launches: not capturable");
     run(work);
     ++stats_.eager;
   }
   ++segment.sightings;
 }
 
+void GraphReplayOps::flush_before_wait() {
+  flush();
+  segment_budget_ = kFirstSegmentOps;
+}
+
 void GraphReplayOps::drop_graphs() {
-  for (auto& [signature, segment] : segments_) {
-    if (segment.graph != nullptr) cudaGraphExecDestroy(segment.graph);
-    segment.graph = nullptr;
-  }
+  for (auto& [signature, segment] : segments_) destroy_graph(segment);
   stats_.graphs = 0;
 }
 
@@ -173,7 +252,7 @@ Tensor GraphReplayOps::upload(const Tensor& host) {
 }
 
 Tensor GraphReplayOps::to_host(const Tensor& t) {
-  flush();
+  flush_before_wait();
   return inner_->to_host(t);
 }
 
@@ -183,6 +262,7 @@ void GraphReplayOps::upload_into(void* dst, const void* host, size_t bytes) {
 }
 
 void GraphReplayOps::grow_rows(Tensor& t, int64_t rows, int64_t width) {
+  if (t.defined() && t.dim(0) >= rows) return;  // nothing moves
   flush();
   inner_->grow_rows(t, rows, width);
 }
@@ -193,26 +273,28 @@ void GraphReplayOps::copy(float* dst, const float* src, int64_t n) {
 }
 
 void GraphReplayOps::synchronize() {
-  flush();
+  flush_before_wait();
   inner_->synchronize();
 }
 
+// ---- stateful ops: deferred, signed without their positions and counts ----
+
 void GraphReplayOps::compress(const backend::CompressorParams& p, float* ring_kv, float* ring_gate, float* entries,
                               const float* kv, const float* gate, int64_t p0, int64_t S) {
-  flush();
-  inner_->compress(p, ring_kv, ring_gate, entries, kv, gate, p0, S);
+  defer_stateful([=, this] { inner_->compress(p, ring_kv, ring_gate, entries, kv, gate, p0, S); }, Op::Compress,
+                 p.ape, p.norm, p.rate, p.width, p.overlap, p.eps, p.rope, ring_kv, ring_gate, entries, kv, gate, S);
 }
 
 void GraphReplayOps::indexer_scores(const float* q, const float* weights, int64_t S, int64_t n_heads,
                                     int64_t head_dim, const float* keys, int64_t n_keys, float* scores) {
-  flush();
-  inner_->indexer_scores(q, weights, S, n_heads, head_dim, keys, n_keys, scores);
+  defer_stateful([=, this] { inner_->indexer_scores(q, weights, S, n_heads, head_dim, keys, n_keys, scores); },
+                 Op::IndexerScores, q, weights, S, n_heads, head_dim, keys, scores);
 }
 
 void GraphReplayOps::indexer_topk(float* scores, int64_t S, int64_t n_keys, int64_t topk, int64_t p0, int64_t rate,
                                   int64_t* selected) {
-  flush();
-  inner_->indexer_topk(scores, S, n_keys, topk, p0, rate, selected);
+  defer_stateful([=, this] { inner_->indexer_topk(scores, S, n_keys, topk, p0, rate, selected); }, Op::IndexerTopk,
+                 scores, S, topk, rate, selected);
 }
 
 void GraphReplayOps::sink_attention(const float* q, int64_t S, int64_t n_heads, int64_t dim, const float* new_keys,
@@ -220,14 +302,26 @@ void GraphReplayOps::sink_attention(const float* q, int64_t S, int64_t n_heads, 
                                     const float* entries, int64_t n_entries, int64_t rate, const int64_t* selected,
                                     int64_t topk, const float* sinks, float scale,
                                     const cpu::RopeFrequencies* output_rope, float* out) {
-  flush();
-  inner_->sink_attention(q, S, n_heads, dim, new_keys, ring, p0, window, selection, entries, n_entries, rate,
-                         selected, topk, sinks, scale, output_rope, out);
+  defer_stateful(
+      [=, this] {
+        inner_->sink_attention(q, S, n_heads, dim, new_keys, ring, p0, window, selection, entries, n_entries, rate,
+                               selected, topk, sinks, scale, output_rope, out);
+      },
+      Op::SinkAttention, q, S, n_heads, dim, new_keys, ring, window, selection, entries, rate, selected, topk, sinks,
+      scale, output_rope, out);
 }
 
 void GraphReplayOps::store_rings(const backend::RingStore* stores, int64_t n) {
-  flush();
-  inner_->store_rings(stores, n);
+  std::vector<backend::RingStore> kept(stores, stores + n);
+  if (enabled_) {
+    for (const backend::RingStore& s : kept) {
+      const int64_t shape[] = {s.S, s.width, s.ring_rows};
+      sign(&s.ring, sizeof s.ring);
+      sign(&s.rows, sizeof s.rows);
+      sign(shape, sizeof shape);
+    }
+  }
+  defer_stateful([=, this] { inner_->store_rings(kept.data(), n); }, Op::StoreRings, n);
 }
 
 void GraphReplayOps::decode_attention(const float* q, int64_t n, const backend::DecodeSequence* seqs, int64_t n_heads,
@@ -235,9 +329,20 @@ void GraphReplayOps::decode_attention(const float* q, int64_t n, const backend::
                                       backend::EntrySelection selection, int64_t rate, int64_t topk,
                                       const float* sinks, float scale, const cpu::RopeFrequencies* output_rope,
                                       float* out) {
-  flush();
-  inner_->decode_attention(q, n, seqs, n_heads, dim, new_keys, window, selection, rate, topk, sinks, scale,
-                           output_rope, out);
+  std::vector<backend::DecodeSequence> kept(seqs, seqs + n);
+  if (enabled_) {
+    for (const backend::DecodeSequence& s : kept) {
+      const void* state[] = {s.ring, s.entries, s.selected};
+      sign(state, sizeof state);
+    }
+  }
+  defer_stateful(
+      [=, this] {
+        inner_->decode_attention(q, n, kept.data(), n_heads, dim, new_keys, window, selection, rate, topk, sinks,
+                                 scale, output_rope, out);
+      },
+      Op::DecodeAttention, q, n, n_heads, dim, new_keys, window, selection, rate, topk, sinks, scale, output_rope,
+      out);
 }
 
 // ---- pure ops: deferred and signed ----
@@ -269,11 +374,12 @@ void GraphReplayOps::linear_many(const QuantizedMatrix* const* ws, float* const*
                                  int64_t n) {
   std::vector<const QuantizedMatrix*> weights(ws, ws + count);
   std::vector<float*> outputs(ys, ys + count);
+  if (enabled_) {  // signed before defer(), which may end the segment
+    sign(weights.data(), weights.size() * sizeof(void*));
+    sign(outputs.data(), outputs.size() * sizeof(void*));
+  }
   defer([=, this] { inner_->linear_many(weights.data(), outputs.data(), count, x, n); }, Op::LinearMany, count, x,
         n);
-  if (!enabled_) return;
-  sign(weights.data(), weights.size() * sizeof(void*));
-  sign(outputs.data(), outputs.size() * sizeof(void*));
 }
 
 void GraphReplayOps::linear_grouped(const QuantizedMatrix& w, int64_t groups, const float* x, int64_t n, float* y) {
@@ -412,10 +518,9 @@ void GraphReplayOps::moe_experts(const float* x, int64_t T, int64_t hidden, cons
   DSQ_CHECK(tap == nullptr, "moe_experts: an expert input tap needs the CPU backend");
   // The caller's table of experts is a temporary: keep a copy, sign its entries.
   std::vector<backend::ExpertLinears> table(experts, experts + n_experts);
+  if (enabled_) sign(table.data(), table.size() * sizeof(backend::ExpertLinears));  // before defer()'s segment end
   defer([=, this] { inner_->moe_experts(x, T, hidden, table.data(), n_experts, chosen, weights, k, limit, out, nullptr); },
         Op::MoeExperts, x, T, hidden, n_experts, chosen, weights, k, limit, out);
-  if (!enabled_) return;
-  sign(table.data(), table.size() * sizeof(backend::ExpertLinears));
 }
 
 }  // namespace dsq::cuda

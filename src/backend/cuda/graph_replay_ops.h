@@ -1,42 +1,47 @@
 // GraphReplayOps: CudaOps with CUDA-graph replay of the work that repeats. A decode step
-// is ~3,000 kernels, most of them on a few kilobytes: launched one by one, the GPU waits
+// is about a thousand kernels, most of them on a few kilobytes: launched one by one, the GPU waits
 // for the host. This decorator turns the repeating runs of them into graph launches,
 // without the model knowing.
 //
-// How. The calls are split into segments at every op that is not a pure function of its
-// arguments and device memory: the stateful attention ops, whose kernels take the
-// sequence position from the host (compress, indexer_scores, indexer_topk,
-// sink_attention, update_window, store_rings, decode_attention), and every memory or host-transfer
-// call. Inside a segment, pure ops (linears, norms, rope, mHC, routing, experts, ...)
-// are not run at once: each is kept as a closure and its arguments are appended to the
-// segment's signature (op, pointers, sizes, scalars, bytewise). At the segment's end:
+// How. The calls are split into segments at every memory or host-transfer call (alloc,
+// upload, upload_into, to_host, synchronize, copy, a grow_rows that grows) and, so that
+// the GPU never waits long for the host, wherever a segment has reached its budget of
+// ops (32 after each wait for the device, doubling with each segment: a decode step is
+// a few segments, the first of about one layer). Inside a segment the ops are not run at
+// once: each is kept as a closure and its arguments are appended to the segment's
+// signature (op, pointers, sizes, scalars, bytewise). At the segment's end:
 //  - first time a signature is seen: the closures run as plain launches (this prepares
 //    weights and grows scratch memory, which must not happen inside a capture);
 //  - second time: they run under stream capture, and the graph is kept;
 //  - from then on: the graph is launched instead.
-// A graph is a recording of exactly those calls with exactly those arguments, so replay
-// is the same work; what could differ is CudaOps' own memory (scratch buffers are
-// reallocated when they grow): when CudaOps reports that, every graph is dropped (and
-// captured again at the segment's next sighting). A
+// Pure ops (linears, norms, rope, mHC, routing, experts, ...) are functions of their
+// arguments and device memory: their graph nodes are the same work every time. The
+// stateful attention ops (compress, indexer_scores, indexer_topk, sink_attention,
+// store_rings, decode_attention) take the sequence position and the entry counts from the
+// host: their signature leaves those out, and at every replay they run again with their
+// launches turned into updates of the kernel nodes they made at capture
+// (graph_kernel_nodes.h); launches that no longer match those nodes (another kernel or
+// count) have the segment captured again. What else could differ is CudaOps' own memory
+// (scratch buffers are reallocated when they grow): when CudaOps reports that, every
+// graph is dropped (and captured again at the segment's next sighting). A
 // segment whose capture fails (an op that waits for the device, e.g. the many-token MoE
 // path reading its expert counts) runs as plain launches from then on; set
-// DSQ_GRAPH_TRACE=1 to have each failure's reason printed. At most 4,096 signatures are
+// DSQ_GRAPH_TRACE=1 to have every segment that is not replayed, and why, printed. The
+// model keeps side work open through most of a layer (graph segments end only where
+// none is), so a model whose experts take such a path (any but the INT4 decode kernels:
+// F32 checking, MXFP4, many tokens) runs its decode steps as plain launches. At most 4,096 signatures are
 // remembered (prefills of every length would otherwise pile up); past that, all are
 // dropped and the repeating ones are captured again.
 //
-// In a decode step the segments are "everything between two layers' attention-state
-// ops": one graph launch and ~6 direct launches per layer. Prefill chunks of equal
-// length repeat too and take the same path.
-//
 // Side work (start/end/wait_side_work) is deferred like a pure op, so a segment that
 // opens and waits for its side work is captured with both lanes as one graph of two
-// branches. A segment that ends while side work is open (a boundary op between the start
-// and the wait) runs as plain launches, still on two lanes.
+// branches; a segment never ends by its budget while side work is open. A segment that
+// ends while side work is open (a memory call between the start and the wait) runs as
+// plain launches, still on two lanes.
 //
-// Deferred work runs, in order, no later than the next call that is not a pure op
-// (to_host, synchronize, alloc, upload, upload_into, grow_rows, copy and the stateful
-// ops), and in the destructor. So a caller may release device memory that pure ops used
-// only after such a call (the forward always ends with one).
+// Deferred work runs, in order, no later than the next call that ends a segment, and in
+// the destructor. So a caller may release device memory that deferred ops used only
+// after such a call (the forward always ends with one).
 #pragma once
 
 #include <cstdint>
@@ -47,6 +52,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/graph_kernel_nodes.h"
 
 namespace dsq::cuda {
 
@@ -62,6 +68,7 @@ class GraphReplayOps final : public backend::Ops {
     int64_t eager = 0;     // ran as plain launches (first sighting, or not capturable)
     int64_t captured = 0;  // ran under capture (the graph is kept)
     int64_t replayed = 0;  // ran as one graph launch
+    int64_t recaptured = 0;  // captured again: its stateful launches no longer matched the graph
     int64_t failed_captures = 0;
     int64_t graphs = 0;    // graphs currently kept
   };
@@ -151,24 +158,50 @@ class GraphReplayOps final : public backend::Ops {
     int sightings = 0;
     bool capturable = true;
     cudaGraphExec_t graph = nullptr;
+    cudaGraph_t source = nullptr;                // what `graph` was instantiated from
+    std::vector<CapturedLaunch> state_launches;  // the stateful ops' kernel nodes, in launch order
+  };
+  // A deferred op; a stateful one runs again at every replay of its segment.
+  struct Deferred {
+    std::function<void()> work;
+    bool stateful;
   };
 
-  // Appends a pure op: its arguments (trivially copyable values, bytewise) to the
-  // signature, its work to the pending closures.
+  // Appends an op: its arguments (trivially copyable values, bytewise) to the signature,
+  // its work to the pending closures; then ends the segment if its budget is reached.
   template <typename... Args>
-  void defer(std::function<void()> work, const Args&... args);
+  void defer(std::function<void()> work, const Args&... args) {
+    defer_op(false, std::move(work), args...);
+  }
+  // The same for a stateful op, whose signed arguments must leave out what changes from
+  // step to step (positions, entry counts): its launches are re-parameterised at replay.
+  template <typename... Args>
+  void defer_stateful(std::function<void()> work, const Args&... args) {
+    defer_op(true, std::move(work), args...);
+  }
+  template <typename... Args>
+  void defer_op(bool stateful, std::function<void()> work, const Args&... args);
   void sign(const void* bytes, size_t n) { signature_.append(static_cast<const char*>(bytes), n); }
   // Ends the pending segment: runs, captures or replays it (see the header comment).
   void flush();
-  static void run(const std::vector<std::function<void()>>& work);
+  // flush() and the first segment's budget again: the host has just waited for the GPU.
+  void flush_before_wait();
+  static void run(const std::vector<Deferred>& work);
   // Runs `work` under stream capture and launches the graph; false (nothing ran) if the
   // capture failed.
-  bool capture(const std::vector<std::function<void()>>& work, Segment& segment);
+  bool capture(const std::vector<Deferred>& work, Segment& segment);
+  // Runs the stateful ops of `work` again as updates of the segment's graph; false if
+  // their launches no longer match it (or scratch memory moved meanwhile).
+  bool update_state_launches(const std::vector<Deferred>& work, Segment& segment);
+  static void destroy_graph(Segment& segment);
+  // With DSQ_GRAPH_TRACE set: one line on stderr about a segment that was not replayed.
+  static void trace(size_t ops, const char* what);
   // Destroys every kept graph; the segments stay known (seen before: captured next time).
   void drop_graphs();
 
   std::shared_ptr<CudaOps> inner_;
-  std::vector<std::function<void()>> pending_;
+  std::vector<Deferred> pending_;
+  size_t segment_budget_;  // ops after which the pending segment ends (when no side work is open)
   std::string signature_;
   std::unordered_map<std::string, Segment> segments_;
   uint64_t scratch_epoch_ = 0;
