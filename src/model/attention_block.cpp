@@ -111,11 +111,37 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   ops.norm_rope(q, T, nh, D, nullptr, eps, ctx.ids.positions_dev, rope);
   if (csa) ops.rope(iq, T, nI, DI, ctx.ids.positions_dev, rope, false);
 
-  // All side work (this block's and the layer's mixing coefficients) joined before the
-  // compressors, whose ops end a CUDA graph segment.
-  ops.wait_side_work();
-  // The attention state below moves little memory: wo_a's weights load meanwhile.
-  ops.prefetch_weights(w.wo_a.w);
+  // The side work (this block's projections and the layer's mixing coefficients) is
+  // joined before the attention state only where that reads it: the CSA indexer's scores
+  // read its head weights, and compress() (a step that closes a window) the compressors'
+  // rows. Otherwise (sliding layers; an HCA layer's decode step inside a window, 127 in
+  // 128) the attention starts beside the side lane's tail, and the block joins at its end.
+  bool closes_window = false;
+  for (size_t b = 0; b < ctx.batch.size() && kind != AttentionKind::Sliding; ++b) {
+    const int64_t p = ctx.batch[b].state->position, S = ctx.ids.offsets[b + 1] - ctx.ids.offsets[b];
+    closes_window = closes_window || (p + S) / rate > p / rate;
+  }
+  const bool join_first = csa || closes_window;
+  // The attention state moves little memory: wo_a's weights load into the L2 meanwhile,
+  // behind the side lane's tail where that is not joined (beside the state, the load
+  // delays the state's own reads, and on the main lane its issue would be on the chain).
+  if (join_first) {
+    ops.wait_side_work();
+    ops.prefetch_weights(w.wo_a.w);
+  } else {
+    ops.start_side_work();
+    ops.prefetch_weights(w.wo_a.w);
+    ops.end_side_work();
+  }
+  // The ring stores (ops.h store_rings) are side work too: nothing reads them before the
+  // next step, and the window's must follow the attention's read of the ring, which
+  // start_side_work orders.
+  const auto store_beside = [&](std::vector<backend::RingStore>& stores) {
+    ops.start_side_work();
+    ops.store_rings(stores.data(), int64_t(stores.size()));
+    ops.end_side_work();
+    stores.clear();
+  };
 
   // Per sequence: compressors first (a token that closes a window sees its entry), the
   // indexer's picks, attention (with the output's inverse rope), then the window ring
@@ -166,10 +192,9 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
                        o + s0 * nh * D);
     if (c.sliding_window > 1)  // as update_window
       ring_stores.push_back({ls.window.mutable_data<float>(), kv + s0 * D, p0, S, D, c.sliding_window - 1});
-    ops.store_rings(ring_stores.data(), int64_t(ring_stores.size()));
-    ring_stores.clear();
+    if (!ring_stores.empty()) store_beside(ring_stores);
   }
-  if (!ring_stores.empty()) ops.store_rings(ring_stores.data(), int64_t(ring_stores.size()));
+  if (!ring_stores.empty()) store_beside(ring_stores);
   if (batched_decode)
     ops.decode_attention(q, int64_t(decoding.size()), decoding.data(), nh, D, kv, c.sliding_window, selection, rate,
                          topk, ops.resident(w.sinks), scale, &rope, o);
@@ -187,6 +212,7 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   }
   ops.linear_grouped(w.wo_a.w, G, o, T, z);
   run_linear(ctx, w.wo_b, z, T, out);
+  ops.wait_side_work();
 }
 
 }  // namespace dsq::model
