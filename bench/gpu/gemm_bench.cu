@@ -415,6 +415,8 @@ void bench_int4_moe_decode(const GpuContext& ctx, KernelTimer& tm, const Limits&
     }
   int4_moe_decode_force_chunks(0);
   DeviceBuffer<float> gate_up_partials(gate_up_floats), down_partials(down_floats), y(size_t(max_slots * H));
+  DeviceBuffer<unsigned> tile_counters(moe_decode_scratch(gate_up, down, 1).tile_counters);
+  DSQ_CUDA_CHECK(cudaMemset(tile_counters.get(), 0, tile_counters.bytes()));
   DeviceBuffer<float> gate_up_out(size_t(max_slots * 2 * F));
   DeviceBuffer<__nv_bfloat16> h(size_t(max_slots * F)), rows(size_t(max_slots * H));
   fill_bf16(rows.get(), rows.size(), 21);
@@ -454,7 +456,7 @@ void bench_int4_moe_decode(const GpuContext& ctx, KernelTimer& tm, const Limits&
       const Times t = measure(ctx, tm, [&](int call) {
         int4_moe_decode(ctx, gate_up, down, x.get(), M, chosen.get() + (call % kRoutings) * M * kTopK,
                         route_weights.get(), kTopK, 10.0f, out.get(), gate_up_partials.get(), h.get(),
-                        down_partials.get());
+                        down_partials.get(), tile_counters.get());
       }, true, 32);
       const std::string name = std::string(kMoeDecodeRow) + (chunks ? " slice " + std::to_string(64 * chunks) : "");
       report(name.c_str(), M, t, distinct * expert_bytes, 0, lim, true, false);

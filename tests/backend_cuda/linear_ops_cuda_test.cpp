@@ -567,8 +567,10 @@ TEST_F(CudaLinearOps, MoeDecodeMarksBadExpertIdsWithNaN) {
 
 // One token whose slots repeat an expert (a hash table may): the single-token kernels
 // give each slot its own tile, so the repeated expert is computed once per slot, and the
-// result must equal the CPU's. Also a bad id at one token: that token's row is NaN.
-// H = 512: the 128-wide K slices of the single-token kernels.
+// result must equal the CPU's. Also a bad id at one token: that token's row is NaN; and
+// a good call after it (the down kernel's tile counters, which a bad slot's blocks must
+// still count, are back at zero). H = 512: the 128-wide K slices of the single-token
+// kernels.
 TEST_F(CudaLinearOps, MoeDecodeOneTokenWithRepeatedExperts) {
   Rng rng(810);
   const int64_t E = 4, H = 512, F = 512, k = 4;
@@ -581,7 +583,7 @@ TEST_F(CudaLinearOps, MoeDecodeOneTokenWithRepeatedExperts) {
                             kSwigluLimit, want.data(), nullptr);
   CudaOps fast(Precision::Fast);
   const Tensor xg = on_gpu(fast, x), wg = on_gpu(fast, weights);
-  for (const bool bad : {false, true}) {
+  for (const bool bad : {false, true, false}) {
     std::vector<int64_t> ids = repeated;
     if (bad) ids[1] = E;
     const Tensor cg = on_gpu(fast, ids);

@@ -165,9 +165,63 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// The single-token kernel: partials[0][slot][n] = x_row(slot) · W_e[n]ᵀ (one K slice:
-// the whole of K) for the rows n of 16-row tile blockIdx.x of W and slot blockIdx.y,
-// whose expert e is chosen[slot] (x_row as above).
+// What the single-token kernels do with their tile's sums (T = 1, so the k slots are
+// the grid's rows y). The gate/up kernel applies the SwiGLU itself: a 16-row tile of
+// the interleaved weight holds 8 gates and their 8 ups, so lane 4g ends with gate and up
+// of output f = 8·tile + g, and h needs no pass of its own. The down kernel stores its
+// rows of the slot's output, and the last of a tile's k blocks to arrive (a counter per
+// tile, left at zero) adds the k slots' rows, weighted, in slot order: the combine
+// needs no pass of its own either. Both give the passes' sums bit for bit.
+struct TokenEpilogue {
+  __nv_bfloat16* h;         // gate/up: SwiGLU output [k, F]
+  float limit;              // gate/up: SwiGLU clamp
+  float* partials;          // down: per-slot outputs [k, N]
+  const float* weights;     // down: routing weights [k]
+  float* out;               // down: the token's output [N]
+  unsigned* tile_counters;  // down: [N / 16], zero between calls
+};
+
+// h = SiLU(min(gate, limit)) · clamp(up, −limit, limit), as moe_decode_swiglu_kernel.
+__device__ __forceinline__ __nv_bfloat16 swiglu_bf16(float gate_sum, float up_sum, float limit) {
+  float gate = 0.0f, up = 0.0f;
+  gate += gate_sum;
+  up += up_sum;
+  gate = fminf(gate, limit);
+  up = fminf(fmaxf(up, -limit), limit);
+  return __float2bfloat16(gate / (1.0f + __expf(-gate)) * up);
+}
+
+// The down kernel's arrival at its tile (every block, also one whose slot has an invalid
+// id and computed nothing); the last one writes out[tile rows] = Σ_j weights[j] ·
+// partials[j][row], j in order, as moe_decode_combine_kernel (NaN if any slot's id is
+// outside [0, E)), and resets the counter. Called by the whole block after its stores.
+__device__ void combine_if_last(const TokenEpilogue& ep, const int64_t* __restrict__ chosen, int slots, int E,
+                                int ntile, int N) {
+  __shared__ bool last;
+  __threadfence();  // this block's stores, before its arrival is counted
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(ep.tile_counters + ntile, 1u) == unsigned(slots - 1);
+  __syncthreads();
+  if (!last) return;
+  if (threadIdx.x < 16) {
+    const int n = ntile * 16 + int(threadIdx.x);
+    float sum = 0.0f;
+    bool valid = true;
+    for (int j = 0; j < slots; ++j) {
+      const int64_t e = __ldcg(chosen + j);
+      valid = valid && e >= 0 && e < E;
+      float y = 0.0f;
+      if (e >= 0 && e < E) y += __ldcg(ep.partials + size_t(j) * N + n);
+      sum += __ldcg(ep.weights + j) * y;
+    }
+    ep.out[n] = valid ? sum : NAN;
+  }
+  if (threadIdx.x == 0) ep.tile_counters[ntile] = 0;
+}
+
+// The single-token kernel: y = x_row(slot) · W_e[n]ᵀ over all of K for the rows n of
+// 16-row tile blockIdx.x of W and slot blockIdx.y, whose expert e is chosen[slot] (x_row
+// as above); what becomes of y is TokenEpilogue's (above).
 //
 // At one token each slot is a token tile of its own: the token's experts are distinct
 // under top-k routing, and an expert repeated by a hash table is still computed
@@ -182,25 +236,34 @@ __global__ void __launch_bounds__(kThreads)
 // the tiled kernel stays: the whole-K blocks would stage each token row once per 16 rows
 // of W instead of once per 128 (the batch-8 step was 4 % slower with them).
 //
-// ids_ready as for moe_decode_linear_kernel.
+// ids_ready as for moe_decode_linear_kernel: false is the gate/up kernel (fp32 x, SwiGLU
+// epilogue), true the down kernel (bf16 h, combining epilogue).
 template <typename In, int CH, bool ids_ready>
 __global__ void __launch_bounds__(kThreads, kTokenBlocksPerSm)
     moe_decode_token_kernel(const uint4* __restrict__ tiles, const float* __restrict__ scales,
-                            const In* __restrict__ x, int slot_div, const int64_t* __restrict__ chosen, int E, int N,
-                            int K, float* __restrict__ partials) {
+                            const In* __restrict__ x, const int64_t* __restrict__ chosen, int E, int N, int K,
+                            const TokenEpilogue ep) {
   constexpr int kSlice = CH * kChunk;
   constexpr int kRowStride = kSlice + 8;  // +16 bytes: conflict-free fragment reads
   __shared__ float4 sums[kThreads];
   __shared__ __align__(16) __nv_bfloat16 xs[kWarps][kRowStride];
   if (ids_ready) allow_dependent_launch();
   else wait_for_previous_kernel();  // the ids are known only now
-  const int slot = int(blockIdx.y);
+  const int slot = int(blockIdx.y), slots = int(gridDim.y);
   const int64_t id = __ldcg(chosen + slot);  // from L2: may run before this grid's wait (down projection)
   if (!ids_ready) allow_dependent_launch();  // the dependent may now rely on the ids
-  if (id < 0 || id >= E) return;
-  const int expert = int(id), ntile = int(blockIdx.x), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int ntile = int(blockIdx.x);
+  if (id < 0 || id >= E) {
+    if (ids_ready) {  // it still arrives at its tile
+      wait_for_previous_kernel();
+      combine_if_last(ep, chosen, slots, E, ntile, N);
+    }
+    return;
+  }
+  const int expert = int(id), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, slices = K / kSlice;
-  const In* x_row = x + size_t(slot / slot_div) * K;
+  // x_row: the token's fp32 row (gate/up) or the slot's own bf16 row of h (down).
+  const In* x_row = x + (ids_ready ? size_t(slot) * K : 0);
   int slice = warp;
   uint4 wv[CH];
   if (slice < slices) load_int4_slice<CH>(tiles, expert, ntile, slice * kSlice, N, K, lane, wv);
@@ -220,7 +283,23 @@ __global__ void __launch_bounds__(kThreads, kTokenBlocksPerSm)
   }
   sums[threadIdx.x] = make_float4(acc[0][0], acc[0][1], acc[0][2], acc[0][3]);
   __syncthreads();
-  if (warp == 0) store_summed_tile(sums, kWarps, lane, ntile, 1, slot, N, partials);  // row `slot` of [slots, N]
+  if (ids_ready) {
+    if (warp == 0) store_summed_tile(sums, kWarps, lane, ntile, 1, slot, N, ep.partials);  // row `slot` of [k, N]
+    combine_if_last(ep, chosen, slots, E, ntile, N);
+  } else if (warp == 0) {
+    // Warp 0 adds the warps' fragments in warp order (store_summed_tile's sums); lane 4g
+    // then holds gate (row g) and up (row g + 8) of output 8·ntile + g.
+    float4 s = sums[lane];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) {
+      const float4 p = sums[w * 32 + lane];
+      s.x += p.x;
+      s.y += p.y;
+      s.z += p.z;
+      s.w += p.w;
+    }
+    if (lane % 4 == 0) ep.h[size_t(slot) * (N / 2) + ntile * 8 + g] = swiglu_bf16(s.x, s.z, ep.limit);
+  }
 }
 
 // h[slot][f] = SiLU(min(g, limit)) · clamp(u, −limit, limit) with g, u the gate/up sums of
@@ -301,14 +380,14 @@ void launch_linear(const GpuContext& ctx, const Int4ExpertWeights& w, const In* 
 // The single-token kernel over W's 16-row tiles × the k slots (CH = 4 needs 8 warps ×
 // 256 inputs to divide K, which holds from K = 2048 on; smaller K takes 128-wide slices).
 template <typename In>
-void launch_token(const GpuContext& ctx, const Int4ExpertWeights& w, const In* x, int slot_div,
-                  const int64_t* chosen, int slots, float* partials) {
+void launch_token(const GpuContext& ctx, const Int4ExpertWeights& w, const In* x, const int64_t* chosen, int slots,
+                  const TokenEpilogue& ep) {
   constexpr bool ids_ready = std::is_same_v<In, __nv_bfloat16>;
   const bool wide = w.cols() % (kWarps * kTokenChunks * kChunk) == 0;
   const auto kernel =
       wide ? moe_decode_token_kernel<In, kTokenChunks, ids_ready> : moe_decode_token_kernel<In, 2, ids_ready>;
   launch_dependent(ctx, kernel, dim3(unsigned(w.rows() / 16), unsigned(slots)), dim3(kThreads), 0, w.tiles(),
-                   w.scales(), x, slot_div, chosen, int(w.experts()), int(w.rows()), int(w.cols()), partials);
+                   w.scales(), x, chosen, int(w.experts()), int(w.rows()), int(w.cols()), ep);
 }
 
 unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
@@ -319,7 +398,7 @@ MoeDecodeScratch moe_decode_scratch(const Int4ExpertWeights& gate_up, const Int4
   const int64_t gate_up_slices = gate_up.cols() / (chunks_for(gate_up.cols()) * kChunk),
                 down_slices = down.cols() / (chunks_for(down.cols()) * kChunk);
   return {size_t(gate_up_slices * slots * gate_up.rows()), size_t(slots * down.cols()),
-          size_t(down_slices * slots * down.rows())};
+          size_t(down_slices * slots * down.rows()), size_t(down.rows() / 16)};
 }
 
 void int4_moe_decode_force_chunks(int chunks) {
@@ -330,7 +409,8 @@ void int4_moe_decode_force_chunks(int chunks) {
 
 void int4_moe_decode(const GpuContext& ctx, const Int4ExpertWeights& gate_up, const Int4ExpertWeights& down,
                      const float* x, int64_t T, const int64_t* chosen, const float* weights, int64_t k, float limit,
-                     float* out, float* gate_up_partials, __nv_bfloat16* activations, float* down_partials) {
+                     float* out, float* gate_up_partials, __nv_bfloat16* activations, float* down_partials,
+                     unsigned* tile_counters) {
   const int64_t slots = T * k, H = gate_up.cols(), F = gate_up.rows() / 2;
   DSQ_CHECK(gate_up.gate_up_interleaved(), "int4_moe_decode: the gate/up weights are not interleaved "
             "(build them with Int4ExpertWeights::gate_up)");
@@ -340,16 +420,18 @@ void int4_moe_decode(const GpuContext& ctx, const Int4ExpertWeights& gate_up, co
   DSQ_CHECK(T > 0 && k > 0 && slots <= kMoeDecodeMaxSlots, "int4_moe_decode: ", T, " tokens x k = ", k,
             " is not 1..", kMoeDecodeMaxSlots, " (token, expert) pairs");
   const int s = int(slots);
-  const bool one_token = T == 1;  // the single-token kernels: one K slice each
-  const int slices_gate_up = one_token ? 1 : int(H / (chunks_for(H) * kChunk)),
-            slices_down = one_token ? 1 : int(F / (chunks_for(F) * kChunk));
   const auto* h = static_cast<const __nv_bfloat16*>(activations);
-  if (one_token) launch_token(ctx, gate_up, x, int(k), chosen, s, gate_up_partials);
-  else launch_linear(ctx, gate_up, x, int(k), chosen, s, gate_up_partials);
+  if (T == 1) {  // the single-token kernels, SwiGLU and combine in their epilogues
+    DSQ_CHECK(H % 16 == 0 && tile_counters != nullptr, "int4_moe_decode: no tile counters for ", H, " outputs");
+    launch_token(ctx, gate_up, x, chosen, s, TokenEpilogue{activations, limit, nullptr, nullptr, nullptr, nullptr});
+    launch_token(ctx, down, h, chosen, s, TokenEpilogue{nullptr, 0.0f, down_partials, weights, out, tile_counters});
+    return;
+  }
+  const int slices_gate_up = int(H / (chunks_for(H) * kChunk)), slices_down = int(F / (chunks_for(F) * kChunk));
+  launch_linear(ctx, gate_up, x, int(k), chosen, s, gate_up_partials);
   launch_dependent(ctx, moe_decode_swiglu_kernel, dim3(blocks_for(slots * F)), dim3(kThreads), 0,
                    static_cast<const float*>(gate_up_partials), slices_gate_up, s, int(F), limit, activations);
-  if (one_token) launch_token(ctx, down, h, 1, chosen, s, down_partials);
-  else launch_linear(ctx, down, h, 1, chosen, s, down_partials);
+  launch_linear(ctx, down, h, 1, chosen, s, down_partials);
   launch_dependent(ctx, moe_decode_combine_kernel, dim3(blocks_for(T * H)), dim3(kThreads), 0,
                    static_cast<const float*>(down_partials), slices_down, chosen, weights, int(gate_up.experts()),
                    int(T), int(k), int(H), out);

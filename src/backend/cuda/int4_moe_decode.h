@@ -59,6 +59,7 @@ struct MoeDecodeScratch {
   size_t gate_up_partials;  // fp32
   size_t activations;       // bf16 (the SwiGLU output)
   size_t down_partials;     // fp32
+  size_t tile_counters;     // uint32, zero before the first call (each call leaves them zero)
 };
 MoeDecodeScratch moe_decode_scratch(const Int4ExpertWeights& gate_up, const Int4ExpertWeights& down, int64_t slots);
 
@@ -70,9 +71,11 @@ void int4_moe_decode_force_chunks(int chunks);
 // x, out: fp32 [T, H] on the device; chosen: i64 [T·k], weights: fp32 [T·k] on the device.
 // gate_up: Int4ExpertWeights::gate_up() of E experts [2F, H]; down: [E][H, F]. limit:
 // SwiGLU clamp (+∞: none). T·k <= kMoeDecodeMaxSlots. Scratch pointers sized by
-// moe_decode_scratch(). All four kernels are programmatic dependents (dependent_launch.h).
+// moe_decode_scratch(). Every kernel is a programmatic dependent (dependent_launch.h):
+// four of them, or at one token two (the SwiGLU and the combine in their epilogues).
 void int4_moe_decode(const GpuContext& ctx, const Int4ExpertWeights& gate_up, const Int4ExpertWeights& down,
                      const float* x, int64_t T, const int64_t* chosen, const float* weights, int64_t k, float limit,
-                     float* out, float* gate_up_partials, __nv_bfloat16* activations, float* down_partials);
+                     float* out, float* gate_up_partials, __nv_bfloat16* activations, float* down_partials,
+                     unsigned* tile_counters);
 
 }  // namespace dsq::cuda

@@ -56,6 +56,7 @@ using Kind = PreparedLinear::Kind;
 enum ScratchSlot : int {
   kSlotActBf16 = 0,       // a GEMM's activations as bf16
   kSlotFp8Workspace = 1,  // Fp8BlockLinear workspace, kept zero between calls
+  kSlotMoeCounters = 2,   // the single-token MoE's tile counters, kept zero between calls
   kSlotInt4Dequant = 3,   // one INT4 expert dequantized to bf16 (many-row path)
   kSlotMoeIndex = 4,      // the expert permutation
   kSlotMoeRows = 5,       // token rows sorted by expert
@@ -551,7 +552,8 @@ void CudaOps::moe_experts(const float* x, int64_t T, int64_t hidden, const backe
     auto* gate_up = static_cast<float*>(scratch(kSlotMoeGate, need.gate_up_partials * sizeof(float)));
     auto* h = static_cast<__nv_bfloat16*>(scratch(kSlotMoeUp, need.activations * sizeof(__nv_bfloat16)));
     auto* down = static_cast<float*>(scratch(kSlotMoeOut, need.down_partials * sizeof(float)));
-    int4_moe_decode(ctx(), *pe.gate_up, *pe.down, x, T, chosen, weights, k, clamp, out, gate_up, h, down);
+    auto* counters = static_cast<unsigned*>(zeroed_scratch(kSlotMoeCounters, need.tile_counters * sizeof(unsigned)));
+    int4_moe_decode(ctx(), *pe.gate_up, *pe.down, x, T, chosen, weights, k, clamp, out, gate_up, h, down, counters);
     return;
   }
 
