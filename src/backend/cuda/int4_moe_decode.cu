@@ -181,11 +181,8 @@ struct TokenEpilogue {
   unsigned* tile_counters;  // down: [N / 16], zero between calls
 };
 
-// h = SiLU(min(gate, limit)) · clamp(up, −limit, limit), as moe_decode_swiglu_kernel.
-__device__ __forceinline__ __nv_bfloat16 swiglu_bf16(float gate_sum, float up_sum, float limit) {
-  float gate = 0.0f, up = 0.0f;
-  gate += gate_sum;
-  up += up_sum;
+// h = SiLU(min(gate, limit)) · clamp(up, −limit, limit) of a gate and up sum, in bf16.
+__device__ __forceinline__ __nv_bfloat16 swiglu_bf16(float gate, float up, float limit) {
   gate = fminf(gate, limit);
   up = fminf(fmaxf(up, -limit), limit);
   return __float2bfloat16(gate / (1.0f + __expf(-gate)) * up);
@@ -298,7 +295,10 @@ __global__ void __launch_bounds__(kThreads, kTokenBlocksPerSm)
       s.z += p.z;
       s.w += p.w;
     }
-    if (lane % 4 == 0) ep.h[size_t(slot) * (N / 2) + ntile * 8 + g] = swiglu_bf16(s.x, s.z, ep.limit);
+    float gate = 0.0f, up = 0.0f;  // summed from zero, as moe_decode_swiglu_kernel's one slice
+    gate += s.x;
+    up += s.z;
+    if (lane % 4 == 0) ep.h[size_t(slot) * (N / 2) + ntile * 8 + g] = swiglu_bf16(gate, up, ep.limit);
   }
 }
 
@@ -319,9 +319,7 @@ __global__ void moe_decode_swiglu_kernel(const float* __restrict__ partials, int
     gate += p[sl * slice_stride];
     up += p[sl * slice_stride + 8];
   }
-  gate = fminf(gate, limit);
-  up = fminf(fmaxf(up, -limit), limit);
-  h[i] = __float2bfloat16(gate / (1.0f + __expf(-gate)) * up);
+  h[i] = swiglu_bf16(gate, up, limit);
 }
 
 // out[t][c] = Σ_j weights[t·k+j] · (Σ_slice partials[slice][t·k+j][c]), j and slices in
