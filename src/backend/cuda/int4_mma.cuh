@@ -106,12 +106,10 @@ __device__ __forceinline__ void mma_int4_slice(const uint4 (&wv)[CH], const __nv
 }
 
 // The end of a whole-K decode block (one 16-row tile of W, `warps` warps each a K slice):
-// every thread has put its m16n8 C fragment in sums[threadIdx.x]; warp 0 adds the warps'
-// fragments in warp order and stores rows g and g + 8 of the tile for tokens 2t and 2t+1
-// of the item's `rows` (y is [.., N], the item starting at row_begin).
-__device__ __forceinline__ void store_summed_tile(const float4* sums, int warps, int lane, int ntile, int rows,
-                                                  int64_t row_begin, int N, float* y) {
-  const int g = lane / 4, t = lane % 4;
+// every thread has put its m16n8 C fragment in sums[threadIdx.x]; lane `lane` of warp 0
+// adds the warps' fragments in warp order: (row g, token 2t), (row g, token 2t+1),
+// (row g+8, token 2t), (row g+8, token 2t+1) of the tile, g = lane / 4, t = lane % 4.
+__device__ __forceinline__ float4 summed_fragment(const float4* sums, int warps, int lane) {
   float4 s = sums[lane];
 #pragma unroll
   for (int w = 1; w < warps; ++w) {
@@ -121,6 +119,15 @@ __device__ __forceinline__ void store_summed_tile(const float4* sums, int warps,
     s.z += p.z;
     s.w += p.w;
   }
+  return s;
+}
+
+// summed_fragment's rows g and g + 8 of the tile stored for tokens 2t and 2t+1 of the
+// item's `rows` (y is [.., N], the item starting at row_begin). Called by warp 0.
+__device__ __forceinline__ void store_summed_tile(const float4* sums, int warps, int lane, int ntile, int rows,
+                                                  int64_t row_begin, int N, float* y) {
+  const int g = lane / 4, t = lane % 4;
+  const float4 s = summed_fragment(sums, warps, lane);
   const int n = ntile * 16 + g;
   if (2 * t < rows) {
     float* out = y + size_t(row_begin + 2 * t) * N + n;

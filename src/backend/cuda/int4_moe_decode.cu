@@ -284,17 +284,8 @@ __global__ void __launch_bounds__(kThreads, kTokenBlocksPerSm)
     if (warp == 0) store_summed_tile(sums, kWarps, lane, ntile, 1, slot, N, ep.partials);  // row `slot` of [k, N]
     combine_if_last(ep, chosen, slots, E, ntile, N);
   } else if (warp == 0) {
-    // Warp 0 adds the warps' fragments in warp order (store_summed_tile's sums); lane 4g
-    // then holds gate (row g) and up (row g + 8) of output 8·ntile + g.
-    float4 s = sums[lane];
-#pragma unroll
-    for (int w = 1; w < kWarps; ++w) {
-      const float4 p = sums[w * 32 + lane];
-      s.x += p.x;
-      s.y += p.y;
-      s.z += p.z;
-      s.w += p.w;
-    }
+    // Lane 4g holds gate (row g) and up (row g + 8) of output 8·ntile + g.
+    const float4 s = summed_fragment(sums, kWarps, lane);
     float gate = 0.0f, up = 0.0f;  // summed from zero, as moe_decode_swiglu_kernel's one slice
     gate += s.x;
     up += s.z;
