@@ -122,8 +122,7 @@ bool GraphReplayOps::capture(const std::vector<Deferred>& work, Segment& segment
     }
   } catch (const std::exception& e) {
     ran = false;
-    if (std::getenv("DSQ_GRAPH_TRACE") != nullptr)
-      std::fprintf(stderr, "dsq: CUDA graph capture of a %zu-op segment failed: %s\n", work.size(), e.what());
+    trace(work.size(), (std::string("capture failed, plain launches: ") + e.what()).c_str());
   }
   cudaGraph_t graph = nullptr;
   const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
