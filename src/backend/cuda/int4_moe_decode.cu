@@ -165,6 +165,40 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Σ_j weights[s0+j] · (Σ_slice partials[slice][s0+j][c]) for the k slots s0 … s0+k−1 of
+// one token, j and slices in order; NaN if any of them has an id outside [0, E). Up to
+// kCombineBatch slots' ids, weights and values are loaded before any is used, so that a
+// decode token's k = 6 slots cost one round trip to memory (a slot at a time, they were
+// a chain of twelve). Loads from L2: the partials may come from other blocks of the
+// calling kernel.
+constexpr int kCombineBatch = 8;
+__device__ float combined_output(const float* __restrict__ partials, int slices, size_t slice_stride,
+                                 const int64_t* __restrict__ chosen, const float* __restrict__ weights, int s0, int k,
+                                 int E, int N, int c) {
+  float sum = 0.0f;
+  bool valid = true;
+  for (int j0 = 0; j0 < k; j0 += kCombineBatch) {
+    int64_t e[kCombineBatch];
+    float w[kCombineBatch], y[kCombineBatch];
+#pragma unroll
+    for (int x = 0; x < kCombineBatch; ++x) {
+      const int slot = s0 + j0 + x;
+      const bool here = j0 + x < k;
+      e[x] = here ? __ldcg(chosen + slot) : 0;
+      w[x] = here ? __ldcg(weights + slot) : 0.0f;
+      y[x] = 0.0f;
+      for (int sl = 0; sl < slices && here; ++sl) y[x] += __ldcg(partials + sl * slice_stride + size_t(slot) * N + c);
+    }
+#pragma unroll
+    for (int x = 0; x < kCombineBatch; ++x) {
+      if (j0 + x >= k) break;
+      valid = valid && e[x] >= 0 && e[x] < E;
+      sum += w[x] * y[x];
+    }
+  }
+  return valid ? sum : NAN;
+}
+
 // What the single-token kernels do with their tile's sums (T = 1, so the k slots are
 // the grid's rows y). The gate/up kernel applies the SwiGLU itself: a 16-row tile of
 // the interleaved weight holds 8 gates and their 8 ups, so lane 4g ends with gate and up
@@ -189,9 +223,9 @@ __device__ __forceinline__ __nv_bfloat16 swiglu_bf16(float gate, float up, float
 }
 
 // The down kernel's arrival at its tile (every block, also one whose slot has an invalid
-// id and computed nothing); the last one writes out[tile rows] = Σ_j weights[j] ·
-// partials[j][row], j in order, as moe_decode_combine_kernel (NaN if any slot's id is
-// outside [0, E)), and resets the counter. Called by the whole block after its stores.
+// id and computed nothing); the last one writes the tile's rows of out (combined_output
+// of the k slots' rows, as moe_decode_combine_kernel) and resets the counter. Called by
+// the whole block after its stores.
 __device__ void combine_if_last(const TokenEpilogue& ep, const int64_t* __restrict__ chosen, int slots, int E,
                                 int ntile, int N) {
   __shared__ bool last;
@@ -202,16 +236,7 @@ __device__ void combine_if_last(const TokenEpilogue& ep, const int64_t* __restri
   if (!last) return;
   if (threadIdx.x < 16) {
     const int n = ntile * 16 + int(threadIdx.x);
-    float sum = 0.0f;
-    bool valid = true;
-    for (int j = 0; j < slots; ++j) {
-      const int64_t e = __ldcg(chosen + j);
-      valid = valid && e >= 0 && e < E;
-      float y = 0.0f;
-      if (e >= 0 && e < E) y += __ldcg(ep.partials + size_t(j) * N + n);
-      sum += __ldcg(ep.weights + j) * y;
-    }
-    ep.out[n] = valid ? sum : NAN;
+    ep.out[n] = combined_output(ep.partials, 1, 0, chosen, ep.weights, 0, slots, E, N, n);
   }
   if (threadIdx.x == 0) ep.tile_counters[ntile] = 0;
 }
@@ -313,11 +338,7 @@ __global__ void moe_decode_swiglu_kernel(const float* __restrict__ partials, int
   h[i] = swiglu_bf16(gate, up, limit);
 }
 
-// out[t][c] = Σ_j weights[t·k+j] · (Σ_slice partials[slice][t·k+j][c]), j and slices in
-// order; NaN where the token has an id outside [0, E). Up to kCombineBatch slots' ids,
-// weights and values are loaded before any is used, so that a decode token's k = 6 slots
-// cost one round trip to memory (a slot at a time, they were a chain of twelve).
-constexpr int kCombineBatch = 8;
+// out[t][c] = combined_output of token t's k slots: the several-token combine pass.
 __global__ void moe_decode_combine_kernel(const float* __restrict__ partials, int slices,
                                           const int64_t* __restrict__ chosen, const float* __restrict__ weights,
                                           int E, int T, int k, int H, float* __restrict__ out) {
@@ -326,29 +347,7 @@ __global__ void moe_decode_combine_kernel(const float* __restrict__ partials, in
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= T * H) return;
   const int t = i / H, c = i % H;
-  const size_t slice_stride = size_t(T) * k * H;
-  float sum = 0.0f;
-  bool valid = true;
-  for (int j0 = 0; j0 < k; j0 += kCombineBatch) {
-    int64_t e[kCombineBatch];
-    float w[kCombineBatch], y[kCombineBatch];
-#pragma unroll
-    for (int x = 0; x < kCombineBatch; ++x) {
-      const int slot = t * k + j0 + x;
-      const bool here = j0 + x < k;
-      e[x] = here ? chosen[slot] : 0;
-      w[x] = here ? weights[slot] : 0.0f;
-      y[x] = 0.0f;
-      for (int sl = 0; sl < slices && here; ++sl) y[x] += partials[sl * slice_stride + size_t(slot) * H + c];
-    }
-#pragma unroll
-    for (int x = 0; x < kCombineBatch; ++x) {
-      if (j0 + x >= k) break;
-      valid = valid && e[x] >= 0 && e[x] < E;
-      sum += w[x] * y[x];
-    }
-  }
-  out[i] = valid ? sum : NAN;
+  out[i] = combined_output(partials, slices, size_t(T) * k * H, chosen, weights, t * k, k, E, H, c);
 }
 
 // ids_ready: see moe_decode_linear_kernel (the down projection: bf16 input).
