@@ -31,6 +31,9 @@ void ensure_layer_state(backend::Ops& ops, const ModelConfig& c, AttentionKind k
   ls.indexer.ring_gate = ops.alloc(DType::F32, {2 * rate, 2 * DI});
 }
 
+// Whether a sequence's S new rows from position p0 close a compressor window of `rate`.
+bool closes_window(int64_t p0, int64_t S, int64_t rate) { return (p0 + S) / rate > p0 / rate; }
+
 // Runs one compressor over a sequence's S new raw rows; returns the entries now valid.
 // When the rows close no window, compress() would only store them in the compressor's
 // rings, which nothing reads before the next call: those stores are appended to
@@ -41,7 +44,7 @@ int64_t run_compressor(backend::Ops& ops, CompressorState& st, const CompressorW
   const int64_t count = (p0 + S) / rate;
   ops.grow_rows(st.entries, std::max<int64_t>(count, 1), width);
   const backend::CompressorParams params{&w.ape, &w.norm, rate, width, overlap, eps, &rope};
-  if (count == p0 / rate) {
+  if (!closes_window(p0, S, rate)) {
     const auto stores = backend::compressor_ring_stores(params, st.ring_kv.mutable_data<float>(),
                                                         st.ring_gate.mutable_data<float>(), kv, gate, p0, S);
     deferred.insert(deferred.end(), stores.begin(), stores.end());
@@ -116,12 +119,11 @@ void attention_block(const PassContext& ctx, int layer, const AttentionWeights& 
   // read its head weights, and compress() (a step that closes a window) the compressors'
   // rows. Otherwise (sliding layers; an HCA layer's decode step inside a window, 127 in
   // 128) the attention starts beside the side lane's tail, and the block joins at its end.
-  bool closes_window = false;
-  for (size_t b = 0; b < ctx.batch.size() && kind != AttentionKind::Sliding; ++b) {
-    const int64_t p = ctx.batch[b].state->position, S = ctx.ids.offsets[b + 1] - ctx.ids.offsets[b];
-    closes_window = closes_window || (p + S) / rate > p / rate;
-  }
-  const bool join_first = csa || closes_window;
+  bool any_closes = false;
+  for (size_t b = 0; b < ctx.batch.size() && kind != AttentionKind::Sliding; ++b)
+    any_closes = any_closes || closes_window(ctx.batch[b].state->position,
+                                             ctx.ids.offsets[b + 1] - ctx.ids.offsets[b], rate);
+  const bool join_first = csa || any_closes;
   // The attention state moves little memory: wo_a's weights load into the L2 meanwhile,
   // behind the side lane's tail where that is not joined (beside the state, the load
   // delays the state's own reads, and on the main lane its issue would be on the chain).

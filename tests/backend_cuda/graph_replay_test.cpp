@@ -145,7 +145,8 @@ TEST(GpuGraphReplay, StatefulOpsReplayAtNewPositions) {
     Tensor q, key, iq, iw, index_keys, entries, sinks, scores, selected, ring, out;
   };
   const auto state = [&](std::shared_ptr<backend::Ops> ops) {
-    State st{ops};
+    State st;
+    st.ops = ops;
     st.q = ops->alloc(DType::F32, {H * D});
     st.key = ops->alloc(DType::F32, {D});
     st.iq = ops->alloc(DType::F32, {nI * DI});

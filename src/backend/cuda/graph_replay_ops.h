@@ -1,6 +1,6 @@
 // GraphReplayOps: CudaOps with CUDA-graph replay of the work that repeats. A decode step
-// is about a thousand kernels, most of them on a few kilobytes: launched one by one, the GPU waits
-// for the host. This decorator turns the repeating runs of them into graph launches,
+// is about a thousand kernels, most of them on a few kilobytes: launched one by one, the
+// GPU waits for the host. This decorator turns the repeating runs of them into graph launches,
 // without the model knowing.
 //
 // How. The calls are split into segments at every memory or host-transfer call (alloc,
@@ -29,9 +29,9 @@
 // DSQ_GRAPH_TRACE=1 to have every segment that is not replayed, and why, printed. The
 // model keeps side work open through most of a layer (graph segments end only where
 // none is), so a model whose experts take such a path (any but the INT4 decode kernels:
-// F32 checking, MXFP4, many tokens) runs its decode steps as plain launches. At most 4,096 signatures are
-// remembered (prefills of every length would otherwise pile up); past that, all are
-// dropped and the repeating ones are captured again.
+// F32 checking, MXFP4, many tokens) runs its decode steps as plain launches. At most
+// 4,096 signatures are remembered (prefills of every length would otherwise pile up);
+// past that, all are dropped and the repeating ones are captured again.
 //
 // Side work (start/end/wait_side_work) is deferred like a pure op, so a segment that
 // opens and waits for its side work is captured with both lanes as one graph of two
